@@ -1,0 +1,39 @@
+# Two commands a new user needs: `make train` and `make test`. Both set the project up first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.inpo-installed
+export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: setup train test test-slow test-all bench games experiments clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first when no torch is importable: a bare `torch` requirement would pull a multi-GB
+# CUDA build on a CPU machine. GPU machines keep the torch they already have.
+$(STAMP): pyproject.toml setup.py
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+train: setup
+	$(VENV)/bin/inpo train --output runs/default
+
+# pytest exits 5 when it collected nothing: a vanished suite is a failure, not a pass.
+test: setup
+	@$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests collected (pytest exit 5)" >&2; exit 1; fi; exit $$rc
+
+test-slow: setup
+	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench.head
+
+clean:
+	rm -rf $(VENV) .cache runs *.egg-info

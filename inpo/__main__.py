@@ -1,0 +1,3 @@
+from inpo.cli import main
+
+raise SystemExit(main())

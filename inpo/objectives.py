@@ -1,0 +1,279 @@
+"""The one source of loss math (shared/ALGORITHMS.md).
+
+Every objective is a small frozen dataclass with validated fields. It evaluates on plain
+per-sequence log-probs, so the fused head, the pure-torch head, the trainer, the tabular games and
+the tests all run the very same code.
+
+Layout convention for pairwise objectives: sequences ``2i`` and ``2i+1`` of the last dimension are
+pair ``i``'s chosen (preferred, y_w) and rejected (y_l) responses. All log-probs are **summed** over
+the response tokens (no length normalisation).
+
+``Δ_p = log p(y_w|x) − log p(y_l|x)`` for a policy ``p``.
+
+=========  =====================================================  =========================
+objective  per-example loss                                       needs
+=========  =====================================================  =========================
+INPO       (Δθ − r·Δref − (1−r)·Δanchor − 1/(2η))²                ref (r>0), anchor (r<1)
+ONPO       (Δθ − Δanchor − η/2)²                                  anchor
+IPO        (Δθ − Δref − 1/(2β))²                                  ref
+DPO        −(1−ε)·logσ(β·h) − ε·logσ(−β·h),  h = Δθ − Δref        ref
+SPPO       (logπθ(y) − logπ_t(y) − (P̂(y≻π_t) − ½)/η)²  per seq.   anchor (= π_t), targets
+=========  =====================================================  =========================
+
+The reduction is the mean over pairs (over sequences for SPPO).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Objective", "INPO", "ONPO", "IPO", "DPO", "SPPO", "OBJECTIVES", "make_objective"]
+
+
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _check_unit_interval(name: str, value: float, *, upper_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in [0, 1], got {value!r}")
+    if value < 0 or value > 1 or (upper_open and value >= 1):
+        interval = "[0, 1)" if upper_open else "[0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+
+
+def pair_margin(logps: Tensor) -> Tensor:
+    """Δ = logp(chosen) − logp(rejected) for interleaved ``[..., 2P]`` log-probs → ``[..., P]``."""
+    return logps[..., 0::2] - logps[..., 1::2]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Base class. Subclasses set the class flags and implement :meth:`losses`."""
+
+    name: ClassVar[str] = "objective"
+    pairwise: ClassVar[bool] = True
+
+    # -- which side inputs the objective needs (instance-dependent for INPO) --
+    @property
+    def needs_ref(self) -> bool:
+        return False
+
+    @property
+    def needs_anchor(self) -> bool:
+        return False
+
+    @property
+    def needs_targets(self) -> bool:
+        return False
+
+    def check_inputs(
+        self,
+        logps: Tensor,
+        ref_logps: Tensor | None = None,
+        anchor_logps: Tensor | None = None,
+        targets: Tensor | None = None,
+    ) -> None:
+        """Raise ``ValueError`` naming the argument when an input this objective needs is missing or
+        mis-shaped, or when a pairwise objective receives an odd number of sequences."""
+        n = logps.shape[-1]
+        if self.pairwise and n % 2 != 0:
+            raise ValueError(
+                f"{type(self).__name__} is pairwise: sequences 2i/2i+1 are pair i's chosen/rejected, "
+                f"so the number of sequences must be even, got {n}"
+            )
+        for arg, value, needed in (
+            ("ref_logps", ref_logps, self.needs_ref),
+            ("anchor_logps", anchor_logps, self.needs_anchor),
+            ("targets", targets, self.needs_targets),
+        ):
+            if needed and value is None:
+                raise ValueError(f"{self!r} needs {arg} (one value per sequence), got None")
+            if value is not None and tuple(value.shape) != tuple(logps.shape):
+                raise ValueError(
+                    f"{arg} must have the shape of the policy log-probs {tuple(logps.shape)}, "
+                    f"got {tuple(value.shape)}"
+                )
+
+    def losses(
+        self,
+        logps: Tensor,
+        ref_logps: Tensor | None = None,
+        anchor_logps: Tensor | None = None,
+        targets: Tensor | None = None,
+    ) -> Tensor:
+        """Unreduced losses: ``[..., P]`` per pair (``[..., S]`` per sequence for SPPO)."""
+        raise NotImplementedError
+
+    def margin(self, logps: Tensor, ref_logps: Tensor | None = None, anchor_logps: Tensor | None = None) -> Tensor:
+        """The quantity the loss regresses or classifies (h for INPO/IPO/DPO, g for ONPO)."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        logps: Tensor,
+        ref_logps: Tensor | None = None,
+        anchor_logps: Tensor | None = None,
+        targets: Tensor | None = None,
+    ) -> Tensor:
+        """Mean loss (0-dim) over pairs (over sequences for SPPO)."""
+        self.check_inputs(logps, ref_logps, anchor_logps, targets)
+        return self.losses(logps, ref_logps, anchor_logps, targets).mean()
+
+
+@dataclass(frozen=True)
+class INPO(Objective):
+    """Iterative Nash Policy Optimization. ``ratio`` = τ/η ∈ [0, 1].
+
+    Minimised over all policies, the loss reproduces the mirror-descent update
+    π_{t+1} ∝ π_ref^{τ/η} · π_t^{1−τ/η} · exp(P(y ≻ π_t)/η)  (the paper's Lemma 5).
+    ``ratio=1`` is online IPO with β = η (π_t drops out); ``ratio=0`` is INPO without KL to π_ref.
+    """
+
+    eta: float = 0.0075
+    ratio: float = 1.0 / 3.0
+    name: ClassVar[str] = "inpo"
+
+    def __post_init__(self) -> None:
+        _check_positive("eta", self.eta)
+        _check_unit_interval("ratio", self.ratio)
+
+    @property
+    def needs_ref(self) -> bool:
+        return self.ratio > 0
+
+    @property
+    def needs_anchor(self) -> bool:
+        return self.ratio < 1
+
+    def margin(self, logps, ref_logps=None, anchor_logps=None):
+        h = pair_margin(logps)
+        if self.ratio > 0:
+            h = h - self.ratio * pair_margin(ref_logps)
+        if self.ratio < 1:
+            h = h - (1.0 - self.ratio) * pair_margin(anchor_logps)
+        return h
+
+    def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
+        return (self.margin(logps, ref_logps, anchor_logps) - 1.0 / (2.0 * self.eta)) ** 2
+
+
+@dataclass(frozen=True)
+class ONPO(Objective):
+    """Optimistic Nash Policy Optimization: one of its two regressions, (Δθ − Δanchor − η/2)².
+
+    Note η multiplies here (target η/2) where INPO divides (target 1/(2η)). The anchor is π'_t for
+    the auxiliary chain's fit and π'_{t+1} for the main chain's fit.
+    """
+
+    eta: float = 1.0
+    name: ClassVar[str] = "onpo"
+
+    def __post_init__(self) -> None:
+        _check_positive("eta", self.eta)
+
+    @property
+    def needs_anchor(self) -> bool:
+        return True
+
+    def margin(self, logps, ref_logps=None, anchor_logps=None):
+        return pair_margin(logps) - pair_margin(anchor_logps)
+
+    def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
+        return (self.margin(logps, ref_logps, anchor_logps) - self.eta / 2.0) ** 2
+
+
+@dataclass(frozen=True)
+class IPO(Objective):
+    """Identity Preference Optimization on summed log-probs: (Δθ − Δref − 1/(2β))²."""
+
+    beta: float = 0.1
+    name: ClassVar[str] = "ipo"
+
+    def __post_init__(self) -> None:
+        _check_positive("beta", self.beta)
+
+    @property
+    def needs_ref(self) -> bool:
+        return True
+
+    def margin(self, logps, ref_logps=None, anchor_logps=None):
+        return pair_margin(logps) - pair_margin(ref_logps)
+
+    def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
+        return (self.margin(logps, ref_logps) - 1.0 / (2.0 * self.beta)) ** 2
+
+
+@dataclass(frozen=True)
+class DPO(Objective):
+    """Direct Preference Optimization with optional label smoothing ε (conservative DPO)."""
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    name: ClassVar[str] = "dpo"
+
+    def __post_init__(self) -> None:
+        _check_positive("beta", self.beta)
+        _check_unit_interval("label_smoothing", self.label_smoothing, upper_open=False)
+        if self.label_smoothing > 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5], got {self.label_smoothing!r}")
+
+    @property
+    def needs_ref(self) -> bool:
+        return True
+
+    def margin(self, logps, ref_logps=None, anchor_logps=None):
+        return pair_margin(logps) - pair_margin(ref_logps)
+
+    def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
+        z = self.beta * self.margin(logps, ref_logps)
+        eps = self.label_smoothing
+        loss = -F.logsigmoid(z)
+        if eps > 0:
+            loss = (1.0 - eps) * loss - eps * F.logsigmoid(-z)
+        return loss
+
+
+@dataclass(frozen=True)
+class SPPO(Objective):
+    """Self-Play Preference Optimization, per sequence:
+    (log πθ(y) − log π_t(y) − (P̂(y ≻ π_t) − ½)/η)², with ``anchor_logps`` = π_t and ``targets`` = P̂."""
+
+    eta: float = 1e-3
+    name: ClassVar[str] = "sppo"
+    pairwise: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_positive("eta", self.eta)
+
+    @property
+    def needs_anchor(self) -> bool:
+        return True
+
+    @property
+    def needs_targets(self) -> bool:
+        return True
+
+    def margin(self, logps, ref_logps=None, anchor_logps=None):
+        return logps - anchor_logps
+
+    def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
+        return (self.margin(logps, anchor_logps=anchor_logps) - (targets - 0.5) / self.eta) ** 2
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (INPO, ONPO, IPO, DPO, SPPO)}
+
+
+def make_objective(name: str, **params: float) -> Objective:
+    """Build an objective by name (``"inpo"``, ``"onpo"``, ``"ipo"``, ``"dpo"``, ``"sppo"``)."""
+    key = name.lower()
+    if key not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[key](**params)

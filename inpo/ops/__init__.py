@@ -1,0 +1,5 @@
+"""The fused LM head: per-sequence log-probs and preference losses without [N, V] logits."""
+
+from inpo.ops.head import preference_loss, resolve_impl, sequence_logps
+
+__all__ = ["sequence_logps", "preference_loss", "resolve_impl"]

@@ -1,0 +1,100 @@
+"""Public entry points of the fused head: ``sequence_logps`` and ``preference_loss``.
+
+Argument checks and ``impl`` dispatch live here; each implementation module exposes
+``sequence_logps(hidden, weight, labels, cu_seqlens, bias, *, ignore_index)``. The objective's loss math
+comes from :mod:`inpo.objectives` (the one source), applied to the [S] per-sequence log-probs.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+from torch import Tensor
+
+from inpo.objectives import Objective
+from inpo.ops.checks import check_head_inputs, check_impl, check_side_input
+
+_IMPL_MODULES = {
+    "naive": "inpo.ops.naive",
+    "torch": "inpo.ops.torch_impl",
+    "triton": "inpo.ops.triton_impl",
+    "native": "inpo.ops.native_impl",
+}
+
+
+def native_available() -> bool:
+    """True when the C++ CPU head (csrc/) is built or can be built here."""
+    try:
+        mod = importlib.import_module("inpo.ops.native_impl")
+    except ImportError:
+        return False
+    return bool(getattr(mod, "is_available", lambda: False)())
+
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """``auto`` = triton on CUDA; on CPU the native C++ head when it is available, else pure torch."""
+    check_impl(impl)
+    if impl != "auto":
+        return impl
+    if device.type == "cuda":
+        return "triton"
+    return "native" if native_available() else "torch"
+
+
+def _impl_fn(impl: str):
+    mod = importlib.import_module(_IMPL_MODULES[impl])
+    return mod.sequence_logps_naive if impl == "naive" else mod.sequence_logps
+
+
+def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, *,
+                   bias: Tensor | None = None, ignore_index: int = -100, impl: str = "auto",
+                   check_values: bool = True) -> Tensor:
+    """Summed response log-probs per packed sequence, without materialising [N, V] logits.
+
+    Args:
+        hidden: [N, H] last hidden states of the packed tokens.
+        weight: [V, H] LM-head weight (``nn.Linear`` layout); same dtype and device as ``hidden``.
+        labels: [N] int64, already shifted: ``labels[i]`` is the token ``hidden[i]`` predicts;
+            ``ignore_index`` for prompt and padding tokens.
+        cu_seqlens: [S+1] int32 sequence boundaries, from 0 to N.
+        bias: optional [V] LM-head bias.
+        impl: ``"triton"`` | ``"torch"`` | ``"naive"`` | ``"native"`` | ``"auto"``.
+        check_values: validate label range and cu_seqlens order (one host sync).
+
+    Returns:
+        [S] fp32 (fp64 for fp64 inputs under ``naive``): each sequence's summed token log-probs,
+        0 for a sequence whose labels are all ignored. Differentiable w.r.t. hidden, weight, bias.
+    """
+    check_head_inputs(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index, check_values=check_values)
+    impl = resolve_impl(impl, hidden.device)
+    return _impl_fn(impl)(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index)
+
+
+def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, objective: Objective, *,
+                    ref_logps: Tensor | None = None, anchor_logps: Tensor | None = None,
+                    targets: Tensor | None = None, bias: Tensor | None = None, ignore_index: int = -100,
+                    impl: str = "auto", return_logps: bool = False, check_values: bool = True):
+    """Mean preference loss over pairs (sequences 2i / 2i+1 = pair i's chosen / rejected).
+
+    ``ref_logps`` = π_ref's [S] log-probs, ``anchor_logps`` = π_t's (π'_t for ONPO), ``targets`` = SPPO's
+    per-sequence win-rate estimates. Returns a 0-dim loss, or ``(loss, logps.detach())`` with
+    ``return_logps=True``.
+    """
+    if not isinstance(objective, Objective):
+        raise TypeError(
+            f"objective must be an inpo.objectives.Objective (INPO, ONPO, IPO, DPO, SPPO), got {type(objective).__name__}"
+        )
+    if not isinstance(cu_seqlens, Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    s = cu_seqlens.shape[0] - 1
+    ref = check_side_input("ref_logps", ref_logps, s, hidden.device)
+    anchor = check_side_input("anchor_logps", anchor_logps, s, hidden.device)
+    tgt = check_side_input("targets", targets, s, hidden.device)
+    # Validate the objective's needs before the expensive head runs.
+    objective.check_inputs(torch.empty(s, device="meta"), *(None if t is None else t.to("meta") for t in (ref, anchor, tgt)))
+    logps = sequence_logps(hidden, weight, labels, cu_seqlens, bias=bias, ignore_index=ignore_index, impl=impl,
+                           check_values=check_values)
+    ref, anchor, tgt = (None if t is None else t.to(logps.dtype) for t in (ref, anchor, tgt))
+    loss = objective(logps, ref, anchor, tgt)
+    return (loss, logps.detach()) if return_logps else loss
