@@ -35,5 +35,13 @@ test-all: setup
 bench: setup
 	$(PY) -m bench.head
 
+# The tabular Nash-game sweeps whose output is committed under bench/results/games/.
+games: setup
+	$(PY) -m inpo.games.sweep --out bench/results/games
+
+# INPO vs iterative DPO vs IPO vs SPPO on the embedded default task (committed under bench/results/experiments/).
+experiments: setup
+	$(PY) -m bench.experiment_default --out bench/results/experiments
+
 clean:
 	rm -rf $(VENV) .cache runs *.egg-info

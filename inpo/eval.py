@@ -1,0 +1,234 @@
+"""Win-rate of a policy against a baseline under a preference oracle, with a bootstrap CI over prompts.
+
+``inpo eval --policy DIR [--baseline DIR | --baseline-default] [--prompts default-eval|default-train|FILE]
+[--oracle synthetic|reward:PATH|pairwise:PATH] [--n 200] [--k 1] [--seed 0] [--json OUT]``
+
+Each prompt's score is the oracle's P(policy response ≻ baseline response) averaged over ``k`` sampled
+pairs (``--hard``: the oracle's decision, 1 / 0 and ½ for a tie, instead of the probability). The
+win-rate is the mean over prompts; its 95 % CI is the percentile bootstrap over prompts (seeded). Both
+models sample with the same seed (common random numbers), so a policy identical to its baseline
+scores exactly ½.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "main"]
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """Mean P(policy ≻ baseline) over ``n`` prompts, its 95 % bootstrap CI and the oracle queries spent."""
+
+    win_rate: float
+    ci_low: float
+    ci_high: float
+    n: int
+    queries: int
+
+    def __str__(self) -> str:
+        return f"{self.win_rate:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] (n={self.n})"
+
+
+def bootstrap_ci(scores: Sequence[float], *, n_bootstrap: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``scores`` (resampling the scores with replacement)."""
+    x = np.asarray(scores, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"scores must be a non-empty 1-d sequence, got shape {x.shape}")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be a positive int, got {n_bootstrap!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_bootstrap)
+    step = max(1, 2_000_000 // x.size)  # bound the index matrix to ~16 MB
+    for s in range(0, n_bootstrap, step):
+        m = min(step, n_bootstrap - s)
+        means[s:s + m] = x[rng.integers(0, x.size, size=(m, x.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def win_rate(prompts: Sequence[str], policy_responses: Sequence, baseline_responses: Sequence, oracle, *,
+             n_bootstrap: int = 1000, seed: int = 0, hard: bool = False) -> WinRate:
+    """Mean P(policy ≻ baseline) over prompts with a percentile-bootstrap 95 % CI over prompts.
+
+    ``policy_responses[i]`` / ``baseline_responses[i]`` is one response (str) or a list of ``k``
+    responses for ``prompts[i]`` (compared position by position, averaged per prompt). ``hard=True``
+    scores the oracle's decision (ties count ½) instead of its probability.
+    """
+    from inpo.oracles import TIE, PreferenceOracle
+
+    if not isinstance(oracle, PreferenceOracle):
+        raise TypeError(f"oracle must be a PreferenceOracle, got {type(oracle).__name__}")
+    n = len(prompts)
+    if n == 0:
+        raise ValueError("prompts is empty: nothing to evaluate")
+    if len(policy_responses) != n or len(baseline_responses) != n:
+        raise ValueError(f"need one policy and one baseline entry per prompt: got {n} prompts, "
+                         f"{len(policy_responses)} policy and {len(baseline_responses)} baseline entries")
+    flat_x, flat_a, flat_b, owner = [], [], [], []
+    for i, (x, a, b) in enumerate(zip(prompts, policy_responses, baseline_responses)):
+        a = [a] if isinstance(a, str) else list(a)
+        b = [b] if isinstance(b, str) else list(b)
+        if len(a) != len(b) or not a:
+            raise ValueError(f"prompt {i}: policy and baseline need the same number (>= 1) of responses, "
+                             f"got {len(a)} and {len(b)}")
+        flat_x += [x] * len(a)
+        flat_a += a
+        flat_b += b
+        owner += [i] * len(a)
+    q0 = oracle.queries
+    p = oracle.prob_batch(flat_x, flat_a, flat_b)
+    if hard:
+        d = oracle.decide(p).astype(np.float64)
+        p = np.where(d == TIE, 0.5, d)
+    owner = np.asarray(owner)
+    scores = np.bincount(owner, weights=p, minlength=n) / np.bincount(owner, minlength=n)
+    lo, hi = bootstrap_ci(scores, n_bootstrap=n_bootstrap, seed=seed)
+    return WinRate(float(scores.mean()), lo, hi, n, oracle.queries - q0)
+
+
+def evaluate(policy_model, baseline_model, tokenizer, prompts: Sequence[str], oracle, *, max_new_tokens: int = 32,
+             temperature: float = 1.0, seed: int = 0, n_bootstrap: int = 1000, k: int = 1, batch_size: int = 64,
+             hard: bool = False, return_responses: bool = False):
+    """Sample ``k`` responses per prompt from each model (same seed) and score them with :func:`win_rate`.
+
+    With ``return_responses=True`` returns ``(WinRate, policy_responses, baseline_responses)``.
+    """
+    from inpo.generation import HFSampler
+
+    if not prompts:
+        raise ValueError("prompts is empty: nothing to evaluate")
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+    ours = HFSampler(policy_model, tokenizer, **kw).sample(list(prompts), k, seed=seed)
+    theirs = HFSampler(baseline_model, tokenizer, **kw).sample(list(prompts), k, seed=seed)
+    result = win_rate(prompts, ours, theirs, oracle, n_bootstrap=n_bootstrap, seed=seed, hard=hard)
+    return (result, ours, theirs) if return_responses else result
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="inpo eval", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--policy", required=True, help="local model directory, or 'default' for the embedded π_ref")
+    base = ap.add_mutually_exclusive_group()
+    base.add_argument("--baseline", help="local model directory of the baseline")
+    base.add_argument("--baseline-default", action="store_true",
+                      help="compare against the embedded default π_ref (the default when no --baseline)")
+    ap.add_argument("--prompts", default="default-eval",
+                    help="default-eval | default-train | a .txt / .jsonl file (default: default-eval)")
+    ap.add_argument("--oracle", default="synthetic", help="synthetic[:alpha=..,beta=..] | reward:PATH | pairwise:PATH")
+    ap.add_argument("--n", type=int, default=200, help="at most this many prompts (seeded subset; default 200)")
+    ap.add_argument("--k", type=int, default=1, help="sampled pairs per prompt (default 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--n-bootstrap", type=int, default=1000)
+    ap.add_argument("--hard", action="store_true", help="score oracle decisions (ties ½) instead of probabilities")
+    ap.add_argument("--tokenizer", help="tokenizer directory (default: the policy's, else the default tokenizer)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
+    return ap
+
+
+def _resolve_prompts(spec: str, n: int, seed: int) -> list[str]:
+    from inpo.data.prompts import default_prompts, load_prompts
+
+    if spec in ("default-eval", "default-train"):
+        pool = default_prompts(spec.split("-", 1)[1])
+    else:
+        pool = load_prompts(spec)
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    if n < len(pool):
+        keep = sorted(np.random.default_rng(seed).choice(len(pool), size=n, replace=False).tolist())
+        pool = [pool[i] for i in keep]
+    return pool
+
+
+def _atomic_write_json(path: str | os.PathLike, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        for name in ("k", "max_new_tokens", "n_bootstrap"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        if not math.isfinite(args.temperature) or args.temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+        from inpo.oracles import make_oracle
+
+        oracle = make_oracle(args.oracle, device=args.device, seed=args.seed)
+        prompts = _resolve_prompts(args.prompts, args.n, args.seed)
+        from inpo.data.tokenizer import default_tokenizer, load_tokenizer
+        from inpo.train.model import load_policy
+
+        policy_path = None if args.policy == "default" else args.policy
+        if args.tokenizer:
+            tokenizer = load_tokenizer(args.tokenizer)
+        elif policy_path and (Path(policy_path) / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(policy_path)
+        else:
+            tokenizer = default_tokenizer()
+        policy = load_policy(policy_path, tokenizer=tokenizer, device=args.device)
+        baseline_name = args.baseline or "default"
+        baseline = load_policy(args.baseline, tokenizer=tokenizer, device=args.device)
+        vp, vb = policy.config.vocab_size, baseline.config.vocab_size
+        if vp != vb:
+            raise ValueError(f"policy and baseline vocabularies differ ({vp} vs {vb}); they must share a tokenizer")
+    except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
+        print(f"inpo eval: error: {exc}", file=sys.stderr)
+        return 2
+
+    result = evaluate(policy, baseline, tokenizer, prompts, oracle, max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, seed=args.seed, n_bootstrap=args.n_bootstrap, k=args.k,
+                      hard=args.hard)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="win-rate of the policy against the baseline (95 % bootstrap CI over prompts)")
+    for col in ("policy", "baseline", "oracle", "prompts", "win-rate", "95% CI", "queries"):
+        table.add_column(col, justify="right" if col in ("prompts", "win-rate", "queries") else "left")
+    table.add_row(args.policy, baseline_name, args.oracle, f"{result.n}×{args.k}", f"{result.win_rate:.3f}",
+                  f"[{result.ci_low:.3f}, {result.ci_high:.3f}]", str(result.queries))
+    Console().print(table)
+    if args.json_out:
+        from inpo.profiling.record import environment_info
+
+        record = {**asdict(result), "policy": args.policy, "baseline": baseline_name, "oracle": args.oracle,
+                  "prompts": args.prompts, "k": args.k, "seed": args.seed, "hard": args.hard,
+                  "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
+                  "environment": environment_info()}
+        _atomic_write_json(args.json_out, record)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Sampling K responses per prompt with Hugging Face ``generate`` (KV cache, left padding, batched)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+from inpo.generation.base import Sampler, check_sample_args
+
+__all__ = ["HFSampler"]
+
+
+class HFSampler(Sampler):
+    """Batched ``model.generate`` sampler.
+
+    Rows (prompt × sample) are generated ``batch_size`` at a time, left-padded, with the KV cache on.
+    ``temperature=0`` means greedy decoding. Sampling is reproducible: ``sample(..., seed=s)`` seeds
+    torch's global RNG inside ``torch.random.fork_rng``, so the caller's RNG state is untouched and the
+    same ``(prompts, k, seed, batch_size)`` gives the same responses. Responses are the decoded new
+    tokens up to the first eos (special tokens skipped). The model is put in eval mode for the call
+    and its previous mode restored. ``last_stats`` holds the last call's token counts and timing.
+    """
+
+    def __init__(self, model, tokenizer, *, max_new_tokens: int = 32, temperature: float = 1.0,
+                 top_p: float = 1.0, batch_size: int = 64):
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("tokenizer has no eos token: generation could never stop early")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, float(temperature), float(top_p)
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.last_stats: dict = {}
+
+    def _generation_config(self):
+        from transformers import GenerationConfig
+
+        sample = self.temperature > 0
+        kw = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0) if sample else \
+            dict(do_sample=False)
+        # A fresh config: a checkpoint's own generation_config (top_k=50, repetition penalties...) would
+        # otherwise silently change the distribution we sample π_t from.
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+                                pad_token_id=self.pad_id, use_cache=True, **kw)
+
+    def sample(self, prompts: Sequence[str], k: int, *, seed: int = 0) -> list[list[str]]:
+        import torch
+
+        from inpo.data.tokenizer import encode_prompt
+
+        check_sample_args(prompts, k)
+        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
+        rows = [ids for ids in encoded for _ in range(k)]
+        device = next(self.model.parameters()).device
+        eos = self.tokenizer.eos_token_id
+        gen_config = self._generation_config()
+        texts: list[str] = []
+        new_tokens = finished = 0
+        t0 = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        fork_devices = [device] if device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=fork_devices), torch.inference_mode():
+                torch.manual_seed(seed)
+                for start in range(0, len(rows), self.batch_size):
+                    chunk = rows[start:start + self.batch_size]
+                    width = max(len(r) for r in chunk)
+                    input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in chunk], device=device)
+                    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=device)
+                    out = self.model.generate(input_ids=input_ids, attention_mask=mask,
+                                              generation_config=gen_config)
+                    for row in out[:, width:].tolist():
+                        if eos in row:
+                            row = row[:row.index(eos)]
+                            finished += 1
+                        new_tokens += len(row)
+                        texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        finally:
+            self.model.train(was_training)
+        seconds = time.perf_counter() - t0
+        self.last_stats = {"responses": len(texts), "new_tokens": new_tokens, "finished": finished,
+                           "seconds": seconds, "tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0}
+        return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]

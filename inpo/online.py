@@ -1,0 +1,449 @@
+"""The online iteration, end to end (shared/ARCHITECTURE.md's data flow), and offline training on JSONL pairs.
+
+For t = 0..T−1:  sample K responses per prompt from π_t → rank them with the oracle and pick a pair per
+prompt (ties dropped; SPPO: per-response win-rate targets instead) → precompute π_ref and π_t log-probs
+with the fused head under no_grad (cached to disk) → train E epochs with the objective → π_{t+1}
+(checkpoint) → win-rate of π_{t+1} against π_ref on held-out prompts → next t.
+
+Which log-probs each objective gets (ALGORITHMS.md):  INPO: ref = π_ref, anchor = π_t (π_0 = π_ref);
+IPO: ref = π_ref (online IPO = INPO with τ/η = 1); DPO: ref = π_t (iterative DPO); SPPO: anchor = π_t and
+targets P̂(y ≻ π_t); ONPO: two regressions per iteration -- π'_{t+1} against anchor π'_t, then π_{t+1}
+against anchor π'_{t+1}, both on the pairs sampled from π_t (π'_0 = π_ref).
+
+Everything an iteration produces is written atomically under ``<out>/iter_<t>/`` before it is used, so a
+crash loses nothing already written and ``--resume`` reuses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from inpo.data.packing import pack_sequences
+from inpo.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from inpo.train.config import TrainConfig, config_to_yaml
+from inpo.train.loop import (RunContext, StopRun, clear_run_dir, export_final, precompute_logps, resolve_device,
+                             train_phase, world_is_distributed)
+
+__all__ = ["run_online", "run_offline", "run_training"]
+
+
+# -- small file helpers ----------------------------------------------------------------------------------------
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _save_tensors(path: Path, tensors: dict) -> None:
+    from safetensors.torch import save
+
+    from inpo.train.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
+
+
+def _load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+# -- setup -------------------------------------------------------------------------------------------------------
+
+def _load_tokenizer(cfg: TrainConfig):
+    from inpo.data.tokenizer import default_tokenizer, load_tokenizer
+
+    if cfg.tokenizer is not None:
+        return load_tokenizer(cfg.tokenizer)
+    if cfg.model is not None and any((Path(cfg.model) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return load_tokenizer(cfg.model)
+    if cfg.model is not None and Path(cfg.model).exists():
+        raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass tokenizer=DIR")
+    return default_tokenizer()
+
+
+def _attn_impl(cfg: TrainConfig, device: torch.device) -> str | None:
+    if cfg.attn_implementation:
+        return cfg.attn_implementation
+    from inpo._optional import available
+
+    if device.type == "cuda" and available("flash_attn"):
+        return "flash_attention_2"  # varlen kernels read the packed boundaries from the reset position ids
+    return None  # transformers' default (sdpa): per-document attention from position ids with use_cache=False
+
+
+def _prepare_policy(cfg: TrainConfig, model, device):
+    """Training-time transforms of the policy: Liger kernels, activation checkpointing, compiled body."""
+    if cfg.liger:
+        from inpo._optional import require
+
+        liger = require("liger_kernel").transformers
+        liger.apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                          fused_linear_cross_entropy=False, model=model)
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.compile:
+        model.base_model.compile(dynamic=True)
+    return model
+
+
+def _setup(cfg: TrainConfig):
+    """Device, tokenizer, π_ref (frozen) and the policy (a copy of π_ref, or the checkpointed iterate)."""
+    from inpo.train.model import load_policy
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    tokenizer = _load_tokenizer(cfg)
+    ref = load_policy(cfg.model, tokenizer=tokenizer, device=device, attn_implementation=_attn_impl(cfg, device))
+    ref.eval().requires_grad_(False)
+    policy = copy.deepcopy(ref).requires_grad_(True)
+    return device, tokenizer, ref, _prepare_policy(cfg, policy, device)
+
+
+def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
+    if not cfg.output:
+        raise ValueError("output is required: pass --output DIR (where metrics, checkpoints and the final model go)")
+    out = Path(cfg.output)
+    run = RunContext(cfg=cfg, out=out, device=device)
+    ckpt = None
+    if cfg.resume:
+        path = latest_checkpoint(out)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'} (nothing to resume; "
+                                    f"run without --resume to start fresh)")
+        ckpt = load_checkpoint(path)
+        run.global_step = int(ckpt["state"]["global_step"])
+        st = ckpt["state"]
+        keep_iters = st["iteration"] + (1 if st["phase"] == "done" else 0)
+        run.truncate_metrics(run.global_step, keep_iters)
+        run.print(f"[inpo] resuming from {path.name}: iteration {st['iteration']} phase {st['phase']} "
+                  f"step {st.get('iter_step', 0)} (global {run.global_step})")
+    elif run.is_main:
+        if out.exists() and any(out.iterdir()):
+            run.print(f"[inpo] starting fresh in {out} (a previous run's files are replaced; --resume continues it)")
+            clear_run_dir(out)
+        out.mkdir(parents=True, exist_ok=True)
+    if run.is_main:
+        atomic_write_text(out / "config.yaml", config_to_yaml(cfg))
+    return run, ckpt
+
+
+def _progress(cfg: TrainConfig):
+    if not cfg.progress:
+        return nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    transient=True)
+
+
+def _encode_checked(tokenizer, prompts: list[str], cfg: TrainConfig) -> dict[str, list[int]]:
+    """Prompt ids, with a clear error when a prompt plus its longest response cannot fit the token budget."""
+    from inpo.data.tokenizer import encode_prompt
+
+    out = {}
+    for p in dict.fromkeys(prompts):
+        ids = encode_prompt(tokenizer, p)
+        need = 2 * (len(ids) + cfg.max_new_tokens + 1)
+        if need > cfg.max_tokens:
+            raise ValueError(f"prompt {p[:60]!r} has {len(ids)} tokens: a pair of it with two {cfg.max_new_tokens}"
+                             f"-token responses needs {need} > max_tokens={cfg.max_tokens}; raise max_tokens or "
+                             f"shorten the prompt")
+        out[p] = ids
+    return out
+
+
+def _prompt_sets(cfg: TrainConfig, iteration: int) -> list[str]:
+    from inpo.data.prompts import default_prompts, load_prompts
+
+    if cfg.prompts == "default":
+        pool = default_prompts("train")
+    else:
+        pool = load_prompts(cfg.prompts)
+    if cfg.n_prompts is None or cfg.n_prompts >= len(pool):
+        return pool
+    # A fresh subset every iteration (the paper uses disjoint prompt splits per iteration).
+    keep = sorted(random.Random(cfg.seed * 1009 + iteration).sample(range(len(pool)), cfg.n_prompts))
+    return [pool[i] for i in keep]
+
+
+def _eval_prompts(cfg: TrainConfig) -> list[str]:
+    from inpo.data.prompts import default_prompts, load_prompts
+
+    pool = default_prompts("eval") if cfg.eval_prompts == "default" else load_prompts(cfg.eval_prompts)
+    return pool if cfg.n_eval is None else pool[: cfg.n_eval]
+
+
+# -- one iteration's phases ----------------------------------------------------------------------------------
+
+def _sampler(cfg: TrainConfig, model, tokenizer):
+    from inpo.generation import make_sampler
+
+    return make_sampler(cfg.sampler, model, tokenizer, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size)
+
+
+def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict) -> tuple[list[dict], dict]:
+    """iter_t/samples.jsonl (K responses per prompt) and iter_t/data.jsonl (pairs, or SPPO's scored samples)."""
+    from inpo.oracles import estimate_win_rates, select_pairs
+
+    d = run.out / f"iter_{t:03d}"
+    samples_path, data_path = d / "samples.jsonl", d / "data.jsonl"
+    if data_path.is_file():
+        meta = json.loads((d / "rank_stats.json").read_text())
+        return _read_jsonl(data_path), meta
+    if samples_path.is_file():
+        rows = _read_jsonl(samples_path)
+        prompts, responses = [r["prompt"] for r in rows], [r["responses"] for r in rows]
+    else:
+        prompts = _prompt_sets(cfg, t)
+        _encode_checked(tokenizer, prompts, cfg)
+        t0 = time.perf_counter()
+        responses = _sampler(cfg, policy, tokenizer).sample(prompts, cfg.k, seed=cfg.seed * 7919 + t)
+        times["generate_s"] = time.perf_counter() - t0
+        _write_jsonl(samples_path, [{"prompt": p, "responses": r} for p, r in zip(prompts, responses)])
+    t0 = time.perf_counter()
+    if cfg.objective == "sppo":
+        q0 = oracle.queries
+        rates = estimate_win_rates(prompts, responses, oracle)
+        data = [{"prompt": p, "response": y, "target": float(w)}
+                for p, ys, ws in zip(prompts, responses, rates) for y, w in zip(ys, ws)]
+        stats = {"queries": oracle.queries - q0, "pairs": 0, "sequences": len(data), "ties_dropped": 0}
+    else:
+        pairs, stats = select_pairs(prompts, responses, oracle, strategy=cfg.pair_strategy, seed=cfg.seed * 31 + t)
+        data = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    times["rank_s"] = time.perf_counter() - t0
+    atomic_write_text(d / "rank_stats.json", json.dumps(stats))
+    _write_jsonl(data_path, data)
+    return data, stats
+
+
+def _sequences(tokenizer, data: list[dict], pairwise: bool, cfg: TrainConfig):
+    from inpo.data.tokenizer import encode_response
+
+    prompt_ids = _encode_checked(tokenizer, [r["prompt"] for r in data], cfg) if data else {}
+    if pairwise:
+        return [(prompt_ids[r["prompt"]], encode_response(tokenizer, r[key])) for r in data
+                for key in ("chosen", "rejected")]
+    return [(prompt_ids[r["prompt"]], encode_response(tokenizer, r["response"])) for r in data]
+
+
+def _side_inputs(cfg, objective, logps: dict, data: list[dict]) -> dict:
+    name = objective.name
+    if name == "inpo":
+        side = {"ref_logps": logps["ref"] if objective.needs_ref else None,
+                "anchor_logps": logps["iterate"] if objective.needs_anchor else None}
+    elif name == "ipo":
+        side = {"ref_logps": logps["ref"]}
+    elif name == "dpo":
+        side = {"ref_logps": logps["iterate"]}  # iterative DPO: the reference moves to π_t
+    elif name == "sppo":
+        side = {"anchor_logps": logps["iterate"],
+                "targets": torch.tensor([r["target"] for r in data], dtype=torch.float32)}
+    elif name == "onpo":
+        side = {"anchor_logps": logps["aux"]}
+    else:  # pragma: no cover - config validation lists the objectives
+        raise ValueError(name)
+    return side
+
+
+def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle) -> dict:
+    from inpo.eval import win_rate
+
+    prompts = _eval_prompts(cfg)
+    base_path = run.out / "eval_ref_responses.jsonl"
+    if base_path.is_file():
+        base = [r["responses"] for r in _read_jsonl(base_path)]
+    else:  # π_ref never changes: its responses are sampled once per run, with the same seed as the policy's
+        base = _sampler(cfg, ref, tokenizer).sample(prompts, cfg.eval_k, seed=cfg.eval_seed)
+        if run.is_main:
+            _write_jsonl(base_path, [{"prompt": p, "responses": y} for p, y in zip(prompts, base)])
+    pol = _sampler(cfg, policy, tokenizer).sample(prompts, cfg.eval_k, seed=cfg.eval_seed)
+    if run.is_main:
+        _write_jsonl(run.out / f"iter_{t:03d}" / "eval_responses.jsonl",
+                     [{"prompt": p, "responses": y} for p, y in zip(prompts, pol)])
+    wr = win_rate(prompts, pol, base, oracle, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+    return {"win_rate": wr.win_rate, "win_rate_ci_low": wr.ci_low, "win_rate_ci_high": wr.ci_high,
+            "eval_n": wr.n, "eval_queries": wr.queries}
+
+
+# -- the loops --------------------------------------------------------------------------------------------------
+
+def run_online(config: TrainConfig) -> list[dict]:
+    """The T-iteration online loop. Returns the per-iteration records (also in ``<out>/metrics.jsonl``)."""
+    from inpo.oracles import make_oracle
+    from inpo.train.checkpoint import load_model_weights
+    from inpo.train.model import hidden_and_head  # noqa: F401  (import check: the fused-head path is importable)
+
+    cfg = config
+    if world_is_distributed():
+        raise NotImplementedError("online iterations run in one process for now (generation needs the full "
+                                  "policy); use torchrun with offline data= for FSDP2 training")
+    device, tokenizer, ref, policy = _setup(cfg)
+    run, ckpt = _begin_run(cfg, device)
+    run.n_params = sum(p.numel() for p in policy.parameters())
+    objective = cfg.make_objective()
+    oracle = make_oracle(cfg.oracle, device=str(device), seed=cfg.seed)
+    aux = copy.deepcopy(ref) if objective.name == "onpo" else None  # ONPO's π' chain, π'_0 = π_ref
+    start_iter, resume_phase, resume_step = 0, None, 0
+    if ckpt is not None:
+        st = ckpt["state"]
+        if st["phase"] == "done":
+            load_model_weights(policy, ckpt["model"])
+            start_iter = st["iteration"] + 1
+        else:
+            start_iter, resume_phase, resume_step = st["iteration"], st["phase"], st["iter_step"]
+        if aux is not None and "aux" in ckpt["extra_models"]:
+            load_model_weights(aux, ckpt["extra_models"]["aux"])
+        if "policy" in ckpt["extra_models"]:
+            load_model_weights(policy, ckpt["extra_models"]["policy"])
+        pending = [r for r in run.records if r.get("kind") == "iteration"]
+        if st["phase"] == "done" and len(pending) <= st["iteration"]:
+            start_iter = st["iteration"]  # the iteration finished training but its evaluation was lost
+            resume_phase = "eval"
+    run.print(f"[inpo] {objective!r}, {cfg.iterations} iterations, K={cfg.k}, oracle={cfg.oracle}, device={device}")
+    records = [r for r in run.records if r.get("kind") == "iteration"]
+    with _progress(cfg) as progress:
+        run.progress = progress
+        for t in range(start_iter, cfg.iterations):
+            if cfg.max_steps is not None and run.global_step >= cfg.max_steps and resume_phase != "eval":
+                raise StopRun(f"max_steps={cfg.max_steps} reached after iteration {t - 1}")
+            times: dict = {}
+            t_iter = time.perf_counter()
+            if resume_phase != "eval":
+                q0 = oracle.queries
+                data, rank_stats = _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times)
+                pairwise = objective.pairwise
+                seqs = _sequences(tokenizer, data, pairwise, cfg)
+                logps_path = run.out / f"iter_{t:03d}" / "logps.safetensors"
+                if logps_path.is_file():
+                    logps = _load_tensors(logps_path)
+                else:
+                    t0 = time.perf_counter()
+                    logps = {"ref": precompute_logps(ref, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl, pairwise=pairwise)}
+                    # π_0 = π_ref: the first iterate's log-probs are the reference's, no second pass.
+                    logps["iterate"] = logps["ref"].clone() if t == 0 else precompute_logps(
+                        policy, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl, pairwise=pairwise)
+                    if aux is not None:
+                        logps["aux"] = precompute_logps(aux, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
+                    times["precompute_s"] = time.perf_counter() - t0
+                    _save_tensors(logps_path, logps)
+                if not seqs:
+                    raise RuntimeError(f"iteration {t}: the oracle left no pairs (all ties); raise k or temperature")
+                t0 = time.perf_counter()
+                if objective.name == "onpo":
+                    _onpo_iteration(cfg, run, t, policy, aux, seqs, logps, objective, ckpt, resume_phase, resume_step)
+                else:
+                    train_phase(run, policy, seqs, _side_inputs(cfg, objective, logps, data), objective, iteration=t,
+                                start_step=resume_step if resume_phase == "train" else 0,
+                                resume_ckpt=ckpt if resume_phase == "train" else None)
+                times["train_s"] = time.perf_counter() - t0
+                save_checkpoint(run.out, model=policy, state={"iteration": t, "phase": "done",
+                                "global_step": run.global_step}, extra_models={"aux": aux} if aux is not None else None,
+                                keep=cfg.keep_checkpoints)
+            else:
+                rank_stats = json.loads((run.out / f"iter_{t:03d}" / "rank_stats.json").read_text())
+                q0 = oracle.queries - rank_stats.get("queries", 0)
+            resume_phase, resume_step, ckpt = None, 0, None
+            rec = {"kind": "iteration", "iteration": t, "oracle_queries": oracle.queries - q0,
+                   "pairs": rank_stats.get("pairs", 0), "ties_dropped": rank_stats.get("ties_dropped", 0),
+                   "step": run.global_step, **times}
+            if cfg.evaluate:
+                t0 = time.perf_counter()
+                rec.update(_evaluate(cfg, run, t, policy, ref, tokenizer, oracle))
+                rec["eval_s"] = time.perf_counter() - t0
+            rec["wall_s"] = time.perf_counter() - t_iter
+            run.log(rec)
+            records.append(rec)
+            if "win_rate" in rec:
+                run.print(f"[inpo] iteration {t}: win-rate vs π_ref {rec['win_rate']:.3f} "
+                          f"[{rec['win_rate_ci_low']:.3f}, {rec['win_rate_ci_high']:.3f}]  "
+                          f"pairs {rec['pairs']}  oracle queries {rec['oracle_queries']}  {rec['wall_s']:.1f} s")
+    run.progress = None
+    export_final(run, policy, tokenizer)
+    return records
+
+
+def _onpo_iteration(cfg, run, t, policy, aux, seqs, logps, objective, ckpt, resume_phase, resume_step):
+    """ONPO's two regressions on π_t's pairs: π'_{t+1} against anchor π'_t, then π_{t+1} against π'_{t+1}."""
+    d = run.out / f"iter_{t:03d}"
+    if resume_phase in (None, "aux"):
+        train_phase(run, aux, seqs, {"anchor_logps": logps["aux"]}, objective, iteration=t, phase="aux",
+                    start_step=resume_step if resume_phase == "aux" else 0,
+                    resume_ckpt=ckpt if resume_phase == "aux" else None, extra_models={"policy": policy})
+        resume_phase, resume_step, ckpt = None, 0, None
+    next_aux_path = d / "logps_aux_next.safetensors"
+    if next_aux_path.is_file():
+        anchor = _load_tensors(next_aux_path)["aux_next"]
+    else:
+        anchor = precompute_logps(aux, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
+        _save_tensors(next_aux_path, {"aux_next": anchor})
+    train_phase(run, policy, seqs, {"anchor_logps": anchor}, objective, iteration=t, phase="train",
+                start_step=resume_step if resume_phase == "train" else 0,
+                resume_ckpt=ckpt if resume_phase == "train" else None, extra_models={"aux": aux})
+
+
+def run_offline(config: TrainConfig) -> list[dict]:
+    """Train on a JSONL file of TRL-style ``{"prompt", "chosen", "rejected"}`` records (one pass of
+    ``epochs`` epochs). INPO runs with π_t = π_ref; DPO/IPO use π_ref as the reference."""
+    from inpo.data.pairs import load_pairs
+
+    cfg = config
+    device, tokenizer, ref, policy = _setup(cfg)
+    records = load_pairs(cfg.data)
+    if world_is_distributed():
+        from inpo.train.distributed import shard_policy
+
+        policy = shard_policy(policy)
+    run, ckpt = _begin_run(cfg, device)
+    run.n_params = sum(p.numel() for p in policy.parameters())
+    objective = cfg.make_objective()
+    if ckpt is not None and ckpt["state"]["phase"] == "done":
+        run.print("[inpo] offline run already complete; exporting the final model again")
+        from inpo.train.checkpoint import load_model_weights
+
+        load_model_weights(policy, ckpt["model"])
+        export_final(run, policy, tokenizer)
+        return []
+    seqs = _sequences(tokenizer, records, True, cfg)
+    logps_path = run.out / "iter_000" / "logps.safetensors"
+    t0 = time.perf_counter()
+    if logps_path.is_file():
+        logps = _load_tensors(logps_path)
+    else:
+        logps = {"ref": precompute_logps(ref, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)}
+        logps["iterate"] = logps["ref"]
+        if run.is_main:
+            _save_tensors(logps_path, logps)
+    precompute_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with _progress(cfg) as progress:
+        run.progress = progress
+        summary = train_phase(run, policy, seqs, _side_inputs(cfg, objective, logps, records), objective, iteration=0,
+                              start_step=ckpt["state"]["iter_step"] if ckpt else 0, resume_ckpt=ckpt)
+    run.progress = None
+    save_checkpoint(run.out, model=policy, state={"iteration": 0, "phase": "done", "global_step": run.global_step},
+                    keep=cfg.keep_checkpoints)
+    rec = {"kind": "iteration", "iteration": 0, "pairs": len(records), "oracle_queries": 0,
+           "precompute_s": precompute_s, "train_s": time.perf_counter() - t0, "step": run.global_step,
+           "final_loss": summary["last"].get("loss")}
+    run.log(rec)
+    export_final(run, policy, tokenizer)
+    return [rec]
+
+
+def run_training(config: TrainConfig) -> list[dict]:
+    """Online iterations, or offline training when ``config.data`` names a JSONL file. ``StopRun`` at
+    ``max_steps`` propagates after its checkpoint."""
+    return run_offline(config) if config.data else run_online(config)

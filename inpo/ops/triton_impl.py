@@ -1,0 +1,272 @@
+"""Triton fused head: launchers and the ``torch.autograd.Function`` around ``inpo.kernels.head``.
+
+Order of this file (kernel → launcher → autograd glue → public function): the kernels live in
+``kernels/head.py`` (installed as ``inpo.kernels.head``; design and FLOP accounting are documented there),
+the launch configs in ``kernels/configs.py``.
+
+Options (``sequence_logps(..., **options)`` or ``params=HeadParams(...)``):
+    filter_eps   gradient filter threshold. ``None`` (default) = auto: ``DEFAULT_FILTER_EPS`` = 2^-16 for
+                 fp16/bf16 inputs, 0 (off, exact) for fp32. 2^-16 is 2^-8 below bf16's relative precision
+                 (2^-8): a skipped tile's entries |g|·p are that far below the rounding of the target's own
+                 |g|·(1 − p) term. ``0`` turns filtering off. Error bound: see ``kernels/head.py``.
+    fwd_config / bwd_config   ``KernelConfig`` overrides of the baked per-GPU-family defaults.
+    splits       vocabulary splits of the forward grid (default: enough programs for ~4 waves).
+    stats        a dict the backward fills with tile counters (``tiles_total``, ``tiles_filtered``,
+                 ``tiles_ignored``); costs one host sync, meant for tests and profiling.
+
+Environment (read at call time):
+    INPO_AUTOTUNE=1          autotune over ``kernels.configs.AUTOTUNE_FWD/BWD`` (CUDA only) instead of the baked
+                             defaults; Triton caches the winner per (V, H, dtype) for the process.
+    INPO_POISON_OUTPUTS=1    allocate the forward's outputs with NaN instead of ``empty`` (tests prove every
+                             element is written); backward accumulators are zero-initialised by design.
+
+On CPU tensors the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``), which must be chosen
+before the kernels are decorated: if ``inpo.kernels.head`` is not yet imported this module sets the variable
+itself; if it was already built for the GPU a RuntimeError says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from inpo.ops.checks import check_head_inputs
+from inpo.ops.naive import segment_ids
+
+DEFAULT_FILTER_EPS = 2.0 ** -16
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_WAVES = 4  # forward: aim for this many waves of programs over the SMs when choosing vocabulary splits
+
+
+@dataclass(frozen=True)
+class HeadParams:
+    """Options of the Triton head (see the module docstring). Frozen so it can be passed through autograd."""
+
+    filter_eps: float | None = None
+    fwd_config: object | None = None  # kernels.configs.KernelConfig
+    bwd_config: object | None = None
+    splits: int | None = None
+    stats: dict | None = field(default=None, compare=False, hash=False)
+
+    def __post_init__(self):
+        eps = self.filter_eps
+        if eps is not None and (not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0.0 <= eps < 1.0):
+            raise ValueError(f"filter_eps must be None (auto) or a float in [0, 1), got {eps!r}")
+        if self.splits is not None and (not isinstance(self.splits, int) or self.splits < 1):
+            raise ValueError(f"splits must be None or a positive int, got {self.splits!r}")
+        if self.stats is not None and not isinstance(self.stats, dict):
+            raise TypeError(f"stats must be None or a dict to fill, got {type(self.stats).__name__}")
+
+    def resolve_filter_eps(self, dtype: torch.dtype) -> float:
+        if self.filter_eps is not None:
+            return float(self.filter_eps)
+        return DEFAULT_FILTER_EPS if dtype in (torch.float16, torch.bfloat16) else 0.0
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+def _is_interpreted(fn) -> bool:
+    return type(fn).__name__ == "InterpretedFunction"
+
+
+def _kernels(device: torch.device):
+    """The kernel module, built under the interpreter for CPU tensors (see the module docstring)."""
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"impl='triton' runs on CUDA or (interpreted) CPU tensors, got device {device}")
+    if device.type == "cpu" and "inpo.kernels.head" not in sys.modules:
+        os.environ["TRITON_INTERPRET"] = "1"
+    from inpo.kernels import configs, head
+
+    interpreted = _is_interpreted(head.head_fwd_kernel)
+    if device.type == "cpu" and not interpreted:
+        raise RuntimeError(
+            "impl='triton' on CPU tensors needs the Triton interpreter, but inpo.kernels.head was already "
+            "compiled for the GPU in this process. Set TRITON_INTERPRET=1 before importing triton/inpo, or "
+            "use impl='torch' on CPU."
+        )
+    if device.type == "cuda" and interpreted:
+        _warn_once("inpo.kernels.head was built under TRITON_INTERPRET=1: CUDA tensors run through the slow "
+                   "interpreter. Unset TRITON_INTERPRET before importing inpo for compiled kernels.")
+    return head, configs
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(msg: str) -> None:
+    warnings.warn(msg, stacklevel=3)
+
+
+@functools.lru_cache(maxsize=None)
+def _autotuned(kernel, backward: bool):
+    import triton
+
+    from inpo.kernels.configs import AUTOTUNE_BWD, AUTOTUNE_FWD
+
+    cfgs = [triton.Config({k: v for k, v in c.meta(backward=backward).items() if k.isupper()},
+                          num_warps=c.num_warps, num_stages=c.num_stages)
+            for c in (AUTOTUNE_BWD if backward else AUTOTUNE_FWD)]
+    # Backward accumulates with atomics: every trial must start from zeroed accumulators.
+    reset = ["DX", "DW", "DB", "Skipped"] if backward else None
+    return triton.autotune(configs=cfgs, key=["V", "Hd"], reset_to_zero=reset)(kernel)
+
+
+def _family(device: torch.device) -> str:
+    from inpo.kernels.configs import device_family
+
+    return device_family(torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _dot_flags(dtype: torch.dtype, interpreted: bool) -> dict:
+    # The interpreter's bf16 tl.dot is wrong: upcast tiles there. fp32 inputs get exact (IEEE) dots, not TF32.
+    return dict(DOT_FP32=interpreted and dtype == torch.bfloat16,
+                DOT_PRECISION="ieee" if dtype == torch.float32 or (interpreted and dtype == torch.bfloat16) else "tf32")
+
+
+def _default_splits(n_blocks: int, v_tiles: int, device: torch.device, interpreted: bool) -> int:
+    if interpreted or device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    # Enough programs for _WAVES waves, but every split keeps >= 4 vocabulary tiles to amortise its merge.
+    return max(1, min(_cdiv(_WAVES * sms, n_blocks), v_tiles // 4))
+
+
+# ---------------------------------------------------------------------------------------------- launchers
+def head_forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, ignore_index: int,
+                 params: HeadParams) -> tuple[Tensor, Tensor]:
+    """Per-token log-probs [N] fp32 (0 where ignored) and log-sum-exp [N] fp32 (0 where ignored)."""
+    head, configs = _kernels(hidden.device)
+    n, hd = hidden.shape
+    v = weight.shape[0]
+    interpreted = _is_interpreted(head.head_fwd_kernel)
+    family = "interpreter" if interpreted else _family(hidden.device)
+    cfg = params.fwd_config or configs.BAKED[family][0]
+    splits = params.splits or _default_splits(_cdiv(n, cfg.block_n), _cdiv(v, cfg.block_v), hidden.device,
+                                              interpreted)
+    alloc = torch.full if _flag("INPO_POISON_OUTPUTS") else None
+    shape = (3, splits, n)
+    part = (alloc(shape, float("nan"), dtype=torch.float32, device=hidden.device) if alloc else
+            torch.empty(shape, dtype=torch.float32, device=hidden.device))
+    args = (hidden, weight, bias if bias is not None else hidden, labels, part[0], part[1], part[2],
+            n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, splits)
+    flags = dict(HAS_BIAS=bias is not None, **_dot_flags(hidden.dtype, interpreted))
+    if _flag("INPO_AUTOTUNE") and not interpreted and params.fwd_config is None:
+        _autotuned(head.head_fwd_kernel, False)[lambda meta: (_cdiv(n, meta["BLOCK_N"]), splits)](*args, **flags)
+    else:
+        head.head_fwd_kernel[(_cdiv(n, cfg.block_n), splits)](*args, **flags, **cfg.meta(backward=False))
+    part_m, part_s, part_t = part
+    valid = labels != ignore_index
+    # Merge the splits; an empty split (or an all-ignored block) has m = -inf, s = 0 and drops out.
+    lse = torch.where(valid, torch.logsumexp(part_m + part_s.log(), dim=0), 0.0)
+    tok = torch.where(valid, part_t.sum(dim=0) - lse, 0.0)
+    return tok, lse
+
+
+def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, lse: Tensor, g_tok: Tensor,
+                  ignore_index: int, params: HeadParams, need: tuple[bool, bool, bool]):
+    """fp32 gradients (dHidden, dWeight, dBias) -- None where not needed -- for per-token upstream ``g_tok``."""
+    head, configs = _kernels(hidden.device)
+    n, hd = hidden.shape
+    v = weight.shape[0]
+    dev = hidden.device
+    interpreted = _is_interpreted(head.head_bwd_kernel)
+    family = "interpreter" if interpreted else _family(dev)
+    cfg = params.bwd_config or configs.BAKED[family][1]
+    need_x, need_w, need_b = need
+    dx = torch.zeros(n, hd, dtype=torch.float32, device=dev) if need_x else None
+    dw = torch.zeros(v, hd, dtype=torch.float32, device=dev) if need_w else None
+    db = torch.zeros(v, dtype=torch.float32, device=dev) if need_b else None
+    skipped = torch.zeros(2, dtype=torch.int32, device=dev)
+    eps = params.resolve_filter_eps(hidden.dtype)
+    dummy = lambda: torch.zeros(1, dtype=torch.float32, device=dev)  # noqa: E731 -- never read (constexpr off)
+    args = (hidden, weight, bias if bias is not None else hidden, labels, lse, g_tok,
+            dx if need_x else dummy(), dw if need_w else dummy(), db if need_b else dummy(), skipped,
+            n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, eps)
+    flags = dict(HAS_BIAS=bias is not None, COMPUTE_DX=need_x, COMPUTE_DW=need_w, COMPUTE_DB=need_b,
+                 FILTER=eps > 0, COUNT_SKIPS=params.stats is not None, **_dot_flags(hidden.dtype, interpreted))
+    if _flag("INPO_AUTOTUNE") and not interpreted and params.bwd_config is None:
+        grid = lambda meta: (_cdiv(n, meta["BLOCK_N"]) * _cdiv(v, meta["BLOCK_V"]),)  # noqa: E731
+        _autotuned(head.head_bwd_kernel, True)[grid](*args, **flags)
+        cfg = None
+    else:
+        head.head_bwd_kernel[(_cdiv(n, cfg.block_n) * _cdiv(v, cfg.block_v),)](*args, **flags,
+                                                                               **cfg.meta(backward=True))
+    if params.stats is not None:
+        if cfg is None:  # autotuned: the tile count belongs to whichever config won
+            total = None
+        else:
+            total = _cdiv(n, cfg.block_n) * _cdiv(v, cfg.block_v)
+        filtered, ignored = (int(x) for x in skipped.tolist())
+        params.stats.update(tiles_total=total, tiles_filtered=filtered, tiles_ignored=ignored, filter_eps=eps)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------- autograd glue
+class TritonHeadFunction(torch.autograd.Function):
+    """[S] summed log-probs; backward recomputes logits tiles (8NHV FLOPs in all)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ignore_index, params):
+        n = hidden.shape[0]
+        s = cu_seqlens.numel() - 1
+        seg = segment_ids(cu_seqlens, n)
+        if n == 0:
+            lse = torch.zeros(0, dtype=torch.float32, device=hidden.device)
+            out = torch.zeros(s, dtype=torch.float32, device=hidden.device)
+        else:
+            tok, lse = head_forward(hidden, weight, bias, labels, ignore_index, params)
+            out = torch.zeros(s, dtype=torch.float32, device=hidden.device).index_add_(0, seg, tok)
+        ctx.save_for_backward(hidden, weight, bias, labels, seg, lse)
+        ctx.ignore_index, ctx.params = ignore_index, params
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, labels, seg, lse = ctx.saved_tensors
+        need = tuple(ctx.needs_input_grad[:3])
+        need = (need[0], need[1], need[2] and bias is not None)
+        if hidden.shape[0] == 0:
+            dx, dw, db = (torch.zeros(t.shape, dtype=torch.float32, device=t.device) if (t is not None and k) else None
+                          for t, k in zip((hidden, weight, bias), need))
+        else:
+            g_tok = torch.where(labels != ctx.ignore_index, grad_out.float()[seg], 0.0).contiguous()
+            dx, dw, db = head_backward(hidden, weight, bias, labels, lse, g_tok, ctx.ignore_index, ctx.params, need)
+        cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731 -- no copy for fp32
+        return cast(dx, hidden), cast(dw, weight), cast(db, bias), None, None, None, None
+
+
+# -------------------------------------------------------------------------------------------- public API
+def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, bias: Tensor | None = None,
+                   *, ignore_index: int = -100, params: HeadParams | None = None, **options) -> Tensor:
+    """[S] fp32 summed log-probs of packed sequences with the fused Triton head.
+
+    Same contract as :func:`inpo.ops.sequence_logps` (shapes, ``ignore_index``, differentiable w.r.t.
+    hidden, weight, bias); ``options`` are :class:`HeadParams` fields (``filter_eps``, ``fwd_config``,
+    ``bwd_config``, ``splits``, ``stats``) and override ``params``.
+    """
+    unknown = set(options) - {f.name for f in dataclasses.fields(HeadParams)}
+    if unknown:
+        raise TypeError(f"unknown Triton head option(s) {sorted(unknown)}; expected fields of HeadParams: "
+                        f"{[f.name for f in dataclasses.fields(HeadParams)]}")
+    params = dataclasses.replace(params or HeadParams(), **options)
+    check_head_inputs(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index, check_values=False)
+    if hidden.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"impl='triton' supports fp32/fp16/bf16 inputs, got {hidden.dtype}; "
+                        "use impl='naive' or impl='torch' for fp64")
+    if bias is not None and bias.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"bias must be fp32/fp16/bf16 for impl='triton', got {bias.dtype}")
+    labels = labels.contiguous()  # hidden/weight strides go to the kernels; labels are tiny
+    bias = bias.contiguous() if bias is not None else None
+    return TritonHeadFunction.apply(hidden, weight, bias, labels, cu_seqlens, int(ignore_index), params)

@@ -1,0 +1,532 @@
+"""``inpo bench report``: turn ``bench/results/*.jsonl`` into ``bench/REPORT.md`` with tables, targets and PNG plots.
+
+Reads every ``*.jsonl`` under the results folder (``head-<gpu>.jsonl``, ``head-cpu.jsonl``, ``step-<dev>.jsonl``,
+``iteration-<dev>.jsonl``); unreadable lines are counted and reported, never fatal. Each table keeps the latest record
+(by ``date``) per key and shows the device, commit and date it came from. Targets are judged only on GPU records of
+the full-size benches (CPU smoke records keep the code alive, they do not measure the product): met / not met / not
+yet measured. Plots go to ``<results>/plots/`` and are linked from the report; without matplotlib the report is
+written without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inpo._optional import optional
+
+HEAD_KEY = ("device", "impl", "N", "H", "V", "dtype", "inputs")
+STEP_KEY = ("device", "system", "model", "seq_len")
+SWEEP_KEY = ("device", "system", "model", "seq_len", "micro_batch_tokens")
+ITER_KEY = ("device", "algorithm", "model")
+PHASES = ("generate", "rank", "precompute", "train")
+MET, NOT_MET, NOT_YET = "met", "not met", "not yet measured"
+
+
+@dataclass
+class Results:
+    """Records by family (``head``, ``head-cpu``, ``step``, ``iteration``, ``other``) and problems seen loading."""
+
+    families: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    files: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def family_of(path: Path) -> str:
+    stem = path.stem
+    if stem == "head-cpu":
+        return "head-cpu"
+    for fam in ("head", "step", "iteration"):
+        if stem.startswith(fam + "-") or stem == fam:
+            return fam
+    return "other"
+
+
+def load_results(results_dir: str | os.PathLike) -> Results:
+    """Read every ``*.jsonl`` directly under ``results_dir`` (a missing folder is an empty result)."""
+    res = Results()
+    root = Path(results_dir)
+    if not root.is_dir():
+        res.problems.append(f"results folder {str(root)!r} does not exist")
+        return res
+    for path in sorted(root.glob("*.jsonl")):
+        res.files.append(path)
+        fam = family_of(path)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            res.problems.append(f"{path.name}: unreadable ({type(exc).__name__}: {exc})")
+            continue
+        bad = 0
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(rec, dict):
+                res.families[fam].append(rec)
+            else:
+                bad += 1
+        if bad:
+            res.problems.append(f"{path.name}: skipped {bad} malformed line(s)")
+    return res
+
+
+def is_gpu(rec: dict) -> bool:
+    dev = str(rec.get("device") or "")
+    return bool(dev) and not dev.lower().startswith("cpu")
+
+
+def latest(records: Iterable[dict], key: tuple[str, ...]) -> list[dict]:
+    """The newest record (ISO ``date``, later lines win ties) per key, in first-seen key order."""
+    best: dict[tuple, dict] = {}
+    for rec in records:
+        k = tuple(_hashable(rec.get(f)) for f in key)
+        if k not in best or str(rec.get("date") or "") >= str(best[k].get("date") or ""):
+            best[k] = rec
+    return list(best.values())
+
+
+def _hashable(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
+
+
+# ---- formatting ----------------------------------------------------------------------------------------------
+
+def fmt(v, kind: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if kind == "bytes":
+        return f"{v / 2**30:.2f} GiB" if v >= 2**28 else f"{v / 2**20:.1f} MiB"
+    if kind == "pct":
+        return f"{100 * v:.1f}%"
+    if kind == "x":
+        return f"{v:.2f}×"
+    if kind == "date":
+        return str(v)[:16].replace("T", " ")
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+    if isinstance(v, int) and abs(v) >= 10000:
+        return f"{v:,}"
+    return str(v).replace("|", "\\|")
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str | Callable[[dict], str]]]) -> str:
+    """Markdown table; ``columns`` = (header, field, kind) where kind is a ``fmt`` kind or a function of the row."""
+    head = "| " + " | ".join(c[0] for c in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = []
+    for r in rows:
+        cells = [c[2](r) if callable(c[2]) else fmt(r.get(c[1]), c[2]) for c in columns]
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *body])
+
+
+PROVENANCE = [("device", "device", ""), ("commit", "commit", ""), ("date (UTC)", "date", "date")]
+
+
+# ---- targets -------------------------------------------------------------------------------------------------
+
+@dataclass
+class Target:
+    name: str
+    status: str
+    detail: str
+
+
+def _full_size_steps(steps: list[dict]) -> list[dict]:
+    return [r for r in latest([r for r in steps if r.get("kind", "step") == "step"], STEP_KEY)
+            if is_gpu(r) and not r.get("smoke") and r.get("model") == "llama-3.2-1b"]
+
+
+def _by_device(recs: list[dict]) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in recs:
+        out[str(r.get("device"))][str(r.get("system"))] = r
+    return out
+
+
+def step_targets(steps: list[dict]) -> list[Target]:
+    full = [r for r in _full_size_steps(steps) if r.get("seq_len") == 2048]
+    per_dev = _by_device(full)
+    targets = []
+
+    # 1. tokens/s vs TRL, same device (and, for "one run", the same commit).
+    pairs = [(dev, s["inpo"], s["trl"]) for dev, s in per_dev.items() if "inpo" in s and "trl" in s]
+    if pairs:
+        dev, ours, trl = pairs[-1]
+        ratio = ours["tokens_per_s"] / trl["tokens_per_s"]
+        targets.append(Target("INPO step ≥ 2× TRL DPOTrainer(ipo) tokens/s", MET if ratio >= 2 else NOT_MET,
+                              f"{ratio:.2f}× on {dev} ({fmt(ours['tokens_per_s'])} vs {fmt(trl['tokens_per_s'])} tok/s)"))
+    else:
+        targets.append(Target("INPO step ≥ 2× TRL DPOTrainer(ipo) tokens/s", NOT_YET,
+                              "needs inpo and trl step records at seq_len 2048 on one GPU"))
+    # 2. MFU.
+    ours_all = [s["inpo"] for s in per_dev.values() if "inpo" in s and s["inpo"].get("mfu") is not None]
+    if ours_all:
+        r = ours_all[-1]
+        targets.append(Target("MFU ≥ 45% at 2048 tokens/sequence", MET if r["mfu"] >= 0.45 else NOT_MET,
+                              f"{fmt(r['mfu'], 'pct')} on {r['device']} (peak {fmt(r.get('peak_tflops'))} TFLOP/s "
+                              f"measured by a {r.get('gemm_dtype', 'bf16')} GEMM in the same run)"))
+    else:
+        targets.append(Target("MFU ≥ 45% at 2048 tokens/sequence", NOT_YET, "needs an inpo step record on a GPU"))
+    # 3. Largest micro-batch.
+    name = "largest micro-batch before OOM ≥ 4× TRL's"
+    if pairs:
+        dev, ours, trl = pairs[-1]
+        a, b = ours.get("max_tokens_before_oom"), trl.get("max_tokens_before_oom")
+        if a and b:
+            ratio = a / b
+            if not trl.get("oom_reached"):  # TRL's ceiling was the sweep limit: no capacity ratio to judge
+                status, note = NOT_YET, " (TRL never hit OOM: raise --sweep-limit-tokens)"
+            elif ratio >= 4:  # a lower bound on ours when our sweep stopped at the limit
+                status, note = MET, "" if ours.get("oom_reached") else " (ours: ≥, the sweep limit stopped it)"
+            elif not ours.get("oom_reached"):
+                status, note = NOT_YET, " (ours never hit OOM: raise --sweep-limit-tokens)"
+            else:
+                status, note = NOT_MET, ""
+            targets.append(Target(name, status, f"{ratio:.2f}× on {dev} ({fmt(a)} vs {fmt(b)} tokens){note}"))
+        else:
+            targets.append(Target(name, NOT_YET, "the step records carry no sweep result (run without --no-sweep)"))
+    else:
+        targets.append(Target(name, NOT_YET, "needs inpo and trl sweeps on one GPU"))
+    return targets
+
+
+def iteration_targets(iters: list[dict]) -> list[Target]:
+    name = "online iteration: precompute + train ≤ 1.3× pure forward/backward"
+    recs = [r for r in latest(iters, ITER_KEY) if is_gpu(r) and not r.get("smoke")
+            and str(r.get("algorithm", "")).lower() == "inpo" and r.get("overhead_ratio") is not None]
+    if not recs:
+        return [Target(name, NOT_YET, "needs a GPU iteration record for INPO")]
+    r = recs[-1]
+    ratio = r["overhead_ratio"]
+    return [Target(name, MET if ratio <= 1.3 else NOT_MET, f"{ratio:.2f}× on {r['device']}")]
+
+
+def head_cpu_targets(recs: list[dict]) -> list[Target]:
+    """The native CPU head issue's targets, on the latest head-cpu records per shape."""
+    rows = latest(recs, HEAD_KEY)
+    shapes: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        if r.get("smoke"):
+            continue
+        shapes[(r.get("N"), r.get("H"), r.get("V"))][str(r.get("impl"))] = r
+    out = []
+    names = ("native fwd+bwd ≤ 1.15× the 4-GEMM floor", "native ≥ 1.15× faster than impl=torch",
+             "native peak memory ≤ 1/10 of naive's")
+    if not any("inpo-native" in s for s in shapes.values()):
+        return [Target(n, NOT_YET, "needs head-cpu records with impl inpo-native") for n in names]
+    for shape, s in shapes.items():
+        nat = s.get("inpo-native")
+        if nat is None:
+            continue
+        where = f"N={shape[0]} H={shape[1]} V={shape[2]}"
+        fr = nat.get("floor_ratio")
+        if fr is None and "gemm-floor" in s and nat.get("fwd_bwd_ms"):
+            fr = nat["fwd_bwd_ms"] / s["gemm-floor"]["fwd_bwd_ms"]
+        out.append(Target(names[0], NOT_YET if fr is None else (MET if fr <= 1.15 else NOT_MET),
+                          f"{fmt(fr, 'x')} at {where}"))
+        t = s.get("torch")
+        if t and t.get("fwd_bwd_ms") and nat.get("fwd_bwd_ms"):
+            sp = t["fwd_bwd_ms"] / nat["fwd_bwd_ms"]
+            out.append(Target(names[1], MET if sp >= 1.15 else NOT_MET, f"{sp:.2f}× at {where}"))
+        nv = s.get("naive")
+        if nv and nv.get("peak_mem_bytes") and nat.get("peak_mem_bytes") is not None:
+            frac = nat["peak_mem_bytes"] / nv["peak_mem_bytes"]
+            out.append(Target(names[2], MET if frac <= 0.1 else NOT_MET, f"{frac:.3f} of naive at {where}"))
+    return out
+
+
+# ---- plots ---------------------------------------------------------------------------------------------------
+
+def _save(fig, path: Path) -> Path:
+    """savefig to a temp file in the same folder, then rename: a crash never leaves a truncated PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def make_plots(res: Results, plots_dir: Path) -> dict[str, Path]:
+    """PNG plots of whatever data exists; returns {name: path}. Empty without matplotlib."""
+    mpl = optional("matplotlib", warn=False)
+    if mpl is None:
+        return {}
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made: dict[str, Path] = {}
+
+    def new(title: str, xlabel: str, ylabel: str):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        return fig, ax
+
+    def finish(fig, ax, name: str):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        made[name] = _save(fig, plots_dir / f"{name}.png")
+        plt.close(fig)
+
+    # Head: time vs shape (6NHV) and floor ratio, per (device, impl).
+    for fam in ("head", "head-cpu"):
+        rows = [r for r in latest(res.families.get(fam, []), HEAD_KEY) if r.get("fwd_bwd_ms")]
+        if not rows:
+            continue
+        fig, ax = new(f"{fam}: fwd+bwd time vs problem size", "6·N·H·V (GFLOP)", "fwd+bwd (ms)")
+        series = defaultdict(list)
+        for r in rows:
+            if all(isinstance(r.get(k), (int, float)) for k in ("N", "H", "V")):
+                series[(r.get("device"), r.get("impl"), r.get("inputs"))].append(
+                    (6 * r["N"] * r["H"] * r["V"] / 1e9, r["fwd_bwd_ms"]))
+        for (dev, impl, inputs), pts in sorted(series.items(), key=lambda kv: str(kv[0])):
+            pts.sort()
+            label = f"{impl}" + (f" [{inputs}]" if inputs else "") + (f" ({dev})" if len(
+                {k[0] for k in series}) > 1 else "")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        finish(fig, ax, f"{fam}_time_vs_shape")
+        ratio_rows = [r for r in rows if r.get("floor_ratio") is not None]
+        if ratio_rows:
+            fig, ax = new(f"{fam}: time / GEMM floor (1.0 = the floor)", "", "floor ratio")
+            labels = [f"{r.get('impl')}\nN={r.get('N')} V={r.get('V')}" + (
+                f"\n{r.get('inputs')}" if r.get("inputs") else "") for r in ratio_rows]
+            ax.bar(range(len(ratio_rows)), [r["floor_ratio"] for r in ratio_rows], color="tab:blue")
+            ax.axhline(1.0, color="k", lw=1)
+            ax.set_xticks(range(len(ratio_rows)), labels, fontsize=6, rotation=60, ha="right")
+            finish(fig, ax, f"{fam}_floor_ratio")
+
+    # Step: memory and throughput vs micro-batch tokens (the sweep), MFU per system.
+    sweeps = latest([r for r in res.families.get("step", []) if r.get("kind") == "sweep"], SWEEP_KEY)
+    if sweeps:
+        by = defaultdict(list)
+        for r in sweeps:
+            by[(r.get("device"), r.get("system"), r.get("model"), r.get("seq_len"))].append(r)
+        multi_dev = len({k[0] for k in by}) > 1
+        for metric, ylabel, name, scale in (("peak_mem_bytes", "peak memory (GiB)", "step_memory_vs_batch", 2**30),
+                                            ("tokens_per_s", "tokens/s", "step_throughput_vs_batch", 1)):
+            fig, ax = new(f"training step: {ylabel} vs micro-batch size", "micro-batch tokens", ylabel)
+            for (dev, system, model, seq), pts in sorted(by.items(), key=lambda kv: str(kv[0])):
+                pts = sorted((p["micro_batch_tokens"], p[metric] / scale) for p in pts if p.get(metric) is not None)
+                if pts:
+                    label = f"{system} ({model}, s={seq})" + (f" {dev}" if multi_dev else "")
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            if ax.lines:
+                ax.set_xscale("log", base=2)
+                finish(fig, ax, name)
+            else:
+                plt.close(fig)
+    steps = [r for r in latest([r for r in res.families.get("step", []) if r.get("kind", "step") == "step"],
+                               STEP_KEY) if r.get("mfu") is not None]
+    if steps:
+        fig, ax = new("training step: MFU (model FLOPs / GEMM peak measured in the same run)", "", "MFU (%)")
+        labels = [f"{r.get('system')}\n{r.get('model')} s={r.get('seq_len')}\n{str(r.get('device'))[:18]}"
+                  for r in steps]
+        colors = ["tab:green" if r.get("system") == "inpo" else "tab:gray" for r in steps]
+        ax.bar(range(len(steps)), [100 * r["mfu"] for r in steps], color=colors)
+        if any(is_gpu(r) for r in steps):
+            ax.axhline(45, color="tab:red", ls="--", lw=1, label="target 45%")
+        ax.set_xticks(range(len(steps)), labels, fontsize=7)
+        finish(fig, ax, "step_mfu")
+
+    # Iteration: stacked phases per algorithm (latest per device/algorithm/model).
+    iters = [r for r in latest(res.families.get("iteration", []), ITER_KEY)
+             if any(r.get(f"{p}_s") is not None for p in PHASES)]
+    if iters:
+        fig, ax = new("online iteration: wall time per phase", "", "seconds per iteration")
+        labels = [f"{r.get('algorithm')}\n{str(r.get('device'))[:18]}" for r in iters]
+        bottom = [0.0] * len(iters)
+        for p in PHASES:
+            vals = [float(r.get(f"{p}_s") or 0.0) for r in iters]
+            ax.bar(range(len(iters)), vals, bottom=bottom, label=p)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        floors = [r.get("pure_fwd_bwd_s") for r in iters]
+        if any(f is not None for f in floors):
+            ax.scatter([i for i, f in enumerate(floors) if f is not None], [f for f in floors if f is not None],
+                       marker="_", s=600, color="k", zorder=3, label="pure fwd/bwd (precompute+train floor)")
+        ax.set_xticks(range(len(iters)), labels, fontsize=7)
+        finish(fig, ax, "iteration_phases")
+    return made
+
+
+# ---- the report ------------------------------------------------------------------------------------------------
+
+def _rel(path: Path, start: Path) -> str:
+    return os.path.relpath(path, start).replace(os.sep, "/")
+
+
+def render(res: Results, out_path: Path, plots: dict[str, Path], results_dir: Path) -> str:
+    base = out_path.parent
+    gpu_any = any(is_gpu(r) for fam in res.families.values() for r in fam)
+    L: list[str] = ["# Benchmark report", "",
+                    f"Generated by `inpo bench report` from `{_rel(results_dir, base)}/*.jsonl` "
+                    f"({len(res.files)} file(s)). Tables show the latest record per configuration; targets are "
+                    "judged on full-size GPU records only (CPU `--smoke` records just keep the benches alive).", ""]
+    if not gpu_any:
+        L += ["> **No GPU results recorded yet.** Everything below comes from CPU runs (smoke modes or the CPU head "
+              "bench); on a GPU machine run `inpo bench head`, `inpo bench step`, `inpo bench iteration`, then "
+              "`inpo bench report`.", ""]
+    if res.problems:
+        L += ["Problems while loading: " + "; ".join(res.problems), ""]
+
+    steps_all = res.families.get("step", [])
+    iters_all = res.families.get("iteration", [])
+    L += ["## Targets", "", table(
+        [t.__dict__ for t in step_targets(steps_all) + iteration_targets(iters_all)],
+        [("target", "name", ""), ("status", "status", lambda r: f"**{r['status']}**"), ("measured", "detail", "")]),
+        ""]
+    cpu_head = head_cpu_targets(res.families.get("head-cpu", []))
+    L += ["CPU head (native C++ op) targets, from `head-cpu.jsonl`:", "",
+          table([t.__dict__ for t in cpu_head],
+                [("target", "name", ""), ("status", "status", lambda r: f"**{r['status']}**"),
+                 ("measured", "detail", "")]), ""]
+
+    # Step.
+    L += ["## End-to-end training step", ""]
+    step_rows = latest([r for r in steps_all if r.get("kind", "step") == "step"], STEP_KEY)
+    if step_rows:
+        trl_tps = {(r.get("device"), r.get("model"), r.get("seq_len")): r.get("tokens_per_s")
+                   for r in step_rows if r.get("system") == "trl"}
+
+        def vs_trl(r):
+            t = trl_tps.get((r.get("device"), r.get("model"), r.get("seq_len")))
+            return fmt(r["tokens_per_s"] / t, "x") if t and r.get("tokens_per_s") else "—"
+
+        def oom(r):
+            v = r.get("max_tokens_before_oom")
+            return "—" if v is None else (fmt(v) if r.get("oom_reached") else f"≥ {fmt(v)}")
+
+        L += ["Micro-batch tokens = the main measurement's size; *max before OOM* = the largest micro-batch the "
+              "doubling sweep fitted (`≥` when the sweep limit, not memory, stopped it). MFU = (6·P·tokens + "
+              "6·L·d·Σs²) / step time / bf16 GEMM peak measured in the same run (see `inpo/profiling/mfu.py`).", "",
+              table(step_rows, [("system", "system", ""), ("model", "model", ""), ("seq", "seq_len", ""),
+                                ("µbatch tok", "micro_batch_tokens", ""), ("step ms (p20–p80)", "",
+                                lambda r: f"{fmt(r.get('step_median_ms'))} ({fmt(r.get('step_p20_ms'))}–"
+                                          f"{fmt(r.get('step_p80_ms'))})"),
+                                ("tokens/s", "tokens_per_s", ""), ("vs TRL", "", vs_trl), ("MFU", "mfu", "pct"),
+                                ("peak mem", "peak_mem_bytes", "bytes"), ("max µbatch before OOM", "", oom),
+                                ("J/step", "energy_per_step_j", ""), *PROVENANCE]), ""]
+    else:
+        L += ["No step results recorded yet (`inpo bench step`; `--smoke` on CPU).", ""]
+    for name, title in (("step_throughput_vs_batch", "throughput vs micro-batch"),
+                        ("step_memory_vs_batch", "memory vs micro-batch"), ("step_mfu", "MFU")):
+        if name in plots:
+            L += [f"![{title}]({_rel(plots[name], base)})", ""]
+
+    # Iteration.
+    L += ["## Online iteration cost", ""]
+    iter_rows = latest(iters_all, ITER_KEY)
+    if iter_rows:
+        L += ["Wall time per phase of one online iteration and the oracle queries it made. *pure fwd/bwd* = the same "
+              "number of bare forward (precompute) and forward+backward (train) passes on the same micro-batches, "
+              "timed alone; *overhead* = (precompute + train) / pure fwd/bwd (target ≤ 1.3×); *other* = the rest "
+              "of the iteration (orchestration, packing, checkpointing).", "",
+              table(iter_rows, [("algorithm", "algorithm", ""), ("model", "model", ""),
+                                *[(f"{p} s", f"{p}_s", "") for p in PHASES], ("other s", "other_s", ""),
+                                ("total s", "total_s", ""), ("oracle queries", "oracle_queries", ""),
+                                ("pure fwd/bwd s", "pure_fwd_bwd_s", ""), ("overhead", "overhead_ratio", "x"),
+                                *PROVENANCE]), ""]
+    else:
+        L += ["No iteration results recorded yet (`inpo bench iteration`; `--smoke` on CPU).", ""]
+    if "iteration_phases" in plots:
+        L += [f"![iteration phases]({_rel(plots['iteration_phases'], base)})", ""]
+
+    # Head.
+    for fam, title in (("head", "Fused head microbench (GPU)"), ("head-cpu", "CPU head (native C++ op)")):
+        L += [f"## {title}", ""]
+        rows = latest(res.families.get(fam, []), HEAD_KEY)
+        if rows:
+            L += [table(rows, [("impl", "impl", ""), ("N", "N", ""), ("H", "H", ""), ("V", "V", ""),
+                               ("dtype", "dtype", ""), ("inputs", "inputs", ""), ("entropy", "entropy", ""),
+                               ("fwd+bwd ms", "fwd_bwd_ms", ""), ("floor ms", "floor_ms", ""),
+                               ("floor ratio", "floor_ratio", "x"), ("TFLOP/s", "tflops", ""),
+                               ("peak mem", "peak_mem_bytes", "bytes"), *PROVENANCE]), ""]
+        else:
+            L += [f"No `{fam}` results recorded yet." + (" (no GPU results recorded yet)" if fam == "head" else ""),
+                  ""]
+        for name in (f"{fam}_time_vs_shape", f"{fam}_floor_ratio"):
+            if name in plots:
+                L += [f"![{name}]({_rel(plots[name], base)})", ""]
+
+    games = results_dir / "games" / "report.md"
+    L += ["## Tabular games", ""]
+    L += [f"Duality-gap convergence of INPO, ONPO and the baselines on exact games: [{_rel(games, base)}]"
+          f"({_rel(games, base)})." if games.exists() else
+          "No games report yet (`make games` writes `bench/results/games/report.md`).", ""]
+    L += ["## How to reproduce", "", "```bash",
+          "inpo bench head          # GPU microbench of the fused head", "inpo bench head-cpu      # native CPU head",
+          "inpo bench step          # end-to-end step vs TRL / naive head / Liger, with the OOM sweep",
+          "inpo bench iteration     # online iteration cost, INPO vs SPPO vs DNO-style",
+          "inpo bench report        # this file", "```", ""]
+    return "\n".join(L)
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def build_report(results_dir: str | os.PathLike = "bench/results", out: str | os.PathLike = "bench/REPORT.md", *,
+                 plots_dir: str | os.PathLike | None = None, plots: bool = True) -> Path:
+    """Read the results, draw the plots (``<results>/plots`` by default), write the Markdown; returns its path."""
+    results_dir, out = Path(results_dir), Path(out)
+    res = load_results(results_dir)
+    made = make_plots(res, Path(plots_dir) if plots_dir else results_dir / "plots") if plots else {}
+    return write_atomic(out, render(res, out, made, results_dir))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="inpo bench report", description="bench/REPORT.md from bench/results/*.jsonl")
+    ap.add_argument("--results", default="bench/results", help="folder of *.jsonl results (default bench/results)")
+    ap.add_argument("--out", default="bench/REPORT.md", help="Markdown file to write (default bench/REPORT.md)")
+    ap.add_argument("--plots-dir", default=None, help="where PNGs go (default <results>/plots)")
+    ap.add_argument("--no-plots", action="store_true", help="tables only")
+    ap.add_argument("--smoke", action="store_true", help="accepted for symmetry with the other benches (no-op)")
+    args = ap.parse_args(argv)
+    if Path(args.results).exists() and not Path(args.results).is_dir():
+        print(f"inpo bench report: --results must be a folder of *.jsonl files, got file {args.results!r}",
+              file=sys.stderr)
+        return 2
+    path = build_report(args.results, args.out, plots_dir=args.plots_dir, plots=not args.no_plots)
+    print(f"[bench report] wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

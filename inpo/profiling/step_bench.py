@@ -1,0 +1,505 @@
+"""End-to-end training-step bench: ours vs TRL DPOTrainer(ipo, precomputed ref) vs our step with the naive head vs
+our step with Liger's fused linear cross-entropy — same model, same data, one run, one device.
+
+Model: a Llama-3.2-1B-shaped decoder (random init from a config: hidden 2048, 16 layers, GQA 32/8 heads, vocab
+128256, tied embeddings). Data: random token pairs of ``seq_len`` tokens each (prompt = a quarter, shared by chosen
+and rejected), so every system sees identical token counts and no padding. Precision as the trainer runs it: fp32
+master weights, bf16 autocast on CUDA (TRL with ``bf16=True``, i.e. the same regime); fp32 on CPU.
+
+Per system: an OOM sweep (micro-batch tokens doubling from one pair until ``torch.OutOfMemoryError``; every size that
+fits is timed briefly and recorded as ``kind="sweep"``), then the main measurement at ``--micro-batch-tokens`` (or the
+largest that fit) with warm-up, quantiles, peak memory, NVML energy/clocks and MFU against a bf16 GEMM peak measured
+in the same run (``kind="step"``). Records append to ``bench/results/step-<device>.jsonl``.
+
+The side inputs (π_ref / π_t log-probs) are random: their values do not change the cost of a step.
+
+``inpo bench step --smoke`` runs a tiny model on CPU in seconds (CI keeps the code path alive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from inpo._optional import available, optional
+from inpo.profiling.mfu import matmul_params, measure_peak_flops, mfu, train_flops
+from inpo.profiling.nvml import NvmlMonitor
+from inpo.profiling.record import append_jsonl, device_slug, environment_info
+from inpo.profiling.sweep import oom_sweep
+from inpo.profiling.timing import measure, peak_memory_bytes, release_memory, reset_peak_memory
+
+SYSTEMS = ("inpo", "inpo-naive-head", "liger", "trl")
+
+# transformers LlamaConfig fields of the benched shapes.
+MODEL_SHAPES: dict[str, dict] = {
+    "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+                         rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5),
+    # Smoke shape: a few hundred thousand parameters, a step in milliseconds on one CPU core.
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True, rope_theta=10000.0,
+                 max_position_embeddings=1024, rms_norm_eps=1e-5),
+}
+
+SKIPPED = "skipped"
+
+
+@dataclass
+class StepBenchConfig:
+    """What ``inpo bench step`` measures (CLI flags map one to one)."""
+
+    model: str = "llama-3.2-1b"
+    seq_len: int = 2048
+    micro_batch_tokens: int = 16384
+    accum: int = 2  # micro-batches per optimiser step (gradient accumulation)
+    systems: tuple[str, ...] = SYSTEMS
+    warmup: int = 2
+    reps: int = 5
+    sweep: bool = True
+    sweep_limit_tokens: int = 1 << 20
+    sweep_reps: int = 2
+    objective: str = "inpo"
+    impl: str = "auto"  # our fused head's impl for the "inpo" and "liger"-less systems (auto = triton on CUDA)
+    lr: float = 1e-6
+    out: str | None = None
+    trace: str | None = None
+    device: str | None = None
+    seed: int = 0
+    smoke: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.model not in MODEL_SHAPES:
+            raise ValueError(f"model must be one of {sorted(MODEL_SHAPES)}, got {self.model!r}")
+        if self.seq_len < 4:
+            raise ValueError(f"seq_len must be >= 4 tokens (a prompt and a response), got {self.seq_len}")
+        if self.micro_batch_tokens < 2 * self.seq_len:
+            raise ValueError(f"micro_batch_tokens must hold at least one pair (2·seq_len = {2 * self.seq_len} "
+                             f"tokens), got {self.micro_batch_tokens}")
+        for name in ("accum", "reps", "sweep_reps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        bad = [s for s in self.systems if s not in SYSTEMS]
+        if bad or not self.systems:
+            raise ValueError(f"systems must be a non-empty subset of {list(SYSTEMS)}, got {list(self.systems)}")
+
+
+def smoke_config(**overrides) -> StepBenchConfig:
+    """Seconds on a CPU: tiny model, 64-token sequences, a 4-point sweep."""
+    cfg = StepBenchConfig(model="tiny", seq_len=64, micro_batch_tokens=256, accum=2, warmup=1, reps=2,
+                          sweep_limit_tokens=1024, sweep_reps=1, lr=1e-3, smoke=True)
+    return replace(cfg, **overrides)
+
+
+# ---- model and data ------------------------------------------------------------------------------------------
+
+def model_config(name: str):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**MODEL_SHAPES[name])
+
+
+def attn_implementation(device: torch.device) -> str:
+    """flash-attn varlen when installed on CUDA (packed documents without a mask), else transformers' sdpa."""
+    return "flash_attention_2" if device.type == "cuda" and available("flash_attn") else "sdpa"
+
+
+def build_model(name: str, device: torch.device, seed: int):
+    """Random-init causal LM from a shape config; fp32 master weights (the trainer autocasts the body to bf16)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = model_config(name)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation(device),
+                                             dtype=torch.float32)
+    return model.to(device)
+
+
+def make_pairs(n_pairs: int, seq_len: int, vocab_size: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """``2·n_pairs`` sequences of exactly ``seq_len`` tokens: pair i = (prompt_i + chosen_i, prompt_i + rejected_i),
+    prompt = seq_len // 4 tokens. Ids avoid 0..3 (left for special tokens in the TRL harness's tokenizer)."""
+    g = torch.Generator().manual_seed(seed)
+    p = max(1, seq_len // 4)
+    r = seq_len - p
+    seqs = []
+    for _ in range(n_pairs):
+        prompt = torch.randint(4, vocab_size, (p,), generator=g).tolist()
+        for _ in range(2):
+            seqs.append((prompt, torch.randint(4, vocab_size, (r,), generator=g).tolist()))
+    return seqs
+
+
+def _pairs_per_micro(cfg: StepBenchConfig, micro_tokens: int) -> int:
+    return micro_tokens // (2 * cfg.seq_len)
+
+
+def _objective(cfg: StepBenchConfig):
+    from inpo.objectives import make_objective
+
+    params = {"inpo": dict(eta=0.0075, ratio=1 / 3), "ipo": dict(beta=0.1), "dpo": dict(beta=0.1),
+              "onpo": dict(eta=0.0075)}
+    if cfg.objective not in params:
+        raise ValueError(f"objective must be one of {sorted(params)} (pairwise objectives), got {cfg.objective!r}")
+    return make_objective(cfg.objective, **params[cfg.objective])
+
+
+# ---- one system = a factory: micro_batch_tokens -> (step closure, tokens per step, seq lens, cleanup) --------------
+
+@dataclass
+class Prepared:
+    step: Callable[[], object]
+    tokens_per_step: int
+    seq_lens: list[int]
+    cleanup: Callable[[], None] = lambda: None
+    info: dict = field(default_factory=dict)
+
+
+def _ours(cfg: StepBenchConfig, device: torch.device, micro_tokens: int, *, impl: str, head: str) -> Prepared:
+    """Our trainer's step (``inpo.train.step.train_step``) on packed pairs; ``head="liger"`` swaps the fused head
+    for Liger's fused linear cross-entropy (per-token, reduction="none") summed per sequence."""
+    from inpo.data.packing import pack_sequences
+    from inpo.train.optim import make_optimizer
+
+    n_pairs = _pairs_per_micro(cfg, micro_tokens) * cfg.accum
+    seqs = make_pairs(n_pairs, cfg.seq_len, MODEL_SHAPES[cfg.model]["vocab_size"], cfg.seed)
+    batches = pack_sequences(seqs, max_tokens=micro_tokens, pairwise=True)
+    model = build_model(cfg.model, device, cfg.seed)
+    optimizer = make_optimizer(model, lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    side = {"ref_logps": -cfg.seq_len * (1 + torch.rand(len(seqs), generator=g)),
+            "anchor_logps": -cfg.seq_len * (1 + torch.rand(len(seqs), generator=g))}
+    objective = _objective(cfg)
+    if cfg.objective in ("ipo", "dpo"):
+        side.pop("anchor_logps")
+    elif cfg.objective == "onpo":
+        side.pop("ref_logps")
+    if head == "liger":
+        step_fn = _liger_train_step
+    else:
+        from inpo.train.step import train_step as step_fn
+
+    def step():
+        return step_fn(model, batches, objective, optimizer, scheduler, side, impl=impl)
+
+    def cleanup():
+        nonlocal model, optimizer
+        del model, optimizer
+
+    from inpo.ops import resolve_impl
+
+    info = {"impl": "liger-flce" if head == "liger" else resolve_impl(impl, device), "micro_batches": len(batches)}
+    return Prepared(step, sum(b.n_tokens for b in batches), [len(s[0]) + len(s[1]) for s in seqs], cleanup, info)
+
+
+def _liger_train_step(model, micro_batches, objective, optimizer, scheduler, side, *, impl="auto",
+                      max_grad_norm: float = 1.0) -> dict:
+    """``train_step``'s loop with Liger's fused linear CE as the head: Liger returns per-token NLL, so a sequence's
+    log-prob is minus its segment sum; the loss math stays ``inpo.objectives``'."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    from inpo.ops.naive import segment_sum
+    from inpo.train.model import hidden_and_head
+    from inpo.train.step import _autocast, gather_side
+
+    device = next(model.parameters()).device
+    flce = LigerFusedLinearCrossEntropyLoss(reduction="none", ignore_index=-100)
+    units = sum(mb.n_units for mb in micro_batches)
+    model.train()
+    loss_sum = 0.0
+    for mb in micro_batches:
+        b, s = mb.to(device), gather_side(side, mb, device)
+        with _autocast(device):
+            hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
+            token_nll = flce(weight, hidden, b.labels, bias)
+            logps = -segment_sum(token_nll.float(), b.cu_seqlens)
+            loss = objective(logps, s.get("ref_logps"), s.get("anchor_logps"), s.get("targets"))
+        (loss * (mb.n_units / units)).backward()
+        loss_sum += loss.detach() * mb.n_units
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": float(loss_sum) / max(units, 1)}
+
+
+def _trl(cfg: StepBenchConfig, device: torch.device, micro_tokens: int) -> Prepared:
+    """TRL ``DPOTrainer`` with ``DPOConfig(loss_type="ipo", precompute_ref_log_probs=True)`` on the same model and
+    token ids (a word-level tokenizer maps id i <-> word ``t<i>``, so TRL's own tokenisation reproduces them).
+
+    TRL owns its loop, so a "step" here runs ``trainer.train()`` for ``warmup + reps`` optimiser steps and a callback
+    times each step with device syncs; ``step()`` returns those per-step times (ms) for the caller to summarise.
+    The ref log-prob precompute happens in the trainer's constructor, outside the timed steps, as for ours.
+    """
+    trl = optional("trl", warn=False)
+    datasets = optional("datasets", warn=False)
+    from transformers import TrainerCallback
+
+    b = _pairs_per_micro(cfg, micro_tokens)
+    n_steps = cfg.warmup + cfg.reps
+    vocab = MODEL_SHAPES[cfg.model]["vocab_size"]
+    seqs = make_pairs(b * cfg.accum * n_steps, cfg.seq_len, vocab, cfg.seed)
+    tok = word_level_tokenizer(vocab)
+    words = lambda ids: " ".join(f"t{i}" for i in ids)  # noqa: E731
+    # TRL appends eos to chosen/rejected: drop our last response token so both see seq_len tokens.
+    rows = {"prompt": [], "chosen": [], "rejected": []}
+    for i in range(0, len(seqs), 2):
+        rows["prompt"].append(words(seqs[i][0]))
+        rows["chosen"].append(" " + words(seqs[i][1][:-1]))
+        rows["rejected"].append(" " + words(seqs[i + 1][1][:-1]))
+    dataset = datasets.Dataset.from_dict(rows)
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            times.append((time.perf_counter() - self.t0) * 1000.0)
+
+    out_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"inpo-trl-bench-{os.getpid()}"
+    args = trl.DPOConfig(output_dir=str(out_dir), loss_type="ipo", beta=0.1, precompute_ref_log_probs=True,
+                         per_device_train_batch_size=b, gradient_accumulation_steps=cfg.accum, max_steps=n_steps,
+                         learning_rate=cfg.lr, max_length=cfg.seq_len, bf16=device.type == "cuda",
+                         optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
+                         lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, logging_steps=10**6,
+                         save_strategy="no", report_to="none", dataloader_num_workers=0, seed=cfg.seed,
+                         use_cpu=device.type != "cuda")
+    model = build_model(cfg.model, device, cfg.seed)
+    trainer = trl.DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                             callbacks=[StepTimer()])
+
+    def step():
+        times.clear()
+        trainer.train()
+        return list(times)
+
+    def cleanup():
+        nonlocal model, trainer
+        del model, trainer
+
+    return Prepared(step, b * cfg.accum * 2 * cfg.seq_len, [cfg.seq_len] * (2 * b * cfg.accum), cleanup,
+                    {"trl": trl.__version__, "per_device_train_batch_size": b, "runs_own_loop": True})
+
+
+def word_level_tokenizer(vocab_size: int):
+    """A tokenizer whose id i is the word ``t<i>`` (ids 0..3 are special: pad, eos, bos, unk)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<s>": 2, "<unk>": 3}
+    vocab.update({f"t{i}": i for i in range(4, vocab_size)})
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", bos_token="<s>",
+                                   unk_token="<unk>")
+
+
+def skip_reason(system: str, device: torch.device) -> str | None:
+    """Why a system cannot run here (None when it can). Optional baselines are skipped, never fatal."""
+    if system == "trl":
+        if not available("trl"):
+            return "trl not installed — skipped"
+        if not available("datasets"):
+            return "datasets not installed (TRL needs it) — skipped"
+    if system == "liger":
+        if not available("liger_kernel"):
+            return "liger-kernel not installed — skipped"
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "liger-kernel needs a CUDA device (or TRITON_INTERPRET=1) — skipped"
+    return None
+
+
+def prepare(system: str, cfg: StepBenchConfig, device: torch.device, micro_tokens: int) -> Prepared:
+    if system == "inpo":
+        return _ours(cfg, device, micro_tokens, impl=cfg.impl, head="fused")
+    if system == "inpo-naive-head":
+        return _ours(cfg, device, micro_tokens, impl="naive", head="fused")
+    if system == "liger":
+        return _ours(cfg, device, micro_tokens, impl="auto", head="liger")
+    if system == "trl":
+        return _trl(cfg, device, micro_tokens)
+    raise ValueError(f"system must be one of {list(SYSTEMS)}, got {system!r}")
+
+
+# ---- measurement ----------------------------------------------------------------------------------------------
+
+def _time_prepared(p: Prepared, system: str, device, warmup: int, reps: int):
+    """Per-step timings (ms) of a prepared system: ours through ``measure``; TRL's from its callback."""
+    from inpo.profiling.timing import summarize
+
+    if system == "trl":
+        samples = p.step()
+        if len(samples) <= warmup:
+            raise RuntimeError(f"TRL ran {len(samples)} steps, expected {warmup + reps}")
+        return summarize(samples[warmup:], method="trl-callback")
+    return measure(p.step, device=device, warmup=warmup, reps=reps)
+
+
+def _measure_point(system: str, cfg: StepBenchConfig, device, micro_tokens: int, *, warmup: int, reps: int,
+                   peak: dict, nvml: bool) -> dict:
+    reset_peak_memory(device)
+    # TRL sizes its dataset and max_steps from warmup + reps, so the point's own counts go into its config.
+    p = prepare(system, replace(cfg, warmup=warmup, reps=reps), device, micro_tokens)
+    try:
+        mon = NvmlMonitor() if nvml else None
+        if mon is not None:
+            with mon:
+                t = _time_prepared(p, system, device, warmup, reps)
+        else:
+            t = _time_prepared(p, system, device, warmup, reps)
+        mem = peak_memory_bytes(device)
+        seconds = t.median_ms / 1e3
+        flops = train_flops(model_config(cfg.model), p.seq_lens)
+        rec = {"micro_batch_tokens": micro_tokens, "tokens_per_step": p.tokens_per_step,
+               "tokens_per_s": p.tokens_per_step / seconds, "model_tflops_per_step": flops / 1e12,
+               "achieved_tflops": flops / seconds / 1e12, "mfu": mfu(flops, seconds, peak.get("peak_flops")),
+               "peak_mem_bytes": mem, **t.as_dict("step_"), **p.info}
+        if mon is not None:
+            # NVML sampled warm-up and timed steps alike; energy per step divides by all of them.
+            rec.update(mon.summary(steps=warmup + reps))
+        return rec
+    finally:
+        p.cleanup()
+        del p
+        release_memory(device)
+
+
+def _trace(system: str, cfg: StepBenchConfig, device, path: str) -> str:
+    from inpo.profiling.trace import profile_to_chrome_trace
+
+    p = prepare(system, cfg, device, cfg.micro_batch_tokens)
+    try:
+        return str(profile_to_chrome_trace(p.step, path, device=device, warmup=1))
+    finally:
+        p.cleanup()
+        release_memory(device)
+
+
+def run(cfg: StepBenchConfig, *, log: Callable[[str], None] = print) -> list[dict]:
+    """Run the bench; append and return the records (skipped systems are logged, not recorded)."""
+    cfg.validate()
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    env = environment_info()
+    out = Path(cfg.out or Path("bench/results") / f"step-{device_slug(env['device'])}.jsonl")
+    peak = measure_peak_flops(device)
+    log(f"[bench step] {env['device']}: measured GEMM peak {peak['peak_tflops']:.1f} TFLOP/s "
+        f"({peak['gemm_dtype']}, n={peak['gemm_n']}); model {cfg.model} "
+        f"({matmul_params(model_config(cfg.model)) / 1e9:.3f} B matmul params), seq_len {cfg.seq_len}")
+    common = {**env, "model": cfg.model, "seq_len": cfg.seq_len, "accum": cfg.accum, "objective": cfg.objective,
+              "attn_implementation": attn_implementation(device),
+              "precision": "bf16-autocast/fp32-master" if device.type == "cuda" else "fp32", "smoke": cfg.smoke,
+              **{k: v for k, v in peak.items() if k != "peak_flops"}}
+    records: list[dict] = []
+    for system in cfg.systems:
+        why = skip_reason(system, device)
+        if why:
+            log(f"[bench step] {system}: {why}")
+            continue
+        max_fit, oom_reached = None, False
+        if cfg.sweep:
+            sweep_points: list[dict] = []
+
+            def try_size(tokens: int, system=system) -> dict:
+                return _measure_point(system, cfg, device, tokens, warmup=1, reps=cfg.sweep_reps, peak=peak,
+                                      nvml=False)
+
+            def on_point(tokens: int, point: dict, system=system, sweep_points=sweep_points) -> None:
+                log(f"[bench step] {system} sweep: {tokens} tokens/micro-batch fits, "
+                    f"{point['tokens_per_s']:.0f} tok/s, peak {_fmt_bytes(point['peak_mem_bytes'])}")
+                sweep_points.append(point)
+
+            res = oom_sweep(try_size, start=2 * cfg.seq_len, limit=cfg.sweep_limit_tokens, device=device,
+                            on_point=on_point)
+            max_fit, oom_reached = res.max_fit, res.oom_reached
+            log(f"[bench step] {system}: largest micro-batch {max_fit} tokens "
+                + (f"(OOM at {res.oom_at})" if oom_reached else f"(no OOM up to the {cfg.sweep_limit_tokens} limit)"))
+            for pt in sweep_points:
+                records.append({**common, "system": system, "kind": "sweep", "max_tokens_before_oom": max_fit,
+                                "oom_reached": oom_reached, **pt})
+            if max_fit is None:
+                log(f"[bench step] {system}: even one pair ({2 * cfg.seq_len} tokens) does not fit — no step record")
+                continue
+        micro = cfg.micro_batch_tokens if max_fit is None else min(cfg.micro_batch_tokens, max_fit)
+        point = _measure_point(system, cfg, device, micro, warmup=cfg.warmup, reps=cfg.reps, peak=peak, nvml=True)
+        rec = {**common, "system": system, "kind": "step", "max_tokens_before_oom": max_fit,
+               "oom_reached": oom_reached, "sweep_limit_tokens": cfg.sweep_limit_tokens if cfg.sweep else None,
+               **point}
+        records.append(rec)
+        mfu_txt = f"{rec['mfu'] * 100:.1f}%" if rec["mfu"] is not None else "n/a"
+        log(f"[bench step] {system}: {rec['step_median_ms']:.1f} ms/step (p20 {rec['step_p20_ms']:.1f}, "
+            f"p80 {rec['step_p80_ms']:.1f}), {rec['tokens_per_s']:.0f} tok/s, MFU {mfu_txt}, "
+            f"peak {_fmt_bytes(rec['peak_mem_bytes'])}")
+    if cfg.trace:
+        system = next((s for s in cfg.systems if s != "trl" and not skip_reason(s, device)), None)
+        if system is None:
+            log("[bench step] --trace: no system of ours selected — no trace written")
+        else:
+            log(f"[bench step] trace of one {system} step: {_trace(system, cfg, device, cfg.trace)}")
+    if records:
+        append_jsonl(out, records)
+        log(f"[bench step] appended {len(records)} records to {out}")
+    return records
+
+
+def _fmt_bytes(n) -> str:
+    if n is None:
+        return "n/a (CPU)"
+    return f"{n / 2**30:.2f} GiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="inpo bench step", description=__doc__.split("\n\n")[0])
+    d = StepBenchConfig()
+    ap.add_argument("--smoke", action="store_true", help="tiny model on CPU in seconds (CI)")
+    ap.add_argument("--model", choices=sorted(MODEL_SHAPES), default=None)
+    ap.add_argument("--seq-len", type=int, default=None, help=f"tokens per sequence (default {d.seq_len})")
+    ap.add_argument("--micro-batch-tokens", type=int, default=None,
+                    help=f"tokens per micro-batch of the main measurement (default {d.micro_batch_tokens})")
+    ap.add_argument("--accum", type=int, default=None, help="micro-batches per optimiser step")
+    ap.add_argument("--systems", default=None, help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    ap.add_argument("--objective", default=None, choices=["inpo", "ipo", "dpo", "onpo"])
+    ap.add_argument("--impl", default=None, choices=["auto", "triton", "torch", "native", "naive"],
+                    help="our head's impl for the 'inpo' system (default auto)")
+    ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--no-sweep", action="store_true", help="skip the OOM sweep")
+    ap.add_argument("--sweep-limit-tokens", type=int, default=None, help="stop doubling past this many tokens")
+    ap.add_argument("--trace", default=None, metavar="PATH.json", help="also write a Chrome trace of one step")
+    ap.add_argument("--out", default=None, help="results file (default bench/results/step-<device>.jsonl)")
+    ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    args = ap.parse_args(argv)
+    overrides = {k: v for k, v in dict(model=args.model, seq_len=args.seq_len,
+                                       micro_batch_tokens=args.micro_batch_tokens, accum=args.accum,
+                                       objective=args.objective, impl=args.impl, warmup=args.warmup, reps=args.reps,
+                                       sweep_limit_tokens=args.sweep_limit_tokens, trace=args.trace, out=args.out,
+                                       device=args.device).items() if v is not None}
+    if args.systems:
+        overrides["systems"] = tuple(s.strip() for s in args.systems.split(",") if s.strip())
+    if args.no_sweep:
+        overrides["sweep"] = False
+    try:
+        cfg = smoke_config(**overrides) if args.smoke else replace(StepBenchConfig(), **overrides)
+        if args.smoke and args.device is None:
+            cfg = replace(cfg, device="cpu")
+        cfg.validate()
+    except ValueError as exc:
+        print(f"inpo bench step: {exc}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

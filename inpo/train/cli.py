@@ -1,0 +1,93 @@
+"""``inpo train``: one dataclass config (YAML + ``--key value`` overrides), printed at start; online INPO
+iterations (or offline JSONL training); a closing table of win-rates against π_ref per iteration."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from inpo.train.config import TrainConfig, config_to_yaml, load_config, parse_overrides
+
+USAGE = """usage: inpo train [--config FILE.yaml] [--key value ...] --output DIR [--iterations T] [--max-steps N] [--resume]
+
+Online INPO (or onpo / ipo / dpo / sppo via --objective) on the embedded default task unless --model, --prompts,
+--oracle say otherwise; offline on TRL-style JSONL pairs with --data FILE.jsonl. Any config key is an option
+(dashes or underscores): e.g. --lr 5e-4 --epochs 1 --k 8 --eta 0.1 --ratio 0. Writes DIR/metrics.jsonl,
+DIR/checkpoints/, DIR/iter_*/ and the final policy (save_pretrained + tokenizer) to DIR/final.
+Multi-GPU: torchrun --nproc_per_node=N -m inpo train ... (FSDP2; offline --data for now).
+
+config keys (default):
+"""
+
+
+def _help() -> str:
+    import dataclasses
+
+    lines = [USAGE]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  --{f.name.replace('_', '-'):<26} {default!r}")
+    return "\n".join(lines)
+
+
+def _table(records: list[dict], console) -> None:
+    from rich.table import Table
+
+    table = Table(title="win-rate vs the starting policy π_ref (bootstrap 95% CI, held-out prompts)")
+    for col in ("iteration", "win-rate", "95% CI", "pairs", "oracle queries", "wall s"):
+        table.add_column(col, justify="right")
+    for r in records:
+        if "win_rate" not in r:
+            continue
+        table.add_row(str(r["iteration"] + 1), f"{r['win_rate']:.3f}",
+                      f"[{r['win_rate_ci_low']:.3f}, {r['win_rate_ci_high']:.3f}]", str(r.get("pairs", "")),
+                      str(r.get("oracle_queries", "")), f"{r.get('wall_s', 0):.1f}")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(_help())
+        return 0
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            print("inpo train: error: --config needs a FILE.yaml", file=sys.stderr)
+            return 2
+        config_path = argv[i + 1]
+        argv = argv[:i] + argv[i + 2:]
+    try:
+        cfg = load_config(config_path, parse_overrides(argv))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"inpo train: error: {exc}", file=sys.stderr)
+        return 2
+    from rich.console import Console
+
+    from inpo.train.distributed import distributed_session
+
+    console = Console()
+    with distributed_session() as is_main:
+        if is_main:
+            console.print("[bold]inpo train[/bold] config:")
+            console.print(config_to_yaml(cfg), end="", markup=False, highlight=False)
+        from inpo.online import run_training
+        from inpo.train.loop import StopRun
+
+        t0 = time.perf_counter()
+        try:
+            records = run_training(cfg)
+        except StopRun as stop:
+            if is_main:
+                console.print(f"[inpo] {stop}; checkpoint written -- continue with --resume")
+            return 0
+        except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+            print(f"inpo train: error: {exc}", file=sys.stderr)
+            return 2
+        if is_main:
+            if any("win_rate" in r for r in records):
+                _table(records, console)
+            console.print(f"[inpo] done in {time.perf_counter() - t0:.1f} s; final policy in {cfg.output}/final, "
+                          f"metrics in {cfg.output}/metrics.jsonl")
+    return 0

@@ -1,0 +1,261 @@
+"""Orchestration around :func:`inpo.train.step.train_step`: epochs, shuffling, packing, the LR schedule,
+metrics, checkpoints and resume -- shared by the online iterations (:mod:`inpo.online`) and offline training.
+
+A training phase is a pure function of its inputs and the step index: step ``s`` of a phase takes epoch
+``s // steps_per_epoch``'s seeded permutation of the pairs, slice ``s % steps_per_epoch``, packs it by the
+token budget and runs one optimiser step. Resuming at step ``s`` therefore needs nothing but the
+checkpointed model/optimizer/scheduler state -- which is why a resumed CPU run matches an uninterrupted
+one bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from inpo.data.packing import pack_sequences
+from inpo.profiling.record import append_jsonl
+from inpo.train.checkpoint import atomic_write_text, save_checkpoint
+from inpo.train.optim import cosine_schedule, make_optimizer
+from inpo.train.step import sequence_logps_of, train_step
+
+__all__ = ["RunContext", "train_phase", "precompute_logps", "StopRun", "peak_memory_bytes", "resolve_device"]
+
+# Dense bf16 peak FLOP/s for MFU (GPU only; CPU has no meaningful single number).
+_PEAK_BF16 = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "l40s": 362e12, "b200": 2250e12}
+
+
+class StopRun(Exception):
+    """Raised when ``max_steps`` is reached: the run stops cleanly after a checkpoint."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
+    return dev
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak CUDA memory allocated, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class RunContext:
+    """Per-run state: the output directory, metrics file, global step and progress display."""
+
+    cfg: object
+    out: Path
+    device: torch.device
+    global_step: int = 0
+    progress: object = None
+    n_params: int = 0
+    records: list = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return _rank_world()[0] == 0
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+        if self.is_main:
+            append_jsonl(self.metrics_path, record)
+
+    def print(self, *args) -> None:
+        if self.is_main:
+            if self.progress is not None:
+                self.progress.console.print(*args)
+            else:
+                print(*args, flush=True)
+
+    def truncate_metrics(self, global_step: int, keep_iterations: int) -> None:
+        """On resume: drop metric lines written after the checkpoint we resume from (they will be redone)."""
+        if not self.is_main or not self.metrics_path.is_file():
+            return
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn line cannot happen with append_jsonl, but never trust a file after a crash
+            if rec.get("kind") == "step" and rec.get("step", 0) > global_step:
+                continue
+            if rec.get("kind") == "iteration" and rec.get("iteration", 0) >= keep_iterations:
+                continue
+            kept.append(rec)
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        self.records = kept
+
+
+def _phase_seed(seed: int, iteration: int, phase: str, epoch: int) -> int:
+    return (seed * 1_000_003 + iteration * 10_007 + epoch * 101 + sum(map(ord, phase))) % (2**63)
+
+
+def _steps_of(n_units: int, batch: int, world: int) -> int:
+    # Every rank needs at least one unit per step (FSDP collectives): a tail shorter than the world is dropped.
+    full, tail = divmod(n_units, batch)
+    return full + (1 if tail >= world else 0)
+
+
+@torch.no_grad()
+def precompute_logps(model, seqs, *, max_tokens: int, impl: str = "auto", pairwise: bool = True) -> torch.Tensor:
+    """Every sequence's summed response log-prob under ``model`` (no grad), in dataset order → [S] fp32 CPU."""
+    model.eval()
+    out = torch.zeros(len(seqs), dtype=torch.float32)
+    for batch in pack_sequences(seqs, max_tokens=max_tokens, pairwise=pairwise):
+        out[batch.seq_ids] = sequence_logps_of(model, batch, impl=impl).cpu()
+    return out
+
+
+def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteration: int, phase: str = "train",
+                start_step: int = 0, resume_ckpt: dict | None = None, extra_models: dict | None = None) -> dict:
+    """Train ``model`` for ``cfg.epochs`` epochs on ``seqs`` (pairs 2i/2i+1 unless the objective is per
+    sequence) with fresh AdamW + cosine schedule, logging a metrics line per step and checkpointing every
+    ``cfg.checkpoint_every`` steps. ``start_step``/``resume_ckpt`` resume mid-phase. Raises :class:`StopRun`
+    at ``cfg.max_steps`` (after a checkpoint). Returns a summary (steps, wall time, last loss)."""
+    from inpo.train.checkpoint import restore_training_state
+
+    cfg = run.cfg
+    rank, world = _rank_world()
+    pairwise = objective.pairwise
+    n_units = len(seqs) // 2 if pairwise else len(seqs)
+    spe = _steps_of(n_units, cfg.batch_pairs, world)
+    if spe == 0:
+        raise ValueError(f"no training data: {n_units} {'pairs' if pairwise else 'sequences'} for "
+                         f"{world} rank(s); lower batch_pairs or add prompts")
+    total = spe * cfg.epochs
+    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    scheduler = cosine_schedule(optimizer, total_steps=total, warmup_ratio=cfg.warmup_ratio,
+                                min_lr_ratio=cfg.min_lr_ratio)
+    if resume_ckpt is not None:
+        restore_training_state(resume_ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+    task = None
+    if run.progress is not None and run.is_main:
+        task = run.progress.add_task(f"iter {iteration} {phase}", total=total, completed=start_step)
+    t_phase, last = time.perf_counter(), {}
+    perms: dict[int, list[int]] = {}
+    for s in range(start_step, total):
+        epoch, j = divmod(s, spe)
+        if epoch not in perms:
+            g = torch.Generator().manual_seed(_phase_seed(cfg.seed, iteration, phase, epoch))
+            perms[epoch] = torch.randperm(n_units, generator=g).tolist()
+        units = perms[epoch][j * cfg.batch_pairs:(j + 1) * cfg.batch_pairs]
+        mine = units[rank::world]
+        micro = _pack_units(seqs, mine, cfg.max_tokens, pairwise)
+        t0 = time.perf_counter()
+        stats = train_step(model, micro, objective, optimizer, scheduler, side, max_grad_norm=cfg.max_grad_norm,
+                           impl=cfg.impl, global_units=len(units))
+        dt = time.perf_counter() - t0
+        run.global_step += 1
+        rec = {"kind": "step", "step": run.global_step, "iteration": iteration, "phase": phase, "epoch": epoch,
+               "iter_step": s + 1, "loss": stats["loss"], "margin": stats["margin"], "lr": stats["lr"],
+               "grad_norm": stats["grad_norm"], "tokens": stats["tokens"], "tokens_per_s": stats["tokens"] / dt,
+               "step_time_s": dt, "peak_mem_bytes": peak_memory_bytes(run.device)}
+        if run.device.type == "cuda" and run.n_params:
+            from inpo.profiling.record import device_slug
+
+            peak = _PEAK_BF16.get(device_slug())
+            if peak:
+                rec["mfu"] = 6.0 * run.n_params * stats["tokens"] / dt / (peak * world)
+        run.log(rec)
+        last = rec
+        if task is not None:
+            run.progress.update(task, advance=1, description=f"iter {iteration} {phase} loss {stats['loss']:.3f}")
+        state = {"iteration": iteration, "phase": phase, "iter_step": s + 1, "global_step": run.global_step}
+        stop = cfg.max_steps is not None and run.global_step >= cfg.max_steps
+        if s + 1 < total and (stop or (cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0)):
+            save_checkpoint(run.out, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                            extra_models=extra_models, keep=cfg.keep_checkpoints)
+        if stop and s + 1 < total:
+            raise StopRun(f"max_steps={cfg.max_steps} reached at iteration {iteration}, step {s + 1}/{total}")
+    if task is not None:
+        run.progress.remove_task(task)
+    return {"steps": total - start_step, "train_s": time.perf_counter() - t_phase, "last": last,
+            "stop": cfg.max_steps is not None and run.global_step >= cfg.max_steps}
+
+
+def _pack_units(seqs, units: list[int], max_tokens: int, pairwise: bool):
+    """Pack the chosen units (pair or sequence indices) of ``seqs``; seq_ids index the full dataset."""
+    width = 2 if pairwise else 1
+    idx = [u * width + w for u in units for w in range(width)]
+    batches = pack_sequences([seqs[i] for i in idx], max_tokens=max_tokens, pairwise=pairwise)
+    lookup = torch.tensor(idx, dtype=torch.long)
+    for b in batches:
+        b.seq_ids = lookup[b.seq_ids]
+    return batches
+
+
+def clear_run_dir(out: Path) -> None:
+    """Remove a previous run's artefacts (a fresh start without --resume); leaves unrelated files alone."""
+    for name in ("checkpoints", "final", "metrics.jsonl", "eval_ref_responses.jsonl", "config.yaml", "summary.json"):
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    for p in out.glob("iter_*"):
+        if p.is_dir():
+            shutil.rmtree(p)
+
+
+def export_final(run: RunContext, model, tokenizer) -> Path:
+    """``save_pretrained`` + tokenizer into ``<out>/final``, published atomically (tmp dir + rename)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from inpo.train.model import export_policy, unwrap
+
+    inner = unwrap(model)
+    full = None
+    if world_is_distributed():
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not run.is_main:
+        return run.out / "final"
+    final, tmp = run.out / "final", run.out / "final.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if full is None:
+        export_policy(inner, tokenizer, tmp)
+    else:
+        inner.save_pretrained(str(tmp), state_dict={k.removeprefix("model."): v for k, v in full.items()},
+                              safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    old = run.out / "final.old"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def world_is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def ceil_div(a: int, b: int) -> int:
+    return math.ceil(a / b)

@@ -1,0 +1,87 @@
+"""The training step: decoder body → hidden states → fused head (log-probs → objective) → backward.
+
+It reads top to bottom on one screen on purpose; orchestration (data, schedule, checkpoints, iterations)
+lives in :mod:`inpo.train.loop` and :mod:`inpo.online`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from inpo.data.packing import PackedBatch
+from inpo.objectives import Objective
+from inpo.ops import preference_loss, sequence_logps
+from inpo.train.model import hidden_and_head
+
+__all__ = ["train_step", "sequence_logps_of", "gather_side"]
+
+
+def _autocast(device: torch.device):
+    # bf16 body on GPU (fp32 master weights); CPU stays fp32 so that runs are exact and resumable bit for bit.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _device_of(model) -> torch.device:
+    p = next(model.parameters())
+    return p.device if not hasattr(p, "device_mesh") else torch.device(p.device_mesh.device_type)
+
+
+@torch.no_grad()
+def sequence_logps_of(model, batch: PackedBatch, *, impl: str = "auto") -> Tensor:
+    """π(y|x) summed over response tokens for each sequence of ``batch`` → ``[S]`` fp32 (no grad)."""
+    device = _device_of(model)
+    b = batch.to(device)
+    with _autocast(device):
+        hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
+        return sequence_logps(hidden, weight, b.labels, b.cu_seqlens, bias=bias, impl=impl, check_values=False).float()
+
+
+def gather_side(side: dict, batch: PackedBatch, device) -> dict:
+    """Pick this micro-batch's rows of the per-sequence side inputs (ref_logps, anchor_logps, targets)."""
+    return {k: None if v is None else v[batch.seq_ids].to(device) for k, v in side.items()}
+
+
+def train_step(model, micro_batches: list[PackedBatch], objective: Objective, optimizer, scheduler, side: dict, *,
+               max_grad_norm: float = 1.0, impl: str = "auto", global_units: int | None = None) -> dict:
+    """One optimiser step with gradient accumulation over ``micro_batches``.
+
+    Each micro-batch's mean loss is weighted by its share of the step's pairs (sequences for SPPO), so the
+    gradient is that of the mean over the whole step however the pairs were packed. ``global_units`` is the
+    step's unit count over all data-parallel ranks (FSDP averages gradients over ranks, hence ×world size).
+    Returns loss, margin (mean objective margin), grad_norm, lr, tokens, units.
+    """
+    device = _device_of(model)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    units = sum(mb.n_units for mb in micro_batches)
+    total = global_units if global_units is not None else units
+    model.train()
+    loss_sum = margin_sum = 0.0
+    for mb in micro_batches:
+        b, s = mb.to(device), gather_side(side, mb, device)
+        with _autocast(device):
+            hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
+            loss, logps = preference_loss(hidden, weight, b.labels, b.cu_seqlens, objective, bias=bias, impl=impl,
+                                          return_logps=True, check_values=False, **s)
+        (loss * (mb.n_units * world / total)).backward()
+        loss_sum += loss.detach() * mb.n_units
+        margin_sum += objective.margin(logps, s.get("ref_logps"), s.get("anchor_logps")).sum()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    stats = torch.stack([torch.as_tensor(loss_sum, device=device, dtype=torch.float32),
+                         torch.as_tensor(margin_sum, device=device, dtype=torch.float32),
+                         torch.tensor(float(units), device=device), torch.tensor(float(sum(mb.n_tokens for mb in micro_batches)), device=device)])
+    if world > 1:
+        dist.all_reduce(stats)  # one sync for the logged means
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    loss_v, margin_v, units_v, tokens_v = stats.tolist()  # host sync: the step's only one
+    return {"loss": loss_v / max(units_v, 1), "margin": margin_v / max(units_v, 1), "grad_norm": float(grad_norm),
+            "lr": lr, "tokens": int(tokens_v), "units": int(units_v)}

@@ -1,0 +1,181 @@
+"""Triton kernels of the fused LM head: per-token log-probs without [N, V] logits, and their gradients.
+
+Forward (``head_fwd_kernel``), grid = (token blocks, vocabulary splits):
+    each program owns BLOCK_N tokens and one contiguous slice of the vocabulary; it walks that slice in
+    BLOCK_V tiles, computes each logits tile with ``tl.dot`` (K-loop over H in BLOCK_H steps, fp32
+    accumulator), and keeps an online log-sum-exp (running max ``m`` and rescaled sum ``s``, fp32) plus the
+    target logit, picked when the label falls inside the tile. It writes the partials ``m, s, t`` of its
+    slice to [SPLITS, N] buffers; the launcher merges the splits (a logsumexp over SPLITS rows). Splitting V
+    keeps every SM busy when N / BLOCK_N is smaller than a few waves (N=8192, BLOCK_N=128 gives only 64
+    token blocks for 132 SMs). A block whose labels are all ``ignore_index`` (prompt tokens) skips its GEMMs.
+
+Backward (``head_bwd_kernel``), grid = (token blocks x vocabulary tiles), grouped for L2 reuse:
+    each program recomputes its [BLOCK_N, BLOCK_V] logits tile (2·BN·BV·H FLOPs), forms
+    dz = g · (onehot(label) − softmax) with the saved lse, then loops over H in BLOCK_H chunks doing both
+    GEMMs, dX[n, h] += dz @ W[v, h] and dW[v, h] += dzᵀ @ X[n, h], and adds them with fp32 atomics into
+    fp32 accumulators ([N, H] and [V, H]; the launcher casts to the input dtype). Total cost: forward 2NHV +
+    backward 6NHV = 8NHV FLOPs, one recompute of the logits. The alternative, two kernels (dX over token
+    blocks, dW over vocabulary blocks), needs a second recompute (10NHV) and a [BLOCK_N, H] register
+    accumulator that does not fit for H = 4096, so it was not chosen. Atomic traffic is NVH·(1/BN + 1/BV)
+    fp32 adds, i.e. 4·BN·BV/(BN+BV) = 256 FLOPs per atomic at BN = BV = 128.
+
+Gradient filtering (optional, ``FILTER``): a tile whose softmax probabilities are all below ``filter_eps``
+    for every token with a non-zero upstream gradient, and which holds no target, skips both GEMMs. Each
+    skipped entry has |dz| = |g|·p < eps·|g|, so the error per element is bounded by
+    |ΔdX[n, h]| ≤ |g_n|·Σ_skipped p_nv·|W_vh| and |ΔdW[v, h]| ≤ Σ_n |g_n|·p_nv·|X_nh| over skipped entries
+    (each p_nv < eps). dBias is always exact (it needs no GEMM). Tiles whose tokens all have g = 0 (ignored
+    tokens) are skipped without any error.
+
+``DOT_FP32`` upcasts tiles to fp32 before ``tl.dot``: the Triton interpreter computes bf16 dots wrongly, so
+the launcher sets it for bf16 under the interpreter only. ``DOT_PRECISION`` is "ieee" for fp32 inputs
+(no silent TF32) and "tf32" otherwise (ignored for 16-bit inputs).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv, stride_wh,
+                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                 DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """fp32 logits of one [BLOCK_N, BLOCK_V] tile; masked rows/columns read zeros (finite, masked later)."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    arange_h = tl.arange(0, BLOCK_H)
+    # int64 row offsets: V·H exceeds 2^31 for large vocabularies and hidden sizes.
+    x_rows = X + offs_n.to(tl.int64)[:, None] * stride_xn
+    w_cols = W + offs_v.to(tl.int64)[None, :] * stride_wv
+    for h0 in range(0, Hd, BLOCK_H):
+        offs_h = h0 + arange_h
+        mask_h = offs_h < Hd
+        x = tl.load(x_rows + offs_h[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :], other=0.0)
+        # W^T tile loaded directly as [BLOCK_H, BLOCK_V].
+        wt = tl.load(w_cols + offs_h[:, None] * stride_wh, mask=mask_h[:, None] & mask_v[None, :], other=0.0)
+        if DOT_FP32:
+            x = x.to(tl.float32)
+            wt = wt.to(tl.float32)
+        acc = tl.dot(x, wt, acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(B + offs_v, mask=mask_v, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit(do_not_specialize=["N", "ignore_index", "SPLITS"])
+def head_fwd_kernel(X, W, B, Labels, PartM, PartS, PartT,
+                    N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, ignore_index, SPLITS,
+                    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Partial online log-sum-exp (m, s) and target logit t of one token block over one vocabulary split."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    lab = tl.load(Labels + offs_n, mask=mask_n, other=ignore_index).to(tl.int32)
+    n_valid = tl.sum((lab != ignore_index).to(tl.int32), axis=0)
+
+    tiles = tl.cdiv(V, BLOCK_V)
+    tiles_per_split = tl.cdiv(tiles, SPLITS)
+    v_begin = split * tiles_per_split * BLOCK_V
+    v_end = tl.minimum(v_begin + tiles_per_split * BLOCK_V, V)
+
+    m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    s = tl.zeros((BLOCK_N,), tl.float32)
+    t = tl.zeros((BLOCK_N,), tl.float32)
+    if n_valid > 0:  # a block of prompt tokens only needs no logits
+        for v0 in range(v_begin, v_end, BLOCK_V):
+            offs_v = v0 + tl.arange(0, BLOCK_V)
+            mask_v = offs_v < v_end
+            z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
+                             stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
+            z = tl.where(mask_v[None, :], z, float("-inf"))
+            # Every tile holds >= 1 real column, so m_new is finite and exp never sees inf - inf.
+            m_new = tl.maximum(m, tl.max(z, axis=1))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
+            m = m_new
+            t += tl.sum(tl.where(offs_v[None, :] == lab[:, None], z, 0.0), axis=1)
+    out = split.to(tl.int64) * N + offs_n
+    tl.store(PartM + out, m, mask=mask_n)
+    tl.store(PartS + out, s, mask=mask_n)
+    tl.store(PartT + out, t, mask=mask_n)
+
+
+@triton.jit(do_not_specialize=["N", "ignore_index"])
+def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
+                    N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, ignore_index, filter_eps,
+                    HAS_BIAS: tl.constexpr, COMPUTE_DX: tl.constexpr, COMPUTE_DW: tl.constexpr,
+                    COMPUTE_DB: tl.constexpr, FILTER: tl.constexpr, COUNT_SKIPS: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
+                    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dX, dW (fp32 atomics) and dBias of one recomputed [BLOCK_N, BLOCK_V] logits tile.
+
+    ``Skipped`` (int32 [2]): [0] tiles skipped by the filter, [1] tiles skipped because every token has
+    g = 0; written only when COUNT_SKIPS (a debug switch).
+    """
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    num_v = tl.cdiv(V, BLOCK_V)
+    # Grouped order: GROUP_N consecutive programs share one W tile (and GROUP_N hidden blocks stay in L2).
+    per_group = GROUP_N * num_v
+    first_n = (pid // per_group) * GROUP_N
+    group_size = tl.minimum(num_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % per_group) % group_size
+    pid_v = (pid % per_group) // group_size
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_n = offs_n < N
+    mask_v = offs_v < V
+    g = tl.load(Gtok + offs_n, mask=mask_n, other=0.0)
+    live = g != 0.0
+    if tl.sum(live.to(tl.int32), axis=0) == 0:
+        if COUNT_SKIPS:
+            tl.atomic_add(Skipped + 1, 1)
+    else:
+        lab = tl.load(Labels + offs_n, mask=mask_n, other=ignore_index).to(tl.int32)
+        lse = tl.load(Lse + offs_n, mask=mask_n, other=0.0)
+        z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
+                         stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
+        active = live[:, None] & mask_v[None, :]
+        # Rows with g = 0 may carry a placeholder lse; `where` keeps their exp() (possibly inf) out of dz.
+        p = tl.where(active, tl.exp(z - lse[:, None]), 0.0)
+        is_target = (offs_v[None, :] == lab[:, None]) & active
+        dz = tl.where(active, g[:, None] * (is_target.to(tl.float32) - p), 0.0)
+        if COMPUTE_DB:
+            tl.atomic_add(DB + offs_v, tl.sum(dz, axis=0), mask=mask_v, sem="relaxed")
+        skip = False
+        if FILTER:
+            skip = (tl.max(tl.max(p, axis=1), axis=0) < filter_eps) & (tl.sum(is_target.to(tl.int32)) == 0)
+        if skip:
+            if COUNT_SKIPS:
+                tl.atomic_add(Skipped, 1)
+        else:
+            if DOT_FP32:
+                dz_in = dz
+            else:
+                dz_in = dz.to(X.dtype.element_ty)  # GEMM in the input dtype, fp32 accumulation
+            arange_h = tl.arange(0, BLOCK_H)
+            x_rows = X + offs_n.to(tl.int64)[:, None] * stride_xn
+            w_rows = W + offs_v.to(tl.int64)[:, None] * stride_wv
+            dx_rows = DX + offs_n.to(tl.int64)[:, None] * Hd
+            dw_rows = DW + offs_v.to(tl.int64)[:, None] * Hd
+            for h0 in range(0, Hd, BLOCK_H):
+                offs_h = h0 + arange_h
+                mask_h = offs_h < Hd
+                if COMPUTE_DX:
+                    w = tl.load(w_rows + offs_h[None, :] * stride_wh, mask=mask_v[:, None] & mask_h[None, :],
+                                other=0.0)
+                    if DOT_FP32:
+                        w = w.to(tl.float32)
+                    dx = tl.dot(dz_in, w, input_precision=DOT_PRECISION)
+                    tl.atomic_add(dx_rows + offs_h[None, :], dx, mask=mask_n[:, None] & mask_h[None, :],
+                                  sem="relaxed")
+                if COMPUTE_DW:
+                    x = tl.load(x_rows + offs_h[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :],
+                                other=0.0)
+                    if DOT_FP32:
+                        x = x.to(tl.float32)
+                    dw = tl.dot(tl.trans(dz_in), x, input_precision=DOT_PRECISION)
+                    tl.atomic_add(dw_rows + offs_h[None, :], dw, mask=mask_v[:, None] & mask_h[None, :],
+                                  sem="relaxed")

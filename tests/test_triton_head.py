@@ -1,0 +1,296 @@
+"""The Triton head beyond the shared suite: awkward tiles, vocabulary splits, NaN poison, gradient filtering,
+label dtypes, strided inputs, option errors; GPU tier: bf16, a big shape, peak memory.
+
+On CPU everything runs under the Triton interpreter (conftest sets TRITON_INTERPRET=1), so shapes are small and
+the tile configs below are chosen to make many ragged tiles from few programs.
+"""
+
+import pytest
+import torch
+
+from inpo.kernels.configs import BAKED, KernelConfig, device_family
+from inpo.ops import sequence_logps
+from inpo.ops import triton_impl
+from inpo.ops.naive import sequence_logps_naive
+from inpo.ops.triton_impl import DEFAULT_FILTER_EPS, HeadParams
+from tests.helpers import as_fp64, assert_close_to_reference, make_problem
+
+SMALL_FWD = KernelConfig(32, 64, 16)  # H=40, V=1031, N=157 are multiples of none of these
+SMALL_BWD = KernelConfig(32, 128, 16, group_n=3)
+TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+def _problem(**kw):
+    base = dict(lengths=[1, 60, 17, 1, 33, 45], h=40, v=1031, seed=5)  # N=157, lengths 1..60
+    return make_problem(**{**base, **kw})
+
+
+def _run(prob, keys=("hidden", "weight", "bias"), upstream_seed=1, **options):
+    """Values and grads of the Triton head (``options`` -> triton_impl) and, with ``options=None``, naive."""
+    impl = options.pop("impl", "triton")
+    leaves = {k: prob[k].detach().clone().requires_grad_(True) for k in keys if prob.get(k) is not None}
+    p = {**prob, **leaves}
+    if impl == "triton":
+        out = triton_impl.sequence_logps(p["hidden"], p["weight"], p["labels"], p["cu_seqlens"], p["bias"], **options)
+    else:
+        out = sequence_logps_naive(p["hidden"], p["weight"], p["labels"], p["cu_seqlens"], p["bias"])
+    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64)
+    (out * up.to(out.dtype)).sum().backward()
+    return out.detach(), {k: v.grad for k, v in leaves.items()}, up
+
+
+def _check_against_fp64(prob, out, grads, name, dtype=torch.float32):
+    ref_lowp, g_lowp, _ = _run(prob, impl="naive")
+    ref64, g64, _ = _run(as_fp64(prob), impl="naive")
+    assert_close_to_reference(out, ref_lowp, ref64, atol=TOL[dtype], name=f"{name} logps")
+    for k in grads:
+        assert grads[k].dtype == prob[k].dtype
+        assert_close_to_reference(grads[k], g_lowp[k], g64[k], atol=TOL[dtype], name=f"{name} d{k}")
+
+
+@pytest.mark.parametrize("splits", [1, 3, 40])  # 40 > vocabulary tiles: empty splits must drop out
+def test_awkward_shapes_small_tiles_and_splits(splits):
+    prob = _problem(bias=True, all_ignored=(3,))
+    out, grads, _ = _run(prob, fwd_config=SMALL_FWD, bwd_config=SMALL_BWD, splits=splits)
+    assert out[3].item() == 0.0
+    _check_against_fp64(prob, out, grads, f"splits={splits}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(dtype):
+    """fp16 through the interpreter's dot; bf16 through the fp32-upcast path the interpreter needs."""
+    prob = _problem(dtype=dtype)
+    out, grads, _ = _run(prob, filter_eps=0.0)
+    assert out.dtype == torch.float32
+    _check_against_fp64(prob, out, grads, str(dtype), dtype)
+
+
+def test_nan_poisoned_outputs_are_all_written(monkeypatch):
+    prob = _problem(all_ignored=(0, 2))  # ignored blocks take the no-GEMM path and must still write
+    clean, g_clean, _ = _run(prob, fwd_config=SMALL_FWD, bwd_config=SMALL_BWD, splits=5)
+    monkeypatch.setenv("INPO_POISON_OUTPUTS", "1")
+    tok, lse = triton_impl.head_forward(prob["hidden"], prob["weight"], None, prob["labels"], -100,
+                                        HeadParams(fwd_config=SMALL_FWD, splits=5))
+    assert torch.isfinite(tok).all() and torch.isfinite(lse).all()
+    poisoned, g_poisoned, _ = _run(prob, fwd_config=SMALL_FWD, bwd_config=SMALL_BWD, splits=5)
+    assert torch.equal(poisoned, clean)
+    for k in g_clean:
+        assert torch.equal(g_poisoned[k], g_clean[k])
+
+
+def test_ignored_blocks_are_skipped_exactly():
+    """A long fully-ignored prefix (prompt tokens) skips whole tiles without changing any result."""
+    prob = _problem(lengths=[90, 20, 47], all_ignored=(0,), ignore_frac=0.0)
+    stats = {}
+    out, grads, _ = _run(prob, fwd_config=SMALL_FWD, bwd_config=SMALL_BWD, stats=stats)
+    assert stats["tiles_ignored"] >= 2 * ((1031 + 127) // 128)  # the first two 32-token blocks, every v tile
+    assert stats["tiles_filtered"] == 0  # fp32: filtering is off by default
+    _check_against_fp64(prob, out, grads, "ignored prefix")
+
+
+def _peaked_problem(alpha, h=64, v=515, seed=9):
+    """Hidden states aligned with their target's weight row: the target logit dominates every token."""
+    prob = make_problem(lengths=[40, 23, 31, 6], h=h, v=v, seed=seed, ignore_frac=0.1)
+    safe = prob["labels"].clamp(min=0)
+    w = prob["weight"] / prob["weight"].norm(dim=1, keepdim=True)
+    prob["weight"] = w
+    prob["hidden"] = alpha * w[safe] + 0.3 * prob["hidden"] / h**0.5
+    return prob
+
+
+def _filter_bound(prob, up, eps):
+    """Rigorous bound on what filtering may drop: every entry with p < eps that is not a target, summed."""
+    p64 = as_fp64(prob)
+    z = p64["hidden"] @ p64["weight"].t()
+    prob_ = torch.softmax(z, dim=1)
+    valid = prob["labels"] != -100
+    seg = torch.repeat_interleave(torch.arange(len(up)), (prob["cu_seqlens"][1:] - prob["cu_seqlens"][:-1]).long())
+    g = torch.where(valid, up[seg], 0.0).abs()
+    droppable = prob_ < eps
+    droppable[valid.nonzero().squeeze(1), prob["labels"][valid]] = False
+    dz = torch.where(droppable, prob_, 0.0) * g[:, None]
+    return dz @ p64["weight"].abs(), dz.t() @ p64["hidden"].abs()
+
+
+@pytest.mark.parametrize("alpha, eps", [(40.0, 2.0**-10), (8.0, 2.0**-6)])
+def test_gradient_filter_skips_tiles_within_bound(alpha, eps):
+    prob = _peaked_problem(alpha)
+    cfg = dict(fwd_config=SMALL_FWD, bwd_config=KernelConfig(16, 32, 16))
+    exact_stats, filt_stats = {}, {}
+    out0, g0, up = _run(prob, keys=("hidden", "weight"), filter_eps=0.0, stats=exact_stats, **cfg)
+    out1, g1, _ = _run(prob, keys=("hidden", "weight"), filter_eps=eps, stats=filt_stats, **cfg)
+    assert exact_stats["tiles_filtered"] == 0
+    assert filt_stats["tiles_filtered"] > 0, filt_stats
+    assert torch.equal(out0, out1)  # filtering only touches the backward
+    _check_against_fp64(prob, out0, g0, "filter off")  # off = exact (the usual rule)
+    bound_h, bound_w = _filter_bound(prob, up, eps)
+    slack = 1e-5  # fp32 accumulation-order noise between the two runs
+    assert ((g1["hidden"] - g0["hidden"]).abs().double() <= bound_h + slack).all()
+    assert ((g1["weight"] - g0["weight"]).abs().double() <= bound_w + slack).all()
+
+
+def test_filter_eps_auto_by_dtype():
+    assert HeadParams().resolve_filter_eps(torch.float32) == 0.0
+    assert HeadParams().resolve_filter_eps(torch.bfloat16) == DEFAULT_FILTER_EPS == 2.0**-16
+    assert HeadParams(filter_eps=0.0).resolve_filter_eps(torch.float16) == 0.0
+    prob = _problem(dtype=torch.float16)
+    stats = {}
+    _run(prob, stats=stats)
+    assert stats["filter_eps"] == 2.0**-16
+
+
+def test_int32_labels_match_int64():
+    prob = _problem(bias=True)
+    out64, g64, _ = _run(prob)
+    out32, g32, _ = _run({**prob, "labels": prob["labels"].int()})
+    assert torch.equal(out32, out64)
+    for k in g64:
+        assert torch.equal(g32[k], g64[k])
+
+
+def test_strided_inputs():
+    """Non-contiguous hidden (column-major view), weight (a row-strided slice) and labels give the same result."""
+    prob = _problem()
+    n, h = prob["hidden"].shape
+    hidden_t = prob["hidden"].t().contiguous().t()  # stride (1, N)
+    big_w = torch.zeros(2 * prob["weight"].shape[0], h + 3)
+    big_w[::2, 1:h + 1] = prob["weight"]
+    weight_s = big_w[::2, 1:h + 1]  # stride (2(H+3), 1), offset 1
+    labels_s = torch.stack([prob["labels"], prob["labels"]], 1)[:, 0]
+    assert not (hidden_t.is_contiguous() or weight_s.is_contiguous() or labels_s.is_contiguous())
+    ref, g_ref, _ = _run(prob)
+    out, g, _ = _run({**prob, "hidden": hidden_t, "weight": weight_s, "labels": labels_s})
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-5)
+    for k in g_ref:
+        torch.testing.assert_close(g[k], g_ref[k], rtol=1e-5, atol=1e-6)
+
+
+def test_bias_grad_alone_and_frozen_weight():
+    """Only bias (or only hidden) requiring grad takes the COMPUTE_* = False paths and stays correct."""
+    prob = _problem(bias=True)
+    _, g_all, _ = _run(prob)
+    _, g_b, _ = _run(prob, keys=("bias",))
+    _, g_h, _ = _run(prob, keys=("hidden",))
+    torch.testing.assert_close(g_b["bias"], g_all["bias"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(g_h["hidden"], g_all["hidden"], rtol=0, atol=1e-6)
+    ref64, g64, _ = _run(as_fp64(prob), impl="naive")
+    torch.testing.assert_close(g_b["bias"].double(), g64["bias"], rtol=1e-4, atol=1e-5)
+
+
+def test_large_logits_with_splits():
+    prob = make_problem(lengths=[1, 1, 5, 30], h=16, v=700, scale=300.0, ignore_frac=0.0, seed=7)  # |z| ~ 1e4
+    out, grads, _ = _run(prob, keys=("hidden", "weight"), fwd_config=SMALL_FWD, bwd_config=SMALL_BWD, splits=4)
+    ref = sequence_logps_naive(*(as_fp64(prob)[k] for k in ("hidden", "weight", "labels", "cu_seqlens")))
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads.values())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-2)
+
+
+def test_no_tokens():
+    h = torch.zeros(0, 8, requires_grad=True)
+    w = torch.randn(50, 8, requires_grad=True)
+    out = triton_impl.sequence_logps(h, w, torch.zeros(0, dtype=torch.long), torch.zeros(3, dtype=torch.int32))
+    assert out.shape == (2,) and (out == 0).all()
+    out.sum().backward()
+    assert (w.grad == 0).all() and h.grad.shape == (0, 8)
+
+
+def test_option_and_dtype_errors():
+    prob = _problem()
+    args = (prob["hidden"], prob["weight"], prob["labels"], prob["cu_seqlens"])
+    with pytest.raises(TypeError, match="unknown Triton head option"):
+        triton_impl.sequence_logps(*args, filter=0.1)
+    with pytest.raises(ValueError, match="filter_eps must be"):
+        triton_impl.sequence_logps(*args, filter_eps=-1.0)
+    with pytest.raises(ValueError, match="splits must be"):
+        triton_impl.sequence_logps(*args, splits=0)
+    with pytest.raises(ValueError, match="power of two"):
+        KernelConfig(48, 64, 16)
+    p64 = as_fp64(prob)
+    with pytest.raises(TypeError, match="fp32/fp16/bf16"):
+        sequence_logps(p64["hidden"], p64["weight"], p64["labels"], p64["cu_seqlens"], impl="triton")
+
+
+def test_cpu_after_gpu_compile_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(triton_impl, "_is_interpreted", lambda fn: False)
+    prob = _problem()
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        triton_impl.sequence_logps(prob["hidden"], prob["weight"], prob["labels"], prob["cu_seqlens"])
+
+
+def test_config_tables():
+    assert device_family(None) == "interpreter"
+    assert device_family((9, 0)) == "sm90" and device_family((8, 0)) == "sm80" and device_family((7, 5)) == "fallback"
+    for fwd, bwd in BAKED.values():
+        assert isinstance(fwd, KernelConfig) and isinstance(bwd, KernelConfig)
+
+
+# ------------------------------------------------------------------------------------------------- GPU tier
+def _cuda_problem(n, h, v, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    hidden = torch.randn(n, h, device="cuda", generator=g).to(dtype)
+    weight = (torch.randn(v, h, device="cuda", generator=g) / h**0.5).to(dtype)
+    labels = torch.randint(0, v, (n,), device="cuda", generator=g)
+    labels[torch.rand(n, device="cuda", generator=g) < 0.2] = -100
+    lengths = [n // 8] * 7 + [n - 7 * (n // 8)]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    return dict(hidden=hidden, weight=weight, labels=labels, cu_seqlens=cu, bias=None)
+
+
+@pytest.mark.gpu
+def test_gpu_kernels_are_compiled():
+    prob = _cuda_problem(64, 64, 256, torch.bfloat16)
+    triton_impl.sequence_logps(prob["hidden"], prob["weight"], prob["labels"], prob["cu_seqlens"])
+    from inpo.kernels import head
+
+    assert not triton_impl._is_interpreted(head.head_fwd_kernel)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_values_and_grads_vs_fp64(dtype):
+    prob = _cuda_problem(1031, 256, 5003, dtype)
+    out, grads, _ = _run(prob, filter_eps=0.0)
+    ref_lowp, g_lowp, _ = _run(prob, impl="naive")
+    ref64, g64, _ = _run(as_fp64(prob), impl="naive")
+    assert_close_to_reference(out, ref_lowp, ref64, atol=TOL[dtype], name="gpu logps")
+    for k in grads:
+        assert_close_to_reference(grads[k], g_lowp[k], g64[k], atol=TOL[dtype], name=f"gpu d{k}")
+
+
+@pytest.mark.gpu
+def test_gpu_big_shape_and_peak_memory():
+    n, h, v = 4096, 2048, 32000
+    prob = _cuda_problem(n, h, v, torch.bfloat16)
+    hidden = prob["hidden"].requires_grad_(True)
+    weight = prob["weight"].requires_grad_(True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = triton_impl.sequence_logps(hidden, weight, prob["labels"], prob["cu_seqlens"])
+    out.sum().backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    # fp32 dW and dX accumulators + the bf16 grads + O(N) buffers; N·V·4 bytes would be 524 MB.
+    budget = 4 * v * h + 2 * v * h + 4 * n * h + 2 * n * h + 64 * n + (16 << 20)
+    assert extra < budget < n * v * 4 / 1.5, (extra, budget)
+    ref = torch.zeros_like(out)
+    for c0 in range(0, n, 1024):  # the fp32 reference, chunked so it stays small too
+        c1 = min(n, c0 + 1024)
+        lab = prob["labels"][c0:c1]
+        logp = torch.log_softmax(hidden[c0:c1].detach().float() @ weight.detach().float().t(), dim=1)
+        tok = torch.where(lab != -100, logp.gather(1, lab.clamp(min=0)[:, None]).squeeze(1), 0.0)
+        seg = torch.searchsorted(prob["cu_seqlens"][1:].long(), torch.arange(c0, c1, device="cuda"), right=True)
+        ref.index_add_(0, seg, tok)
+    torch.testing.assert_close(out, ref, rtol=2e-3, atol=0.5)
+
+
+@pytest.mark.gpu
+def test_gpu_autotune_path(monkeypatch):
+    monkeypatch.setenv("INPO_AUTOTUNE", "1")
+    prob = _cuda_problem(777, 128, 3001, torch.bfloat16)
+    out, grads, _ = _run(prob, filter_eps=0.0)
+    monkeypatch.delenv("INPO_AUTOTUNE")
+    out_b, grads_b, _ = _run(prob, filter_eps=0.0)
+    torch.testing.assert_close(out, out_b, rtol=1e-4, atol=1e-3)
+    for k in grads:
+        torch.testing.assert_close(grads[k].float(), grads_b[k].float(), rtol=2e-2, atol=2e-2)
