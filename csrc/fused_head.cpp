@@ -25,6 +25,8 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -33,10 +35,27 @@
 namespace inpo_native {
 namespace {
 
-// Tile sizes: a [kTokenBlock, kVocabTile] fp32 logits tile is 512 KiB, which stays in a 1-2 MiB L2
-// between the GEMM that writes it and the fused pass that reads it.
-constexpr int64_t kTokenBlock = 256;
-constexpr int64_t kVocabTile = 512;
+// Tile sizes: a [token block, vocab tile] fp32 logits tile of 256 x 512 is 512 KiB, which stays in a
+// 1-2 MiB L2 between the GEMM that writes it and the fused pass that reads it. INPO_NATIVE_TILE="TxV"
+// overrides them (read once per process) for tuning on another machine.
+struct TileSizes {
+  int64_t tokens = 256, vocab = 512;
+};
+
+const TileSizes& tile_sizes() {
+  static const TileSizes sizes = [] {
+    TileSizes t;
+    if (const char* env = std::getenv("INPO_NATIVE_TILE")) {
+      long long a = 0, b = 0;
+      if (std::sscanf(env, "%lldx%lld", &a, &b) == 2 && a > 0 && b > 0) {
+        t.tokens = a;
+        t.vocab = b;
+      }
+    }
+    return t;
+  }();
+  return sizes;
+}
 
 // exp(x) for x <= ~0 (all our arguments are logits minus a running max or the lse), written so that
 // GCC vectorises it inside `omp simd` loops; std::exp would be a scalar libm call per element, which
@@ -138,9 +157,10 @@ struct ForwardState {  // online log-sum-exp state per valid token
 template <typename T>
 void forward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, const Compacted& c, int64_t n0,
                        int64_t n1, int64_t v0, int64_t v1, bool vocab_outer, ForwardState<T> st) {
-  at::Tensor buffer = at::empty({kTokenBlock * kVocabTile}, h.options());
+  const int64_t token_block = tile_sizes().tokens, vocab_tile = tile_sizes().vocab;
+  at::Tensor buffer = at::empty({token_block * vocab_tile}, h.options());
   auto tile = [&](int64_t nb, int64_t vb) {
-    const int64_t rows = std::min(kTokenBlock, n1 - nb), cols = std::min(kVocabTile, v1 - vb);
+    const int64_t rows = std::min(token_block, n1 - nb), cols = std::min(vocab_tile, v1 - vb);
     at::Tensor z = tile_view(buffer, rows, cols);
     at::mm_out(z, h.narrow(0, nb, rows), w.narrow(0, vb, cols).t());
     T* zp = z.data_ptr<T>();
@@ -172,11 +192,11 @@ void forward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, 
     }
   };
   if (vocab_outer) {  // keep one W tile hot while the token blocks stream past it
-    for (int64_t vb = v0; vb < v1; vb += kVocabTile)
-      for (int64_t nb = n0; nb < n1; nb += kTokenBlock) tile(nb, vb);
+    for (int64_t vb = v0; vb < v1; vb += vocab_tile)
+      for (int64_t nb = n0; nb < n1; nb += token_block) tile(nb, vb);
   } else {
-    for (int64_t nb = n0; nb < n1; nb += kTokenBlock)
-      for (int64_t vb = v0; vb < v1; vb += kVocabTile) tile(nb, vb);
+    for (int64_t nb = n0; nb < n1; nb += token_block)
+      for (int64_t vb = v0; vb < v1; vb += vocab_tile) tile(nb, vb);
   }
 }
 
@@ -195,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> forward_typed(const at::Tensor& hidden, const
   const T* bp = b.defined() ? b.data_ptr<T>() : nullptr;
 
   const bool vocab_parallel = nv <= vocab;
-  const int64_t parts = vocab_parallel ? num_partitions(vocab, kVocabTile) : num_partitions(nv, kTokenBlock);
+  const int64_t parts = vocab_parallel ? num_partitions(vocab, tile_sizes().vocab) : num_partitions(nv, tile_sizes().tokens);
   // Vocab-parallel partitions each keep their own (m, s) per token, merged below; `target` is shared
   // because exactly one vocab tile holds each token's label. Token-parallel partitions own disjoint rows.
   const int64_t copies = vocab_parallel ? parts : 1;
@@ -237,10 +257,11 @@ template <typename T>
 void backward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, const Compacted& c, const T* g,
                         const T* lse, int64_t n0, int64_t n1, int64_t v0, int64_t v1, bool vocab_outer,
                         BackwardTargets out) {
-  at::Tensor buffer = at::empty({kTokenBlock * kVocabTile}, h.options());
+  const int64_t token_block = tile_sizes().tokens, vocab_tile = tile_sizes().vocab;
+  at::Tensor buffer = at::empty({token_block * vocab_tile}, h.options());
   T* db = static_cast<T*>(out.db);
   auto tile = [&](int64_t nb, int64_t vb) {
-    const int64_t rows = std::min(kTokenBlock, n1 - nb), cols = std::min(kVocabTile, v1 - vb);
+    const int64_t rows = std::min(token_block, n1 - nb), cols = std::min(vocab_tile, v1 - vb);
     at::Tensor z = tile_view(buffer, rows, cols);
     const at::Tensor hb = h.narrow(0, nb, rows), wt = w.narrow(0, vb, cols);
     at::mm_out(z, hb, wt.t());
@@ -270,11 +291,11 @@ void backward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias,
     if (out.dh.defined()) out.dh.narrow(0, nb, rows).addmm_(z, wt);
   };
   if (vocab_outer) {
-    for (int64_t vb = v0; vb < v1; vb += kVocabTile)
-      for (int64_t nb = n0; nb < n1; nb += kTokenBlock) tile(nb, vb);
+    for (int64_t vb = v0; vb < v1; vb += vocab_tile)
+      for (int64_t nb = n0; nb < n1; nb += token_block) tile(nb, vb);
   } else {
-    for (int64_t nb = n0; nb < n1; nb += kTokenBlock)
-      for (int64_t vb = v0; vb < v1; vb += kVocabTile) tile(nb, vb);
+    for (int64_t nb = n0; nb < n1; nb += token_block)
+      for (int64_t vb = v0; vb < v1; vb += vocab_tile) tile(nb, vb);
   }
 }
 
@@ -307,7 +328,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_typed(
     }
 
     const bool vocab_parallel = nv <= vocab;
-    const int64_t parts = vocab_parallel ? num_partitions(vocab, kVocabTile) : num_partitions(nv, kTokenBlock);
+    const int64_t parts = vocab_parallel ? num_partitions(vocab, tile_sizes().vocab) : num_partitions(nv, tile_sizes().tokens);
     // The gradient along the partitioned dimension is written in place; the other one gets a private
     // partial per extra partition (partition 0 writes the real accumulator).
     std::vector<at::Tensor> partial(parts);
@@ -345,8 +366,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_typed(
     }
   }
 
-  const at::Tensor empty = at::empty({0}, hidden.options());
-  at::Tensor dhidden = empty, dweight = empty, dbias = empty;
+  // Distinct empty tensors for gradients not asked for: outputs of an op must never alias each other.
+  at::Tensor dhidden = at::empty({0}, hidden.options()), dweight = at::empty({0}, hidden.options()),
+             dbias = at::empty({0}, hidden.options());
   if (need_h) {
     if (c.all_valid()) {
       dhidden = dh_c.to(hidden.scalar_type());

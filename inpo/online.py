@@ -49,7 +49,7 @@ def _save_tensors(path: Path, tensors: dict) -> None:
 
     from inpo.train.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in tensors.items()}))
+    atomic_write_bytes(path, save({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}))
 
 
 def _load_tensors(path: Path) -> dict:
@@ -103,6 +103,8 @@ def _setup(cfg: TrainConfig):
     from inpo.train.model import load_policy
 
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     tokenizer = _load_tokenizer(cfg)
     ref = load_policy(cfg.model, tokenizer=tokenizer, device=device, attn_implementation=_attn_impl(cfg, device))

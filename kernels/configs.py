@@ -1,9 +1,21 @@
 """Launch configurations of the head kernels: one baked default per GPU family, a small autotune set.
 
-NOT YET TUNED ON HARDWARE: the baked values below were chosen from Hopper/Ampere first principles
-(wgmma wants BLOCK_N >= 64 and 4/8 warps; 3-4 stages hide the K-loop's loads; a [128, 128] fp32 logits
-tile is 64 registers per thread at 8 warps, leaving room for the [128, 64] dX/dW chunks). Run
-``INPO_AUTOTUNE=1 python -m bench.head`` on the target GPU and bake the winners here.
+NOT YET TUNED ON HARDWARE (no GPU was available when they were written). They were chosen from
+Hopper/Ampere first principles and checked by compiling for sm90/sm80 without a GPU
+(``python -m inpo.kernels.compile_check``: registers, spills, shared memory; bf16, no bias):
+
+    kernel  family  BN  BV  BH warps stages   regs  spill  shared
+    fwd     sm90   128 256  64   8    3        255    0    144 KiB   (128x128: 177 regs, but 64 FLOP/B of L2
+    bwd     sm90   128 128  64   8    3        211    0    160 KiB    traffic is below what wgmma needs)
+    dz      sm90   128 128  64   8    3        170    0     96 KiB
+    fwd     sm80   128 128  32   8    3        217    0     32 KiB
+    bwd     sm80   128 128  32   8    3        255  160 B    80 KiB   (small spill; 64x64x32/4w: none)
+    fwd     fp32    64 128  16   8    2        178    0     12 KiB   (IEEE fp32 dots: FMA, see FP32)
+    bwd     fp32    32  64  32   4    2        190    0     28 KiB
+
+Forward tiles are wide in V because every vocabulary tile re-reads the token block from L2: a 128x256 tile
+does 85 FLOP per loaded byte, 128x128 only 64. Run ``INPO_AUTOTUNE=1 python -m bench.head`` on the target
+GPU and bake the winners here.
 """
 
 from __future__ import annotations
@@ -46,37 +58,53 @@ BAKED = {
     # A100 (sm80) and Ada (sm89) -- not yet tuned on hardware.
     "sm80": (KernelConfig(128, 128, 32, num_warps=8, num_stages=3),
              KernelConfig(128, 128, 32, num_warps=8, num_stages=2, group_n=8)),
-    # Anything else with CUDA: conservative tiles that fit every recent GPU's shared memory.
-    "fallback": (KernelConfig(64, 128, 32, num_warps=4, num_stages=2),
-                 KernelConfig(64, 64, 32, num_warps=4, num_stages=2, group_n=8)),
+    # Anything else with CUDA (Volta/Turing, consumer Blackwell): small tiles that fit ~100 KiB of shared memory.
+    "fallback": (KernelConfig(64, 64, 32, num_warps=4, num_stages=2),
+                 KernelConfig(32, 64, 32, num_warps=4, num_stages=2, group_n=8)),
     # Triton interpreter (CPU): large tiles so it runs few programs; warps/stages are ignored there.
     "interpreter": (KernelConfig(128, 512, 64, num_warps=4, num_stages=1),
                     KernelConfig(128, 512, 64, num_warps=4, num_stages=1, group_n=4)),
 }
 
+# fp32 inputs on any GPU: exact (IEEE) dots run on FMA units, not tensor cores, and the tensor-core tiles above
+# spill kilobytes there; these small tiles compile spill-free on sm90 (178 / 190 registers). fp32 is the
+# accuracy path (training uses bf16), so it is not tuned for speed.
+FP32 = (KernelConfig(64, 128, 16, num_warps=8, num_stages=2),
+        KernelConfig(32, 64, 32, num_warps=4, num_stages=2, group_n=8))
+
+
+def baked(family: str, fp32: bool = False) -> tuple[KernelConfig, KernelConfig]:
+    """(forward, backward) config for a device family; fp32 inputs on a GPU get the FP32 table."""
+    if fp32 and family != "interpreter":
+        return FP32
+    return BAKED[family]
+
+
 # The opt-in autotune set (INPO_AUTOTUNE=1): small on purpose, every entry sensible on sm80/sm90.
+# Entries that compile without spills on sm90; configs that exceed a GPU's shared memory are skipped by Triton.
 AUTOTUNE_FWD = [
     KernelConfig(128, 256, 64, num_warps=8, num_stages=3),
+    KernelConfig(128, 256, 64, num_warps=8, num_stages=2),
     KernelConfig(128, 128, 64, num_warps=8, num_stages=4),
-    KernelConfig(64, 256, 64, num_warps=4, num_stages=4),
-    KernelConfig(128, 256, 32, num_warps=8, num_stages=4),
-    KernelConfig(64, 128, 64, num_warps=4, num_stages=3),
+    KernelConfig(64, 256, 64, num_warps=4, num_stages=3),
+    KernelConfig(128, 128, 32, num_warps=8, num_stages=3),
 ]
 AUTOTUNE_BWD = [
     KernelConfig(128, 128, 64, num_warps=8, num_stages=3, group_n=8),
-    KernelConfig(128, 128, 32, num_warps=8, num_stages=4, group_n=8),
+    KernelConfig(128, 128, 64, num_warps=8, num_stages=2, group_n=16),
+    KernelConfig(128, 128, 32, num_warps=8, num_stages=3, group_n=8),
     KernelConfig(64, 128, 64, num_warps=4, num_stages=3, group_n=8),
-    KernelConfig(128, 64, 64, num_warps=4, num_stages=3, group_n=16),
-    KernelConfig(64, 64, 64, num_warps=4, num_stages=3, group_n=8),
+    KernelConfig(128, 64, 64, num_warps=4, num_stages=3, group_n=8),
 ]
 
 
 def device_family(capability: tuple[int, int] | None) -> str:
-    """``interpreter`` for None (CPU), else ``sm90`` (Hopper), ``sm80`` (Ampere/Ada) or ``fallback``."""
+    """``interpreter`` for None (CPU), else ``sm90`` (Hopper, datacenter Blackwell), ``sm80`` (Ampere/Ada) or
+    ``fallback``."""
     if capability is None:
         return "interpreter"
     major, _ = capability
-    if major == 9:
+    if major in (9, 10):
         return "sm90"
     if major == 8:
         return "sm80"

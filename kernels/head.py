@@ -26,6 +26,12 @@ Gradient filtering (optional, ``FILTER``): a tile whose softmax probabilities ar
     (each p_nv < eps). dBias is always exact (it needs no GEMM). Tiles whose tokens all have g = 0 (ignored
     tokens) are skipped without any error.
 
+Chunked backward (``head_dz_kernel``, opt-in): the same recompute, but dz is stored (input dtype) into a
+    [chunk, V] buffer and the launcher runs dX = dz·W and dW += dzᵀ·X as cuBLAS GEMMs per token chunk. Same
+    8NHV FLOPs, no atomics, extra traffic 3·chunk·V·2 bytes per chunk and O(chunk·V) memory. Which backward wins
+    on a given GPU is an empirical question; ``python -m bench.head`` times both (inpo-triton vs
+    inpo-triton-chunked).
+
 ``DOT_FP32`` upcasts tiles to fp32 before ``tl.dot``: the Triton interpreter computes bf16 dots wrongly, so
 the launcher sets it for bf16 under the interpreter only. ``DOT_PRECISION`` is "ieee" for fp32 inputs
 (no silent TF32) and "tf32" otherwise (ignored for 16-bit inputs).
@@ -179,3 +185,46 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
                     dw = tl.dot(tl.trans(dz_in), x, input_precision=DOT_PRECISION)
                     tl.atomic_add(dw_rows + offs_h[None, :], dw, mask=mask_v[:, None] & mask_h[None, :],
                                   sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["N", "ignore_index"])
+def head_dz_kernel(X, W, B, Labels, Lse, Gtok, DZ, DB,
+                   N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, stride_dzn, ignore_index,
+                   HAS_BIAS: tl.constexpr, COMPUTE_DB: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
+                   DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """dz = g · (onehot − softmax) of one recomputed tile, stored in the input dtype (the "chunked" backward).
+
+    The launcher runs it over a bounded chunk of tokens into a [chunk, V] buffer and hands the two gradient
+    GEMMs to cuBLAS: no atomics, at the price of writing and re-reading the chunk's dz once.
+    """
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(N, BLOCK_N)
+    num_v = tl.cdiv(V, BLOCK_V)
+    per_group = GROUP_N * num_v
+    first_n = (pid // per_group) * GROUP_N
+    group_size = tl.minimum(num_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % per_group) % group_size
+    pid_v = (pid % per_group) // group_size
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_n = offs_n < N
+    mask_v = offs_v < V
+    g = tl.load(Gtok + offs_n, mask=mask_n, other=0.0)
+    live = g != 0.0
+    dz = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    if tl.sum(live.to(tl.int32), axis=0) > 0:
+        lab = tl.load(Labels + offs_n, mask=mask_n, other=ignore_index).to(tl.int32)
+        lse = tl.load(Lse + offs_n, mask=mask_n, other=0.0)
+        z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
+                         stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
+        active = live[:, None] & mask_v[None, :]
+        p = tl.where(active, tl.exp(z - lse[:, None]), 0.0)
+        is_target = (offs_v[None, :] == lab[:, None]) & active
+        dz = tl.where(active, g[:, None] * (is_target.to(tl.float32) - p), 0.0)
+        if COMPUTE_DB:
+            tl.atomic_add(DB + offs_v, tl.sum(dz, axis=0), mask=mask_v, sem="relaxed")
+    # Always store: the buffer is reused across chunks, so all-ignored tiles must be written as zeros.
+    dz_ptrs = DZ + offs_n.to(tl.int64)[:, None] * stride_dzn + offs_v[None, :]
+    tl.store(dz_ptrs, dz.to(DZ.dtype.element_ty), mask=mask_n[:, None] & mask_v[None, :])

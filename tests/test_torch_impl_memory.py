@@ -50,13 +50,13 @@ def test_recorder_sees_naive_logits():
     assert _largest_fwd_bwd("naive", n, h, v) >= n * v
 
 
-@pytest.mark.parametrize("v", [4000, 16000])
+@pytest.mark.parametrize("v", [8000, 24000])
 def test_chunked_torch_head_peak_tensor_is_independent_of_n_times_v(v):
-    n, h = 256, 8
-    kw = dict(chunk_tokens=64, chunk_vocab=1000)
+    n, h = 512, 8
+    kw = dict(chunk_tokens=128, chunk_vocab=2000)
     largest = _largest_fwd_bwd("torch-small-chunks", n, h, v, **kw)
     # One [chunk_tokens, chunk_vocab] tile, or the O(V·H) / O(N·H) inputs and fp32 accumulators.
-    assert largest <= max(64 * 1000, v * h, n * h), largest
+    assert largest <= max(128 * 2000, v * h, n * h), largest
     assert largest < n * v / 4
 
 

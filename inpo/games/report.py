@@ -141,7 +141,7 @@ def plot_gap_curves(path, panels: list[dict], *, title: str = "") -> Path | None
             ax = axes[i, j]
             for label, by_kind in panel["curves"].items():
                 stats = mean_ci_curves(np.asarray(by_kind[kind])[:, keep])
-                color = _COLORS.get(label.split("(")[0].strip(), None)
+                color = _COLORS.get(label)  # variants ("inpo (…)") take the default colour cycle
                 m, lo, hi = (np.maximum(s, floor) for s in stats)
                 ax.plot(t[keep], m, label=label, color=color, lw=1.6)
                 ax.fill_between(t[keep], lo, hi, color=color, alpha=0.2, lw=0)

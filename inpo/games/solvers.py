@@ -126,6 +126,23 @@ def _eta_at(eta: float, t: int, schedule: str, algorithm: str) -> float:
     return eta / math.sqrt(t + 1) if algorithm in _MULTIPLIES else eta * math.sqrt(t + 1)
 
 
+def _newton_step(H, g):
+    """−H⁺g with Jacobi scaling. Every loss here is invariant to adding a constant to all logits (H·1 = 0)
+    and responses of tiny mass give rows of tiny weight (π_t(y)·π_t(y') ~ 1e-20 late in a run): scaling
+    by diag(H)^{-1/2} makes those rows O(1), so the pseudo-inverse drops only the true null directions
+    (the constant, and responses no example touches, whose step is 0) and not the small-but-real ones."""
+    lib = torch if isinstance(H, torch.Tensor) else np
+    d = lib.diagonal(H)
+    # rows 1e-30 below the largest carry no information a float64 loss can resolve: treat them as
+    # untouched (step 0) rather than blow them up by 1/√d (a collapsed DPO run reaches weights ~1e-300)
+    active = d > 1e-30 * float(d.max()) if float(d.max()) > 0 else d > 0
+    scale = lib.where(active, 1.0 / lib.sqrt(lib.where(active, d, 1.0)), 0.0 * d)
+    Hs = scale[:, None] * H * scale[None, :]
+    if lib is torch:
+        return -scale * (torch.linalg.pinv(Hs, rtol=1e-10, hermitian=True) @ (scale * g))
+    return -scale * (np.linalg.pinv(Hs, rcond=1e-10, hermitian=True) @ (scale * g))
+
+
 def _bt_fit(W: np.ndarray, *, iters: int = 100, s0: np.ndarray | None = None) -> np.ndarray:
     """Bradley–Terry maximum likelihood: argmax_s Σ W[i, j]·log σ(s_i − s_j) over (chosen i, rejected j)
     weights. Newton with a pseudo-inverse (s is defined up to a constant), warm-started at ``s0``.
@@ -137,8 +154,12 @@ def _bt_fit(W: np.ndarray, *, iters: int = 100, s0: np.ndarray | None = None) ->
     if w.size == 0:
         return s
     w = w / w.sum()  # the scale of the weights does not move the MLE; unit mass keeps pinv's cutoff meaningful
+    # A separable sample (P(y ≻ y') = 1 on every observed pair, as in clipped games) has no finite MLE;
+    # the ridge ε·|s|²/2 caps such scores near log(1/ε) ≈ 23 while moving well-posed fits by ~1e-10.
+    eps = 1e-10
+
     def nll(x):
-        return float(np.sum(w * np.logaddexp(0.0, -(x[I] - x[J]))))
+        return float(np.sum(w * np.logaddexp(0.0, -(x[I] - x[J]))) + 0.5 * eps * (x @ x))
 
     f = nll(s)
     for _ in range(iters):
@@ -147,20 +168,20 @@ def _bt_fit(W: np.ndarray, *, iters: int = 100, s0: np.ndarray | None = None) ->
         g = np.zeros(n)
         np.add.at(g, I, -w * q)
         np.add.at(g, J, w * q)
-        if np.abs(g).max() < 1e-12:  # unit total weight: an absolute tolerance is a relative one
-            break
+        g += eps * s
         c = w * q * (1.0 - q)
-        H = np.zeros((n, n))
+        H = eps * np.eye(n)
         np.add.at(H, (I, I), c)
         np.add.at(H, (J, J), c)
         np.add.at(H, (I, J), -c)
         np.add.at(H, (J, I), -c)
-        step = -np.linalg.pinv(H, rcond=1e-12, hermitian=True) @ g
+        step = _newton_step(H, g)
         slope = float(g @ step)
-        if slope >= 0 or np.abs(step).max() < 1e-13:
+        # Newton decrement below 1e-22 (unit total weight): no float64 change of the fit is left to make
+        if slope > -1e-22 or np.abs(step).max() < 1e-13:
             break
         t = 1.0  # backtracking: pure Newton can overshoot on a logistic loss from a far start
-        while nll(s + t * step) > f + 1e-4 * t * slope and t > 1e-10:
+        while nll(s + t * step) > f + 1e-4 * t * slope + 1e-15 * abs(f) and t > 1e-10:
             t *= 0.5
         s = s + t * step
         f = nll(s)
@@ -195,7 +216,7 @@ def _newton(loss_fn, theta0: torch.Tensor, *, max_iters: int = 100) -> torch.Ten
     for _ in range(max_iters):
         g = grad_fn(theta)
         H = hess_fn(theta)
-        step = -(torch.linalg.pinv(H, rtol=1e-12, hermitian=True) @ g)
+        step = _newton_step(H, g)
         slope = float(g @ step)
         if slope >= 0 or float(step.abs().max()) < 1e-12:
             break
@@ -203,7 +224,8 @@ def _newton(loss_fn, theta0: torch.Tensor, *, max_iters: int = 100) -> torch.Ten
         while True:
             cand = theta + t * step
             fc = loss_fn(cand)
-            if float(fc) <= float(f) + 1e-4 * t * slope or t < 1e-10:
+            # the 1e-15·|f| slack accepts steps whose decrease is below the loss's rounding (tiny-mass rows)
+            if float(fc) <= float(f) + 1e-4 * t * slope + 1e-15 * abs(float(f)) or t < 1e-10:
                 break
             t *= 0.5
         theta, f = cand, fc
@@ -359,10 +381,22 @@ def run(P, algorithm: str, *, iters: int, eta: float, tau: float = 0.0, pi_ref=N
     ref = uniform(n, C) if pi_ref is None else _positive_policy(pi_ref, n, C, "pi_ref")
     start = ref if pi0 is None else _positive_policy(pi0, n, C, "pi0")
     log_ref = np.log(ref)
-    log_pi = np.log(start)
-    log_aux = log_pi.copy()  # ONPO's auxiliary chain π'
     rng = np.random.default_rng(seed)
+    threads = torch.get_num_threads()
+    if mode != "closed_form":
+        torch.set_num_threads(1)  # n×n problems: intra-op threads only add sync cost (≈7× here); restored below
+    try:
+        return _iterate(P, P3, algorithm, mode, iters, eta, tau, schedule, seed, samples, prompts, pairs, queries,
+                        start, log_ref, rng)
+    finally:
+        torch.set_num_threads(threads)
 
+
+def _iterate(P, P3, algorithm, mode, iters, eta, tau, schedule, seed, samples, prompts, pairs, queries, start,
+             log_ref, rng) -> Trajectory:
+    C, n = P3.shape[0], P3.shape[-1]
+    log_pi = np.log(start)
+    log_aux = log_pi.copy()  # ONPO's auxiliary chain π'; iterative DPO's last BT scores
     policies = np.empty((iters + 1, C, n))
     policies[0] = start
     n_queries = np.zeros(iters, dtype=np.int64)
@@ -454,7 +488,7 @@ def _loss_step(algorithm, P, pi, log_pi, log_aux, log_ref, eta, tau, t, oracle, 
                 used = int(keep.sum())
         if algorithm == "sppo":
             return _fit_sppo(SPPO(eta=eta), v, targets, log_pi, log_pi), log_aux, used
-        return _fit_pairwise(DPO(beta=eta), W, log_pi, ref=log_pi, l2=1e-4), log_aux, used
+        return _fit_pairwise(DPO(beta=eta), W, log_pi, ref=log_pi, l2=_map_l2(used)), log_aux, used
 
     if oracle is None:
         W = pi[:, None] * pi[None, :] * P
@@ -474,5 +508,14 @@ def _loss_step(algorithm, P, pi, log_pi, log_aux, log_ref, eta, tau, t, oracle, 
         return _fit_pairwise(obj, W, aux, anchor=aux), aux, used
     if algorithm == "ipo":
         return _fit_pairwise(IPO(beta=eta), W, log_pi, ref=log_ref), log_aux, used
-    # dpo: ref = π_t each round; the tiny l2 keeps separable finite samples finite
-    return _fit_pairwise(DPO(beta=eta), W, log_pi, ref=log_pi, l2=1e-4 if oracle is not None else 0.0), log_aux, used
+    # dpo: ref = π_t each round
+    return _fit_pairwise(DPO(beta=eta), W, log_pi, ref=log_pi, l2=_map_l2(used) if oracle is not None else 0.0), \
+        log_aux, used
+
+
+def _map_l2(examples: int) -> float:
+    """Finite samples are often separable, and a logistic loss (DPO, DNO) then has no minimiser: its
+    logits run off to infinity. A unit-variance Gaussian prior on the logit change, θ − θ_t ~ N(0, 1),
+    i.e. + |θ − θ_t|²/(2m) on the mean loss over m examples, keeps the fit finite and vanishes as
+    m → ∞ (the population limit is untouched)."""
+    return 0.5 / max(examples, 1)

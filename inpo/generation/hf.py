@@ -39,6 +39,7 @@ class HFSampler(Sampler):
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.last_stats: dict = {}
+        self.last_lengths: list[int] = []  # new tokens of each response of the last call (eos excluded)
 
     def _generation_config(self):
         from transformers import GenerationConfig
@@ -63,6 +64,7 @@ class HFSampler(Sampler):
         eos = self.tokenizer.eos_token_id
         gen_config = self._generation_config()
         texts: list[str] = []
+        lengths: list[int] = []
         new_tokens = finished = 0
         t0 = time.perf_counter()
         was_training = self.model.training
@@ -83,10 +85,12 @@ class HFSampler(Sampler):
                             row = row[:row.index(eos)]
                             finished += 1
                         new_tokens += len(row)
+                        lengths.append(len(row))
                         texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
         finally:
             self.model.train(was_training)
         seconds = time.perf_counter() - t0
+        self.last_lengths = lengths
         self.last_stats = {"responses": len(texts), "new_tokens": new_tokens, "finished": finished,
                            "seconds": seconds, "tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0}
         return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]

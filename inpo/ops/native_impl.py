@@ -129,10 +129,11 @@ def _head_forward_fake(hidden, weight, bias, labels, cu_seqlens, ignore_index):
 
 def _head_backward_fake(grad_logps, hidden, weight, bias, labels, cu_seqlens, lse, ignore_index, output_mask):
     need_h, need_w, need_b = output_mask
-    empty = hidden.new_empty((0,))
-    return (torch.empty_like(hidden, memory_format=torch.contiguous_format) if need_h else empty,
-            torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w else empty,
-            torch.empty_like(bias, memory_format=torch.contiguous_format) if (need_b and bias is not None) else empty)
+
+    def like(t, wanted):  # a fresh [0] tensor per unwanted gradient: outputs must not alias each other
+        return torch.empty_like(t, memory_format=torch.contiguous_format) if wanted else hidden.new_empty((0,))
+
+    return like(hidden, need_h), like(weight, need_w), like(bias, need_b and bias is not None)
 
 
 def _setup_context(ctx, inputs, output):

@@ -11,6 +11,10 @@ Options (``sequence_logps(..., **options)`` or ``params=HeadParams(...)``):
                  |g|·(1 − p) term. ``0`` turns filtering off. Error bound: see ``kernels/head.py``.
     fwd_config / bwd_config   ``KernelConfig`` overrides of the baked per-GPU-family defaults.
     splits       vocabulary splits of the forward grid (default: enough programs for ~4 waves).
+    bwd_mode     ``"atomic"`` (default): one fused kernel, dX/dW by fp32 atomics, O(N + V·H) extra memory,
+                 supports filtering. ``"chunked"``: dz per token chunk into a [chunk_tokens, V] buffer, then
+                 cuBLAS GEMMs (no atomics, no filtering, O(chunk_tokens·V) extra memory).
+    chunk_tokens tokens per chunk of the chunked backward (default: a ``_DZ_BUDGET_BYTES`` dz buffer).
     stats        a dict the backward fills with tile counters (``tiles_total``, ``tiles_filtered``,
                  ``tiles_ignored``); costs one host sync, meant for tests and profiling.
 
@@ -42,6 +46,8 @@ from inpo.ops.naive import segment_ids
 
 DEFAULT_FILTER_EPS = 2.0 ** -16
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BWD_MODES = ("atomic", "chunked")
+_DZ_BUDGET_BYTES = {"cuda": 1 << 30, "cpu": 64 << 20}  # chunked backward: size of the [chunk, V] dz buffer
 _WAVES = 4  # forward: aim for this many waves of programs over the SMs when choosing vocabulary splits
 
 
@@ -53,6 +59,8 @@ class HeadParams:
     fwd_config: object | None = None  # kernels.configs.KernelConfig
     bwd_config: object | None = None
     splits: int | None = None
+    bwd_mode: str = "atomic"
+    chunk_tokens: int | None = None
     stats: dict | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self):
@@ -61,6 +69,10 @@ class HeadParams:
             raise ValueError(f"filter_eps must be None (auto) or a float in [0, 1), got {eps!r}")
         if self.splits is not None and (not isinstance(self.splits, int) or self.splits < 1):
             raise ValueError(f"splits must be None or a positive int, got {self.splits!r}")
+        if self.bwd_mode not in BWD_MODES:
+            raise ValueError(f"bwd_mode must be one of {BWD_MODES}, got {self.bwd_mode!r}")
+        if self.chunk_tokens is not None and (not isinstance(self.chunk_tokens, int) or self.chunk_tokens < 1):
+            raise ValueError(f"chunk_tokens must be None or a positive int, got {self.chunk_tokens!r}")
         if self.stats is not None and not isinstance(self.stats, dict):
             raise TypeError(f"stats must be None or a dict to fill, got {type(self.stats).__name__}")
 
@@ -125,6 +137,11 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _poisoned(shape, *, dtype, device) -> Tensor:
+    """``torch.empty`` filled with NaN: an element a kernel forgets to write shows up as NaN."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -152,13 +169,11 @@ def head_forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Te
     v = weight.shape[0]
     interpreted = _is_interpreted(head.head_fwd_kernel)
     family = "interpreter" if interpreted else _family(hidden.device)
-    cfg = params.fwd_config or configs.BAKED[family][0]
+    cfg = params.fwd_config or configs.baked(family, hidden.dtype == torch.float32)[0]
     splits = params.splits or _default_splits(_cdiv(n, cfg.block_n), _cdiv(v, cfg.block_v), hidden.device,
                                               interpreted)
-    alloc = torch.full if _flag("INPO_POISON_OUTPUTS") else None
-    shape = (3, splits, n)
-    part = (alloc(shape, float("nan"), dtype=torch.float32, device=hidden.device) if alloc else
-            torch.empty(shape, dtype=torch.float32, device=hidden.device))
+    new = _poisoned if _flag("INPO_POISON_OUTPUTS") else torch.empty
+    part = new((3, splits, n), dtype=torch.float32, device=hidden.device)
     args = (hidden, weight, bias if bias is not None else hidden, labels, part[0], part[1], part[2],
             n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, splits)
     flags = dict(HAS_BIAS=bias is not None, **_dot_flags(hidden.dtype, interpreted))
@@ -183,7 +198,7 @@ def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: T
     dev = hidden.device
     interpreted = _is_interpreted(head.head_bwd_kernel)
     family = "interpreter" if interpreted else _family(dev)
-    cfg = params.bwd_config or configs.BAKED[family][1]
+    cfg = params.bwd_config or configs.baked(family, hidden.dtype == torch.float32)[1]
     need_x, need_w, need_b = need
     dx = torch.zeros(n, hd, dtype=torch.float32, device=dev) if need_x else None
     dw = torch.zeros(v, hd, dtype=torch.float32, device=dev) if need_w else None
@@ -210,6 +225,75 @@ def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: T
             total = _cdiv(n, cfg.block_n) * _cdiv(v, cfg.block_v)
         filtered, ignored = (int(x) for x in skipped.tolist())
         params.stats.update(tiles_total=total, tiles_filtered=filtered, tiles_ignored=ignored, filter_eps=eps)
+    return dx, dw, db
+
+
+_ADDMM_FP32 = None  # which fp32-accumulating addmm works here (probed once; see _addmm_fp32)
+
+
+def _addmm_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """acc (fp32) += a @ b for fp16/bf16 a, b, accumulating in fp32 without a bf16 rounding of a @ b.
+
+    CUDA torch has ``addmm(..., out_dtype=float32)``; where it is missing, fall back to an fp32 temporary
+    (``mm(out_dtype=...)``) and, last, to a GEMM in the input dtype (one rounding per chunk).
+    """
+    global _ADDMM_FP32
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+        return
+    tries = {
+        "addmm": lambda: torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc),
+        "mm": lambda: acc.add_(torch.mm(a, b, out_dtype=torch.float32)),
+        "lowp": lambda: acc.add_((a @ b).float()),
+    }
+    if _ADDMM_FP32 is not None:
+        tries[_ADDMM_FP32]()
+        return
+    for name, fn in tries.items():
+        try:
+            fn()
+        except (RuntimeError, TypeError, NotImplementedError):
+            continue
+        _ADDMM_FP32 = name
+        return
+
+
+def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, lse: Tensor,
+                          g_tok: Tensor, ignore_index: int, params: HeadParams, need: tuple[bool, bool, bool]):
+    """Like :func:`head_backward` (``bwd_mode="chunked"``): dz per token chunk, then cuBLAS GEMMs.
+
+    Returns dHidden in the input dtype (each token belongs to one chunk, so no accumulation is needed),
+    dWeight and dBias in fp32.
+    """
+    head, configs = _kernels(hidden.device)
+    n, hd = hidden.shape
+    v = weight.shape[0]
+    dev = hidden.device
+    interpreted = _is_interpreted(head.head_dz_kernel)
+    family = "interpreter" if interpreted else _family(dev)
+    cfg = params.bwd_config or configs.baked(family, hidden.dtype == torch.float32)[1]
+    need_x, need_w, need_b = need
+    budget = _DZ_BUDGET_BYTES["cuda" if dev.type == "cuda" else "cpu"]
+    chunk = params.chunk_tokens or max(cfg.block_n, budget // (v * hidden.element_size()) // cfg.block_n * cfg.block_n)
+    chunk = min(chunk, n)
+    new = _poisoned if _flag("INPO_POISON_OUTPUTS") else torch.empty
+    dz_buf = new((chunk, v), dtype=hidden.dtype, device=dev)
+    dx = new((n, hd), dtype=hidden.dtype, device=dev) if need_x else None
+    dw = torch.zeros(v, hd, dtype=torch.float32, device=dev) if need_w else None
+    db = torch.zeros(v, dtype=torch.float32, device=dev) if need_b else None
+    flags = dict(HAS_BIAS=bias is not None, COMPUTE_DB=need_b, **_dot_flags(hidden.dtype, interpreted))
+    meta = cfg.meta(backward=True)
+    for c0 in range(0, n, chunk):
+        c1 = min(n, c0 + chunk)
+        x, dz = hidden[c0:c1], dz_buf[:c1 - c0]
+        grid = (_cdiv(c1 - c0, cfg.block_n) * _cdiv(v, cfg.block_v),)
+        head.head_dz_kernel[grid](x, weight, bias if bias is not None else hidden, labels[c0:c1], lse[c0:c1],
+                                  g_tok[c0:c1], dz, db if need_b else lse, c1 - c0, v, hd, x.stride(0), x.stride(1),
+                                  weight.stride(0), weight.stride(1), dz.stride(0), ignore_index, **flags, **meta)
+        if need_x:
+            torch.mm(dz, weight, out=dx[c0:c1])
+        if need_w:
+            _addmm_fp32(dw, dz.t(), x)
     return dx, dw, db
 
 
@@ -242,7 +326,8 @@ class TritonHeadFunction(torch.autograd.Function):
                           for t, k in zip((hidden, weight, bias), need))
         else:
             g_tok = torch.where(labels != ctx.ignore_index, grad_out.float()[seg], 0.0).contiguous()
-            dx, dw, db = head_backward(hidden, weight, bias, labels, lse, g_tok, ctx.ignore_index, ctx.params, need)
+            backward = head_backward_chunked if ctx.params.bwd_mode == "chunked" else head_backward
+            dx, dw, db = backward(hidden, weight, bias, labels, lse, g_tok, ctx.ignore_index, ctx.params, need)
         cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731 -- no copy for fp32
         return cast(dx, hidden), cast(dw, weight), cast(db, bias), None, None, None, None
 
@@ -254,7 +339,7 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
 
     Same contract as :func:`inpo.ops.sequence_logps` (shapes, ``ignore_index``, differentiable w.r.t.
     hidden, weight, bias); ``options`` are :class:`HeadParams` fields (``filter_eps``, ``fwd_config``,
-    ``bwd_config``, ``splits``, ``stats``) and override ``params``.
+    ``bwd_config``, ``splits``, ``bwd_mode``, ``chunk_tokens``, ``stats``) and override ``params``.
     """
     unknown = set(options) - {f.name for f in dataclasses.fields(HeadParams)}
     if unknown:

@@ -116,7 +116,7 @@ def select_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]], ora
     rng = np.random.default_rng(seed)
     groups = [list(g) for g in responses]
     q0 = oracle.queries
-    scored = 0
+    scored = rm_ties = 0
     finalists: list[tuple[int, int, int]] = []  # (prompt_index, best, worst)
 
     if strategy == "random":
@@ -134,7 +134,10 @@ def select_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]], ora
             s = scores[start:start + len(g)]
             start += len(g)
             best, worst = int(np.argmax(s)), int(np.argmin(s))
-            finalists.append((p, best, worst) if s[best] - s[worst] > oracle.tie_tol else (p, best, best))
+            if s[best] - s[worst] > oracle.tie_tol:
+                finalists.append((p, best, worst))
+            else:  # every response scored the same: nothing to learn from this prompt
+                rm_ties += 1
     else:
         orders = [list(rng.permutation(len(g))) for g in groups]  # no position bias from the sampler
         best, first_losers, byes = _knockout(oracle, prompts, groups, orders, rng, keep_winner=True)
@@ -148,7 +151,7 @@ def select_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]], ora
         finalists = [(p, best[p], worst[p]) for p in range(len(groups))]
 
     pairs: list[Pair] = []
-    identical = ties = 0
+    identical, ties = 0, rm_ties
     to_label = []
     for p, i, j in finalists:
         if groups[p][i] == groups[p][j]:

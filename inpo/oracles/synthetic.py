@@ -4,11 +4,14 @@ For a prompt ``x`` and responses ``a``, ``b``::
 
     P(a ≻ b | x) = σ(α · (q(a) − q(b)) + β · C[c(a), c(b)])
 
-* ``q(y) ∈ [0, 1]`` (quality, transitive) is a weighted mean of four checks, each in ``[0, 1]``:
-  ``on_topic`` (0.4) — the response uses a content word of the prompt (its topic for default prompts);
-  ``ending`` (0.2) — it ends with ``.``, ``!`` or ``?``; ``length`` (0.2) — 1 inside the band of 6–14
-  words, falling linearly to 0 at 6 words outside it; ``variety`` (0.2) — distinct / total over its
-  content words (no repetition). An empty response scores 0.
+* ``q(y) ∈ [0, 1]`` (quality, transitive) is the mean of four checks, each in ``[0, 1]``:
+  ``on_topic`` — the response uses a content word of the prompt (its topic for default prompts);
+  ``ending`` — it ends with ``.``, ``!`` or ``?``; ``length`` — 1 inside the band of 6–14 words, falling
+  linearly to 0 at 6 words outside it; ``variety`` — distinct / total over its content words (no
+  repetition). An empty response scores 0. Equal weights on purpose: the SFT-warm-started tiny model
+  rarely copies the topic (measured: ~2 % on topic, 79 % properly ended, length 0.87), so the checks it
+  *can* fix by shifting its token distribution (ending, length) must carry real weight for win-rates
+  to rise within a few iterations; one failed check costs α/4 = 2 logits by default.
 * ``c(y) ∈ {rock, paper, scissors, None}`` (style) is the family (``inpo/assets/default_task.json``) with
   strictly the most words in ``y``; ``None`` when no family dominates.
 * ``C`` is skew-symmetric: ``C[rock, scissors] = C[scissors, paper] = C[paper, rock] = 1``, their
@@ -37,11 +40,11 @@ __all__ = ["SyntheticIntransitiveOracle", "STYLES", "CYCLE", "QUALITY_WEIGHTS", 
 STYLES = ("rock", "paper", "scissors")
 # (winner, loser): rock blunts scissors, scissors cut paper, paper wraps rock.
 CYCLE = (("rock", "scissors"), ("scissors", "paper"), ("paper", "rock"))
-QUALITY_WEIGHTS = {"on_topic": 0.4, "ending": 0.2, "length": 0.2, "variety": 0.2}
+QUALITY_WEIGHTS = {"on_topic": 0.25, "ending": 0.25, "length": 0.25, "variety": 0.25}
 LENGTH_BAND = (6, 14)
 _LENGTH_FALLOFF = 6.0
 # Function words ignored by the variety check: "the ... and the ..." is not a repetition.
-_FUNCTION = frozenset("a an the and but of in on at to is it its all me my so very to also".split())
+_FUNCTION = frozenset("a an the and but of in on at to is it its all me my so very also".split())
 
 
 def _style_matrix() -> np.ndarray:
@@ -69,7 +72,7 @@ class SyntheticIntransitiveOracle(PreferenceOracle):
         self._families = {style: frozenset(task_spec()["styles"][style]) for style in STYLES}
         self._C = _style_matrix()
         # Responses recur across tournament rounds; features are pure functions of the text.
-        self.features = lru_cache(maxsize=65536)(self._features)
+        self._cached = lru_cache(maxsize=65536)(self._features)
 
     def __repr__(self) -> str:
         return (f"SyntheticIntransitiveOracle(alpha={self.alpha}, beta={self.beta}, mode={self.mode!r}, "
@@ -94,17 +97,21 @@ class SyntheticIntransitiveOracle(PreferenceOracle):
         style = STYLES[counts.index(top)] if top > 0 and counts.count(top) == 1 else None
         return {**checks, "quality": quality, "style": style, "words": n}
 
+    def features(self, prompt: str, response: str) -> dict:
+        """The four checks, ``quality``, ``style`` and word count of ``response`` (uncounted)."""
+        return dict(self._cached(prompt, response))
+
     def quality(self, prompt: str, response: str) -> float:
         """q(response | prompt) ∈ [0, 1], the transitive part."""
-        return self.features(prompt, response)["quality"]
+        return self._cached(prompt, response)["quality"]
 
     def style(self, response: str) -> str | None:
         """The dominant style family of ``response`` or None (the prompt plays no part)."""
-        return self.features("", response)["style"]
+        return self._cached("", response)["style"]
 
     def logit(self, prompt: str, a: str, b: str) -> float:
         """α·(q(a) − q(b)) + β·C[c(a), c(b)] (uncounted)."""
-        fa, fb = self.features(prompt, a), self.features(prompt, b)
+        fa, fb = self._cached(prompt, a), self._cached(prompt, b)
         ia = STYLES.index(fa["style"]) if fa["style"] else len(STYLES)
         ib = STYLES.index(fb["style"]) if fb["style"] else len(STYLES)
         return self.alpha * (fa["quality"] - fb["quality"]) + self.beta * self._C[ia, ib]

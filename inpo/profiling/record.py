@@ -25,12 +25,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def device_name() -> str:
-    """GPU name (e.g. ``NVIDIA H100 80GB HBM3``) or ``cpu-<processor>-<n>c``."""
+def device_name(device=None) -> str:
+    """GPU name (e.g. ``NVIDIA H100 80GB HBM3``) or ``cpu-<processor>-<n>c``. ``device``: the device the
+    measurement ran on (default: CUDA when available) -- a CPU run on a GPU machine is labelled as CPU."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
+    device = torch.device(device) if device is not None else None
+    if torch.cuda.is_available() and (device is None or device.type == "cuda"):
+        return torch.cuda.get_device_name(device)
     return f"cpu-{platform.machine()}-{os.cpu_count()}c"
 
 
@@ -55,12 +57,12 @@ def _driver() -> str | None:
         return None
 
 
-def environment_info() -> dict:
-    """Keys every result record carries."""
+def environment_info(device=None) -> dict:
+    """Keys every result record carries (``device``: what the measurement ran on, default CUDA when available)."""
     import torch
 
     info = {
-        "device": device_name(),
+        "device": device_name(device),
         "driver": _driver(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

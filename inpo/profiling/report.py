@@ -269,6 +269,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _log_if_wide(ax, points: list[tuple[float, float]]) -> None:
+    """Log axes only where the data spans more than a decade (short log axes get unreadable tick labels)."""
+    for i, setter in ((0, ax.set_xscale), (1, ax.set_yscale)):
+        vals = [p[i] for p in points if p[i] > 0]
+        if vals and max(vals) / min(vals) > 20:
+            setter("log")
+
+
 def make_plots(res: Results, plots_dir: Path) -> dict[str, Path]:
     """PNG plots of whatever data exists; returns {name: path}. Empty without matplotlib."""
     mpl = optional("matplotlib", warn=False)
@@ -309,8 +317,7 @@ def make_plots(res: Results, plots_dir: Path) -> dict[str, Path]:
             label = f"{impl}" + (f" [{inputs}]" if inputs else "") + (f" ({dev})" if len(
                 {k[0] for k in series}) > 1 else "")
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_if_wide(ax, [p for pts in series.values() for p in pts])
         finish(fig, ax, f"{fam}_time_vs_shape")
         ratio_rows = [r for r in rows if r.get("floor_ratio") is not None]
         if ratio_rows:
@@ -366,10 +373,14 @@ def make_plots(res: Results, plots_dir: Path) -> dict[str, Path]:
             vals = [float(r.get(f"{p}_s") or 0.0) for r in iters]
             ax.bar(range(len(iters)), vals, bottom=bottom, label=p)
             bottom = [b + v for b, v in zip(bottom, vals)]
-        floors = [r.get("pure_fwd_bwd_s") for r in iters]
+        # Where the train segment would end if precompute + train cost only their pure fwd/bwd work.
+        floors = [None if r.get("pure_fwd_bwd_s") is None else
+                  float(r.get("generate_s") or 0.0) + float(r.get("rank_s") or 0.0) + r["pure_fwd_bwd_s"]
+                  for r in iters]
         if any(f is not None for f in floors):
             ax.scatter([i for i, f in enumerate(floors) if f is not None], [f for f in floors if f is not None],
-                       marker="_", s=600, color="k", zorder=3, label="pure fwd/bwd (precompute+train floor)")
+                       marker="_", s=900, linewidths=2.5, color="k", zorder=3,
+                       label="end of train with only pure fwd/bwd work")
         ax.set_xticks(range(len(iters)), labels, fontsize=7)
         finish(fig, ax, "iteration_phases")
     return made

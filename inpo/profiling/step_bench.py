@@ -391,7 +391,7 @@ def run(cfg: StepBenchConfig, *, log: Callable[[str], None] = print) -> list[dic
     """Run the bench; append and return the records (skipped systems are logged, not recorded)."""
     cfg.validate()
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    env = environment_info()
+    env = environment_info(device)
     out = Path(cfg.out or Path("bench/results") / f"step-{device_slug(env['device'])}.jsonl")
     peak = measure_peak_flops(device)
     log(f"[bench step] {env['device']}: measured GEMM peak {peak['peak_tflops']:.1f} TFLOP/s "

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.head`` (fused head); results under ``bench/results/``."""

@@ -1,0 +1,68 @@
+"""The head benchmark: the CPU smoke writes well-formed records; a pytest-benchmark entry for the CPU head."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from inpo.profiling import head_bench
+
+KEYS = {"device", "impl", "N", "H", "V", "dtype", "inputs", "entropy", "fwd_bwd_ms", "floor_ms", "floor_ratio",
+        "tflops", "peak_mem_bytes", "torch", "triton", "commit", "date"}
+
+
+def test_smoke_writes_well_formed_records(tmp_path, capsys):
+    out = tmp_path / "head.jsonl"
+    rc = head_bench.main(["--smoke", "--shapes", "128x32x500", "--impls", "naive,inpo-torch,inpo-triton,gemm-floor,cce",
+                          "--out", str(out)])
+    assert rc == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 * 5  # flat + peaked, five impls
+    for r in records:
+        assert KEYS <= set(r), KEYS - set(r)
+        assert (r["N"], r["H"], r["V"], r["dtype"]) == (128, 32, 500, "fp32")
+        assert 0.0 < r["entropy"] < math.log(500)
+        if r["impl"] == "cce":  # GPU-only baseline: skipped with a reason, never an error
+            assert r["fwd_bwd_ms"] is None and r["skipped"]
+            continue
+        assert "error" not in r, r
+        assert r["fwd_bwd_ms"] > 0 and r["floor_ms"] > 0 and r["tflops"] > 0
+        assert r["floor_ratio"] == pytest.approx(r["fwd_bwd_ms"] / r["floor_ms"])
+        assert r["tflops"] == pytest.approx(6 * 128 * 32 * 500 / (r["fwd_bwd_ms"] * 1e-3) / 1e12)
+    by_inputs = {r["inputs"]: r["entropy"] for r in records}
+    assert by_inputs["flat"] > 5.0  # near log(500) = 6.2
+    assert 1.0 < by_inputs["peaked"] < 2.0  # bisected to 1.5 nats
+    assert "records appended" in capsys.readouterr().out
+
+
+def test_smoke_without_out_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(head_bench, "RESULTS_DIR", tmp_path)
+    assert head_bench.main(["--smoke", "--shapes", "64x16x100", "--impls", "inpo-torch", "--inputs", "flat"]) == 0
+    assert not list(tmp_path.iterdir())
+    assert "not written" in capsys.readouterr().out
+
+
+def test_peaked_inputs_hit_the_target_entropy():
+    p = head_bench.make_problem(300, 32, 2000, torch.float32, torch.device("cpu"), "peaked", seed=3)
+    assert abs(p.entropy - head_bench.PEAKED_ENTROPY) < 0.3
+    assert p.cu_seqlens[-1].item() == 300 and p.seg.shape == (300,)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--shapes", "10x20"], "NxHxV"),
+    (["--impls", "inpo-cuda"], "--impls must be"),
+    (["--inputs", "spiky"], "--inputs must be"),
+])
+def test_cli_rejects_bad_flags(argv, match, capsys):
+    with pytest.raises(SystemExit):
+        head_bench.main(argv)
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("impl", ["inpo-torch", "naive"])
+def test_benchmark_cpu_head(benchmark, impl):
+    """pytest-benchmark entry: fwd+bwd of the CPU head at a small shape (timings are noisy on shared CPUs)."""
+    p = head_bench.make_problem(512, 64, 4000, torch.float32, torch.device("cpu"), "flat")
+    fn = head_bench.fwd_bwd_fn(impl, p)
+    benchmark.pedantic(fn, rounds=3, warmup_rounds=1)

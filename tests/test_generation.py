@@ -1,0 +1,106 @@
+"""HF sampler: reproducible for a seed, K per prompt, bounded length, stops at eos, left padding."""
+
+import pytest
+import torch
+
+from inpo.data.prompts import default_prompts
+from inpo.data.tokenizer import default_tokenizer
+from inpo.generation import HFSampler, Sampler, make_sampler
+
+PROMPTS = default_prompts("eval", n=3, seed=0) + ["Hi"]  # unequal lengths: exercises left padding
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return default_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg)
+
+
+def test_k_per_prompt_and_reproducible(model, tok):
+    s = HFSampler(model, tok, max_new_tokens=6, batch_size=5)
+    a = s.sample(PROMPTS, 3, seed=1)
+    assert len(a) == len(PROMPTS) and all(len(g) == 3 and all(isinstance(y, str) for y in g) for g in a)
+    assert s.sample(PROMPTS, 3, seed=1) == a
+    assert s.sample(PROMPTS, 3, seed=2) != a
+    assert len({y for g in a for y in g}) > 6  # actually sampling, not greedy copies
+
+
+def test_caller_rng_and_model_mode_are_untouched(model, tok):
+    model.train()
+    state = torch.random.get_rng_state()
+    HFSampler(model, tok, max_new_tokens=3).sample(PROMPTS[:2], 2, seed=0)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert model.training
+    model.eval()
+
+
+def test_respects_max_new_tokens(model, tok):
+    s = HFSampler(model, tok, max_new_tokens=4, batch_size=64)
+    s.sample(PROMPTS, 4, seed=0)
+    assert len(s.last_lengths) == 16 and max(s.last_lengths) <= 4
+    assert s.last_stats["new_tokens"] == sum(s.last_lengths)
+
+
+def test_stops_at_eos_and_strips_the_prompt(model, tok):
+    calls = []
+
+    def force_eos_from_step_4(module, inputs, output):
+        calls.append(1)
+        if len(calls) >= 4:  # call 1 is the prefill: steps 1–3 sample freely, step 4 emits eos
+            output = output.clone()
+            output[..., tok.eos_token_id] = 1e4
+            return output
+
+    handle = model.lm_head.register_forward_hook(force_eos_from_step_4)
+    try:
+        s = HFSampler(model, tok, max_new_tokens=20, batch_size=64)
+        out = s.sample(PROMPTS, 2, seed=0)
+    finally:
+        handle.remove()
+    assert len(calls) == 4  # generation stopped once every row had ended, not at max_new_tokens
+    assert s.last_lengths == [3] * 8 and s.last_stats["finished"] == 8
+    for prompt, group in zip(PROMPTS, out):
+        for y in group:
+            assert prompt not in y and "<|" not in y
+            assert tok.encode(y, add_special_tokens=False) != []
+
+
+def test_left_padding_matches_unbatched_greedy(model, tok):
+    s = HFSampler(model, tok, max_new_tokens=6, temperature=0.0, batch_size=64)
+    batched = s.sample(PROMPTS, 1)
+    alone = [s.sample([p], 1)[0] for p in PROMPTS]
+    assert batched == alone
+
+
+def test_make_sampler_and_errors(model, tok):
+    assert isinstance(make_sampler("hf", model, tok), HFSampler)
+    assert isinstance(make_sampler("auto", model, tok), Sampler)  # no vLLM/CUDA here: HF
+    with pytest.raises(ValueError, match="unknown sampler backend"):
+        make_sampler("sglang", model, tok)
+    with pytest.raises(ValueError, match="k .* positive int"):
+        HFSampler(model, tok).sample(PROMPTS, 0)
+    with pytest.raises(TypeError, match="list of str"):
+        HFSampler(model, tok).sample("one prompt", 2)
+    with pytest.raises(ValueError, match="temperature"):
+        HFSampler(model, tok, temperature=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        HFSampler(model, tok, batch_size=0)
+
+
+def test_vllm_backend_without_vllm_says_what_to_install(model, tok):
+    from inpo._optional import available
+
+    if available("vllm"):
+        pytest.skip("vllm is installed")
+    with pytest.raises(ImportError, match="vllm"):
+        make_sampler("vllm", "/nonexistent", tok)

@@ -1,0 +1,246 @@
+"""Measurement infrastructure: timers, MFU formula, NVML degradation, the OOM sweep, traces, the bench CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from inpo.profiling import cli as bench_cli
+from inpo.profiling.mfu import (attention_train_flops, forward_flops, matmul_params, measure_peak_flops, mfu,
+                                train_flops)
+from inpo.profiling.nvml import NvmlMonitor
+from inpo.profiling.record import device_name, environment_info
+from inpo.profiling.sweep import oom_sweep
+from inpo.profiling.timing import PhaseTimer, is_oom, measure, peak_memory_bytes, summarize
+from inpo.profiling.trace import profile_to_chrome_trace
+
+
+# ---- timing ------------------------------------------------------------------------------------------------
+
+def test_summarize_quantiles_match_numpy():
+    xs = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    t = summarize(xs)
+    import numpy as np
+
+    assert t.median_ms == pytest.approx(np.median(xs))
+    assert t.p20_ms == pytest.approx(np.quantile(xs, 0.2))
+    assert t.p80_ms == pytest.approx(np.quantile(xs, 0.8))
+    assert (t.min_ms, t.max_ms, t.n) == (1.0, 10.0, 6)
+    assert t.mean_ms == pytest.approx(np.mean(xs))
+
+
+def test_summarize_rejects_empty():
+    with pytest.raises(ValueError, match="samples_ms"):
+        summarize([])
+
+
+def test_measure_warms_up_then_times_reps():
+    calls = []
+    t = measure(lambda: calls.append(1), device="cpu", warmup=3, reps=7)
+    assert len(calls) == 10  # warm-up calls are made but not timed
+    assert t.n == 7 and t.method == "wall"
+
+
+def test_measure_sees_the_cost_of_fn():
+    t = measure(lambda: time.sleep(0.02), device="cpu", warmup=1, reps=3)
+    assert 15.0 <= t.median_ms <= 500.0  # sleep(20 ms) on a loaded machine
+    assert t.min_ms <= t.p20_ms <= t.median_ms <= t.p80_ms <= t.max_ms
+
+
+def test_measure_min_time_extends_reps():
+    t = measure(lambda: time.sleep(0.005), device="cpu", warmup=0, reps=1, min_time_s=0.05)
+    assert t.n >= 3
+
+
+@pytest.mark.parametrize("kw, match", [(dict(warmup=-1), "warmup"), (dict(reps=0), "reps"),
+                                       (dict(method="bogus"), "method"), (dict(method="events"), "CUDA")])
+def test_measure_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        measure(lambda: None, device="cpu", **kw)
+
+
+def test_phase_timer_accumulates():
+    timer = PhaseTimer("cpu")
+    for _ in range(2):
+        with timer.phase("train"):
+            time.sleep(0.01)
+    with timer.phase("rank"):
+        pass
+    d = timer.as_dict()
+    assert set(d) == {"train_s", "rank_s"} and d["train_s"] >= 0.02 and timer.counts["train"] == 2
+
+
+def test_peak_memory_is_none_on_cpu_and_oom_detection():
+    assert peak_memory_bytes("cpu") is None
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not is_oom(RuntimeError("shape mismatch"))
+    assert not is_oom(ValueError("out of memory"))  # only device errors count
+
+
+# ---- MFU -----------------------------------------------------------------------------------------------------
+
+def _llama1b():
+    from transformers import LlamaConfig
+
+    from inpo.profiling.step_bench import MODEL_SHAPES
+
+    return LlamaConfig(**MODEL_SHAPES["llama-3.2-1b"])
+
+
+def test_matmul_params_of_llama_3_2_1b():
+    cfg = _llama1b()
+    # Llama-3.2-1B: 1.236 B parameters with tied embeddings, of which 262.7 M are the embedding; the head reuses
+    # that matrix as a matmul, and the norms (~0.07 M) take no matmul. So matmul params = total - norms.
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    norms = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
+    assert matmul_params(cfg) == total - norms
+    assert 1.23e9 < matmul_params(cfg) < 1.24e9
+
+
+def test_train_flops_formula():
+    cfg = _llama1b()
+    p = matmul_params(cfg)
+    # one 2048-token sequence: 6·P·s + 6·L·d·s² (causal)
+    expected = 6 * p * 2048 + 6 * 16 * 2048 * 2048**2
+    assert train_flops(cfg, [2048]) == expected
+    assert attention_train_flops(cfg, [2048], causal=False) == 2 * attention_train_flops(cfg, [2048])
+    # packing: attention is per sequence, so two 1024 halves cost less than one 2048 sequence
+    assert train_flops(cfg, [1024, 1024]) < train_flops(cfg, [2048])
+    assert forward_flops(cfg, [2048]) == expected // 3
+    with pytest.raises(ValueError, match="seq_lens"):
+        train_flops(cfg, [-1])
+
+
+def test_mfu_and_errors():
+    assert mfu(100.0, 1.0, 400.0) == pytest.approx(0.25)
+    assert mfu(100.0, 1.0, None) is None
+    with pytest.raises(ValueError, match="seconds"):
+        mfu(1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="hidden_size"):
+        matmul_params(object())
+
+
+def test_measure_peak_flops_cpu_is_plausible():
+    peak = measure_peak_flops("cpu", n=128, reps=3)
+    assert peak["gemm_dtype"] == "float32" and peak["gemm_n"] == 128
+    assert 1e7 < peak["peak_flops"] < 1e13  # 10 MFLOP/s .. 10 TFLOP/s for two CPU cores
+    assert peak["peak_tflops"] == pytest.approx(peak["peak_flops"] / 1e12)
+
+
+# ---- NVML, records --------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU degradation")
+def test_nvml_degrades_to_no_nvml():
+    with NvmlMonitor(interval_s=0.01) as mon:
+        time.sleep(0.02)
+    assert not mon.available
+    s = mon.summary(steps=3)
+    assert set(s) == {"nvml"} and s["nvml"].startswith("no NVML")
+
+
+def test_nvml_bad_interval():
+    with pytest.raises(ValueError, match="interval_s"):
+        NvmlMonitor(interval_s=0)
+
+
+@pytest.mark.gpu
+def test_nvml_on_gpu_reports_energy_and_clocks():
+    a = torch.randn(4096, 4096, device="cuda")
+    with NvmlMonitor(interval_s=0.01) as mon:
+        for _ in range(50):
+            a @ a
+        torch.cuda.synchronize()
+    s = mon.summary(steps=50)
+    if s["nvml"] != "ok":
+        pytest.skip(s["nvml"])
+    assert s["sm_clock_mhz_median"] > 0 and s["power_w_mean"] > 0
+    assert s["energy_j"] is None or s["energy_j"] >= 0
+
+
+def test_cpu_run_is_labelled_cpu():
+    assert device_name("cpu").startswith("cpu-")
+    info = environment_info("cpu")
+    assert info["device"].startswith("cpu-")
+    for key in ("torch", "triton", "transformers", "commit", "date", "driver"):
+        assert key in info
+
+
+# ---- OOM sweep -----------------------------------------------------------------------------------------------
+
+def test_oom_sweep_reports_largest_that_fit():
+    tried = []
+
+    def try_size(n):
+        tried.append(n)
+        if n > 5000:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {"n": n}
+
+    res = oom_sweep(try_size, start=1024, limit=1 << 20, device="cpu")
+    assert tried == [1024, 2048, 4096, 8192]
+    assert res.max_fit == 4096 and res.oom_at == 8192 and res.oom_reached
+    assert [p[0] for p in res.points] == [1024, 2048, 4096]
+
+
+def test_oom_sweep_stops_at_limit_and_when_start_fails():
+    res = oom_sweep(lambda n: {}, start=2, limit=16)
+    assert (res.max_fit, res.oom_at, res.oom_reached) == (16, None, False)
+
+    def always_oom(n):
+        raise RuntimeError("CUDA error: out of memory")
+
+    res = oom_sweep(always_oom, start=2, limit=16)
+    assert res.max_fit is None and res.oom_at == 2
+
+
+def test_oom_sweep_propagates_real_bugs():
+    def buggy(n):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        oom_sweep(buggy, start=2, limit=16)
+    with pytest.raises(ValueError, match="limit"):
+        oom_sweep(lambda n: {}, start=8, limit=4)
+
+
+# ---- trace ---------------------------------------------------------------------------------------------------
+
+def test_chrome_trace_is_written_atomically(tmp_path):
+    x = torch.randn(64, 64, requires_grad=True)
+    path = profile_to_chrome_trace(lambda: (x @ x).sum().backward(), tmp_path / "t" / "step.json", device="cpu")
+    data = json.loads(path.read_text())
+    names = {e.get("name", "") for e in data["traceEvents"]}
+    assert any("mm" in n for n in names)
+    assert [p.name for p in path.parent.iterdir()] == ["step.json"]  # no temp file left behind
+    with pytest.raises(ValueError, match=".json"):
+        profile_to_chrome_trace(lambda: None, tmp_path / "trace.txt")
+
+
+# ---- CLI dispatch --------------------------------------------------------------------------------------------
+
+def test_bench_cli_usage_and_unknown(capsys):
+    assert bench_cli.main([]) == 0
+    assert "step" in capsys.readouterr().out
+    assert bench_cli.main(["stpe"]) == 2
+    assert "did you mean 'step'" in capsys.readouterr().err
+
+
+def test_bench_cli_missing_module_is_reported(monkeypatch, capsys):
+    monkeypatch.setitem(bench_cli.BENCHES, "head", ("inpo.profiling._no_such_bench", "x"))
+    assert bench_cli.main(["head"]) == 2
+    assert "does not exist yet" in capsys.readouterr().err
+
+
+def test_top_level_cli_reaches_bench(capsys):
+    from inpo.cli import main
+
+    assert main(["bench", "--help"]) == 0
+    assert "iteration" in capsys.readouterr().out
