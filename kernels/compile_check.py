@@ -55,11 +55,11 @@ def compile_kernel(fn, constexprs: dict, arch: int, dtype: str, num_warps: int, 
     ptrs = dict(_PTRS, X=f"*{dtype}", W=f"*{dtype}", B=f"*{dtype}", DZ=f"*{dtype}")
     sig = {}
     for name in fn.arg_names:
-        sig[name] = ("constexpr" if name in constexprs else ptrs.get(name) or ("fp32" if name in _FLOATS else "i32"))
+        sig[name] = "constexpr" if name in constexprs else ptrs.get(name) or ("fp32" if name in _FLOATS else "i32")
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
              if (name in ptrs or name in _DIV16) and sig[name] != "constexpr"}
-    kernel = triton.compile(ASTSource(fn, sig, constexprs=constexprs, attrs=attrs),
-                            target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
+    kernel = triton.compile(ASTSource(fn, sig, constexprs=constexprs, attrs=attrs), target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=num_warps, num_stages=num_stages))
     return {"shared_bytes": int(kernel.metadata.shared), **_resources(kernel.asm["cubin"])}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -131,7 +130,7 @@ def test_latest_record_per_key_wins_and_cpu_smoke_never_judges(tmp_path):
     text = report.build_report(res, tmp_path / "REPORT.md", plots=False).read_text()
     assert _status(text, "MFU").startswith("met")
     assert "60.0% on NVIDIA H100" in text  # the newer record, not the CPU smoke
-    assert "| inpo | tiny |" in text  # the smoke record is still listed in the table
+    assert "| inpo | tiny (smoke) |" in text  # the smoke record is still listed in the table
 
 
 def test_latest_helper():
@@ -142,7 +141,8 @@ def test_latest_helper():
 
 def test_head_cpu_targets(tmp_path):
     res = tmp_path / "results"
-    base = dict(device="cpu-x86_64-2c", N=4096, H=512, V=32000, dtype="float32", date="2026-11-23")
+    # the native bench writes lower-case shape keys
+    base = dict(device="cpu-x86_64-2c", n=4096, h=512, v=32000, dtype="float32", date="2026-11-23")
     append_jsonl(res / "head-cpu.jsonl", [
         {**base, "impl": "inpo-native", "fwd_bwd_ms": 2300.0, "floor_ratio": 1.05, "peak_mem_bytes": 10 * 2**20},
         {**base, "impl": "torch", "fwd_bwd_ms": 3800.0, "peak_mem_bytes": 60 * 2**20},
@@ -152,6 +152,7 @@ def test_head_cpu_targets(tmp_path):
     assert _status(text, "native fwd+bwd") == "met"
     assert _status(text, "native ≥ 1.15×") == "met"  # 3800/2300 = 1.65
     assert _status(text, "native peak memory") == "met"
+    assert "at N=4096 H=512 V=32000" in text and "| inpo-native | 4096 | 512 | 32,000 |" in text
 
 
 def test_cli_main(tmp_path, capsys):

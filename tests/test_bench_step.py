@@ -71,6 +71,17 @@ def test_liger_skip_reason_without_it():
     assert "liger-kernel not installed" in step_bench.skip_reason("liger", torch.device("cpu"))
 
 
+def test_liger_step_matches_ours():
+    """The Liger variant (per-token NLL from Liger's fused linear CE, summed per sequence) computes the same loss as
+    our fused head on the same model and data (runs where liger-kernel is importable; CPU via the interpreter)."""
+    pytest.importorskip("liger_kernel")
+    cfg = smoke_config(impl="torch", seq_len=16, micro_batch_tokens=64)
+    ours = step_bench.prepare("inpo", cfg, torch.device("cpu"), 64)
+    liger = step_bench.prepare("liger", cfg, torch.device("cpu"), 64)
+    assert liger.info["impl"] == "liger-flce"
+    assert liger.step()["loss"] == pytest.approx(ours.step()["loss"], rel=1e-4)
+
+
 def test_make_pairs_shapes():
     seqs = make_pairs(3, 16, 100, seed=0)
     assert len(seqs) == 6
@@ -90,6 +101,12 @@ def test_config_errors(kw, match):
 def test_cli_bad_flag_value(capsys):
     assert step_bench.main(["--smoke", "--micro-batch-tokens", "10"]) == 2
     assert "micro_batch_tokens" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_full_size_on_cpu_is_refused(capsys):
+    assert step_bench.main([]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
 def test_word_level_tokenizer_roundtrips_ids():
@@ -115,3 +132,14 @@ def test_step_gpu_quick(tmp_path):
                                    systems=("inpo",), sweep=False, out=str(out)))
     (rec,) = _read(out)
     assert rec["peak_mem_bytes"] > 0 and rec["mfu"] > 0.05
+
+
+def test_benchmark_tiny_train_step(benchmark):
+    """pytest-benchmark entry: one optimiser step of the smoke model (2 micro-batches of 2 pairs x 64 tokens)."""
+    cfg = smoke_config(impl="torch")
+    p = step_bench.prepare("inpo", cfg, torch.device("cpu"), cfg.micro_batch_tokens)
+    try:
+        stats = benchmark.pedantic(p.step, rounds=3, warmup_rounds=1)
+    finally:
+        p.cleanup()
+    assert stats["tokens"] == p.tokens_per_step == 512 and stats["loss"] > 0

@@ -20,13 +20,13 @@ def _topic(prompt):
 
 
 def _good(prompt, style="calm and soft"):
-    return f"The {_topic(prompt)} is {style} today."
+    return f"The {_topic(prompt)} is {style} in the dusk today."
 
 
 def _flawed(prompt, i):
     t = _topic(prompt)
-    return [f"The {t} is calm and soft today", "The city is calm and soft today.", f"Calm {t}.",
-            f"The {t} is calm calm calm and soft."][i % 4]
+    return [f"The {t} is calm and soft in the dusk today", "The city is calm and soft in the dusk today.",
+            f"Calm {t}.", f"The {t} is calm calm calm and soft in the dusk."][i % 4]
 
 
 def test_identical_policy_scores_one_half():
@@ -149,3 +149,10 @@ def test_cli_via_the_dispatcher(saved_model, capsys):
     _, _, path = saved_model
     assert cli_main(["eval", "--policy", str(path), "--baseline", str(path), "--n", "2",
                      "--max-new-tokens", "2"]) == 0
+
+
+@pytest.mark.slow
+def test_cli_default_policy_against_itself(capsys):
+    """The embedded π_ref (built and cached by the trainer's code on first use) against itself: exactly ½."""
+    assert main(["--policy", "default", "--baseline-default", "--n", "8", "--k", "2"]) == 0
+    assert "0.500" in capsys.readouterr().out

@@ -194,3 +194,58 @@ def test_missing_ninja_is_reported(monkeypatch):
     monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
     with pytest.warns(RuntimeWarning, match="ninja is not installed"):
         assert not native_impl.is_available()
+
+
+_SMALL_TILE_SCRIPT = """
+import torch
+from inpo.ops import native_impl
+from inpo.ops.naive import sequence_logps_naive
+from tests.helpers import make_problem
+torch.set_num_threads(2)
+for n_seqs, v in ((6, 333), (30, 40)):  # vocab- and token-parallel, many ragged tiles per partition
+    p = make_problem(n_seqs=n_seqs, h=12, v=v, bias=True, all_ignored=(1,), seed=4, dtype=torch.float64)
+    leaves = [p[k].clone().requires_grad_(True) for k in ("hidden", "weight", "bias")]
+    refs = [p[k].clone().requires_grad_(True) for k in ("hidden", "weight", "bias")]
+    out = native_impl.sequence_logps(leaves[0], leaves[1], p["labels"], p["cu_seqlens"], leaves[2])
+    ref = sequence_logps_naive(refs[0], refs[1], p["labels"], p["cu_seqlens"], refs[2])
+    out.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-5)
+    for a, b in zip(leaves, refs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-11)
+print("OK")
+"""
+
+
+@needs_native
+def test_small_ragged_tiles_are_exact():
+    """Tiles of 7 tokens x 50 vocab (read once per process, hence the subprocess): the online log-sum-exp
+    across many tiles, ragged tile edges and the partition merges give the fp64 naive answer."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "INPO_NATIVE_TILE": "7x50", "PYTHONPATH": str(root)}
+    res = subprocess.run([sys.executable, "-c", _SMALL_TILE_SCRIPT], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stderr[-3000:]
+
+
+def test_bench_smoke_writes_records(tmp_path):
+    from inpo.profiling import native_bench
+
+    out = tmp_path / "head-cpu.jsonl"
+    assert native_bench.main(["--smoke", "--impls", "inpo-native,torch,gemm-floor", "--out", str(out)]) == 0
+    import json
+
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    impls = [r["impl"] for r in records]
+    expected = ["torch", "gemm-floor"] if not native_impl.is_available() else ["inpo-native", "torch", "gemm-floor"]
+    assert impls == expected
+    for r in records:
+        assert r["fwd_bwd_ms"] > 0 and r["floor_ms"] > 0 and r["threads"] >= 1
+        assert r["floor_ratio"] == pytest.approx(r["fwd_bwd_ms"] / r["floor_ms"], rel=1e-3)
+        assert {"device", "torch", "commit", "date"} <= r.keys()
+        assert r["n"], r["v"] == native_bench.SMOKE_SHAPE[::2]

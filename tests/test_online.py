@@ -126,3 +126,18 @@ def test_clear_errors(model_dir, tmp_path, capsys):
     # resume with nothing to resume
     assert train_main(micro_args(model_dir, tmp_path / "d", "--resume")) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("objective", ["sppo", "dpo", "ipo", "onpo"])
+def test_every_objective_runs_an_online_iteration(model_dir, tmp_path, objective):
+    out = tmp_path / objective
+    assert train_main(micro_args(model_dir, out, "--objective", objective, "--evaluate", "false")) == 0
+    recs = read_metrics(out)
+    steps = [r for r in recs if r["kind"] == "step"]
+    assert steps and all(r["loss"] == r["loss"] for r in steps)  # finite, not NaN
+    if objective == "onpo":  # two regressions: the auxiliary chain π' first, then the policy
+        assert [r["phase"] for r in steps][0] == "aux" and steps[-1]["phase"] == "train"
+    if objective == "sppo":  # per-sequence targets instead of pairs
+        rows = [json.loads(x) for x in (out / "iter_000" / "data.jsonl").read_text().splitlines()]
+        assert len(rows) == 6 * 3 and all(0 <= r["target"] <= 1 for r in rows)
+    assert (out / "final" / "config.json").is_file()

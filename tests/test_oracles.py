@@ -12,16 +12,17 @@ from hypothesis import strategies as st
 
 from inpo.oracles import (PairwiseModelOracle, PreferenceOracle, RewardModelOracle, SyntheticIntransitiveOracle,
                           estimate_win_rates, make_oracle, select_pairs, tournament_queries)
+from inpo.oracles.synthetic import LENGTH_BAND
 
 X = "Describe the ocean."
-GOOD = {"rock": "The ocean is heavy and solid today.",
-        "paper": "The ocean is calm and soft today.",
-        "scissors": "The ocean is sharp and quick today."}
+GOOD = {"rock": "The ocean is heavy and solid in the dusk today.",          # 10 words: inside the band
+        "paper": "The ocean is calm and soft in the dusk today.",
+        "scissors": "The ocean is sharp and quick in the dusk today."}
 # One flaw each, all in the paper style so only quality differs.
-FLAWED = ["The city is calm and soft today.",            # off topic
-          "The ocean is calm and soft today",             # no ending
-          "The ocean is calm calm calm and soft.",        # repetition
-          "Calm ocean.",                                  # too short
+FLAWED = ["The city is calm and soft in the dusk today.",         # off topic
+          "The ocean is calm and soft in the dusk today",          # no ending
+          "The ocean is calm calm calm and soft in the dusk.",     # repetition
+          "Calm ocean.",                                           # too short
           "The ocean is calm and soft today, and the ocean is gentle, quiet and soft in the dusk."]  # too long
 MIXED = list(GOOD.values()) + FLAWED + ["", "Bright wind.", "The ocean is green and warm."]
 
@@ -69,18 +70,28 @@ def test_every_flaw_lowers_quality_and_loses(oracle):
         assert oracle.quality(X, y) < 1.0, y
         assert oracle.prob(X, good, y) > 0.5, y
     assert oracle.quality(X, "") == 0.0
+    drifting = "The ocean and the city are calm and soft in the dusk."
+    assert oracle.features(X, drifting)["on_topic"] == 0.5
+    assert oracle.prob(X, good, drifting) > 0.5 > oracle.prob(X, FLAWED[0], drifting)
 
 
 def test_quality_monotone_in_each_check(oracle):
     # stacking flaws strictly lowers quality
-    seq = ["The ocean is calm and soft today.", "The ocean is calm and soft today",
-           "The ocean is calm calm and soft today", "The city is calm calm and soft today", "City calm calm"]
+    seq = ["The ocean is calm and soft in the dusk today.", "The ocean is calm and soft in the dusk today",
+           "The ocean is calm calm and soft in the dusk today", "The city is calm calm and soft in the dusk today",
+           "City calm calm"]
     qs = [oracle.quality(X, y) for y in seq]
     assert all(a > b for a, b in zip(qs, qs[1:])), qs
     # length: the further outside the band, the lower
-    lengths = [oracle.quality(X, " ".join(["ocean"] + [f"w{c}" for c in "abcdefghijklmnopqrstu"[:n]]) + ".")
-               for n in (5, 13, 15, 17, 21)]
-    assert lengths[0] == lengths[1] > lengths[2] > lengths[3] > lengths[4]
+    def of_length(n):
+        return "ocean " + " ".join(f"w{c}" for c in "abcdefghijklmnopqrstuvwxyz"[:n - 1]) + "."
+
+    lo, hi = LENGTH_BAND
+    q = {n: oracle.quality(X, of_length(n)) for n in range(1, 22)}
+    assert q[lo] == q[hi] == 1.0
+    assert all(q[n] < q[n + 1] for n in range(lo - 6, lo))  # rising up to the band
+    assert all(q[n] > q[n + 1] for n in range(hi, hi + 6))  # falling beyond it
+    assert oracle.features(X, of_length(lo - 3))["length"] == pytest.approx(0.5)
 
 
 def test_alpha_and_beta_scale_the_logit():
@@ -138,7 +149,7 @@ def test_make_oracle_specs(tmp_path):
 # -------------------------------------------------------------------------------------- pair selection
 
 def _distinct(k):
-    return [f"The ocean is calm and soft {w}." for w in ["today", "again", "now", "here", "still", "too", "always",
+    return [f"The ocean is calm and soft in the dusk {w}." for w in ["today", "again", "now", "here", "still", "too", "always",
                                                         "anyway", "tonight", "indeed"][:k]]
 
 
@@ -166,8 +177,8 @@ def test_tournament_finds_best_and_worst_under_a_transitive_oracle():
 
 
 def test_ties_and_identical_responses_are_dropped(oracle):
-    same = ["The ocean is calm and soft today."] * 4
-    equal_quality_same_style = ["The ocean is calm and soft today.", "The ocean is soft and calm today."]
+    same = [GOOD["paper"]] * 4
+    equal_quality_same_style = [GOOD["paper"], "The ocean is soft and calm in the dusk today."]
     pairs, stats = select_pairs([X, X, X], [same, equal_quality_same_style, [GOOD["rock"], FLAWED[0]]], oracle)
     assert [p.prompt_index for p in pairs] == [2]
     assert pairs[0].chosen == GOOD["rock"] and pairs[0].rejected == FLAWED[0] and pairs[0].prompt == X
@@ -283,3 +294,25 @@ def test_base_class_is_the_protocol():
 
     o = Coin()
     assert o.prefer("x", "a", "b") == -1 and o.queries == 1
+
+
+def test_tournament_winners_beat_the_sft_distribution():
+    """The default task has a learnable signal: best-of-8 picks among SFT-like responses clearly beat a
+    fresh SFT-like response, and the rejected picks clearly lose (what INPO's pairs push towards/away from)."""
+    import random
+
+    from inpo.data.prompts import _response, _topic_of, default_prompts, task_spec
+    from inpo.eval import win_rate
+
+    rng = random.Random(0)
+    topics = task_spec()["topics"]
+    prompts = default_prompts("train", n=60, seed=0)
+    groups = [[_response(_topic_of(x, topics), rng) for _ in range(8)] for x in prompts]
+    fresh = [_response(_topic_of(x, topics), rng) for x in prompts]
+    o = SyntheticIntransitiveOracle()
+    pairs, stats = select_pairs(prompts, groups, o, seed=0)
+    assert stats["pairs"] >= 50
+    idx = [p.prompt_index for p in pairs]
+    up = win_rate([prompts[i] for i in idx], [p.chosen for p in pairs], [fresh[i] for i in idx], o)
+    down = win_rate([prompts[i] for i in idx], [p.rejected for p in pairs], [fresh[i] for i in idx], o)
+    assert up.ci_low > 0.6 and down.ci_high < 0.4, (up, down)

@@ -77,6 +77,18 @@ def test_config_errors(kw, match):
         smoke_config(**kw).validate()
 
 
-def test_cli_rejects_bad_set(capsys):
+def test_cli_rejects_bad_set_and_full_size_on_cpu(capsys):
     assert iteration_bench.main(["--smoke", "--set", "k"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert iteration_bench.main([]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_iteration_gpu_small(tmp_path):
+    records = iteration_bench.run(smoke_config(device="cuda", algorithms=("inpo",), iterations=2,
+                                               out=str(tmp_path / "it.jsonl")), log=lambda s: None)
+    assert [r["iteration"] for r in records] == [0, 1] and records[1]["precompute_passes"] == 2
+    assert records[0]["peak_mem_bytes"] > 0 and not records[0]["device"].startswith("cpu")

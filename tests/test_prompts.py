@@ -48,9 +48,9 @@ def test_sft_examples_are_deterministic_and_diverse():
     oracle = SyntheticIntransitiveOracle()
     feats = [oracle.features(p, r) for p, r in ex]
     perfect = sum(f["quality"] == 1.0 for f in feats) / len(feats)
-    assert 0.25 < perfect < 0.7  # room to improve, yet a good share to imitate
+    assert 0.15 < perfect < 0.7  # room to improve, yet a good share to imitate
     for check in ("on_topic", "ending", "length", "variety"):
-        assert 0.05 < sum(f[check] < 1 for f in feats) / len(feats) < 0.5, check
+        assert 0.05 < sum(f[check] < 1 for f in feats) / len(feats) < 0.6, check
     styles = Counter(f["style"] for f in feats)
     assert all(styles[s] > 0.2 * len(ex) for s in ("rock", "paper", "scissors"))
 

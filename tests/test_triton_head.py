@@ -35,7 +35,7 @@ def _run(prob, keys=("hidden", "weight", "bias"), upstream_seed=1, **options):
     else:
         out = sequence_logps_naive(p["hidden"], p["weight"], p["labels"], p["cu_seqlens"], p["bias"])
     up = torch.randn(out.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64)
-    (out * up.to(out.dtype)).sum().backward()
+    (out * up.to(out.device, out.dtype)).sum().backward()
     return out.detach(), {k: v.grad for k, v in leaves.items()}, up
 
 
@@ -299,9 +299,11 @@ def test_gpu_big_shape_and_peak_memory():
     out.sum().backward()
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
-    # fp32 dW and dX accumulators + the bf16 grads + O(N) buffers; N·V·4 bytes would be 524 MB.
-    budget = 4 * v * h + 2 * v * h + 4 * n * h + 2 * n * h + 64 * n + (16 << 20)
-    assert extra < budget < n * v * 4 / 1.5, (extra, budget)
+    # O(N + V·H): fp32 dW/dX accumulators, the bf16 grads, O(N) buffers. At this shape V·H is comparable to
+    # N·V (H = N/2), so the check against fp32 logits (N·V·4 = 524 MB) is tight: 6·V·H + 6·N·H = 443 MB.
+    budget = 6 * v * h + 6 * n * h + 64 * n + (16 << 20)
+    assert extra <= budget, (extra, budget)
+    assert extra < 0.9 * n * v * 4, extra
     ref = torch.zeros_like(out)
     for c0 in range(0, n, 1024):  # the fp32 reference, chunked so it stays small too
         c1 = min(n, c0 + 1024)

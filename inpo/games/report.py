@@ -83,6 +83,9 @@ def _atomic_write(path: Path, write) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
         os.replace(tmp, path)  # readers see the old file or the new one, never half of one
     except BaseException:
         if os.path.exists(tmp):
@@ -100,7 +103,8 @@ def _jsonable(obj):
         return _jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
-        return v if math.isfinite(v) else None
+        # 7 significant digits: far below every CI here, and it halves the committed file
+        return float(f"{v:.7g}") if math.isfinite(v) else None
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
@@ -115,6 +119,7 @@ def write_text(path, text: str) -> Path:
     return _atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
+_STYLES = {"sppo": "--", "ipo": "-."}
 _COLORS = {"inpo": "C0", "inpo_kl": "C9", "onpo": "C3", "dpo": "C2", "ipo": "C4", "sppo": "C1", "dno": "C5"}
 
 
@@ -143,7 +148,9 @@ def plot_gap_curves(path, panels: list[dict], *, title: str = "") -> Path | None
                 stats = mean_ci_curves(np.asarray(by_kind[kind])[:, keep])
                 color = _COLORS.get(label)  # variants ("inpo (…)") take the default colour cycle
                 m, lo, hi = (np.maximum(s, floor) for s in stats)
-                ax.plot(t[keep], m, label=label, color=color, lw=1.6)
+                # SPPO's exact update is INPO's (τ = 0): dash it so the INPO curve beneath stays visible
+                style = _STYLES.get(label, "-")
+                ax.plot(t[keep], m, style, label=label, color=color, lw=1.6 if style == "-" else 1.9)
                 ax.fill_between(t[keep], lo, hi, color=color, alpha=0.2, lw=0)
             # reference slopes through the plot's upper-left corner region
             tt = t[keep]

@@ -190,14 +190,6 @@ def _bt_fit(W: np.ndarray, *, iters: int = 100, s0: np.ndarray | None = None) ->
 
 # ------------------------------------------------------------------------------ loss-mode minimiser
 
-_PAIR_CACHE: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _offdiag_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
-    I, J = np.nonzero(~np.eye(n, dtype=bool))
-    return I, J
-
-
 def _interleave(v: torch.Tensor, I: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
     """Per-response values → the objectives' interleaved layout: [v[I0], v[J0], v[I1], v[J1], ...]."""
     return torch.stack([v[I], v[J]], dim=-1).reshape(-1)
@@ -362,9 +354,9 @@ def run(P, algorithm: str, *, iters: int, eta: float, tau: float = 0.0, pi_ref=N
     pairs = _check_choice("pairs", pairs, PAIR_SELECTIONS)
     iters = _check_int("iters", iters, 0)
     eta = _check_eta(eta)
-    tau = float(tau) if isinstance(tau, (int, float)) and not isinstance(tau, bool) else tau
-    if not isinstance(tau, float) or not math.isfinite(tau) or tau < 0:
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
         raise ValueError(f"tau must be a finite number >= 0, got {tau!r}")
+    tau = float(tau)
     if algorithm == "inpo" and tau > eta:
         raise ValueError(f"INPO needs 0 <= tau <= eta (ratio τ/η in [0, 1]), got tau={tau} > eta={eta}")
     if algorithm not in ("inpo",) and tau > 0:

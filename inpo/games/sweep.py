@@ -13,7 +13,6 @@ Step sizes: every algorithm gets the same mirror-descent step ``step``: η = 1/s
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -275,7 +274,7 @@ def run_sweep(out: Path, *, iters: int, seeds: int, n: int, step: float, quick: 
     print("[games] ablation: tau ...", flush=True)
     results["tau_ablation"] = tau_ablation(iters=iters, seeds=seeds, n=n, etas=(1.0 / step, 0.3))
 
-    s_iters, s_seeds = (15, 4) if quick else (60, 12)
+    s_iters, s_seeds = (10, 3) if quick else (40, 8)
     print("[games] ablation: tournament vs random pairs ...", flush=True)
     results["pair_ablation"] = pair_ablation(iters=s_iters, seeds=s_seeds, n=8, step=step, budget=320, k=8)
     print("[games] ablation: oracle/compute cost INPO vs SPPO vs DNO ...", flush=True)
@@ -326,8 +325,9 @@ def sweep_report(res: dict) -> str:
         by[key] = max(by.get(key, 0.0), r["max_abs_diff"])
     L.append(md_table(["algorithm", "η (β)", "τ/η", "max |Δπ|"],
                       [[a, e, f"{q:.3f}", f"{v:.1e}"] for (a, e, q), v in by.items()]))
-    L += ["", "INPO, ONPO (both regressions), IPO and DPO (vs an independent BT maximum-likelihood fit) agree to "
-          "~1e-12. SPPO's per-sequence regression cannot be met exactly by a normalised policy (the closed form "
+    L += ["", "INPO, ONPO (both regressions) and IPO agree to rounding (~1e-15, far inside the 1e-4 the issue asks); "
+          "DPO agrees with an independent BT maximum-likelihood fit to ~1e-9 (the fit's 1e-10 ridge, which keeps "
+          "separable games finite). SPPO's per-sequence regression cannot be met exactly by a normalised policy (the closed form "
           "drops the log-partition), hence its small residual that shrinks as η grows. `tests/test_games.py` "
           "checks that flipping the sign of the target or using η in place of 1/(2η) breaks the agreement.", ""]
 
@@ -338,13 +338,21 @@ def sweep_report(res: dict) -> str:
     for game, c in res["convergence"].items():
         L += [f"### {game}", "", md_table(["algorithm", "avg-iterate gap at T", "slope (avg)", "last-iterate gap at T",
                                            "slope (last)"], _rows_conv(c["summary"])), ""]
-    L += ["Reading: INPO's average-iterate gap falls at least like T^(-1/2) (the theory's rate for its regret; its "
-          "fitted slope varies with the game); ONPO's average iterate falls like T^(-1) and beats INPO at equal T "
-          "and step; ONPO's last iterate converges too, INPO's (τ = 0) cycles. Iterative DPO collapses on rock-"
-          "paper-scissors (last-iterate gap → 1: a pure strategy) and its average does not reach the uniform Nash "
-          "policy, which no BT score can express (the best BT fit to a 3-cycle predicts ½ for every pair); on the "
-          "transitive BT game DPO is fine. Online IPO converges to its own fixed point π ∝ π_ref·exp(P(y≻π)/β), "
-          "the Nash policy of the β-regularised game, which is not the Nash policy.", ""]
+    L += ["Reading (numbers above, figure for the shape):", "",
+          "- INPO (τ = 0): the average iterate's gap falls at least like T^(-1/2), the rate its regret bound gives "
+          "(fitted slopes between −0.4 on rps and −1 on the transitive bt game, where a Condorcet winner makes it "
+          "easy); its last iterate does not converge on the intransitive games (it cycles; gap stays O(1)).",
+          "- ONPO at the same step: the average iterate falls like T^(-1) (slope ≈ −1 on rps and random) and is "
+          "below INPO at T on every game; its last iterate converges as well (fast on rps).",
+          "- SPPO's exact update is INPO's with τ = 0: identical curves (dashed over INPO's).",
+          "- `inpo_kl` (τ = η/3 = 0.67 at this step) and online IPO (β = 2) converge immediately, but to the Nash "
+          "policy of a strongly regularised game anchored at a random π_ref, whose unregularised gap is large; "
+          "see the τ ablation for that trade-off and the next table for π_ref uniform.",
+          "- Iterative DPO: on the transitive bt game it is the fastest (the BT model is exact there). On the "
+          "intransitive games its last iterate is driven to near-pure policies (gap → 1 on rps, ≈ 0.7 on random); "
+          "on rps it cycles rock → paper → scissors, so its *time-average* happens to sit near uniform, but "
+          "no single DPO policy (what one deploys) is ever near the Nash policy. On random games even the average "
+          "stalls (gap ≈ 0.2 at T, slope ≥ 0).", ""]
 
     rn = res["rps_nash"]
     L += ["### Rock-paper-scissors: does the deployed (last) iterate reach the Nash policy?", "",
@@ -358,7 +366,8 @@ def sweep_report(res: dict) -> str:
           f"{rn['bt_max_abs_error']:.2f} from the true preferences. Iterative DPO therefore has no fixed point at the "
           "Nash policy it can hold: from a non-uniform start it over-commits to whichever response currently wins and "
           "cycles between near-pure policies (last-iterate gap ≈ 1), even though the time-average of those cycles "
-          "happens to sit near uniform. INPO with τ > 0 (and ONPO) converge in the last iterate.", ""]
+          "happens to sit near uniform. INPO with τ > 0 converges in the last iterate to the Nash policy itself "
+          "(to machine precision), as do ONPO and, here, online IPO (uniform π_ref makes its fixed point uniform).", ""]
     L += ["## 3. Ablations", "", "### τ = 0 vs τ = η/3 (INPO, closed form)", "",
           f"T = {cfg['iters']}, {cfg['seeds']} seeds, π_ref = π_0. `reg. gap` = the last iterate's duality gap in the "
           "τ = η/3 regularised game (the quantity of the paper's last-iterate result; the τ = 0 run is measured in "
@@ -388,9 +397,12 @@ def sweep_report(res: dict) -> str:
                       [[r["pairs"], fmt_ci(r["queries_per_iter"], sci=False, digits=0),
                         fmt_ci(r["pairs_per_iter"], sci=False, digits=0), fmt_ci(r["avg_gap_T"]),
                         fmt_ci(r["last_gap_T"]), fmt_ci(r["tv_to_exact_max"])] for r in res["pair_ablation"]]))
-    L += ["", "Random pairs weight (y, y') by π_t(y)π_t(y')P(y≻y'), exactly Lemma 5's population, so their fit is "
-          "unbiased for the exact update; best/worst pairs are a different (more decisive) distribution, so INPO's "
-          "loss on them moves π by a different amount than the exact update.", "",
+    L += ["", "Random pairs weight (y, y') by π_t(y)π_t(y')P(y≻y'), exactly Lemma 5's population, so the fit "
+          "tracks the exact update (small TV); best/worst pairs are a different, more decisive distribution, so "
+          "INPO's loss on them is not Lemma 5's and the policy moves further per round (large TV to the exact "
+          "trajectory, faster concentration). Tournaments also spend fewer queries than budgeted once π_t "
+          "concentrates: identical samples are ties that cost nothing but yield no pair. Read the gap columns "
+          "with their CIs: in this small-sample regime the difference is within noise for the average iterate.", "",
           "### Compute cost: INPO vs SPPO vs DNO-style (sampled)", "",
           f"Same game family, K = {sc['k']}, {sc['iters']} rounds, {sc['seeds']} seeds. INPO: one tournament pair per "
           f"prompt ({tournament_queries(sc['k'])} queries). SPPO: all K(K−1)/2 = {sc['k'] * (sc['k'] - 1) // 2} "

@@ -6,9 +6,9 @@ the launch configs in ``kernels/configs.py``.
 
 Options (``sequence_logps(..., **options)`` or ``params=HeadParams(...)``):
     filter_eps   gradient filter threshold. ``None`` (default) = auto: ``DEFAULT_FILTER_EPS`` = 2^-16 for
-                 fp16/bf16 inputs, 0 (off, exact) for fp32. 2^-16 is 2^-8 below bf16's relative precision
-                 (2^-8): a skipped tile's entries |g|·p are that far below the rounding of the target's own
-                 |g|·(1 − p) term. ``0`` turns filtering off. Error bound: see ``kernels/head.py``.
+                 fp16/bf16 inputs, 0 (off, exact) for fp32. Why 2^-16: a skipped entry |g|·p < 2^-16·|g| is
+                 2^-8 of one bf16 rounding step (2^-8·|g|) of the target term |g|·(1 − p) every gradient row
+                 carries. ``0`` turns filtering off. Error bound: see ``kernels/head.py``.
     fwd_config / bwd_config   ``KernelConfig`` overrides of the baked per-GPU-family defaults.
     splits       vocabulary splits of the forward grid (default: enough programs for ~4 waves).
     bwd_mode     ``"atomic"`` (default): one fused kernel, dX/dW by fp32 atomics, O(N + V·H) extra memory,
@@ -21,8 +21,11 @@ Options (``sequence_logps(..., **options)`` or ``params=HeadParams(...)``):
 Environment (read at call time):
     INPO_AUTOTUNE=1          autotune over ``kernels.configs.AUTOTUNE_FWD/BWD`` (CUDA only) instead of the baked
                              defaults; Triton caches the winner per (V, H, dtype) for the process.
-    INPO_POISON_OUTPUTS=1    allocate the forward's outputs with NaN instead of ``empty`` (tests prove every
-                             element is written); backward accumulators are zero-initialised by design.
+    INPO_POISON_OUTPUTS=1    allocate kernel outputs with NaN instead of ``empty`` (the forward's partials, the
+                             chunked backward's dz buffer and dX) so tests prove every element is written; the
+                             atomic backward's accumulators are zero-initialised by design.
+
+Offline check of the GPU build (no GPU needed): ``python -m inpo.kernels.compile_check``.
 
 On CPU tensors the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``), which must be chosen
 before the kernels are decorated: if ``inpo.kernels.head`` is not yet imported this module sets the variable
@@ -328,8 +331,11 @@ class TritonHeadFunction(torch.autograd.Function):
             g_tok = torch.where(labels != ctx.ignore_index, grad_out.float()[seg], 0.0).contiguous()
             backward = head_backward_chunked if ctx.params.bwd_mode == "chunked" else head_backward
             dx, dw, db = backward(hidden, weight, bias, labels, lse, g_tok, ctx.ignore_index, ctx.params, need)
-        cast = lambda g, like: None if g is None else g.to(like.dtype)  # noqa: E731 -- no copy for fp32
-        return cast(dx, hidden), cast(dw, weight), cast(db, bias), None, None, None, None
+        # Rebinding frees each fp32 accumulator before the next cast: the peak holds one fp32 + one low-precision copy.
+        dx = None if dx is None else dx.to(hidden.dtype)
+        dw = None if dw is None else dw.to(weight.dtype)
+        db = None if db is None else db.to(bias.dtype)
+        return dx, dw, db, None, None, None, None
 
 
 # -------------------------------------------------------------------------------------------- public API

@@ -5,13 +5,16 @@ For a prompt ``x`` and responses ``a``, ``b``::
     P(a ≻ b | x) = σ(α · (q(a) − q(b)) + β · C[c(a), c(b)])
 
 * ``q(y) ∈ [0, 1]`` (quality, transitive) is the mean of four checks, each in ``[0, 1]``:
-  ``on_topic`` — the response uses a content word of the prompt (its topic for default prompts);
-  ``ending`` — it ends with ``.``, ``!`` or ``?``; ``length`` — 1 inside the band of 6–14 words, falling
-  linearly to 0 at 6 words outside it; ``variety`` — distinct / total over its content words (no
-  repetition). An empty response scores 0. Equal weights on purpose: the SFT-warm-started tiny model
-  rarely copies the topic (measured: ~2 % on topic, 79 % properly ended, length 0.87), so the checks it
-  *can* fix by shifting its token distribution (ending, length) must carry real weight for win-rates
-  to rise within a few iterations; one failed check costs α/4 = 2 logits by default.
+  ``on_topic`` — 1 if the response uses a content word of the prompt (its topic for default prompts),
+  ½ if it also names another of the default task's topics, 0 if it misses the prompt's words;
+  ``ending`` — it ends with ``.``, ``!`` or ``?``; ``length`` — 1 inside the band of 9–12 words, falling
+  linearly to 0 at 6 words outside it (so 6 words score ½); ``variety`` — distinct / total over its content words (no
+  repetition). An empty response scores 0. Equal weights and a narrow length band on purpose: the
+  SFT-warm-started tiny model rarely copies the topic (measured: ~2 % on topic, 80 % properly ended), so
+  the checks it *can* fix by shifting its token distribution (ending; length, i.e. which response
+  templates it favours) must carry real weight and leave headroom for win-rates to keep rising over
+  several iterations (π_ref scores ~0.70 on the 9–12 band against ~0.87 on a loose 6–14 one); the
+  graded length also makes exact ties (dropped pairs) rarer. One failed check costs α/4 = 2 logits.
 * ``c(y) ∈ {rock, paper, scissors, None}`` (style) is the family (``inpo/assets/default_task.json``) with
   strictly the most words in ``y``; ``None`` when no family dominates.
 * ``C`` is skew-symmetric: ``C[rock, scissors] = C[scissors, paper] = C[paper, rock] = 1``, their
@@ -41,7 +44,7 @@ STYLES = ("rock", "paper", "scissors")
 # (winner, loser): rock blunts scissors, scissors cut paper, paper wraps rock.
 CYCLE = (("rock", "scissors"), ("scissors", "paper"), ("paper", "rock"))
 QUALITY_WEIGHTS = {"on_topic": 0.25, "ending": 0.25, "length": 0.25, "variety": 0.25}
-LENGTH_BAND = (6, 14)
+LENGTH_BAND = (9, 12)
 _LENGTH_FALLOFF = 6.0
 # Function words ignored by the variety check: "the ... and the ..." is not a repetition.
 _FUNCTION = frozenset("a an the and but of in on at to is it its all me my so very also".split())
@@ -70,6 +73,7 @@ class SyntheticIntransitiveOracle(PreferenceOracle):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.alpha, self.beta = float(alpha), float(beta)
         self._families = {style: frozenset(task_spec()["styles"][style]) for style in STYLES}
+        self._topics = frozenset(task_spec()["topics"])
         self._C = _style_matrix()
         # Responses recur across tournament rounds; features are pure functions of the text.
         self._cached = lru_cache(maxsize=65536)(self._features)
@@ -86,7 +90,10 @@ class SyntheticIntransitiveOracle(PreferenceOracle):
         gap = lo - n if n < lo else (n - hi if n > hi else 0)
         content = [w for w in ws if w not in _FUNCTION]
         checks = {
-            "on_topic": float(bool(keys & set(ws))) if keys else 1.0,
+            # Naming the prompt's subject counts; drifting to other task topics as well halves it, so
+            # spraying topic nouns in the hope of hitting the right one does not pay.
+            "on_topic": (1.0 if not (set(ws) & self._topics) - keys else 0.5) if keys & set(ws) else
+                        (0.0 if keys else 1.0),
             "ending": float(n > 0 and response.rstrip().endswith((".", "!", "?"))),
             "length": 0.0 if n == 0 else max(0.0, 1.0 - gap / _LENGTH_FALLOFF),
             "variety": len(set(content)) / len(content) if content else 0.0,

@@ -8,11 +8,11 @@ as the GEMMs alone; the fused recompute design does 8NHV, so ~1.33 is its comput
 
 Implementations: ``inpo-triton`` (fused atomic backward), ``inpo-triton-chunked`` (``bwd_mode="chunked"``),
 ``inpo-torch``, ``inpo-native`` (when built), ``naive``, ``torch-compile``
-(torch.compile of the chunked torch impl), ``liger`` (LigerFusedLinearCrossEntropyLoss, reduction="none",
-plus a segment-sum epilogue), ``cce`` (cut_cross_entropy.linear_cross_entropy, reduction="none", plus the
-epilogue), ``gemm-floor``. Liger and CCE are imported through :mod:`inpo._optional` and skipped with a
-note when missing. Liger computes its gradients inside the forward assuming a uniform upstream gradient, so its
-gradients are not those of the per-sequence objective; it is timed as the cost of a fused CE, not for values.
+(torch.compile of the chunked torch impl), ``liger`` (LigerFusedLinearCrossEntropyLoss), ``cce``
+(cut_cross_entropy.linear_cross_entropy, reduction="none", plus a segment-sum epilogue), ``gemm-floor``.
+Liger and CCE are imported through :mod:`inpo._optional` and skipped with a note when missing. Liger forms
+its gradients inside the forward and scales them only by a scalar upstream gradient, so it runs with
+reduction="sum" (uniform token weights): it is timed as the cost of a fused CE, not for per-sequence values.
 
 Inputs: ``flat`` (random hidden states: near-uniform softmax, entropy ≈ log V) and ``peaked`` (hidden states
 aligned with their target's weight row, scaled by bisection so the mean token entropy is ≈ 1.5 nats, like a
@@ -40,13 +40,14 @@ from pathlib import Path
 
 import torch
 
-from inpo._optional import available
+from inpo._optional import available, require
 from inpo.profiling.record import append_jsonl, device_slug, environment_info
 from inpo.profiling.timing import is_oom, measure, release_memory
 
 SHAPES = ((16384, 2048, 128256), (8192, 4096, 128256))
 SMOKE_SHAPE = (256, 64, 1000)
-IMPLS = ("inpo-triton", "inpo-triton-chunked", "inpo-torch", "inpo-native", "naive", "torch-compile", "liger", "cce", "gemm-floor")
+IMPLS = ("inpo-triton", "inpo-triton-chunked", "inpo-torch", "inpo-native", "naive", "torch-compile", "liger", "cce",
+         "gemm-floor")
 SMOKE_IMPLS = ("naive", "inpo-torch", "inpo-triton", "gemm-floor")
 INPUTS = ("flat", "peaked")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -79,7 +80,7 @@ def mean_entropy(hidden: torch.Tensor, weight: torch.Tensor, chunk: int = 1024) 
 
 
 def _peaked_hidden(weight: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, target: float) -> torch.Tensor:
-    """hidden = alpha · w_label / |w_label|² + noise, with alpha bisected so a 256-token sample has ``target`` entropy."""
+    """hidden = alpha · w_label / |w_label|² + noise; alpha bisected so 256 sample tokens have ``target`` entropy."""
     w = weight.float()
     direction = w[labels] / w[labels].pow(2).sum(dim=1, keepdim=True)  # gives the target logit exactly alpha
     sample = slice(0, min(256, labels.numel()))
@@ -140,12 +141,14 @@ def _head_runner(impl: str) -> Callable[[Problem, torch.Tensor, torch.Tensor], t
         compiled = torch.compile(torch_impl.sequence_logps)
         return lambda p, x, w: compiled(x, w, p.labels, p.cu_seqlens)
     if impl == "liger":
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        liger = require("liger_kernel.transformers")
 
-        loss_fn = LigerFusedLinearCrossEntropyLoss(ignore_index=-100, reduction="none")
-        return lambda p, x, w: _segment_sum(-loss_fn(w, x, p.labels), p)
+        # Liger forms its gradients inside the forward and can only scale them by a scalar upstream gradient, so
+        # it runs with reduction="sum": the same FLOPs, uniform token weights (see the module docstring).
+        loss_fn = liger.LigerFusedLinearCrossEntropyLoss(ignore_index=-100, reduction="sum")
+        return lambda p, x, w: -loss_fn(w, x, p.labels)
     if impl == "cce":
-        from cut_cross_entropy import linear_cross_entropy
+        linear_cross_entropy = require("cut_cross_entropy").linear_cross_entropy
 
         return lambda p, x, w: _segment_sum(-linear_cross_entropy(x, w, p.labels, ignore_index=-100,
                                                                   reduction="none"), p)
@@ -179,7 +182,7 @@ def fwd_bwd_fn(impl: str, p: Problem) -> Callable[[], None]:
     def step():
         x.grad = w.grad = None
         out = run(p, x, w)
-        out.backward(p.upstream)
+        out.backward(p.upstream if out.dim() else None)  # 0-dim: Liger's summed loss
 
     return step
 
@@ -189,9 +192,7 @@ def gemm_floor(p: Problem, timer) -> dict:
     x, w = p.hidden, p.weight
     z = x @ w.t()  # [N, V] in the input dtype, also the dZ operand of the backward GEMMs
     gemms = {"logits": lambda: x @ w.t(), "dhidden": lambda: z @ w, "dweight": lambda: z.t() @ x}
-    out = {k: timer(fn).median_ms for k, fn in gemms.items()}
-    del z
-    return out
+    return {k: timer(fn).median_ms for k, fn in gemms.items()}  # z is freed on return
 
 
 # -------------------------------------------------------------------------------------------------- driver
@@ -270,7 +271,7 @@ def run(shapes, impls, inputs_list, dtype: torch.dtype, device: torch.device, *,
 
 
 def _fmt(r: dict) -> str:
-    head = f"{r['impl']:<14} N={r['N']} H={r['H']} V={r['V']} {r['dtype']} {r['inputs']:<6} (H={r['entropy']:.2f} nats)"
+    head = f"{r['impl']:<19} N={r['N']} H={r['H']} V={r['V']} {r['dtype']} {r['inputs']:<6} (H={r['entropy']:.2f} nats)"
     if r.get("fwd_bwd_ms") is None:
         return f"{head}  -- {r.get('skipped') or r.get('error')}"
     mem = f"{r['peak_mem_bytes'] / 2**30:.2f} GiB" if r.get("peak_mem_bytes") is not None else "n/a"

@@ -86,11 +86,6 @@ def smoke_config(**overrides) -> IterationBenchConfig:
 
 # ---- the pure fwd/bwd floor ----------------------------------------------------------------------------------
 
-def _autocast(device: torch.device):
-    # The trainer's precision: bf16 autocast over fp32 weights on CUDA, fp32 on CPU.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def _sequences(tokenizer, rows: list[dict], pairwise: bool) -> list[tuple[list[int], list[int]]]:
     """The iteration's training sequences, rebuilt from its ``data.jsonl`` the way the loop tokenises them."""
     from inpo.data.tokenizer import encode_prompt, encode_response
@@ -119,7 +114,7 @@ def pure_fwd_bwd_seconds(model, seqs, *, pairwise: bool, max_tokens: int, batch_
     from inpo.ops import sequence_logps
     from inpo.profiling.timing import synchronize
     from inpo.train.model import hidden_and_head
-    from inpo.train.step import sequence_logps_of
+    from inpo.train.step import _autocast, sequence_logps_of  # the trainer's precision policy, kept in sync
 
     device = next(model.parameters()).device
     width = 2 if pairwise else 1
@@ -169,7 +164,7 @@ def pure_fwd_bwd_seconds(model, seqs, *, pairwise: bool, max_tokens: int, batch_
 
 # ---- running the algorithms ----------------------------------------------------------------------------------
 
-def _prepare_model_dir(cfg: IterationBenchConfig, work: Path, device: torch.device) -> str | None:
+def _prepare_model_dir(cfg: IterationBenchConfig, work: Path) -> str | None:
     """``None`` for the embedded default; else save a random-init body of ``cfg.model``'s shape with the default
     tokenizer (the loop loads models from local directories)."""
     if cfg.model == "default":
@@ -209,22 +204,29 @@ def warm_up(model_dir: str | None, device: torch.device, impl: str) -> None:
 def run_algorithm(name: str, cfg: IterationBenchConfig, work: Path, model_dir: str | None,
                   log: Callable[[str], None] = print) -> list[dict]:
     """``run_online`` for one algorithm, then the pure fwd/bwd floor of each of its iterations."""
-    from inpo.online import run_online
+    from inpo.online import _load_tokenizer, run_online  # the loop's own tokenizer choice
+    from inpo.profiling.nvml import NvmlMonitor
+    from inpo.profiling.timing import peak_memory_bytes, reset_peak_memory
     from inpo.train.config import TrainConfig
+    from inpo.train.loop import resolve_device
     from inpo.train.model import load_policy
 
     out = work / f"run-{name}"
     tc = TrainConfig(output=str(out), seed=cfg.seed, device=cfg.device or "auto", model=model_dir,
                      iterations=cfg.iterations, evaluate=False, progress=False,
                      **{**cfg.train, **ALGORITHMS[name]}).validate()
-    t0 = time.perf_counter()
-    iters = run_online(tc)
-    log(f"[bench iteration] {name}: {len(iters)} iteration(s) in {time.perf_counter() - t0:.1f} s")
-    objective = tc.make_objective()
-    from inpo.online import _load_tokenizer  # the loop's own tokenizer choice
-    from inpo.train.loop import resolve_device
-
     device = resolve_device(tc.device)
+    reset_peak_memory(device)
+    t0 = time.perf_counter()
+    with NvmlMonitor(interval_s=0.5) as mon:
+        iters = run_online(tc)
+    log(f"[bench iteration] {name}: {len(iters)} iteration(s) in {time.perf_counter() - t0:.1f} s")
+    peak_mem = peak_memory_bytes(device)
+    nv = mon.summary(steps=max(1, len(iters)))
+    # NVML saw the whole run (model loading included): energy per iteration is that total over the iterations.
+    energy = {"nvml": nv["nvml"], "energy_per_iteration_j": nv.get("energy_per_step_j"),
+              "power_w_mean": nv.get("power_w_mean"), "sm_clock_mhz_median": nv.get("sm_clock_mhz_median")}
+    objective = tc.make_objective()
     tokenizer = _load_tokenizer(tc)
     model = load_policy(model_dir, tokenizer=tokenizer, device=device)
     records = []
@@ -250,7 +252,8 @@ def run_algorithm(name: str, cfg: IterationBenchConfig, work: Path, model_dir: s
                         **floor,
                         "overhead_ratio": pre_train / floor["pure_fwd_bwd_s"] if floor["pure_fwd_bwd_s"] > 0 else None,
                         "k": tc.k, "n_prompts": tc.n_prompts, "max_new_tokens": tc.max_new_tokens,
-                        "epochs": tc.epochs, "pair_strategy": tc.pair_strategy, "impl": tc.impl})
+                        "epochs": tc.epochs, "pair_strategy": tc.pair_strategy, "impl": tc.impl,
+                        "peak_mem_bytes": peak_mem, **energy})
     del model
     return records
 
@@ -265,12 +268,13 @@ def run(cfg: IterationBenchConfig, *, log: Callable[[str], None] = print) -> lis
     records = []
     with ctx as work:
         work = Path(work)
-        model_dir = _prepare_model_dir(cfg, work, device)
+        model_dir = _prepare_model_dir(cfg, work)
         model_name = "default-tiny" if model_dir is None else cfg.model
         warm_up(model_dir, device, cfg.train.get("impl", "auto"))
         for name in cfg.algorithms:
             for rec in run_algorithm(name, cfg, work, model_dir, log=log):
-                rec = {**env, "model": model_name, "smoke": cfg.smoke, **rec}
+                rec = {**env, "torch_threads": torch.get_num_threads(), "model": model_name, "smoke": cfg.smoke,
+                       **rec}
                 records.append(rec)
                 log(f"[bench iteration] {name} t={rec['iteration']}: "
                     + ", ".join(f"{p} {rec[p + '_s']:.2f}s" for p in PHASES if rec.get(p + "_s") is not None)
@@ -308,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides["algorithms"] = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
         cfg = replace(cfg, train=train, **overrides)
         cfg.validate()
+        on_cpu = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+        if on_cpu and cfg.model == "llama-1b-body":
+            raise ValueError("--model llama-1b-body needs a CUDA GPU (no GPU here, or --device cpu given); on CPU "
+                             "run `inpo bench iteration --smoke` (or pass --model tiny-body / default)")
     except ValueError as exc:
         print(f"inpo bench iteration: {exc}", file=sys.stderr)
         return 2

@@ -75,12 +75,20 @@ def load_results(results_dir: str | os.PathLike) -> Results:
                 bad += 1
                 continue
             if isinstance(rec, dict):
-                res.families[fam].append(rec)
+                res.families[fam].append(_normalise(rec))
             else:
                 bad += 1
         if bad:
             res.problems.append(f"{path.name}: skipped {bad} malformed line(s)")
     return res
+
+
+def _normalise(rec: dict) -> dict:
+    """Head benches name the shape ``N/H/V`` (GPU) or ``n/h/v`` (CPU): the report reads the upper-case keys."""
+    for k in ("N", "H", "V"):
+        if k not in rec and k.lower() in rec:
+            rec[k] = rec[k.lower()]
+    return rec
 
 
 def is_gpu(rec: dict) -> bool:
@@ -135,6 +143,10 @@ def table(rows: list[dict], columns: list[tuple[str, str, str | Callable[[dict],
         cells = [c[2](r) if callable(c[2]) else fmt(r.get(c[1]), c[2]) for c in columns]
         body.append("| " + " | ".join(cells) + " |")
     return "\n".join([head, sep, *body])
+
+
+def _model_cell(r: dict) -> str:
+    return fmt(r.get("model")) + (" (smoke)" if r.get("smoke") else "")
 
 
 PROVENANCE = [("device", "device", ""), ("commit", "commit", ""), ("date (UTC)", "date", "date")]
@@ -436,7 +448,7 @@ def render(res: Results, out_path: Path, plots: dict[str, Path], results_dir: Pa
         L += ["Micro-batch tokens = the main measurement's size; *max before OOM* = the largest micro-batch the "
               "doubling sweep fitted (`≥` when the sweep limit, not memory, stopped it). MFU = (6·P·tokens + "
               "6·L·d·Σs²) / step time / bf16 GEMM peak measured in the same run (see `inpo/profiling/mfu.py`).", "",
-              table(step_rows, [("system", "system", ""), ("model", "model", ""), ("seq", "seq_len", ""),
+              table(step_rows, [("system", "system", ""), ("model", "", _model_cell), ("seq", "seq_len", ""),
                                 ("µbatch tok", "micro_batch_tokens", ""), ("step ms (p20–p80)", "",
                                 lambda r: f"{fmt(r.get('step_median_ms'))} ({fmt(r.get('step_p20_ms'))}–"
                                           f"{fmt(r.get('step_p80_ms'))})"),
@@ -458,10 +470,11 @@ def render(res: Results, out_path: Path, plots: dict[str, Path], results_dir: Pa
               "number of bare forward (precompute) and forward+backward (train) passes on the same micro-batches, "
               "timed alone; *overhead* = (precompute + train) / pure fwd/bwd (target ≤ 1.3×); *other* = the rest "
               "of the iteration (orchestration, packing, checkpointing).", "",
-              table(iter_rows, [("algorithm", "algorithm", ""), ("model", "model", ""),
+              table(iter_rows, [("algorithm", "algorithm", ""), ("model", "", _model_cell),
                                 *[(f"{p} s", f"{p}_s", "") for p in PHASES], ("other s", "other_s", ""),
                                 ("total s", "total_s", ""), ("oracle queries", "oracle_queries", ""),
                                 ("pure fwd/bwd s", "pure_fwd_bwd_s", ""), ("overhead", "overhead_ratio", "x"),
+                                ("peak mem", "peak_mem_bytes", "bytes"), ("J/iteration", "energy_per_iteration_j", ""),
                                 *PROVENANCE]), ""]
     else:
         L += ["No iteration results recorded yet (`inpo bench iteration`; `--smoke` on CPU).", ""]
@@ -490,11 +503,16 @@ def render(res: Results, out_path: Path, plots: dict[str, Path], results_dir: Pa
     L += [f"Duality-gap convergence of INPO, ONPO and the baselines on exact games: [{_rel(games, base)}]"
           f"({_rel(games, base)})." if games.exists() else
           "No games report yet (`make games` writes `bench/results/games/report.md`).", ""]
-    L += ["## How to reproduce", "", "```bash",
+    L += ["## How to reproduce", "",
+          "On the GPU machine, install the optional baselines first (`pip install trl datasets accelerate "
+          "liger-kernel`, never a different torch); each bench skips a missing baseline with a message.", "",
+          "```bash",
           "inpo bench head          # GPU microbench of the fused head", "inpo bench head-cpu      # native CPU head",
           "inpo bench step          # end-to-end step vs TRL / naive head / Liger, with the OOM sweep",
+          "inpo bench step --systems inpo --no-sweep --trace runs/step-trace.json   # Chrome trace of one step",
           "inpo bench iteration     # online iteration cost, INPO vs SPPO vs DNO-style",
-          "inpo bench report        # this file", "```", ""]
+          "inpo bench report        # this file",
+          "inpo bench step --smoke; inpo bench iteration --smoke   # CPU smoke modes (seconds)", "```", ""]
     return "\n".join(L)
 
 

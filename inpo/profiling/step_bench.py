@@ -119,8 +119,10 @@ def build_model(name: str, device: torch.device, seed: int):
 
     torch.manual_seed(seed)
     cfg = model_config(name)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation(device),
-                                             dtype=torch.float32)
+    # Initialise on the device itself: a 1B random init on the host costs tens of seconds per sweep point.
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation(device),
+                                                 dtype=torch.float32)
     return model.to(device)
 
 
@@ -344,7 +346,7 @@ def _time_prepared(p: Prepared, system: str, device, warmup: int, reps: int):
         if len(samples) <= warmup:
             raise RuntimeError(f"TRL ran {len(samples)} steps, expected {warmup + reps}")
         return summarize(samples[warmup:], method="trl-callback")
-    return measure(p.step, device=device, warmup=warmup, reps=reps)
+    return measure(p.step, device=device, warmup=0, reps=reps)  # warmed up by the caller, outside NVML
 
 
 def _measure_point(system: str, cfg: StepBenchConfig, device, micro_tokens: int, *, warmup: int, reps: int,
@@ -354,6 +356,9 @@ def _measure_point(system: str, cfg: StepBenchConfig, device, micro_tokens: int,
     p = prepare(system, replace(cfg, warmup=warmup, reps=reps), device, micro_tokens)
     try:
         mon = NvmlMonitor() if nvml else None
+        if system != "trl":  # TRL's warm-up steps run inside its own loop (and so inside the NVML window)
+            for _ in range(warmup):
+                p.step()
         if mon is not None:
             with mon:
                 t = _time_prepared(p, system, device, warmup, reps)
@@ -367,8 +372,9 @@ def _measure_point(system: str, cfg: StepBenchConfig, device, micro_tokens: int,
                "achieved_tflops": flops / seconds / 1e12, "mfu": mfu(flops, seconds, peak.get("peak_flops")),
                "peak_mem_bytes": mem, **t.as_dict("step_"), **p.info}
         if mon is not None:
-            # NVML sampled warm-up and timed steps alike; energy per step divides by all of them.
-            rec.update(mon.summary(steps=warmup + reps))
+            # For ours NVML saw only the timed steps; TRL's window also holds its warm-up steps.
+            window = warmup + reps if system == "trl" else reps
+            rec.update(mon.summary(steps=window), nvml_steps=window)
         return rec
     finally:
         p.cleanup()
@@ -396,8 +402,8 @@ def run(cfg: StepBenchConfig, *, log: Callable[[str], None] = print) -> list[dic
     peak = measure_peak_flops(device)
     log(f"[bench step] {env['device']}: measured GEMM peak {peak['peak_tflops']:.1f} TFLOP/s "
         f"({peak['gemm_dtype']}, n={peak['gemm_n']}); model {cfg.model} "
-        f"({matmul_params(model_config(cfg.model)) / 1e9:.3f} B matmul params), seq_len {cfg.seq_len}")
-    common = {**env, "model": cfg.model, "seq_len": cfg.seq_len, "accum": cfg.accum, "objective": cfg.objective,
+        f"({matmul_params(model_config(cfg.model)) / 1e6:,.1f} M matmul params), seq_len {cfg.seq_len}")
+    common = {**env, "torch_threads": torch.get_num_threads(), "model": cfg.model, "seq_len": cfg.seq_len, "accum": cfg.accum, "objective": cfg.objective,
               "attn_implementation": attn_implementation(device),
               "precision": "bf16-autocast/fp32-master" if device.type == "cuda" else "fp32", "smoke": cfg.smoke,
               **{k: v for k, v in peak.items() if k != "peak_flops"}}
@@ -453,6 +459,14 @@ def run(cfg: StepBenchConfig, *, log: Callable[[str], None] = print) -> list[dic
     return records
 
 
+def _check_full_size_on_cpu(cfg: StepBenchConfig) -> None:
+    """The 1B bench on CPU would run for hours: refuse it with the two ways forward."""
+    on_cpu = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    if on_cpu and cfg.model != "tiny":
+        raise ValueError(f"--model {cfg.model} needs a CUDA GPU (no GPU here, or --device cpu given); "
+                         "on CPU run `inpo bench step --smoke` (or pass --model tiny)")
+
+
 def _fmt_bytes(n) -> str:
     if n is None:
         return "n/a (CPU)"
@@ -494,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke and args.device is None:
             cfg = replace(cfg, device="cpu")
         cfg.validate()
+        _check_full_size_on_cpu(cfg)
     except ValueError as exc:
         print(f"inpo bench step: {exc}", file=sys.stderr)
         return 2

@@ -71,7 +71,7 @@ class TrainConfig:
     data: str | None = None  # JSONL of {"prompt","chosen","rejected"}: offline training instead of online
     # -- optimisation --
     epochs: int = 2
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_ratio: float = 0.1

@@ -54,5 +54,7 @@ def shard_policy(model, *, mesh=None, reshard_after_forward: bool = True):
     for layer in layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward)
     root = FusedHeadPolicy(model)
-    fully_shard(root, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    # The root keeps its parameters (embedding / LM head / final norm) unsharded after forward: the fused head
+    # reads the head weight *after* the root's forward returns it, and backward needs it again anyway.
+    fully_shard(root, mesh=mesh, reshard_after_forward=False)
     return root

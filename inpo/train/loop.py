@@ -242,9 +242,13 @@ def export_final(run: RunContext, model, tokenizer) -> Path:
     if full is None:
         export_policy(inner, tokenizer, tmp)
     else:
-        inner.save_pretrained(str(tmp), state_dict={k.removeprefix("model."): v for k, v in full.items()},
-                              safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
+        # A plain (unsharded) twin built on the meta device takes the gathered tensors by assignment, so the
+        # export costs no second copy of the weights and transformers handles tied embeddings as usual.
+        with torch.device("meta"):
+            plain = type(inner)(inner.config)
+        plain.load_state_dict({k.removeprefix("model."): v for k, v in full.items()}, assign=True, strict=False)
+        plain.tie_weights()
+        export_policy(plain, tokenizer, tmp)
     old = run.out / "final.old"
     if final.exists():
         os.replace(final, old)
