@@ -34,6 +34,9 @@ test-all: setup
 
 bench: setup
 	$(PY) -m bench.head
+	$(PY) -m bench.step
+	$(PY) -m bench.iteration
+	$(PY) -m bench.report
 
 # The tabular Nash-game sweeps whose output is committed under bench/results/games/.
 games: setup

@@ -102,9 +102,16 @@ def _setup(cfg: TrainConfig):
     """Device, tokenizer, π_ref (frozen) and the policy (a copy of π_ref, or the checkpointed iterate)."""
     from inpo.train.model import load_policy
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars would drown our own
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    elif device.type == "cpu" and cfg.model is None:
+        # The default model's matrices are ~128 wide: a second thread's sync costs more than it saves, and on a
+        # busy 2-core box two spinning threads were 2-10x slower than one (measured while writing this).
+        torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     tokenizer = _load_tokenizer(cfg)
     ref = load_policy(cfg.model, tokenizer=tokenizer, device=device, attn_implementation=_attn_impl(cfg, device))
@@ -297,7 +304,7 @@ def run_online(config: TrainConfig) -> list[dict]:
     run.n_params = sum(p.numel() for p in policy.parameters())
     objective = cfg.make_objective()
     oracle = make_oracle(cfg.oracle, device=str(device), seed=cfg.seed)
-    aux = copy.deepcopy(ref) if objective.name == "onpo" else None  # ONPO's π' chain, π'_0 = π_ref
+    aux = copy.deepcopy(ref).requires_grad_(True) if objective.name == "onpo" else None  # ONPO's π' chain, π'_0 = π_ref
     start_iter, resume_phase, resume_step = 0, None, 0
     if ckpt is not None:
         st = ckpt["state"]

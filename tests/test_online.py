@@ -123,6 +123,15 @@ def test_clear_errors(model_dir, tmp_path, capsys):
     assert train_main(["--model", str(bad), "--tokenizer", model_dir, "--output", str(tmp_path / "c"),
                        "--progress", "false"]) == 2
     assert "could not load the model" in capsys.readouterr().err
+    # a tokenizer without a chat template, where one is needed to format prompts
+    from inpo.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir)
+    tok.chat_template = None
+    tok.save_pretrained(str(tmp_path / "tok"))
+    (tmp_path / "tok" / "chat_template.jinja").unlink(missing_ok=True)
+    assert train_main(micro_args(model_dir, tmp_path / "e", "--tokenizer", str(tmp_path / "tok"))) == 2
+    assert "no chat_template" in capsys.readouterr().err
     # resume with nothing to resume
     assert train_main(micro_args(model_dir, tmp_path / "d", "--resume")) == 2
     assert "no checkpoint" in capsys.readouterr().err

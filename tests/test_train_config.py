@@ -60,3 +60,12 @@ def test_cli_reports_errors(capsys):
     assert "did you mean 'epochs'" in capsys.readouterr().err
     assert main(["--help"]) == 0
     assert "--max-steps" in capsys.readouterr().out
+
+
+def test_shipped_example_configs_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        load_config(f).make_objective()

@@ -114,7 +114,7 @@ def test_ignored_blocks_are_skipped_exactly():
 
 def _peaked_problem(alpha, h=64, v=515, seed=9):
     """Hidden states aligned with their target's weight row: the target logit dominates every token."""
-    prob = make_problem(lengths=[40, 23, 31, 6], h=h, v=v, seed=seed, ignore_frac=0.1)
+    prob = make_problem(lengths=[30, 20, 14], h=h, v=v, seed=seed, ignore_frac=0.1)
     safe = prob["labels"].clamp(min=0)
     w = prob["weight"] / prob["weight"].norm(dim=1, keepdim=True)
     prob["weight"] = w
@@ -151,6 +151,7 @@ def test_gradient_filter_skips_tiles_within_bound(alpha, eps):
     slack = 1e-5  # fp32 accumulation-order noise between the two runs
     assert ((g1["hidden"] - g0["hidden"]).abs().double() <= bound_h + slack).all()
     assert ((g1["weight"] - g0["weight"]).abs().double() <= bound_w + slack).all()
+    assert not torch.equal(g1["weight"], g0["weight"])  # the skipped tiles really dropped their GEMMs
 
 
 def test_filter_eps_auto_by_dtype():

@@ -150,8 +150,8 @@ def plot_gap_curves(path, panels: list[dict], *, title: str = "") -> Path | None
                 m, lo, hi = (np.maximum(s, floor) for s in stats)
                 # SPPO's exact update is INPO's (τ = 0): dash it so the INPO curve beneath stays visible
                 style = _STYLES.get(label, "-")
-                ax.plot(t[keep], m, style, label=label, color=color, lw=1.6 if style == "-" else 1.9)
-                ax.fill_between(t[keep], lo, hi, color=color, alpha=0.2, lw=0)
+                (line,) = ax.plot(t[keep], m, style, label=label, color=color, lw=1.6 if style == "-" else 1.9)
+                ax.fill_between(t[keep], lo, hi, color=line.get_color(), alpha=0.2, lw=0)
             # reference slopes through the plot's upper-left corner region
             tt = t[keep]
             ax.plot(tt, 0.5 * tt ** -0.5, "k:", lw=1, label="∝ T^-1/2" if (i, j) == (0, 0) else None)
@@ -166,10 +166,12 @@ def plot_gap_curves(path, panels: list[dict], *, title: str = "") -> Path | None
             if i == 1:
                 ax.set_xlabel("iteration T")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=9, frameon=False)
+    ncol = min(len(labels), 4 if cols <= 2 else 8)  # long variant labels need room below narrow figures
+    legend_rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=9, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97 if title else 1))
+    fig.tight_layout(rect=(0, 0.035 * legend_rows + 0.015, 1, 0.97 if title else 1))
 
     def save(f):
         fig.savefig(f, format="png", dpi=110)

@@ -381,9 +381,9 @@ def make_plots(res: Results, plots_dir: Path) -> dict[str, Path]:
         fig, ax = new("online iteration: wall time per phase", "", "seconds per iteration")
         labels = [f"{r.get('algorithm')}\n{str(r.get('device'))[:18]}" for r in iters]
         bottom = [0.0] * len(iters)
-        for p in PHASES:
+        for p in (*PHASES, "other"):  # "other" on top: the bar's height is the whole iteration
             vals = [float(r.get(f"{p}_s") or 0.0) for r in iters]
-            ax.bar(range(len(iters)), vals, bottom=bottom, label=p)
+            ax.bar(range(len(iters)), vals, bottom=bottom, label=p, **({"color": "lightgray"} if p == "other" else {}))
             bottom = [b + v for b, v in zip(bottom, vals)]
         # Where the train segment would end if precompute + train cost only their pure fwd/bwd work.
         floors = [None if r.get("pure_fwd_bwd_s") is None else

@@ -87,7 +87,7 @@ class TrainConfig:
     liger: bool = False  # Liger RMSNorm/SwiGLU/RoPE kernels (needs liger-kernel, GPU)
     impl: str = "auto"  # fused head impl: auto | triton | native | torch | naive
     progress: bool = True  # rich progress bars
-    threads: int | None = None  # CPU intra-op threads (None = torch's default; 1 is faster on a busy shared box)
+    threads: int | None = None  # CPU intra-op threads; None = 1 for the tiny default model on CPU, else torch's
 
     # ------------------------------------------------------------------
     def objective_params(self) -> dict:
