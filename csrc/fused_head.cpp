@@ -10,12 +10,14 @@
 // * The work is split into one partition per thread, along the vocabulary when there are fewer valid tokens
 //   than vocabulary rows (the usual LM case), else along the tokens. Each partition walks tiles
 //   [token block x vocab tile]: one ATen GEMM (MKL) writes the logits tile into a reusable per-partition
-//   buffer, then ONE fused pass over each row does bias add, max, sum-exp, target pick (forward) or
-//   bias add, dz = g * (onehot - exp(z - lse)) in place and the dbias column sums (backward). The
-//   backward then feeds dz straight into the two gradient GEMMs (dW_tile += dz^T h, dH_block += dz W).
-// * Gradient accumulators are fp32 (fp64 for fp64 inputs). The partition owning a vocab (token) range
-//   writes its dW (dH) rows without races; the other gradient gets per-partition partials that are
-//   summed at the end -- extra memory (threads - 1) * min(N, V) * H, never N * V.
+//   buffer, then one fused pass over the tile: per row (4 KiB, L1-resident) bias add + max, then
+//   sum-exp and the target pick (forward), or bias add, dz = g * (onehot - exp(z - lse)) in place and the
+//   dbias column sums (backward). The backward feeds dz straight into the two gradient GEMMs
+//   (dW_tile += dz^T h, dH_block += dz W): no [N, V] buffer, logits are read once per phase from memory.
+// * Everything is computed in fp32 (fp64 for fp64 inputs): fp16/bf16 hidden/weight are upcast once per
+//   call (O((N + V) * H) extra), gradients accumulate in fp32 and are cast back at the end. The partition
+//   owning a vocab (token) range writes its dW (dH) rows without races; the other gradient gets
+//   per-partition partials summed at the end -- extra (threads - 1) * min(N, V) * H, never N * V.
 // * Results depend on the thread count only through the order of floating-point sums.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -91,7 +91,10 @@ def _prepare_policy(cfg: TrainConfig, model, device):
         liger.apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                           fused_linear_cross_entropy=False, model=model)
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.compile:
         model.base_model.compile(dynamic=True)
@@ -131,6 +134,7 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
         if path is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'} (nothing to resume; "
                                     f"run without --resume to start fresh)")
+        _check_resume_config(cfg, out)
         ckpt = load_checkpoint(path)
         run.global_step = int(ckpt["state"]["global_step"])
         st = ckpt["state"]
@@ -146,6 +150,26 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
     if run.is_main:
         atomic_write_text(out / "config.yaml", config_to_yaml(cfg))
     return run, ckpt
+
+
+# Keys a resumed run may change: where/how it runs and how far it goes, not what it computes.
+_RESUME_FREE = {"resume", "max_steps", "iterations", "progress", "threads", "output", "device", "checkpoint_every",
+                "keep_checkpoints", "evaluate", "n_bootstrap", "gen_batch_size"}
+
+
+def _check_resume_config(cfg: TrainConfig, out: Path) -> None:
+    import yaml
+
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    now = cfg.to_dict()
+    diff = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in sorted(now) if k in saved and k not in _RESUME_FREE
+            and saved[k] != now[k]]
+    if diff:
+        raise ValueError(f"--resume with a config that differs from the run in {out} ({'; '.join(diff)}); "
+                         f"resume with the same settings, or start a new run in another --output")
 
 
 def _progress(cfg: TrainConfig):

@@ -60,6 +60,7 @@ def test_offline_resume_is_bit_exact(model_dir, tmp_path):
     assert len(_steps(tmp_path / "cut")) == 3 and not (tmp_path / "cut" / "final").exists()
     assert train_main(common + ["--output", str(tmp_path / "cut"), "--resume"]) == 0
     assert _steps(tmp_path / "cut") == full  # every loss and grad norm identical, not just close
+    assert train_main(common + ["--output", str(tmp_path / "cut"), "--resume", "--lr", "1e-3"]) == 2  # changed config
     from safetensors.torch import load_file
 
     a = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))

@@ -249,3 +249,18 @@ def test_bench_smoke_writes_records(tmp_path):
         assert r["floor_ratio"] == pytest.approx(r["fwd_bwd_ms"] / r["floor_ms"], rel=0.02, abs=1e-3)
         assert {"device", "torch", "commit", "date"} <= r.keys()
         assert (r["n"], r["h"], r["v"]) == native_bench.SMOKE_SHAPE
+
+
+def test_stale_build_lock_is_removed(monkeypatch, tmp_path):
+    from torch.utils import cpp_extension
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
+    native_impl._remove_stale_lock(cpp_extension)
+    assert lock.exists()  # fresh: a build may be running
+    old = lock.stat().st_mtime - native_impl.STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match="stale torch extension build lock"):
+        native_impl._remove_stale_lock(cpp_extension)
+    assert not lock.exists()

@@ -90,3 +90,32 @@ def test_per_sequence_objective_and_logps_of():
     after = sequence_logps_of(model, batch, impl="torch") - lp
     # SPPO pushes log π/π_t toward (P̂ - 1/2)/η: up for winners, down for losers
     assert after[0] > after[1] and after[2] > after[3]
+
+
+def test_activation_checkpointing_gives_the_same_step():
+    seqs = pair_seqs(4, seed=4)
+    base = tiny_model(True, seed=4)
+    ref = precompute_logps(base, seqs, max_tokens=10_000, impl="torch")
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    if hasattr(b, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        b.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        b.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    side = {"ref_logps": ref - 0.1, "anchor_logps": ref}
+    sa = _run(a, seqs, INPO(eta=0.5), side, steps=2, max_tokens=40)
+    sb = _run(b, seqs, INPO(eta=0.5), side, steps=2, max_tokens=40)
+    for x, y in zip(sa, sb):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-6) and x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_body_matches_eager():
+    seqs = pair_seqs(4, seed=5)
+    base = tiny_model(False, seed=5)
+    ref = precompute_logps(base, seqs, max_tokens=10_000, impl="torch")
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    b.base_model.compile(dynamic=True)
+    sa = _run(a, seqs, DPO(beta=0.5), {"ref_logps": ref - 0.2}, steps=2, max_tokens=10_000)
+    sb = _run(b, seqs, DPO(beta=0.5), {"ref_logps": ref - 0.2}, steps=2, max_tokens=10_000)
+    for x, y in zip(sa, sb):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)

@@ -5,6 +5,8 @@ On CPU everything runs under the Triton interpreter (conftest sets TRITON_INTERP
 the tile configs below are chosen to make many ragged tiles from few programs.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -246,6 +248,26 @@ def test_cpu_after_gpu_compile_is_a_clear_error(monkeypatch):
         triton_impl.sequence_logps(prob["hidden"], prob["weight"], prob["labels"], prob["cu_seqlens"])
 
 
+def test_cpu_interpreter_chosen_lazily_or_clear_error():
+    """Fresh processes: with nothing imported, impl='triton' on CPU turns the interpreter on by itself; once
+    triton was imported without it, the error says what to do."""
+    import subprocess
+    import sys
+
+    code = ("import torch{pre}\nfrom inpo.ops import sequence_logps\n"
+            "h = torch.randn(5, 16); w = torch.randn(40, 16); lab = torch.randint(0, 40, (5,))\n"
+            "cu = torch.tensor([0, 2, 5], dtype=torch.int32)\n"
+            "try:\n    print(sequence_logps(h, w, lab, cu, impl='triton').shape)\n"
+            "except RuntimeError as e:\n    print('RuntimeError', e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    lazy = subprocess.run([sys.executable, "-c", code.format(pre="")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert "torch.Size([2])" in lazy.stdout, lazy.stderr[-2000:]
+    early = subprocess.run([sys.executable, "-c", code.format(pre="\nimport triton")], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert "RuntimeError" in early.stdout and "TRITON_INTERPRET=1" in early.stdout, early.stdout + early.stderr[-2000:]
+
+
 def test_config_tables():
     assert device_family(None) == "interpreter"
     assert device_family((9, 0)) == "sm90" and device_family((8, 0)) == "sm80" and device_family((7, 5)) == "fallback"
@@ -326,3 +348,22 @@ def test_gpu_autotune_path(monkeypatch):
     torch.testing.assert_close(out, out_b, rtol=1e-4, atol=1e-3)
     for k in grads:
         torch.testing.assert_close(grads[k].float(), grads_b[k].float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_default_filter_on_peaked_bf16():
+    """The benchmark's peaked inputs (entropy ~1.5 nats): the default bf16 filter skips tiles, values are
+    untouched and the gradients move by about one bf16 rounding of their largest entry at most."""
+    from inpo.profiling.head_bench import make_problem as bench_problem
+
+    p = bench_problem(2048, 512, 32000, torch.bfloat16, torch.device("cuda"), "peaked")
+    prob = dict(hidden=p.hidden, weight=p.weight, labels=p.labels, cu_seqlens=p.cu_seqlens, bias=None)
+    on, off = {}, {}
+    out1, g1, _ = _run(prob, stats=on)
+    out0, g0, _ = _run(prob, filter_eps=0.0, stats=off)
+    assert on["filter_eps"] == DEFAULT_FILTER_EPS and on["tiles_filtered"] > 0 and off["tiles_filtered"] == 0
+    assert torch.equal(out1, out0)
+    for k in g0:
+        scale = g0[k].float().abs().max().item()
+        # 2^-7: one bf16 ulp of the largest entry from atomic-order rounding flips, plus the filter's own error.
+        assert (g1[k].float() - g0[k].float()).abs().max().item() <= scale * 2.0**-7, k

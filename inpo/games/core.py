@@ -52,10 +52,12 @@ def check_preference(P, *, name: str = "P") -> np.ndarray:
     if lo < -_ATOL or hi > 1 + _ATOL:
         raise ValueError(f"{name} entries are probabilities P(y ≻ y') and must lie in [0, 1], got range [{lo}, {hi}]")
     arr3 = arr[None] if arr.ndim == 2 else arr
-    err = float(np.abs(arr3 + np.swapaxes(arr3, -1, -2) - 1.0).max())
-    if err > 1e-8:
-        raise ValueError(f"{name} must satisfy P + Pᵀ = 1 (P(y ≻ y') + P(y' ≻ y) = 1, diagonal ½); "
-                         f"max violation {err:.3g}")
+    viol = np.abs(arr3 + np.swapaxes(arr3, -1, -2) - 1.0)
+    if float(viol.max()) > 1e-8:
+        c, i, j = np.unravel_index(int(viol.argmax()), viol.shape)
+        where = f"[{c}, {i}, {j}]" if arr.ndim == 3 else f"[{i}, {j}]"
+        raise ValueError(f"{name} must satisfy P + Pᵀ = 1 (P(y ≻ y') + P(y' ≻ y) = 1, diagonal ½); worst at "
+                         f"{name}{where} = {arr3[c, i, j]:.6g} with its mirror {arr3[c, j, i]:.6g}")
     return np.clip(arr3, 0.0, 1.0)
 
 

@@ -16,6 +16,7 @@ import platform
 import shutil
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -69,6 +70,23 @@ def _ensure_ninja_on_path() -> None:
             return
 
 
+STALE_LOCK_S = 900  # a build takes ~1 min on 2 cores; a lock this old was left by a killed builder
+
+
+def _remove_stale_lock(cpp_extension) -> None:
+    """torch's build lock is a plain file: a builder killed mid-build leaves it behind and every later
+    process would wait on it forever. Remove it once it is clearly older than any real build."""
+    try:
+        lock = Path(cpp_extension._get_build_directory(_extension_name(), False)) / "lock"
+        age = time.time() - lock.stat().st_mtime
+    except (AttributeError, OSError):  # no lock (the usual case) or torch moved its private helper
+        return
+    if age > STALE_LOCK_S:
+        warnings.warn(f"removing stale torch extension build lock {lock} ({age:.0f} s old)", RuntimeWarning,
+                      stacklevel=2)
+        lock.unlink(missing_ok=True)
+
+
 def _build_and_load() -> None:
     from torch.utils import cpp_extension
 
@@ -78,6 +96,7 @@ def _build_and_load() -> None:
     _ensure_ninja_on_path()
     if not cpp_extension.is_ninja_available():
         raise RuntimeError("ninja is not installed (pip install ninja)")
+    _remove_stale_lock(cpp_extension)
     cpp_extension.load(name=_extension_name(), sources=[str(s) for s in SOURCES], extra_cflags=CFLAGS,
                        extra_ldflags=LDFLAGS, is_python_module=False, verbose=False)
 

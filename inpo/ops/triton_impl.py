@@ -28,8 +28,8 @@ Environment (read at call time):
 Offline check of the GPU build (no GPU needed): ``python -m inpo.kernels.compile_check``.
 
 On CPU tensors the kernels run under the Triton interpreter (``TRITON_INTERPRET=1``), which must be chosen
-before the kernels are decorated: if ``inpo.kernels.head`` is not yet imported this module sets the variable
-itself; if it was already built for the GPU a RuntimeError says so.
+before triton is first imported: if nothing has imported triton yet this module sets the variable itself;
+otherwise (triton imported without it, or the kernels already built for the GPU) a RuntimeError says so.
 """
 
 from __future__ import annotations
@@ -94,7 +94,16 @@ def _kernels(device: torch.device):
     """The kernel module, built under the interpreter for CPU tensors (see the module docstring)."""
     if device.type not in ("cuda", "cpu"):
         raise ValueError(f"impl='triton' runs on CUDA or (interpreted) CPU tensors, got device {device}")
-    if device.type == "cpu" and "inpo.kernels.head" not in sys.modules:
+    if device.type == "cpu" and "inpo.kernels.head" not in sys.modules and not _flag("TRITON_INTERPRET"):
+        # Triton fixes interpreter mode when it is first imported (setting the variable afterwards yields
+        # "Cannot call @triton.jit'd outside of the scope of a kernel"), so it can only be chosen here if
+        # nothing has imported triton yet.
+        if "triton" in sys.modules:
+            raise RuntimeError(
+                "impl='triton' on CPU tensors needs the Triton interpreter, but triton was already imported "
+                "without it. Set TRITON_INTERPRET=1 before importing triton (e.g. in the environment), or use "
+                "impl='torch' on CPU."
+            )
         os.environ["TRITON_INTERPRET"] = "1"
     from inpo.kernels import configs, head
 

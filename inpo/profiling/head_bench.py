@@ -315,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu" and "triton" not in sys.modules:
+        # The CPU run interprets the Triton kernels; Triton must see this before its first import
+        # (environment_info() below imports it).
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     smoke = args.smoke or device.type == "cpu"
     if smoke and not args.smoke:
         print("no CUDA device: running the CPU smoke benchmark (--smoke)", file=sys.stderr)
