@@ -101,6 +101,7 @@ def test_activation_checkpointing_gives_the_same_step():
         b.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         b.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert b.is_gradient_checkpointing and not a.is_gradient_checkpointing
     side = {"ref_logps": ref - 0.1, "anchor_logps": ref}
     sa = _run(a, seqs, INPO(eta=0.5), side, steps=2, max_tokens=40)
     sb = _run(b, seqs, INPO(eta=0.5), side, steps=2, max_tokens=40)
