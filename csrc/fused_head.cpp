@@ -61,13 +61,13 @@ const TileSizes& tile_sizes() {
 }
 
 // exp(x) for x <= ~0 (all our arguments are logits minus a running max or the lse), written so that
-// GCC vectorises it inside `omp simd` loops; std::exp would be a scalar libm call per element, which
-// on 2 cores costs as much as a large part of the GEMMs. Cody-Waite range reduction x = k ln2 + r,
+// GCC vectorises it when inlined into the `omp simd` loops below (AVX-512/AVX2 with -march=native; the
+// clamps must be branch-free selects, which needs -fno-trapping-math, see native_impl.CFLAGS).
+// std::exp would be a scalar libm call per element. Cody-Waite range reduction x = k ln2 + r,
 // |r| <= ln2/2, then a degree-6 Taylor polynomial: relative error ~2e-7 (about 1-2 ulp).
-#pragma omp declare simd notinbranch
 static inline float fast_exp(float x) {
-  x = std::max(x, -87.0f);  // exp(-87) ~ 1.6e-38: still normal, so 2^k below never underflows
-  x = std::min(x, 88.0f);
+  x = x < -87.0f ? -87.0f : x;  // exp(-87) ~ 1.6e-38: still normal, so 2^k below never underflows
+  x = x > 88.0f ? 88.0f : x;
   const float kf = std::floor(x * 1.44269504088896341f + 0.5f);
   float r = std::fma(kf, -0.693359375f, x);  // ln2 split into an exact high part and a low part
   r = std::fma(kf, 2.12194440e-4f, r);
@@ -176,11 +176,11 @@ void forward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, 
 #pragma omp simd reduction(max : mx)
         for (int64_t j = 0; j < cols; ++j) {
           row[j] += bt[j];
-          mx = std::max(mx, row[j]);
+          mx = row[j] > mx ? row[j] : mx;  // a select, not std::max's reference: vectorises
         }
       } else {
 #pragma omp simd reduction(max : mx)
-        for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, row[j]);
+        for (int64_t j = 0; j < cols; ++j) mx = row[j] > mx ? row[j] : mx;
       }
       const T m_old = st.m[i];
       const T m_new = std::max(m_old, mx);

@@ -27,7 +27,9 @@ _REPO = Path(__file__).resolve().parents[2]
 SOURCES = (_REPO / "csrc" / "fused_head.cpp",)
 # -march=native: the exp/softmax passes are auto-vectorised (AVX2/AVX-512 where present); the build is
 # per machine, so the extension name carries a hash of the CPU's feature flags (see _extension_name).
-CFLAGS = ["-O3", "-fopenmp", "-march=native", "-std=c++17"]
+# -fno-trapping-math / -fno-math-errno (torch builds with both): without them GCC keeps float compares
+# and floor as branches / libm calls and those loops stay scalar. No -ffast-math: inf/NaN must behave.
+CFLAGS = ["-O3", "-fopenmp", "-march=native", "-fno-trapping-math", "-fno-math-errno"]
 LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()

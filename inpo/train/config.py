@@ -77,7 +77,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     min_lr_ratio: float = 0.1
     batch_pairs: int = 16  # pairs (sequences for SPPO) per optimiser step, summed over ranks
-    max_tokens: int = 4096  # token budget of one packed micro-batch (gradient accumulation over several)
+    max_tokens: int = 1024  # token budget of one packed micro-batch (grad accumulation over several); on CPU/sdpa
+    # attention over a packed row costs O(N²) (a block-diagonal mask), so smaller rows are faster there
     max_grad_norm: float = 1.0
     max_steps: int | None = None  # stop (with a checkpoint) after this many optimiser steps in all
     checkpoint_every: int = 0  # also checkpoint every N steps (0 = at the end of each iteration only)
