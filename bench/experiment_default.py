@@ -87,7 +87,7 @@ def summarize(runs: list[dict], out: Path, note: str = "") -> str:
         table.append(f"| {method} | {len(rs)} | " + " | ".join(cells) + f" | {wall:.0f} |")
     md = ["# INPO vs baselines on the embedded default task", "",
           "Win-rate of π_t against the starting policy π_ref under the synthetic intransitive oracle, on the",
-          "held-out prompts (mean P(policy ≻ π_ref), K=4 samples per prompt). Cells: mean over seeds with a 95%",
+          "held-out prompts (mean P(policy ≻ π_ref), 4 samples per held-out prompt). Cells: mean over seeds with a 95%",
           "t-interval across seeds; each run's own bootstrap CI over prompts is in runs.jsonl.",
           "`inpo_tau0` is the τ = 0 ablation (INPO without the KL anchor to π_ref, ratio τ/η = 0).", "",
           *table, ""]

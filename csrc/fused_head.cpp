@@ -5,7 +5,7 @@
 //   inpo::head_backward(grad_logps, hidden, weight, bias?, labels, cu_seqlens, lse, ignore_index, output_mask)
 //       -> (dhidden, dweight, dbias)   (an empty [0] tensor for a gradient not asked for)
 //
-// Design (see ALGORITHMS.md for the math):
+// Design (d log p(label) / d z = onehot(label) - softmax(z); logps[s] sums a sequence's valid tokens):
 // * Only tokens whose label is not ignore_index are computed ("compaction"): prompt tokens cost nothing.
 // * The work is split into one partition per thread, along the vocabulary when there are fewer valid tokens
 //   than vocabulary rows (the usual LM case), else along the tokens. Each partition walks tiles
@@ -442,6 +442,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_backward_cpu(
 }  // namespace inpo_native
 
 TORCH_LIBRARY(inpo, m) {
+  // The fake (meta) kernels and the autograd formula live in Python: point torch at that module so a
+  // FakeTensor trace that meets these ops before it was imported can find them.
+  m.set_python_module("inpo.ops.native_impl");
   m.def("head_forward(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor cu_seqlens, "
         "int ignore_index) -> (Tensor, Tensor)");
   m.def("head_backward(Tensor grad_logps, Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "

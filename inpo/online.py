@@ -25,7 +25,6 @@ from pathlib import Path
 
 import torch
 
-from inpo.data.packing import pack_sequences
 from inpo.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from inpo.train.config import TrainConfig, config_to_yaml
 from inpo.train.loop import (RunContext, StopRun, clear_run_dir, export_final, precompute_logps, resolve_device,
@@ -317,7 +316,6 @@ def run_online(config: TrainConfig) -> list[dict]:
     """The T-iteration online loop. Returns the per-iteration records (also in ``<out>/metrics.jsonl``)."""
     from inpo.oracles import make_oracle
     from inpo.train.checkpoint import load_model_weights
-    from inpo.train.model import hidden_and_head  # noqa: F401  (import check: the fused-head path is importable)
 
     cfg = config
     if world_is_distributed():
@@ -355,7 +353,6 @@ def run_online(config: TrainConfig) -> list[dict]:
             times: dict = {}
             t_iter = time.perf_counter()
             if resume_phase != "eval":
-                q0 = oracle.queries
                 data, rank_stats = _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times)
                 pairwise = objective.pairwise
                 seqs = _sequences(tokenizer, data, pairwise, cfg)
@@ -387,9 +384,9 @@ def run_online(config: TrainConfig) -> list[dict]:
                                 keep=cfg.keep_checkpoints)
             else:
                 rank_stats = json.loads((run.out / f"iter_{t:03d}" / "rank_stats.json").read_text())
-                q0 = oracle.queries - rank_stats.get("queries", 0)
             resume_phase, resume_step, ckpt = None, 0, None
-            rec = {"kind": "iteration", "iteration": t, "oracle_queries": oracle.queries - q0,
+            # The ranking's own query count (from its stats file, so a resumed iteration reports it too).
+            rec = {"kind": "iteration", "iteration": t, "oracle_queries": rank_stats.get("queries", 0),
                    "pairs": rank_stats.get("pairs", 0), "ties_dropped": rank_stats.get("ties_dropped", 0),
                    "step": run.global_step, **times}
             if cfg.evaluate:

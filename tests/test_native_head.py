@@ -66,8 +66,21 @@ def test_opcheck_backward():
 
 @needs_native
 def test_torch_compile_fullgraph_matches_eager():
+    """Through the public entry point (dispatch included); fullgraph=True raises on any graph break."""
     p = make_problem(n_seqs=4, h=16, v=211, bias=True, seed=9)
-    compiled = torch.compile(_native, fullgraph=True, dynamic=False)  # fullgraph: any graph break raises
+
+    def public(h, w, lab, cu, b):
+        return sequence_logps(h, w, lab, cu, bias=b, impl="auto", check_values=False)  # values check syncs
+
+    targets = []
+
+    def recording_backend(gm, example_inputs):  # the traced graph must hold the native op itself
+        targets.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    torch.compile(public, fullgraph=True, backend=recording_backend)(*_args(p))
+    assert "inpo.head_forward" in targets, targets
+    compiled = torch.compile(public, fullgraph=True, dynamic=False)  # inductor: fake kernels + autograd
     out_c, grads_c = _value_and_grads(compiled, p)
     out_e, grads_e = _value_and_grads(_native, p)
     torch.testing.assert_close(out_c, out_e, rtol=1e-6, atol=1e-5)
@@ -264,3 +277,24 @@ def test_stale_build_lock_is_removed(monkeypatch, tmp_path):
     with pytest.warns(RuntimeWarning, match="stale torch extension build lock"):
         native_impl._remove_stale_lock(cpp_extension)
     assert not lock.exists()
+
+
+def test_disable_env_falls_back(monkeypatch):
+    monkeypatch.setattr(native_impl, "_state", {})
+    monkeypatch.setenv(native_impl.DISABLE_ENV, "1")
+    with pytest.warns(RuntimeWarning, match="disabled by INPO_DISABLE_NATIVE=1.*falling back"):
+        assert resolve_impl("auto", torch.device("cpu")) == "torch"
+
+
+@needs_native
+def test_forward_lse_output():
+    """lse[i] = logsumexp of token i's logits for every valid token (both layouts), 0 for ignored ones."""
+    for n_seqs, v in ((5, 700), (30, 60)):
+        p = make_problem(n_seqs=n_seqs, h=16, v=v, bias=True, seed=6)
+        logps, lse = torch.ops.inpo.head_forward(p["hidden"], p["weight"], p["bias"], p["labels"], p["cu_seqlens"],
+                                                 -100)
+        valid = p["labels"] != -100
+        ref = torch.logsumexp(as_fp64(p)["hidden"] @ as_fp64(p)["weight"].t() + as_fp64(p)["bias"], dim=1)
+        torch.testing.assert_close(lse[valid].double(), ref[valid], rtol=1e-6, atol=1e-5)
+        assert torch.equal(lse[~valid], torch.zeros(int((~valid).sum())))
+        assert logps.dtype == torch.float32 and lse.dtype == torch.float32

@@ -8,6 +8,7 @@ comes from :mod:`inpo.objectives` (the one source), applied to the [S] per-seque
 from __future__ import annotations
 
 import importlib
+import sys
 
 import torch
 from torch import Tensor
@@ -23,10 +24,15 @@ _IMPL_MODULES = {
 }
 
 
+def _import(name: str):
+    # sys.modules first: torch.compile (dynamo) cannot trace importlib, but traces a dict lookup.
+    return sys.modules.get(name) or importlib.import_module(name)
+
+
 def native_available() -> bool:
     """True when the C++ CPU head (csrc/) is built or can be built here."""
     try:
-        mod = importlib.import_module("inpo.ops.native_impl")
+        mod = _import("inpo.ops.native_impl")
     except ImportError:
         return False
     return bool(getattr(mod, "is_available", lambda: False)())
@@ -43,7 +49,7 @@ def resolve_impl(impl: str, device: torch.device) -> str:
 
 
 def _impl_fn(impl: str):
-    mod = importlib.import_module(_IMPL_MODULES[impl])
+    mod = _import(_IMPL_MODULES[impl])
     return mod.sequence_logps_naive if impl == "naive" else mod.sequence_logps
 
 

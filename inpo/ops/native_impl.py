@@ -32,8 +32,11 @@ SOURCES = (_REPO / "csrc" / "fused_head.cpp",)
 CFLAGS = ["-O3", "-fopenmp", "-march=native", "-fno-trapping-math", "-fno-math-errno"]
 LDFLAGS = ["-fopenmp"]
 
+DISABLE_ENV = "INPO_DISABLE_NATIVE"  # =1: never build/load (e.g. CI images without a compiler)
+
 _lock = threading.Lock()
 _state: dict = {}  # "ok": bool, "error": str — filled by the first _load()
+_registered = False  # fake/autograd kernels are registered once per process
 
 
 def _cpu_fingerprint() -> str:
@@ -108,6 +111,8 @@ def _load() -> bool:
         if "ok" in _state:
             return _state["ok"]
         try:
+            if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+                raise RuntimeError(f"disabled by {DISABLE_ENV}={os.environ[DISABLE_ENV]}")
             if not hasattr(torch.ops.inpo, "head_forward") or not _has_cpu_kernel():
                 _build_and_load()
             _register_python_kernels()
@@ -175,12 +180,13 @@ def _backward(ctx, grad_logps, _grad_lse):
 
 
 def _register_python_kernels() -> None:
-    if _state.get("registered"):
+    global _registered
+    if _registered:
         return
     torch.library.register_fake("inpo::head_forward")(_head_forward_fake)
     torch.library.register_fake("inpo::head_backward")(_head_backward_fake)
     torch.library.register_autograd("inpo::head_forward", _backward, setup_context=_setup_context)
-    _state["registered"] = True
+    _registered = True
 
 
 def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, bias: Tensor | None = None,

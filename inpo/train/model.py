@@ -125,6 +125,9 @@ def build_default_policy(tokenizer, *, seed: int = 0, cache_dir=None, sft: dict 
 
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    if verbose:
+        print(f"[inpo] building the default policy: SFT warm start, {sft['steps']} steps (once; cached in {cache})",
+              flush=True)
     t0 = time.perf_counter()
     _sft_warm_start(model, tokenizer, examples, seed=seed, **{k: sft[k] for k in ("steps", "lr", "batch_size", "warmup")})
     if verbose:
