@@ -17,28 +17,31 @@ COMMANDS = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: inpo <command> [options]", "", "commands:"]
-    lines += [f"  {name:<7} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`inpo <command> --help` shows a command's options."]
-    return "\n".join(lines)
+def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str], *, noun: str = "command") -> int:
+    """Run ``commands[argv[0]]``'s module ``main(argv[1:])``; usage on ``-h``; a near-miss hint on a typo.
+
+    ``commands`` maps a name to ``(module, one-line help)``. Shared by ``inpo`` and ``inpo bench``.
+    """
+    usage = "\n".join([f"usage: {prog} <{noun}> [options]", "", f"{noun}s:"]
+                      + [f"  {name:<10} {help_}" for name, (_, help_) in commands.items()]
+                      + ["", f"`{prog} <{noun}> --help` shows its options."])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        import difflib
+
+        near = difflib.get_close_matches(name, commands, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        print(f"{prog}: unknown {noun} {name!r}{hint}\n\n{usage}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(commands[name][0])
+    return int(module.main(rest) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        import difflib
-
-        near = difflib.get_close_matches(name, COMMANDS, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        print(f"inpo: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    return dispatch("inpo", COMMANDS, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -41,12 +41,9 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
-def _check_unit_interval(name: str, value: float, *, upper_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+def _check_unit_interval(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be a finite number in [0, 1], got {value!r}")
-    if value < 0 or value > 1 or (upper_open and value >= 1):
-        interval = "[0, 1)" if upper_open else "[0, 1]"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
 
 
 def pair_margin(logps: Tensor) -> Tensor:
@@ -191,11 +188,10 @@ class ONPO(Objective):
 
 
 @dataclass(frozen=True)
-class IPO(Objective):
-    """Identity Preference Optimization on summed log-probs: (Δθ − Δref − 1/(2β))²."""
+class _ReferenceMargin(Objective):
+    """Shared by IPO and DPO: h = Δθ − Δref, with strength β."""
 
     beta: float = 0.1
-    name: ClassVar[str] = "ipo"
 
     def __post_init__(self) -> None:
         _check_positive("beta", self.beta)
@@ -206,31 +202,30 @@ class IPO(Objective):
 
     def margin(self, logps, ref_logps=None, anchor_logps=None):
         return pair_margin(logps) - pair_margin(ref_logps)
+
+
+@dataclass(frozen=True)
+class IPO(_ReferenceMargin):
+    """Identity Preference Optimization on summed log-probs: (Δθ − Δref − 1/(2β))²."""
+
+    name: ClassVar[str] = "ipo"
 
     def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
         return (self.margin(logps, ref_logps) - 1.0 / (2.0 * self.beta)) ** 2
 
 
 @dataclass(frozen=True)
-class DPO(Objective):
+class DPO(_ReferenceMargin):
     """Direct Preference Optimization with optional label smoothing ε (conservative DPO)."""
 
-    beta: float = 0.1
     label_smoothing: float = 0.0
     name: ClassVar[str] = "dpo"
 
     def __post_init__(self) -> None:
-        _check_positive("beta", self.beta)
-        _check_unit_interval("label_smoothing", self.label_smoothing, upper_open=False)
-        if self.label_smoothing > 0.5:
+        super().__post_init__()
+        if (isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float))
+                or not 0.0 <= self.label_smoothing <= 0.5):
             raise ValueError(f"label_smoothing must be in [0, 0.5], got {self.label_smoothing!r}")
-
-    @property
-    def needs_ref(self) -> bool:
-        return True
-
-    def margin(self, logps, ref_logps=None, anchor_logps=None):
-        return pair_margin(logps) - pair_margin(ref_logps)
 
     def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
         z = self.beta * self.margin(logps, ref_logps)

@@ -233,12 +233,6 @@ def test_bench_cli_usage_and_unknown(capsys):
     assert "did you mean 'step'" in capsys.readouterr().err
 
 
-def test_bench_cli_missing_module_is_reported(monkeypatch, capsys):
-    monkeypatch.setitem(bench_cli.BENCHES, "head", ("inpo.profiling._no_such_bench", "x"))
-    assert bench_cli.main(["head"]) == 2
-    assert "does not exist yet" in capsys.readouterr().err
-
-
 def test_top_level_cli_reaches_bench(capsys):
     from inpo.cli import main
 

@@ -9,7 +9,6 @@ report    bench/REPORT.md + plots from bench/results/*.jsonl (``inpo.profiling.r
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 BENCHES: dict[str, tuple[str, str]] = {
@@ -21,36 +20,10 @@ BENCHES: dict[str, tuple[str, str]] = {
 }
 
 
-def _usage() -> str:
-    lines = ["usage: inpo bench <bench> [options]", "", "benches:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in BENCHES.items()]
-    lines += ["", "`inpo bench <bench> --help` shows its options; every bench has --smoke (seconds on CPU)."]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    name, rest = argv[0], argv[1:]
-    if name not in BENCHES:
-        import difflib
+    from inpo.cli import dispatch
 
-        near = difflib.get_close_matches(name, BENCHES, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        print(f"inpo bench: unknown bench {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    module_name = BENCHES[name][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:  # a dependency of the bench is missing: that is the bench's own error to show
-            raise
-        print(f"inpo bench {name}: {module_name} does not exist yet in this checkout — this bench is not available",
-              file=sys.stderr)
-        return 2
-    return int(module.main(rest) or 0)
+    return dispatch("inpo bench", BENCHES, list(sys.argv[1:] if argv is None else argv), noun="bench")
 
 
 if __name__ == "__main__":
