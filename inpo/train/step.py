@@ -76,12 +76,12 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    stats = torch.stack([torch.as_tensor(loss_sum, device=device, dtype=torch.float32),
-                         torch.as_tensor(margin_sum, device=device, dtype=torch.float32),
-                         torch.tensor(float(units), device=device), torch.tensor(float(sum(mb.n_tokens for mb in micro_batches)), device=device)])
+    tokens = sum(mb.n_tokens for mb in micro_batches)
+    stats = torch.stack([torch.as_tensor(x, device=device, dtype=torch.float32).reshape(())
+                         for x in (loss_sum, margin_sum, float(units), float(tokens))])
     if world > 1:
-        dist.all_reduce(stats)  # one sync for the logged means
-    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    loss_v, margin_v, units_v, tokens_v = stats.tolist()  # host sync: the step's only one
+        dist.all_reduce(stats)  # one collective for all the logged sums
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
+    loss_v, margin_v, units_v, tokens_v = stats.tolist()  # host syncs: this and float(grad_norm), once per step
     return {"loss": loss_v / max(units_v, 1), "margin": margin_v / max(units_v, 1), "grad_norm": float(grad_norm),
             "lr": lr, "tokens": int(tokens_v), "units": int(units_v)}
