@@ -107,6 +107,18 @@ def head_fwd_kernel(X, W, B, Labels, PartM, PartS, PartT,
     tl.store(PartT + out, t, mask=mask_n)
 
 
+@triton.jit
+def _grouped_tile(pid, N, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, GROUP_N: tl.constexpr):
+    """(token block, vocab tile) of program ``pid`` in grouped order: GROUP_N consecutive programs share one
+    W tile, and GROUP_N hidden blocks stay in L2 while the vocabulary is swept."""
+    num_n = tl.cdiv(N, BLOCK_N)
+    num_v = tl.cdiv(V, BLOCK_V)
+    per_group = GROUP_N * num_v
+    first_n = (pid // per_group) * GROUP_N
+    group_size = tl.minimum(num_n - first_n, GROUP_N)
+    return first_n + (pid % per_group) % group_size, (pid % per_group) // group_size
+
+
 @triton.jit(do_not_specialize=["N", "ignore_index"])
 def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
                     N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, ignore_index, filter_eps,
@@ -119,15 +131,7 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
     ``Skipped`` (int32 [2]): [0] tiles skipped by the filter, [1] tiles skipped because every token has
     g = 0; written only when COUNT_SKIPS (a debug switch).
     """
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(N, BLOCK_N)
-    num_v = tl.cdiv(V, BLOCK_V)
-    # Grouped order: GROUP_N consecutive programs share one W tile (and GROUP_N hidden blocks stay in L2).
-    per_group = GROUP_N * num_v
-    first_n = (pid // per_group) * GROUP_N
-    group_size = tl.minimum(num_n - first_n, GROUP_N)
-    pid_n = first_n + (pid % per_group) % group_size
-    pid_v = (pid % per_group) // group_size
+    pid_n, pid_v = _grouped_tile(tl.program_id(0), N, V, BLOCK_N, BLOCK_V, GROUP_N)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -198,14 +202,7 @@ def head_dz_kernel(X, W, B, Labels, Lse, Gtok, DZ, DB,
     The launcher runs it over a bounded chunk of tokens into a [chunk, V] buffer and hands the two gradient
     GEMMs to cuBLAS: no atomics, at the price of writing and re-reading the chunk's dz once.
     """
-    pid = tl.program_id(0)
-    num_n = tl.cdiv(N, BLOCK_N)
-    num_v = tl.cdiv(V, BLOCK_V)
-    per_group = GROUP_N * num_v
-    first_n = (pid // per_group) * GROUP_N
-    group_size = tl.minimum(num_n - first_n, GROUP_N)
-    pid_n = first_n + (pid % per_group) % group_size
-    pid_v = (pid % per_group) // group_size
+    pid_n, pid_v = _grouped_tile(tl.program_id(0), N, V, BLOCK_N, BLOCK_V, GROUP_N)
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
