@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 _REPO = Path(__file__).resolve().parents[2]
-SOURCES = (_REPO / "csrc" / "fused_head.cpp",)
+# A checkout keeps the sources in <repo>/csrc; a wheel ships them as package data under inpo/csrc.
+_CSRC = next((d for d in (_REPO / "csrc", Path(__file__).resolve().parents[1] / "csrc") if d.is_dir()), _REPO / "csrc")
+SOURCES = (_CSRC / "fused_head.cpp",)
 # -march=native: the exp/softmax passes are auto-vectorised (AVX2/AVX-512 where present); the build is
 # per machine, so the extension name carries a hash of the CPU's feature flags (see _extension_name).
 # -fno-trapping-math / -fno-math-errno (torch builds with both): without them GCC keeps float compares
