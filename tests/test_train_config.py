@@ -22,7 +22,7 @@ def test_objective_defaults_and_overrides():
     assert TrainConfig().make_objective().eta > 0
 
 
-@pytest.mark.parametrize("key, near", [("learning_rate", None), ("warmup", "warmup_ratio"), ("iteration", "iterations"),
+@pytest.mark.parametrize("key, near", [("learning_rate", "lr"), ("num_train_epochs", "epochs"), ("warmup", "warmup_ratio"), ("iteration", "iterations"),
                                        ("epoch", "epochs")])
 def test_unknown_key_names_nearest(key, near):
     with pytest.raises(ValueError, match=f"unknown config key {key!r}") as exc:

@@ -144,7 +144,16 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
+# TRL / HF TrainingArguments names users type out of habit → ours.
+_HF_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs",
+             "loss_type": "objective", "model_name_or_path": "model",
+             "output_dir": "output", "gradient_checkpointing": "activation_checkpointing",
+             "max_length": "max_tokens", "num_generations": "k", "torch_compile": "compile", "use_liger_kernel": "liger"}
+
+
 def _nearest(key: str) -> str:
+    if key in _HF_NAMES and _HF_NAMES[key] in _FIELDS:
+        return f"; did you mean {_HF_NAMES[key]!r}?"
     near = difflib.get_close_matches(key, _FIELDS, n=1, cutoff=0.5)
     return f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(sorted(_FIELDS))}"
 
