@@ -12,6 +12,16 @@ against anchor π'_{t+1}, both on the pairs sampled from π_t (π'_0 = π_ref).
 
 Everything an iteration produces is written atomically under ``<out>/iter_<t>/`` before it is used, so a
 crash loses nothing already written and ``--resume`` reuses it.
+
+Under ``torchrun`` (FSDP2, world size W > 1) the policy is sharded for training, and every rank keeps a plain
+(unsharded) twin that receives π_t's full weights before generation and evaluation. The iteration's prompts are
+split into W contiguous blocks; rank r samples its block with seed ``base + 1_000_003·r`` and ranks/selects its
+own pairs (oracle seed offset the same way), then ``all_gather_object`` gives every rank the full data in
+prompt order. The samples therefore differ from a single-process run (other RNG streams, smaller generation
+batches), but a run is deterministic for a given seed and W. Log-probs are computed by every rank on all
+sequences with plain models (π_ref, the twin), training uses the shared FSDP2
+:func:`~inpo.train.loop.train_phase`, evaluation runs on rank 0 and its result is broadcast; only rank 0
+writes files. ``--resume`` and ONPO are single-process only for now.
 """
 
 from __future__ import annotations
@@ -228,8 +238,6 @@ def _sampler(cfg: TrainConfig, model, tokenizer):
 
 def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict) -> tuple[list[dict], dict]:
     """iter_t/samples.jsonl (K responses per prompt) and iter_t/data.jsonl (pairs, or SPPO's scored samples)."""
-    from inpo.oracles import estimate_win_rates, select_pairs
-
     d = run.out / f"iter_{t:03d}"
     samples_path, data_path = d / "samples.jsonl", d / "data.jsonl"
     if data_path.is_file():
@@ -246,6 +254,17 @@ def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict) -> t
         times["generate_s"] = time.perf_counter() - t0
         _write_jsonl(samples_path, [{"prompt": p, "responses": r} for p, r in zip(prompts, responses)])
     t0 = time.perf_counter()
+    data, stats = _rank_responses(cfg, prompts, responses, oracle, seed=cfg.seed * 31 + t)
+    times["rank_s"] = time.perf_counter() - t0
+    atomic_write_text(d / "rank_stats.json", json.dumps(stats))
+    _write_jsonl(data_path, data)
+    return data, stats
+
+
+def _rank_responses(cfg, prompts, responses, oracle, *, seed: int) -> tuple[list[dict], dict]:
+    """Pairs (or SPPO's scored samples) for ``prompts`` from the oracle, in prompt order, and their stats."""
+    from inpo.oracles import estimate_win_rates, select_pairs
+
     if cfg.objective == "sppo":
         q0 = oracle.queries
         rates = estimate_win_rates(prompts, responses, oracle)
@@ -253,11 +272,78 @@ def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict) -> t
                 for p, ys, ws in zip(prompts, responses, rates) for y, w in zip(ys, ws)]
         stats = {"queries": oracle.queries - q0, "pairs": 0, "sequences": len(data), "ties_dropped": 0}
     else:
-        pairs, stats = select_pairs(prompts, responses, oracle, strategy=cfg.pair_strategy, seed=cfg.seed * 31 + t)
+        pairs, stats = select_pairs(prompts, responses, oracle, strategy=cfg.pair_strategy, seed=seed)
         data = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    return data, stats
+
+
+# -- under torchrun: per-rank generation and ranking, gathered in prompt order ----------------------------------
+
+_RANK_SEED_STRIDE = 1_000_003  # rank r's sampling / selection seed = the single-process seed + r * stride
+
+
+def _block(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share [lo, hi) of ``n`` items (the first ``n % world`` ranks take one more)."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def _load_full_weights(model, plain) -> None:
+    """Copy the (FSDP2-sharded) ``model``'s full weights into the plain twin ``plain``. Collective: every rank
+    calls it and every rank gets the full tensors."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    # cpu_offload=True would hand the full tensors to rank 0 only: every rank generates, so keep them everywhere.
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+    full = {k.removeprefix("model."): v for k, v in full.items()}  # FusedHeadPolicy's prefix
+    missing, unexpected = plain.load_state_dict(full, strict=False)
+    tied = {k for k in missing if k.endswith("lm_head.weight")} if getattr(plain.config, "tie_word_embeddings",
+                                                                          False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"sampler twin does not match the policy: missing {sorted(set(missing) - tied)}, "
+                           f"unexpected {sorted(unexpected)}")
+
+
+def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times: dict) -> tuple[list[dict], dict]:
+    """Rank r samples and ranks its block of the prompts with ``plain`` (π_t's full weights); the blocks are
+    gathered in rank (= prompt) order so every rank holds the same data. Rank 0 writes the iteration's files."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    prompts = _prompt_sets(cfg, t)
+    _encode_checked(tokenizer, prompts, cfg)
+    lo, hi = _block(len(prompts), rank, world)
+    mine = prompts[lo:hi]
+    t0 = time.perf_counter()
+    seed = cfg.seed * 7919 + t + _RANK_SEED_STRIDE * rank
+    responses = _sampler(cfg, plain, tokenizer).sample(mine, cfg.k, seed=seed) if mine else []
+    times["generate_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if mine:
+        seed = cfg.seed * 31 + t + _RANK_SEED_STRIDE * rank
+        data, stats = _rank_responses(cfg, mine, responses, oracle, seed=seed)
+    else:
+        data, stats = [], {"queries": 0, "pairs": 0, "ties_dropped": 0}
     times["rank_s"] = time.perf_counter() - t0
-    atomic_write_text(d / "rank_stats.json", json.dumps(stats))
-    _write_jsonl(data_path, data)
+    parts: list = [None] * world
+    dist.all_gather_object(parts, {"prompts": mine, "responses": responses, "data": data, "stats": stats})
+    data = [r for part in parts for r in part["data"]]
+    stats = dict(parts[0]["stats"])
+    for part in parts[1:]:
+        for k, v in part["stats"].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k in stats:
+                stats[k] += v
+            else:
+                stats.setdefault(k, v)
+    stats["world_size"] = world
+    stats["rank_units"] = [len(part["data"]) for part in parts]  # pairs (SPPO: sequences) each rank selected
+    if run.is_main:
+        d = run.out / f"iter_{t:03d}"
+        _write_jsonl(d / "samples.jsonl", [{"prompt": p, "responses": r} for part in parts
+                                           for p, r in zip(part["prompts"], part["responses"])])
+        atomic_write_text(d / "rank_stats.json", json.dumps(stats))
+        _write_jsonl(d / "data.jsonl", data)
     return data, stats
 
 
@@ -310,6 +396,24 @@ def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle) -> dict:
             "eval_n": wr.n, "eval_queries": wr.queries}
 
 
+def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle) -> dict:
+    """Under torchrun: rank 0 evaluates the twin (π_{t+1}'s full weights) and broadcasts the result; the other
+    ranks wait in the broadcast. An error on rank 0 is re-raised on every rank (nobody hangs)."""
+    import torch.distributed as dist
+
+    _load_full_weights(policy, plain)
+    box: list = [None]
+    if run.is_main:
+        try:
+            box[0] = _evaluate(cfg, run, t, plain, ref, tokenizer, oracle)
+        except Exception as exc:  # noqa: BLE001 - forwarded to every rank below
+            box[0] = {"__error__": f"{type(exc).__name__}: {exc}"}
+    dist.broadcast_object_list(box, src=0)
+    if "__error__" in box[0]:
+        raise RuntimeError(f"evaluation on rank 0 failed: {box[0]['__error__']}")
+    return box[0]
+
+
 # -- the loops --------------------------------------------------------------------------------------------------
 
 def run_online(config: TrainConfig) -> list[dict]:
@@ -318,11 +422,26 @@ def run_online(config: TrainConfig) -> list[dict]:
     from inpo.train.checkpoint import load_model_weights
 
     cfg = config
-    if world_is_distributed():
-        raise NotImplementedError("online iterations run in one process for now (generation needs the full "
-                                  "policy); use torchrun with offline data= for FSDP2 training")
+    distributed = world_is_distributed()
+    plain = None  # under torchrun: the unsharded twin of the policy that generates, scores π_t and is evaluated
+    if distributed:
+        if cfg.resume:
+            raise NotImplementedError("--resume of an online run under torchrun is not supported yet (an FSDP2 "
+                                      "run's checkpoints are not resumable); start a fresh run")
+        if cfg.objective == "onpo":
+            raise NotImplementedError("ONPO online iterations run in one process for now (its auxiliary chain is "
+                                      "not sharded); use another objective under torchrun")
     device, tokenizer, ref, policy = _setup(cfg)
+    if distributed:
+        import torch.distributed as dist
+
+        from inpo.train.distributed import shard_policy
+
+        plain = copy.deepcopy(ref)
+        policy = shard_policy(policy)
     run, ckpt = _begin_run(cfg, device)
+    if distributed:
+        dist.barrier()  # rank 0 has cleared / created the output directory before anyone reads or writes it
     run.n_params = sum(p.numel() for p in policy.parameters())
     objective = cfg.make_objective()
     oracle = make_oracle(cfg.oracle, device=str(device), seed=cfg.seed)
@@ -353,22 +472,29 @@ def run_online(config: TrainConfig) -> list[dict]:
             times: dict = {}
             t_iter = time.perf_counter()
             if resume_phase != "eval":
-                data, rank_stats = _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times)
+                if distributed:
+                    _load_full_weights(policy, plain)
+                    data, rank_stats = _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle,
+                                                                      times)
+                else:
+                    data, rank_stats = _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times)
                 pairwise = objective.pairwise
                 seqs = _sequences(tokenizer, data, pairwise, cfg)
                 logps_path = run.out / f"iter_{t:03d}" / "logps.safetensors"
-                if logps_path.is_file():
+                if logps_path.is_file() and not distributed:
                     logps = _load_tensors(logps_path)
                 else:
                     t0 = time.perf_counter()
                     logps = {"ref": precompute_logps(ref, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl, pairwise=pairwise)}
                     # π_0 = π_ref: the first iterate's log-probs are the reference's, no second pass.
                     logps["iterate"] = logps["ref"].clone() if t == 0 else precompute_logps(
-                        policy, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl, pairwise=pairwise)
+                        plain if distributed else policy, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl,
+                        pairwise=pairwise)
                     if aux is not None:
                         logps["aux"] = precompute_logps(aux, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
                     times["precompute_s"] = time.perf_counter() - t0
-                    _save_tensors(logps_path, logps)
+                    if run.is_main:
+                        _save_tensors(logps_path, logps)
                 if not seqs:
                     raise RuntimeError(f"iteration {t}: the oracle left no pairs (all ties); raise k or temperature")
                 t0 = time.perf_counter()
@@ -391,7 +517,10 @@ def run_online(config: TrainConfig) -> list[dict]:
                    "step": run.global_step, **times}
             if cfg.evaluate:
                 t0 = time.perf_counter()
-                rec.update(_evaluate(cfg, run, t, policy, ref, tokenizer, oracle))
+                if distributed:
+                    rec.update(_evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle))
+                else:
+                    rec.update(_evaluate(cfg, run, t, policy, ref, tokenizer, oracle))
                 rec["eval_s"] = time.perf_counter() - t0
             rec["wall_s"] = time.perf_counter() - t_iter
             run.log(rec)
