@@ -149,6 +149,20 @@ at::Tensor tile_view(at::Tensor& buffer, int64_t rows, int64_t cols) {
   return at::from_blob(buffer.data_ptr(), {rows, cols}, buffer.options());
 }
 
+// Visit the (token block, vocab tile) grid of [n0, n1) x [v0, v1). Vocab-outer keeps one W tile hot while the
+// token blocks stream past it (the split-vocabulary partitions); token-outer does the opposite.
+template <typename F>
+void for_each_tile(int64_t n0, int64_t n1, int64_t v0, int64_t v1, bool vocab_outer, F&& tile) {
+  const int64_t token_block = tile_sizes().tokens, vocab_tile = tile_sizes().vocab;
+  if (vocab_outer) {
+    for (int64_t vb = v0; vb < v1; vb += vocab_tile)
+      for (int64_t nb = n0; nb < n1; nb += token_block) tile(nb, vb);
+  } else {
+    for (int64_t nb = n0; nb < n1; nb += token_block)
+      for (int64_t vb = v0; vb < v1; vb += vocab_tile) tile(nb, vb);
+  }
+}
+
 template <typename T>
 struct ForwardState {  // online log-sum-exp state per valid token
   T* m;       // running max
@@ -194,13 +208,7 @@ void forward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, 
       if (lab >= vb && lab < vb + cols) st.target[i] = row[lab - vb];
     }
   };
-  if (vocab_outer) {  // keep one W tile hot while the token blocks stream past it
-    for (int64_t vb = v0; vb < v1; vb += vocab_tile)
-      for (int64_t nb = n0; nb < n1; nb += token_block) tile(nb, vb);
-  } else {
-    for (int64_t nb = n0; nb < n1; nb += token_block)
-      for (int64_t vb = v0; vb < v1; vb += vocab_tile) tile(nb, vb);
-  }
+  for_each_tile(n0, n1, v0, v1, vocab_outer, tile);
 }
 
 template <typename T>
@@ -293,13 +301,7 @@ void backward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias,
     if (out.dw.defined()) out.dw.narrow(0, vb, cols).addmm_(z.t(), hb);
     if (out.dh.defined()) out.dh.narrow(0, nb, rows).addmm_(z, wt);
   };
-  if (vocab_outer) {
-    for (int64_t vb = v0; vb < v1; vb += vocab_tile)
-      for (int64_t nb = n0; nb < n1; nb += token_block) tile(nb, vb);
-  } else {
-    for (int64_t nb = n0; nb < n1; nb += token_block)
-      for (int64_t vb = v0; vb < v1; vb += vocab_tile) tile(nb, vb);
-  }
+  for_each_tile(n0, n1, v0, v1, vocab_outer, tile);
 }
 
 template <typename T>

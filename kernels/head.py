@@ -108,6 +108,27 @@ def head_fwd_kernel(X, W, B, Labels, PartM, PartS, PartT,
 
 
 @triton.jit
+def _softmax_grad_tile(X, W, B, Labels, Lse, DB, g, live, offs_n, offs_v, mask_n, mask_v, Hd, ignore_index,
+                       stride_xn, stride_xh, stride_wv, stride_wh, HAS_BIAS: tl.constexpr, COMPUTE_DB: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                       DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Recompute one logits tile and return (dz, p, is_target): dz = g · (onehot − softmax) in fp32, zero on
+    dead rows and masked columns; dBias is accumulated here (fp32 atomics) when COMPUTE_DB."""
+    lab = tl.load(Labels + offs_n, mask=mask_n, other=ignore_index).to(tl.int32)
+    lse = tl.load(Lse + offs_n, mask=mask_n, other=0.0)
+    z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
+                     stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
+    active = live[:, None] & mask_v[None, :]
+    # Rows with g = 0 may carry a placeholder lse; `where` keeps their exp() (possibly inf) out of dz.
+    p = tl.where(active, tl.exp(z - lse[:, None]), 0.0)
+    is_target = (offs_v[None, :] == lab[:, None]) & active
+    dz = tl.where(active, g[:, None] * (is_target.to(tl.float32) - p), 0.0)
+    if COMPUTE_DB:
+        tl.atomic_add(DB + offs_v, tl.sum(dz, axis=0), mask=mask_v, sem="relaxed")
+    return dz, p, is_target
+
+
+@triton.jit
 def _grouped_tile(pid, N, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, GROUP_N: tl.constexpr):
     """(token block, vocab tile) of program ``pid`` in grouped order: GROUP_N consecutive programs share one
     W tile, and GROUP_N hidden blocks stay in L2 while the vocabulary is swept."""
@@ -143,17 +164,9 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
         if COUNT_SKIPS:
             tl.atomic_add(Skipped + 1, 1)
     else:
-        lab = tl.load(Labels + offs_n, mask=mask_n, other=ignore_index).to(tl.int32)
-        lse = tl.load(Lse + offs_n, mask=mask_n, other=0.0)
-        z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
-                         stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
-        active = live[:, None] & mask_v[None, :]
-        # Rows with g = 0 may carry a placeholder lse; `where` keeps their exp() (possibly inf) out of dz.
-        p = tl.where(active, tl.exp(z - lse[:, None]), 0.0)
-        is_target = (offs_v[None, :] == lab[:, None]) & active
-        dz = tl.where(active, g[:, None] * (is_target.to(tl.float32) - p), 0.0)
-        if COMPUTE_DB:
-            tl.atomic_add(DB + offs_v, tl.sum(dz, axis=0), mask=mask_v, sem="relaxed")
+        dz, p, is_target = _softmax_grad_tile(X, W, B, Labels, Lse, DB, g, live, offs_n, offs_v, mask_n, mask_v, Hd,
+                                              ignore_index, stride_xn, stride_xh, stride_wv, stride_wh, HAS_BIAS,
+                                              COMPUTE_DB, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
         skip = False
         if FILTER:
             skip = (tl.max(tl.max(p, axis=1), axis=0) < filter_eps) & (tl.sum(is_target.to(tl.int32)) == 0)
@@ -212,16 +225,9 @@ def head_dz_kernel(X, W, B, Labels, Lse, Gtok, DZ, DB,
     live = g != 0.0
     dz = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     if tl.sum(live.to(tl.int32), axis=0) > 0:
-        lab = tl.load(Labels + offs_n, mask=mask_n, other=ignore_index).to(tl.int32)
-        lse = tl.load(Lse + offs_n, mask=mask_n, other=0.0)
-        z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
-                         stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
-        active = live[:, None] & mask_v[None, :]
-        p = tl.where(active, tl.exp(z - lse[:, None]), 0.0)
-        is_target = (offs_v[None, :] == lab[:, None]) & active
-        dz = tl.where(active, g[:, None] * (is_target.to(tl.float32) - p), 0.0)
-        if COMPUTE_DB:
-            tl.atomic_add(DB + offs_v, tl.sum(dz, axis=0), mask=mask_v, sem="relaxed")
+        dz, p, is_target = _softmax_grad_tile(X, W, B, Labels, Lse, DB, g, live, offs_n, offs_v, mask_n, mask_v, Hd,
+                                              ignore_index, stride_xn, stride_xh, stride_wv, stride_wh, HAS_BIAS,
+                                              COMPUTE_DB, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
     # Always store: the buffer is reused across chunks, so all-ignored tiles must be written as zeros.
     dz_ptrs = DZ + offs_n.to(tl.int64)[:, None] * stride_dzn + offs_v[None, :]
     tl.store(dz_ptrs, dz.to(DZ.dtype.element_ty), mask=mask_n[:, None] & mask_v[None, :])
