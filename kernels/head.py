@@ -140,6 +140,18 @@ def _grouped_tile(pid, N, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, GROUP
     return first_n + (pid % per_group) % group_size, (pid % per_group) // group_size
 
 
+@triton.jit
+def _backward_tile(pid, Gtok, N, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, GROUP_N: tl.constexpr):
+    """Offsets, masks and upstream gradients of this program's backward tile; ``live`` marks rows with g != 0."""
+    pid_n, pid_v = _grouped_tile(pid, N, V, BLOCK_N, BLOCK_V, GROUP_N)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_n = offs_n < N
+    mask_v = offs_v < V
+    g = tl.load(Gtok + offs_n, mask=mask_n, other=0.0)
+    return offs_n, offs_v, mask_n, mask_v, g, g != 0.0
+
+
 @triton.jit(do_not_specialize=["N", "ignore_index"])
 def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
                     N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, ignore_index, filter_eps,
@@ -152,14 +164,7 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
     ``Skipped`` (int32 [2]): [0] tiles skipped by the filter, [1] tiles skipped because every token has
     g = 0; written only when COUNT_SKIPS (a debug switch).
     """
-    pid_n, pid_v = _grouped_tile(tl.program_id(0), N, V, BLOCK_N, BLOCK_V, GROUP_N)
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    mask_n = offs_n < N
-    mask_v = offs_v < V
-    g = tl.load(Gtok + offs_n, mask=mask_n, other=0.0)
-    live = g != 0.0
+    offs_n, offs_v, mask_n, mask_v, g, live = _backward_tile(tl.program_id(0), Gtok, N, V, BLOCK_N, BLOCK_V, GROUP_N)
     if tl.sum(live.to(tl.int32), axis=0) == 0:
         if COUNT_SKIPS:
             tl.atomic_add(Skipped + 1, 1)
@@ -215,14 +220,7 @@ def head_dz_kernel(X, W, B, Labels, Lse, Gtok, DZ, DB,
     The launcher runs it over a bounded chunk of tokens into a [chunk, V] buffer and hands the two gradient
     GEMMs to cuBLAS: no atomics, at the price of writing and re-reading the chunk's dz once.
     """
-    pid_n, pid_v = _grouped_tile(tl.program_id(0), N, V, BLOCK_N, BLOCK_V, GROUP_N)
-
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    mask_n = offs_n < N
-    mask_v = offs_v < V
-    g = tl.load(Gtok + offs_n, mask=mask_n, other=0.0)
-    live = g != 0.0
+    offs_n, offs_v, mask_n, mask_v, g, live = _backward_tile(tl.program_id(0), Gtok, N, V, BLOCK_N, BLOCK_V, GROUP_N)
     dz = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     if tl.sum(live.to(tl.int32), axis=0) > 0:
         dz, p, is_target = _softmax_grad_tile(X, W, B, Labels, Lse, DB, g, live, offs_n, offs_v, mask_n, mask_v, Hd,

@@ -173,15 +173,20 @@ def _default_splits(n_blocks: int, v_tiles: int, device: torch.device, interpret
 
 
 # ---------------------------------------------------------------------------------------------- launchers
+def _launch_config(hidden: Tensor, override, backward: bool):
+    """(kernel module, interpreted?, config): ``override`` or the baked config of this GPU family and dtype."""
+    head, configs = _kernels(hidden.device)
+    interpreted = _is_interpreted(head.head_fwd_kernel)  # all kernels of the module share one mode
+    family = "interpreter" if interpreted else _family(hidden.device)
+    return head, interpreted, override or configs.baked(family, hidden.dtype == torch.float32)[int(backward)]
+
+
 def head_forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, ignore_index: int,
                  params: HeadParams) -> tuple[Tensor, Tensor]:
     """Per-token log-probs [N] fp32 (0 where ignored) and log-sum-exp [N] fp32 (0 where ignored)."""
-    head, configs = _kernels(hidden.device)
+    head, interpreted, cfg = _launch_config(hidden, params.fwd_config, backward=False)
     n, hd = hidden.shape
     v = weight.shape[0]
-    interpreted = _is_interpreted(head.head_fwd_kernel)
-    family = "interpreter" if interpreted else _family(hidden.device)
-    cfg = params.fwd_config or configs.baked(family, hidden.dtype == torch.float32)[0]
     splits = params.splits or _default_splits(_cdiv(n, cfg.block_n), _cdiv(v, cfg.block_v), hidden.device,
                                               interpreted)
     new = _poisoned if _flag("INPO_POISON_OUTPUTS") else torch.empty
@@ -204,13 +209,10 @@ def head_forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Te
 def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, lse: Tensor, g_tok: Tensor,
                   ignore_index: int, params: HeadParams, need: tuple[bool, bool, bool]):
     """fp32 gradients (dHidden, dWeight, dBias) -- None where not needed -- for per-token upstream ``g_tok``."""
-    head, configs = _kernels(hidden.device)
+    head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True)
     n, hd = hidden.shape
     v = weight.shape[0]
     dev = hidden.device
-    interpreted = _is_interpreted(head.head_bwd_kernel)
-    family = "interpreter" if interpreted else _family(dev)
-    cfg = params.bwd_config or configs.baked(family, hidden.dtype == torch.float32)[1]
     need_x, need_w, need_b = need
     dx = torch.zeros(n, hd, dtype=torch.float32, device=dev) if need_x else None
     dw = torch.zeros(v, hd, dtype=torch.float32, device=dev) if need_w else None
@@ -277,13 +279,10 @@ def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, l
     Returns dHidden in the input dtype (each token belongs to one chunk, so no accumulation is needed),
     dWeight and dBias in fp32.
     """
-    head, configs = _kernels(hidden.device)
+    head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True)
     n, hd = hidden.shape
     v = weight.shape[0]
     dev = hidden.device
-    interpreted = _is_interpreted(head.head_dz_kernel)
-    family = "interpreter" if interpreted else _family(dev)
-    cfg = params.bwd_config or configs.baked(family, hidden.dtype == torch.float32)[1]
     need_x, need_w, need_b = need
     budget = _DZ_BUDGET_BYTES["cuda" if dev.type == "cuda" else "cpu"]
     chunk = params.chunk_tokens or max(cfg.block_n, budget // (v * hidden.element_size()) // cfg.block_n * cfg.block_n)
