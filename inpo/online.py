@@ -21,7 +21,13 @@ prompt order. The samples therefore differ from a single-process run (other RNG 
 batches), but a run is deterministic for a given seed and W. Log-probs are computed by every rank on all
 sequences with plain models (π_ref, the twin), training uses the shared FSDP2
 :func:`~inpo.train.loop.train_phase`, evaluation runs on rank 0 and its result is broadcast; only rank 0
-writes files. ``--resume`` and ONPO are single-process only for now.
+writes files. ONPO's auxiliary chain π' is a second FSDP2-sharded model, trained and checkpointed beside the policy.
+
+Resume (``--resume``) works the same in one process and under torchrun, with two conditions under torchrun: the
+same number of processes as the run that wrote the checkpoint (it decides every rank's share of the prompts and of
+each step; a different one is refused with a clear error), and an output directory every rank can read (one
+node, or a shared filesystem): every rank reads the checkpoint and the iteration's files. Whether an iteration's
+files already exist is decided by rank 0 and broadcast, so all ranks take the same path through the collectives.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import torch
 from inpo.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 from inpo.train.config import TrainConfig, config_to_yaml
 from inpo.train.loop import (RunContext, StopRun, clear_run_dir, export_final, precompute_logps, resolve_device,
-                             train_phase, world_is_distributed)
+                             run_world_size, train_phase, world_is_distributed)
 
 __all__ = ["run_online", "run_offline", "run_training"]
 
@@ -151,6 +157,10 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
         run.truncate_metrics(run.global_step, keep_iters)
         run.print(f"[inpo] resuming from {path.name}: iteration {st['iteration']} phase {st['phase']} "
                   f"step {st.get('iter_step', 0)} (global {run.global_step})")
+        if ckpt["world_size"] != run_world_size():
+            raise ValueError(f"--resume: {path.name} was written by a run of {ckpt['world_size']} process(es), this run "
+                             f"has {run_world_size()}; resume with the same number of processes (it decides each "
+                             f"rank's share of the prompts and of every step)")
     elif run.is_main:
         if out.exists() and any(out.iterdir()):
             run.print(f"[inpo] starting fresh in {out} (a previous run's files are replaced; --resume continues it)")
@@ -158,7 +168,22 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
         out.mkdir(parents=True, exist_ok=True)
     if run.is_main:
         atomic_write_text(out / "config.yaml", config_to_yaml(cfg))
+    if world_is_distributed():
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has cleared / created the output directory before anyone reads or writes it
     return run, ckpt
+
+
+def _main_sees(path: Path) -> bool:
+    """Whether ``path`` is a file, as rank 0 sees it (broadcast under torchrun): the ranks must agree on which
+    phases to skip, since some of them (precomputing with a sharded model) are collective."""
+    seen = [path.is_file()]
+    if world_is_distributed():
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(seen, src=0)
+    return bool(seen[0])
 
 
 # Keys a resumed run may change: where/how it runs and how far it goes, not what it computes.
@@ -310,6 +335,9 @@ def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times:
     gathered in rank (= prompt) order so every rank holds the same data. Rank 0 writes the iteration's files."""
     import torch.distributed as dist
 
+    d = run.out / f"iter_{t:03d}"
+    if _main_sees(d / "data.jsonl"):  # a resumed iteration: its pairs were gathered and written before the crash
+        return _read_jsonl(d / "data.jsonl"), json.loads((d / "rank_stats.json").read_text())
     rank, world = dist.get_rank(), dist.get_world_size()
     prompts = _prompt_sets(cfg, t)
     _encode_checked(tokenizer, prompts, cfg)
@@ -339,7 +367,6 @@ def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times:
     stats["world_size"] = world
     stats["rank_units"] = [len(part["data"]) for part in parts]  # pairs (SPPO: sequences) each rank selected
     if run.is_main:
-        d = run.out / f"iter_{t:03d}"
         _write_jsonl(d / "samples.jsonl", [{"prompt": p, "responses": r} for part in parts
                                            for p, r in zip(part["prompts"], part["responses"])])
         atomic_write_text(d / "rank_stats.json", json.dumps(stats))
@@ -424,28 +451,20 @@ def run_online(config: TrainConfig) -> list[dict]:
     cfg = config
     distributed = world_is_distributed()
     plain = None  # under torchrun: the unsharded twin of the policy that generates, scores π_t and is evaluated
-    if distributed:
-        if cfg.resume:
-            raise NotImplementedError("--resume of an online run under torchrun is not supported yet (an FSDP2 "
-                                      "run's checkpoints are not resumable); start a fresh run")
-        if cfg.objective == "onpo":
-            raise NotImplementedError("ONPO online iterations run in one process for now (its auxiliary chain is "
-                                      "not sharded); use another objective under torchrun")
     device, tokenizer, ref, policy = _setup(cfg)
     if distributed:
-        import torch.distributed as dist
-
         from inpo.train.distributed import shard_policy
 
         plain = copy.deepcopy(ref)
         policy = shard_policy(policy)
     run, ckpt = _begin_run(cfg, device)
-    if distributed:
-        dist.barrier()  # rank 0 has cleared / created the output directory before anyone reads or writes it
     run.n_params = sum(p.numel() for p in policy.parameters())
     objective = cfg.make_objective()
     oracle = make_oracle(cfg.oracle, device=str(device), seed=cfg.seed)
-    aux = copy.deepcopy(ref).requires_grad_(True) if objective.name == "onpo" else None  # ONPO's π' chain, π'_0 = π_ref
+    aux = None
+    if objective.name == "onpo":  # ONPO's auxiliary chain π', π'_0 = π_ref; sharded like the policy under torchrun
+        aux = copy.deepcopy(ref).requires_grad_(True)
+        aux = shard_policy(aux) if distributed else aux
     start_iter, resume_phase, resume_step = 0, None, 0
     if ckpt is not None:
         st = ckpt["state"]
@@ -481,7 +500,7 @@ def run_online(config: TrainConfig) -> list[dict]:
                 pairwise = objective.pairwise
                 seqs = _sequences(tokenizer, data, pairwise, cfg)
                 logps_path = run.out / f"iter_{t:03d}" / "logps.safetensors"
-                if logps_path.is_file() and not distributed:
+                if _main_sees(logps_path):
                     logps = _load_tensors(logps_path)
                 else:
                     t0 = time.perf_counter()
@@ -543,11 +562,12 @@ def _onpo_iteration(cfg, run, t, policy, aux, seqs, logps, objective, ckpt, resu
                     resume_ckpt=ckpt if resume_phase == "aux" else None, extra_models={"policy": policy})
         resume_phase, resume_step, ckpt = None, 0, None
     next_aux_path = d / "logps_aux_next.safetensors"
-    if next_aux_path.is_file():
+    if _main_sees(next_aux_path):
         anchor = _load_tensors(next_aux_path)["aux_next"]
-    else:
+    else:  # under torchrun a collective pass: every rank scores every sequence with the sharded π'_{t+1}
         anchor = precompute_logps(aux, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
-        _save_tensors(next_aux_path, {"aux_next": anchor})
+        if run.is_main:
+            _save_tensors(next_aux_path, {"aux_next": anchor})
     train_phase(run, policy, seqs, {"anchor_logps": anchor}, objective, iteration=t, phase="train",
                 start_step=resume_step if resume_phase == "train" else 0,
                 resume_ckpt=ckpt if resume_phase == "train" else None, extra_models={"aux": aux})

@@ -19,24 +19,32 @@ from tests.test_online import model_dir, read_metrics  # noqa: F401  (fixture)
 ITER_KEYS = {"iteration", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "oracle_queries"}
 
 
-def _args(model_dir, out):
+def _args(model_dir, out, *extra):
     return ["--model", model_dir, "--output", str(out), "--iterations", "2", "--n-prompts", "8", "--k", "2",
             "--max-new-tokens", "6", "--n-eval", "3", "--eval-k", "1", "--batch-pairs", "2", "--epochs", "1",
-            "--lr", "1e-4", "--n-bootstrap", "20", "--impl", "torch", "--progress", "false", "--threads", "1"]
+            "--lr", "1e-4", "--n-bootstrap", "20", "--impl", "torch", "--progress", "false", "--threads", "1",
+            "--checkpoint-every", "1", "--keep-checkpoints", "50", *extra]
 
 
-def _spawn(model_dir, out, err):
-    mp.spawn(_worker, args=(2, _free_port(), _args(model_dir, out), str(err)), nprocs=2, join=True)
+def _spawn(model_dir, out, err, *extra):
+    mp.spawn(_worker, args=(2, _free_port(), _args(model_dir, out, *extra), str(err)), nprocs=2, join=True)
     errors = [p.read_text() for p in err.parent.glob(err.name + ".*")]
     assert not errors, errors
 
 
-def test_fsdp2_online_iteration_two_processes(model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def full_run(model_dir, tmp_path_factory):
+    """One uninterrupted 2-process, 2-iteration online INPO run (shared by the checks below)."""
+    tmp = tmp_path_factory.mktemp("fsdp_online")
+    _spawn(model_dir, tmp / "a", tmp / "err_a")
+    return tmp / "a"
+
+
+def test_fsdp2_online_iteration_two_processes(model_dir, full_run, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = tmp_path / "a"
-    _spawn(model_dir, out, tmp_path / "err_a")
+    out = full_run
     recs = read_metrics(out)
     iters = [r for r in recs if r["kind"] == "iteration"]
     steps = [r for r in recs if r["kind"] == "step"]
@@ -95,13 +103,98 @@ def test_fsdp2_online_iteration_two_processes(model_dir, tmp_path):
     assert it_b["win_rate"] == it["win_rate"]
 
 
-def test_resume_and_onpo_under_torchrun_say_not_supported(model_dir, tmp_path, monkeypatch):
-    """The unsupported torchrun cases fail clearly (checked in-process with a faked world size)."""
-    import inpo.online as online
-    from inpo.train.config import load_config, parse_overrides
+def _steps(out):
+    return [(r["step"], r["iteration"], r["phase"], r["loss"], r["grad_norm"]) for r in read_metrics(out)
+            if r["kind"] == "step"]
 
-    monkeypatch.setattr(online, "world_is_distributed", lambda: True)
-    for extra, msg in ((["--resume", "true"], "--resume"), (["--objective", "onpo"], "ONPO")):
-        cfg = load_config(None, parse_overrides(_args(model_dir, tmp_path / "x") + extra))
-        with pytest.raises(NotImplementedError, match=msg):
-            online.run_online(cfg)
+
+def test_resume_under_torchrun_is_bit_exact(model_dir, full_run, tmp_path):
+    """Stopped mid-iteration 0 and again mid-iteration 1, then resumed with the same 2 processes: the same steps,
+    losses, win-rates and final weights as the uninterrupted run, to the bit."""
+    from safetensors.torch import load_file
+
+    steps = _steps(full_run)
+    n0 = sum(1 for s in steps if s[1] == 0)
+    assert n0 >= 2 and len(steps) > n0 + 1
+    cut = tmp_path / "cut"
+    _spawn(model_dir, cut, tmp_path / "err_1", "--max-steps", str(n0 - 1))
+    assert len(_steps(cut)) == n0 - 1 and not (cut / "final").exists()
+    _spawn(model_dir, cut, tmp_path / "err_2", "--resume", "true", "--max-steps", str(n0 + 1))
+    _spawn(model_dir, cut, tmp_path / "err_3", "--resume", "true")
+    assert _steps(cut) == steps
+    wr = lambda out: [(r["iteration"], r["win_rate"], r["pairs"]) for r in read_metrics(out)  # noqa: E731
+                      if r["kind"] == "iteration"]
+    assert wr(cut) == wr(full_run) and len(wr(cut)) == 2
+    for t in (0, 1):
+        d = f"iter_{t:03d}"
+        assert (cut / d / "data.jsonl").read_text() == (full_run / d / "data.jsonl").read_text()
+    a = load_file(str(full_run / "final" / "model.safetensors"))
+    b = load_file(str(cut / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_onpo_under_torchrun_trains_both_chains(model_dir, tmp_path):
+    """ONPO's two regressions under FSDP2: π' (sharded like the policy) and π both train, π' is checkpointed
+    beside the policy, the anchor π'_{t+1} log-probs are π' as checkpointed, and a run stopped inside either
+    regression resumes bit-exactly."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from inpo.online import _sequences
+    from inpo.train.checkpoint import latest_checkpoint, load_checkpoint
+    from inpo.train.config import load_config, parse_overrides
+    from inpo.train.loop import precompute_logps
+
+    out = tmp_path / "onpo"
+    extra = ("--objective", "onpo", "--iterations", "1")
+    _spawn(model_dir, out, tmp_path / "err", *extra)
+    steps = [r for r in read_metrics(out) if r["kind"] == "step"]
+    phases = [r["phase"] for r in steps]
+    assert phases == sorted(phases) and set(phases) == {"aux", "train"}  # π' first, then π, same step count
+    assert phases.count("aux") == phases.count("train") > 0
+    (it,) = [r for r in read_metrics(out) if r["kind"] == "iteration"]
+    assert 0 <= it["win_rate"] <= 1 and it["pairs"] > 0
+    ck = load_checkpoint(latest_checkpoint(out))
+    assert ck["state"]["phase"] == "done" and ck["world_size"] == 2 and set(ck["extra_models"]) == {"aux"}
+    aux = AutoModelForCausalLM.from_pretrained(model_dir)
+    aux.load_state_dict({k.removeprefix("model."): v for k, v in ck["extra_models"]["aux"].items()})
+    ref = load_file(str(Path(model_dir) / "model.safetensors"))
+    assert any(not torch.equal(ref[k], v) for k, v in aux.state_dict().items() if k in ref)  # π' moved
+    cfg = load_config(None, parse_overrides(_args(model_dir, out, *extra)))
+    data = [json.loads(x) for x in (out / "iter_000" / "data.jsonl").read_text().splitlines()]
+    seqs = _sequences(AutoTokenizer.from_pretrained(model_dir), data, True, cfg)
+    anchor = load_file(str(out / "iter_000" / "logps_aux_next.safetensors"))["aux_next"]
+    torch.testing.assert_close(anchor, precompute_logps(aux, seqs, max_tokens=cfg.max_tokens, impl="torch"))
+
+    # stopped inside π''s regression and again inside π's, then resumed: the same run, to the bit
+    n_aux = phases.count("aux")
+    assert n_aux >= 2  # so that step 1 stops inside π''s regression
+    cut = tmp_path / "cut"
+    _spawn(model_dir, cut, tmp_path / "err_1", *extra, "--max-steps", "1")
+    _spawn(model_dir, cut, tmp_path / "err_2", *extra, "--resume", "true", "--max-steps", str(n_aux + 1))
+    assert [r["phase"] for r in read_metrics(cut) if r["kind"] == "step"] == ["aux"] * n_aux + ["train"]
+    _spawn(model_dir, cut, tmp_path / "err_3", *extra, "--resume", "true")
+    assert _steps(cut) == _steps(out)
+    a = load_file(str(out / "final" / "model.safetensors"))
+    b = load_file(str(cut / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_another_world_size_is_refused(model_dir, tmp_path):
+    """A checkpoint records the world size that wrote it; resuming with another one fails before any work."""
+    from inpo.train.checkpoint import latest_checkpoint
+    from inpo.train.cli import main as train_main
+    from tests.test_online import micro_args
+
+    out = tmp_path / "run"
+    assert train_main(micro_args(model_dir, out)) == 0
+    state_file = latest_checkpoint(out) / "state.json"
+    meta = json.loads(state_file.read_text())
+    assert meta["world_size"] == 1
+    meta["world_size"] = 2  # as if a 2-process torchrun run had written it
+    state_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"2 process\(es\), this run has 1.*same number of processes"):
+        from inpo.online import run_online
+        from inpo.train.config import load_config, parse_overrides
+
+        run_online(load_config(None, parse_overrides(micro_args(model_dir, out, "--resume", "true"))))

@@ -38,6 +38,10 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -142,7 +146,8 @@ def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: di
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in msd.items()}, tmp / "model.safetensors")
     for ename, esd in extras.items():
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in esd.items()}, tmp / f"{ename}.safetensors")
-    meta = {"state": state, "extra_models": sorted(extras), "format": 1}
+    # The world size is part of the data position: it decides each rank's share of a step and of the prompts.
+    meta = {"state": state, "extra_models": sorted(extras), "format": 1, "world_size": _world_size()}
     if osd is not None:
         otensors, ometa = _flatten_optimizer(osd)
         save_file(otensors, tmp / "optimizer.safetensors")
@@ -183,7 +188,8 @@ def latest_checkpoint(run_dir) -> Path | None:
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint directory → dict(state, model, optimizer, scheduler, rng, extra_models), all on CPU.
+    """Read a checkpoint directory → dict(state, model, optimizer, scheduler, rng, extra_models, world_size), all on
+    CPU (``world_size`` is that of the run that wrote it; 1 for checkpoints older than the field).
 
     Raises FileNotFoundError when it does not exist and :class:`CheckpointError` naming the file when a part
     is truncated or corrupt."""
@@ -206,7 +212,8 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"checkpoint file {str(path / 'state.json')!r} is missing or corrupt ({exc})") from exc
     out = {"state": meta["state"], "model": read("model.safetensors"), "scheduler": meta.get("scheduler"),
            "rng": (read("rng.safetensors"), meta.get("rng", {})), "path": path,
-           "extra_models": {n: read(f"{n}.safetensors") for n in meta.get("extra_models", [])}}
+           "extra_models": {n: read(f"{n}.safetensors") for n in meta.get("extra_models", [])},
+           "world_size": int(meta.get("world_size", 1))}
     out["optimizer"] = (_unflatten_optimizer(read("optimizer.safetensors"), meta["optimizer"])
                         if "optimizer" in meta else None)
     return out

@@ -14,7 +14,8 @@ Online INPO (or onpo / ipo / dpo / sppo via --objective) on the embedded default
 --oracle say otherwise; offline on TRL-style JSONL pairs with --data FILE.jsonl. Any config key is an option
 (dashes or underscores): e.g. --lr 5e-4 --epochs 1 --k 8 --eta 0.1 --ratio 0. Writes DIR/metrics.jsonl,
 DIR/checkpoints/, DIR/iter_*/ and the final policy (save_pretrained + tokenizer) to DIR/final.
-Multi-GPU: torchrun --nproc_per_node=N -m inpo train ... (FSDP2; online: no --resume/ONPO yet).
+Multi-GPU: torchrun --nproc_per_node=N -m inpo train ... (FSDP2; --resume needs the same N and an output
+directory every rank can read).
 
 config keys (default):
 """

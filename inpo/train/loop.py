@@ -95,8 +95,12 @@ class RunContext:
                 print(*args, flush=True)
 
     def truncate_metrics(self, global_step: int, keep_iterations: int) -> None:
-        """On resume: drop metric lines written after the checkpoint we resume from (they will be redone)."""
-        if not self.is_main or not self.metrics_path.is_file():
+        """On resume: drop metric lines written after the checkpoint we resume from (they will be redone).
+
+        Every rank reads the file (the records decide where a resumed run restarts, so all ranks must agree);
+        rank 0 alone rewrites it, atomically, so a rank reading meanwhile sees the old or the new lines, which
+        filter to the same records."""
+        if not self.metrics_path.is_file():
             return
         kept = []
         for line in self.metrics_path.read_text().splitlines():
@@ -109,7 +113,8 @@ class RunContext:
             if rec.get("kind") == "iteration" and rec.get("iteration", 0) >= keep_iterations:
                 continue
             kept.append(rec)
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        if self.is_main:
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
         self.records = kept
 
 
@@ -123,13 +128,28 @@ def _steps_of(n_units: int, batch: int, world: int) -> int:
     return full + (1 if tail >= world else 0)
 
 
+def reshard(model) -> None:
+    """Put an FSDP2 model's parameters back in their sharded form (no-op for a plain model).
+
+    The root unit keeps its parameters unsharded after a forward (``reshard_after_forward=False``) and only a
+    backward reshards them; after a no-grad forward the module would still hold the unsharded tensors, and an
+    optimizer built then would own tensors that are no longer the model's parameters."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 @torch.no_grad()
 def precompute_logps(model, seqs, *, max_tokens: int, impl: str = "auto", pairwise: bool = True) -> torch.Tensor:
-    """Every sequence's summed response log-prob under ``model`` (no grad), in dataset order → [S] fp32 CPU."""
+    """Every sequence's summed response log-prob under ``model`` (no grad), in dataset order → [S] fp32 CPU.
+    Collective for an FSDP2-sharded ``model``: every rank must call it with the same ``seqs``."""
     model.eval()
     out = torch.zeros(len(seqs), dtype=torch.float32)
     for batch in pack_sequences(seqs, max_tokens=max_tokens, pairwise=pairwise):
         out[batch.seq_ids] = sequence_logps_of(model, batch, impl=impl).cpu()
+    reshard(model)
     return out
 
 
@@ -150,6 +170,7 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
         raise ValueError(f"no training data: {n_units} {'pairs' if pairwise else 'sequences'} for "
                          f"{world} rank(s); lower batch_pairs or add prompts")
     total = spe * cfg.epochs
+    reshard(model)  # the optimizer must hold the sharded parameters, whatever ran on the model before
     optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
     scheduler = cosine_schedule(optimizer, total_steps=total, warmup_ratio=cfg.warmup_ratio,
                                 min_lr_ratio=cfg.min_lr_ratio)
@@ -259,6 +280,11 @@ def export_final(run: RunContext, model, tokenizer) -> Path:
 
 def world_is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def run_world_size() -> int:
+    """Processes in this run (1 without torchrun)."""
+    return _rank_world()[1]
 
 
 def ceil_div(a: int, b: int) -> int:
