@@ -13,7 +13,13 @@ from pathlib import Path
 
 @lru_cache(maxsize=1)
 def git_commit() -> str:
-    """Short commit of the working tree (``+dirty`` when it has uncommitted changes), or ``unknown``."""
+    """Short commit of the working tree (``+dirty`` when it has uncommitted changes), or ``unknown``.
+
+    ``INPO_COMMIT`` (when set and non-empty) wins: the GPU device machine gets a copy of the working tree
+    without ``.git``, so ``bench/device/run.sh`` passes the commit recorded on the machine that sent it."""
+    env = os.environ.get("INPO_COMMIT", "").strip()
+    if env:
+        return env
     root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
