@@ -30,6 +30,8 @@ def test_smoke_writes_well_formed_records(tmp_path, capsys):
         assert r["fwd_bwd_ms"] > 0 and r["floor_ms"] > 0 and r["tflops"] > 0
         assert r["floor_ratio"] == pytest.approx(r["fwd_bwd_ms"] / r["floor_ms"])
         assert r["tflops"] == pytest.approx(6 * 128 * 32 * 500 / (r["fwd_bwd_ms"] * 1e-3) / 1e12)
+        if r["impl"] != "gemm-floor":  # every timed impl's forward was checked against the fp32 reference
+            assert r["value_ok"] is True and 0 <= r["value_err"] < 1e-5, r
     by_inputs = {r["inputs"]: r["entropy"] for r in records}
     assert by_inputs["flat"] > 5.0  # near log(500) = 6.2
     assert 1.0 < by_inputs["peaked"] < 2.0  # bisected to 1.5 nats
@@ -66,3 +68,23 @@ def test_benchmark_cpu_head(benchmark, impl):
     p = head_bench.make_problem(512, 64, 4000, torch.float32, torch.device("cpu"), "flat")
     fn = head_bench.fwd_bwd_fn(impl, p)
     benchmark.pedantic(fn, rounds=3, warmup_rounds=1)
+
+
+def test_a_wrong_impl_is_flagged_and_fails_the_run(tmp_path, monkeypatch, capsys):
+    """The bench holds each impl's forward to the fp32 reference: an impl off by 1% is recorded as a mismatch
+    (value_ok False), named on stderr, and the run exits 1 -- a fast but wrong kernel cannot post a number."""
+    real = head_bench._head_runner
+
+    def runner(impl):
+        fn = real(impl)
+        return (lambda p, x, w: fn(p, x, w) * 1.01) if impl == "naive" else fn
+
+    monkeypatch.setattr(head_bench, "_head_runner", runner)
+    out = tmp_path / "head.jsonl"
+    rc = head_bench.main(["--smoke", "--shapes", "96x16x300", "--impls", "inpo-torch,naive", "--inputs", "flat",
+                          "--out", str(out)])
+    recs = {r["impl"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rc == 1
+    assert recs["inpo-torch"]["value_ok"] is True
+    assert recs["naive"]["value_ok"] is False and recs["naive"]["value_err"] == pytest.approx(0.01, rel=1e-3)
+    assert "VALUE MISMATCH" in capsys.readouterr().err

@@ -169,3 +169,40 @@ def test_cli_main(tmp_path, capsys):
                                                     ("a|b", "", "a\\|b")])
 def test_fmt(value, kind, expected):
     assert report.fmt(value, kind) == expected
+
+
+def _gpu_head(impl, inputs, ms, *, n=16384, h=2048, floor=10.0, mem=2**30, err=1e-5, ok=True, device=GPU):
+    return {"device": device, "impl": impl, "N": n, "H": h, "V": 128256, "dtype": "bf16", "inputs": inputs,
+            "fwd_bwd_ms": ms, "floor_ms": floor, "floor_ratio": ms / floor, "peak_mem_bytes": mem,
+            "value_err": err, "value_ok": ok, "commit": "abc123", "date": "2026-11-23T10:00:00+00:00"}
+
+
+def _statuses(targets):
+    return {t.name: t.status for t in targets}
+
+
+def test_head_targets_met_not_met_and_not_yet():
+    t = report.head_targets([])
+    assert set(_statuses(t).values()) == {report.NOT_YET} and len(t) == 5
+    recs = [_gpu_head("inpo-triton", "peaked", 11.5), _gpu_head("inpo-triton-chunked", "peaked", 12.5),
+            _gpu_head("cce", "peaked", 14.0, mem=2 * 2**30), _gpu_head("liger", "peaked", 50.0),
+            _gpu_head("inpo-triton", "flat", 14.0), _gpu_head("cce", "flat", 17.0, mem=2 * 2**30),
+            _gpu_head("liger", "flat", 60.0),
+            # not judged: a smoke shape, fp32, and a CPU record
+            _gpu_head("inpo-triton", "peaked", 99.0, n=256, h=64), dict(_gpu_head("liger", "flat", 1.0), dtype="fp32"),
+            _gpu_head("cce", "flat", 1.0, device="cpu-x86_64-2c")]
+    st = _statuses(report.head_targets(recs))
+    assert all(v == report.MET for v in st.values()), st
+    # 1.21× the floor on peaked inputs misses the 1.2× target even though flat (1.4× ≤ 1.45×) passes
+    worse = [r for r in recs if not (r["impl"].startswith("inpo-triton") and r["inputs"] == "peaked" and r["N"] == 16384)]
+    worse += [_gpu_head("inpo-triton", "peaked", 12.1)]
+    targets = {t.name: t for t in report.head_targets(worse)}
+    floor = targets["fused head fwd+bwd ≤ 1.2× GEMM floor (peaked), ≤ 1.45× (flat)"]
+    assert floor.status == report.NOT_MET and "✗ 1.21×" in floor.detail
+    # a fast but wrong kernel meets nothing: its records are not "ours", and the value target fails
+    wrong = [r for r in recs if r["impl"] != "inpo-triton"] + [_gpu_head("inpo-triton", "peaked", 5.0, err=0.3, ok=False)]
+    targets = {t.name: t for t in report.head_targets(wrong)}
+    assert targets["every timed impl matches the fp32 reference"].status == report.NOT_MET
+    assert "inpo-triton at 16384×2048×128256 peaked" in targets["every timed impl matches the fp32 reference"].detail
+    # the chunked mode (12.5 ms) is what is left for peaked: 1.25× > 1.2×
+    assert targets["fused head fwd+bwd ≤ 1.2× GEMM floor (peaked), ≤ 1.45× (flat)"].status == report.NOT_MET

@@ -228,11 +228,12 @@ baseline_systems() {
     local systems="inpo,inpo-naive-head"
     if pyimport_ok 'import liger_kernel.transformers'; then systems="$systems,liger"
     else echo "[run.sh] liger-kernel does not import: the liger system is skipped" >&2; fi
-    # TRL also needs datasets to build a Dataset (its fingerprinting pickles pyarrow types through dill).
-    if pyimport_ok 'import trl, datasets; datasets.Dataset.from_dict({"prompt": ["a"], "chosen": ["b"], "rejected": ["c"]})'; then
+    # TRL also needs datasets (the step bench builds its Dataset with an explicit fingerprint: see
+    # inpo.profiling.step_bench._in_memory_dataset for the dill/pyarrow failure that avoids).
+    if pyimport_ok 'import trl, datasets, pyarrow'; then
         systems="$systems,trl"
     else
-        echo "[run.sh] trl/datasets do not work here (import or Dataset.from_dict fails): the trl system is skipped" >&2
+        echo "[run.sh] trl/datasets/pyarrow do not import here: the trl system is skipped" >&2
     fi
     echo "$systems"
 }

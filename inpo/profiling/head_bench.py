@@ -187,6 +187,31 @@ def fwd_bwd_fn(impl: str, p: Problem) -> Callable[[], None]:
     return step
 
 
+# Relative error of an implementation's sequence log-probs against the fp32 reference above which a record is
+# flagged: 16-bit inputs are the same values in both (the reference upcasts them), so only accumulation order and
+# precision differ -- a wrong tile, a missed split or a bad mask gives errors orders of magnitude larger.
+VALUE_RTOL = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}
+
+
+@torch.no_grad()
+def reference_logps(p: Problem) -> torch.Tensor:
+    """[S] fp32 sequence log-probs of the problem's (already rounded) inputs, upcast: the check every impl's
+    forward is held to (``value_err`` in each record). Chunked, so it never holds [N, V] logits."""
+    from inpo.ops import torch_impl
+
+    return torch_impl.sequence_logps(p.hidden.float(), p.weight.float(), p.labels, p.cu_seqlens).float()
+
+
+def value_error(impl: str, p: Problem, ref: torch.Tensor) -> float:
+    """max |out − ref| / max(|ref|, 1) of one forward of ``impl`` (Liger's summed loss against ref.sum())."""
+    run = _head_runner(impl)
+    x = p.hidden.detach().requires_grad_(True)  # Liger forms its gradients inside the forward: leaves as timed
+    w = p.weight.detach().requires_grad_(True)
+    out = run(p, x, w).detach().float()
+    want = ref.sum() if out.dim() == 0 else ref
+    return float(((out - want).abs() / want.abs().clamp_min(1.0)).max())
+
+
 def gemm_floor(p: Problem, timer) -> dict:
     """The three GEMMs of the head at the same shapes and dtype, timed separately: {name: ms}."""
     x, w = p.hidden, p.weight
@@ -224,8 +249,9 @@ def run(shapes, impls, inputs_list, dtype: torch.dtype, device: torch.device, *,
     for n, h, v in shapes:
         for inputs in inputs_list:
             p = make_problem(n, h, v, dtype, device, inputs)
+            ref = None
             base = dict(env, N=n, H=h, V=v, dtype=dtype_name, inputs=inputs, entropy=round(p.entropy, 4),
-                        flops_useful=6 * n * h * v)
+                        flops_useful=6 * n * h * v, smoke=smoke)
             try:
                 floor_parts = gemm_floor(p, timer)
                 floor_ms = sum(floor_parts.values())
@@ -252,6 +278,9 @@ def run(shapes, impls, inputs_list, dtype: torch.dtype, device: torch.device, *,
                             peak = _peak_extra_bytes(fn, device)
                             t = timer(fn)
                             timing = dict(fwd_bwd_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, method=t.method)
+                            ref = reference_logps(p) if ref is None else ref
+                            err = value_error(impl, p, ref)
+                            timing.update(value_err=err, value_ok=err <= VALUE_RTOL[dtype_name])
                         ms = timing["fwd_bwd_ms"]
                         rec.update(timing, peak_mem_bytes=peak, tflops=6 * n * h * v / (ms * 1e-3) / 1e12,
                                    floor_ratio=(ms / floor_ms) if floor_ms else None)
@@ -265,7 +294,7 @@ def run(shapes, impls, inputs_list, dtype: torch.dtype, device: torch.device, *,
                 if out is not None:
                     append_jsonl(out, rec)
                 log(_fmt(rec))
-            del p
+            del p, ref
             release_memory(device)
     return records
 
@@ -276,7 +305,9 @@ def _fmt(r: dict) -> str:
         return f"{head}  -- {r.get('skipped') or r.get('error')}"
     mem = f"{r['peak_mem_bytes'] / 2**30:.2f} GiB" if r.get("peak_mem_bytes") is not None else "n/a"
     ratio = f"{r['floor_ratio']:.2f}x floor" if r.get("floor_ratio") else "no floor"
-    return f"{head}  {r['fwd_bwd_ms']:9.3f} ms  {r['tflops']:7.2f} TFLOP/s  {ratio}  peak {mem}"
+    check = "" if r.get("value_err") is None else (f"  err {r['value_err']:.1e}" if r.get("value_ok") else
+                                                   f"  VALUE MISMATCH: err {r['value_err']:.2e} vs the fp32 reference")
+    return f"{head}  {r['fwd_bwd_ms']:9.3f} ms  {r['tflops']:7.2f} TFLOP/s  {ratio}  peak {mem}{check}"
 
 
 def _parse_shapes(text: str) -> list[tuple[int, int, int]]:
@@ -335,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(records)} records appended to {out}")
     else:
         print(json.dumps({"records": len(records), "note": "not written (pass --out)"}))
+    wrong = [f"{r['impl']} {r['N']}x{r['H']}x{r['V']} {r['inputs']}" for r in records if r.get("value_ok") is False]
+    if wrong:
+        print(f"VALUE MISMATCH against the fp32 reference (> {VALUE_RTOL[records[0]['dtype']]:g} relative): "
+              f"{', '.join(wrong)}", file=sys.stderr)
+        return 1
     failed = [r for r in records if r.get("error")]
     return 1 if failed and all(r.get("fwd_bwd_ms") is None for r in records) else 0
 

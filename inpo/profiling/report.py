@@ -231,6 +231,66 @@ def iteration_targets(iters: list[dict]) -> list[Target]:
     return [Target(name, MET if ratio <= 1.3 else NOT_MET, f"{ratio:.2f}× on {r['device']}")]
 
 
+# The fused-head issue's GPU targets: fwd+bwd / floor per inputs kind, speed-ups over the baselines, memory.
+HEAD_FLOOR_TARGET = {"peaked": 1.2, "flat": 1.45}
+OURS = ("inpo-triton", "inpo-triton-chunked")
+
+
+def head_targets(recs: list[dict]) -> list[Target]:
+    """The GPU head targets on the latest bf16 records at the issue's shapes. A target is met only when it holds
+    at every measured (shape, inputs); "ours" is the faster of the two Triton backward modes, named in the detail.
+    A record whose forward disagreed with the fp32 reference (``value_ok`` False) cannot meet anything."""
+    from inpo.profiling.head_bench import SHAPES
+
+    rows = [r for r in latest(recs, HEAD_KEY) if is_gpu(r) and r.get("dtype") == "bf16" and not r.get("smoke")
+            and (r.get("N"), r.get("H"), r.get("V")) in SHAPES]
+    cases: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        cases[(r["device"], r["N"], r["H"], r["V"], r.get("inputs"))][str(r.get("impl"))] = r
+    names = {"floor": "fused head fwd+bwd ≤ 1.2× GEMM floor (peaked), ≤ 1.45× (flat)",
+             "cce": "fused head ≥ 1.2× faster than CCE + epilogue", "liger": "fused head ≥ 4× faster than Liger",
+             "mem": "fused head extra memory ≤ CCE's", "value": "every timed impl matches the fp32 reference"}
+    verdicts: dict[str, list[tuple[bool, str]]] = defaultdict(list)
+    checked: list[tuple[bool, float, str]] = []
+    for (dev, n, h, v, inputs), by in cases.items():
+        where = f"{n}×{h}×{v} {inputs} on {dev}"
+        for impl, r in by.items():
+            if r.get("value_ok") is not None:
+                checked.append((bool(r["value_ok"]), float(r.get("value_err") or 0.0), f"{impl} at {where}"))
+        timed = [by[m] for m in OURS if m in by and by[m].get("fwd_bwd_ms") and by[m].get("value_ok") is not False]
+        if not timed:
+            continue
+        ours = min(timed, key=lambda r: r["fwd_bwd_ms"])
+        tag = f"{ours['impl']} at {where}"
+        if ours.get("floor_ratio") is not None and inputs in HEAD_FLOOR_TARGET:
+            verdicts["floor"].append((ours["floor_ratio"] <= HEAD_FLOOR_TARGET[inputs],
+                                      f"{ours['floor_ratio']:.2f}× ({tag})"))
+        for base, need in (("cce", 1.2), ("liger", 4.0)):
+            b = by.get(base)
+            if b and b.get("fwd_bwd_ms"):
+                sp = b["fwd_bwd_ms"] / ours["fwd_bwd_ms"]
+                verdicts[base].append((sp >= need, f"{sp:.2f}× ({tag})"))
+        c = by.get("cce")
+        if c and c.get("peak_mem_bytes") and ours.get("peak_mem_bytes") is not None:
+            verdicts["mem"].append((ours["peak_mem_bytes"] <= c["peak_mem_bytes"],
+                                    f"{fmt(ours['peak_mem_bytes'], 'bytes')} vs {fmt(c['peak_mem_bytes'], 'bytes')} "
+                                    f"({tag})"))
+    if checked:
+        bad = [f"✗ {w} (error {e:.2e})" for ok, e, w in checked if not ok]
+        verdicts["value"] = [(not bad, "; ".join(bad) if bad else
+                              f"{len(checked)} records, max relative error {max(e for _, e, _ in checked):.1e}")]
+    out = []
+    for key, name in names.items():
+        got = verdicts.get(key)
+        if not got:
+            out.append(Target(name, NOT_YET, "needs bf16 GPU head records at the issue's shapes (`inpo bench head`)"
+                              + (" with Liger/CCE installed" if key in ("cce", "liger", "mem") else "")))
+            continue
+        status = MET if all(ok for ok, _ in got) else NOT_MET
+        out.append(Target(name, status, "; ".join(("" if ok else "✗ ") + d for ok, d in got)))
+    return out
+
+
 def head_cpu_targets(recs: list[dict]) -> list[Target]:
     """The native CPU head issue's targets, on the latest head-cpu records per shape."""
     rows = latest(recs, HEAD_KEY)
@@ -421,7 +481,8 @@ def render(res: Results, out_path: Path, plots: dict[str, Path], results_dir: Pa
     steps_all = res.families.get("step", [])
     iters_all = res.families.get("iteration", [])
     L += ["## Targets", "", table(
-        [t.__dict__ for t in step_targets(steps_all) + iteration_targets(iters_all)],
+        [t.__dict__ for t in head_targets(res.families.get("head", [])) + step_targets(steps_all)
+         + iteration_targets(iters_all)],
         [("target", "name", ""), ("status", "status", lambda r: f"**{r['status']}**"), ("measured", "detail", "")]),
         ""]
     cpu_head = head_cpu_targets(res.families.get("head-cpu", []))
@@ -490,7 +551,8 @@ def render(res: Results, out_path: Path, plots: dict[str, Path], results_dir: Pa
                                ("dtype", "dtype", ""), ("inputs", "inputs", ""), ("entropy", "entropy", ""),
                                ("fwd+bwd ms", "fwd_bwd_ms", ""), ("floor ms", "floor_ms", ""),
                                ("floor ratio", "floor_ratio", "x"), ("TFLOP/s", "tflops", ""),
-                               ("peak mem", "peak_mem_bytes", "bytes"), *PROVENANCE]), ""]
+                               ("peak mem", "peak_mem_bytes", "bytes"), ("value err", "value_err", ""),
+                               *PROVENANCE]), ""]
         else:
             L += [f"No `{fam}` results recorded yet." + (" (no GPU results recorded yet)" if fam == "head" else ""),
                   ""]
@@ -504,8 +566,9 @@ def render(res: Results, out_path: Path, plots: dict[str, Path], results_dir: Pa
           f"({_rel(games, base)})." if games.exists() else
           "No games report yet (`make games` writes `bench/results/games/report.md`).", ""]
     L += ["## How to reproduce", "",
-          "On the GPU machine, install the optional baselines first (`pip install trl datasets accelerate "
-          "liger-kernel`, never a different torch); each bench skips a missing baseline with a message.", "",
+          "On the GPU machine, install the optional baselines first (`pip install -e .[bench]`: trl, datasets, "
+          "accelerate, liger-kernel, cut-cross-entropy; never a different torch); each bench skips a missing baseline "
+          "with a message. On the lent offline device machine follow `bench/device/README.md`.", "",
           "```bash",
           "inpo bench head          # GPU microbench of the fused head", "inpo bench head-cpu      # native CPU head",
           "inpo bench step          # end-to-end step vs TRL / naive head / Liger, with the OOM sweep",

@@ -258,7 +258,7 @@ def _trl(cfg: StepBenchConfig, device: torch.device, micro_tokens: int) -> Prepa
         rows["prompt"].append(words(seqs[i][0]))
         rows["chosen"].append(" " + words(seqs[i][1][:-1]))
         rows["rejected"].append(" " + words(seqs[i + 1][1][:-1]))
-    dataset = datasets.Dataset.from_dict(rows)
+    dataset = _in_memory_dataset(datasets, rows, f"inpo-step-bench-{cfg.seed}-{cfg.seq_len}-{len(seqs)}-{vocab}")
     times: list[float] = []
 
     class StepTimer(TrainerCallback):
@@ -293,6 +293,16 @@ def _trl(cfg: StepBenchConfig, device: torch.device, micro_tokens: int) -> Prepa
 
     return Prepared(step, b * cfg.accum * 2 * cfg.seq_len, [cfg.seq_len] * (2 * b * cfg.accum), cleanup,
                     {"trl": trl.__version__, "per_device_train_batch_size": b, "runs_own_loop": True})
+
+
+def _in_memory_dataset(datasets, rows: dict, fingerprint: str):
+    """``datasets.Dataset`` over an in-memory Arrow table with a given fingerprint. ``Dataset.from_dict`` would
+    fingerprint the table by pickling it through dill, which fails with some dill/pyarrow pairs
+    (``PicklingError: Can't pickle <class 'MonthDayNano'>``, seen with dill 0.4.1 + pyarrow 26); the data is
+    generated from a seed, so the seed-derived name is a faithful fingerprint."""
+    import pyarrow as pa
+
+    return datasets.Dataset(pa.table(rows), fingerprint=fingerprint)
 
 
 def word_level_tokenizer(vocab_size: int):
