@@ -6,7 +6,7 @@ STAMP := $(VENV)/.inpo-installed
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup train test test-slow test-all bench games experiments clean
+.PHONY: setup train test test-gpu test-slow test-all bench games experiments clean
 
 setup: $(STAMP)
 
@@ -21,10 +21,16 @@ $(STAMP): pyproject.toml setup.py
 train: setup
 	$(VENV)/bin/inpo train --output runs/default
 
-# pytest exits 5 when it collected nothing: a vanished suite is a failure, not a pass.
+# pytest exits 5 when it collected nothing: a vanished suite is a failure, not a pass. The GPU is hidden so that
+# the Triton kernels run under the interpreter on CPU (a process compiles them or interprets them, not both);
+# `make test-gpu` runs the GPU tier (compiled kernels, bf16, big shapes).
 test: setup
-	@$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	@CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests collected (pytest exit 5)" >&2; exit 1; fi; exit $$rc
+
+test-gpu: setup
+	@$(PY) -m pytest -q -m "gpu" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-gpu: no tests collected (pytest exit 5)" >&2; exit 1; fi; exit $$rc
 
 test-slow: setup
 	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)

@@ -1,0 +1,52 @@
+"""The suite's tiers: on a CUDA machine the interpreter tier is skipped (it needs TRITON_INTERPRET=1, which a
+process with compiled kernels cannot have), the GPU tier runs; on a CPU machine the GPU tier is skipped."""
+
+import types
+
+from tests import conftest
+
+
+class _Item:
+    def __init__(self, module, gpu=False, params=None):
+        self.module = types.SimpleNamespace(__name__=f"tests.{module}")
+        self.keywords = {"gpu": True} if gpu else {}
+        if params is not None:
+            self.callspec = types.SimpleNamespace(params=params)
+        self.markers = []
+
+    def add_marker(self, m):
+        self.markers.append(m)
+
+
+def _items():
+    return {"interp": _Item("test_triton_head"), "gpu": _Item("test_triton_head", gpu=True),
+            "head-triton": _Item("test_head", params={"impl": "triton", "dtype": object()}),
+            "head-torch": _Item("test_head", params={"impl": "torch"}), "other": _Item("test_games")}
+
+
+def _skipped(items):
+    return {k for k, it in items.items() if it.markers}
+
+
+def test_cuda_machine_skips_the_interpreter_tier(monkeypatch):
+    monkeypatch.setattr(conftest.torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    items = _items()
+    conftest.pytest_collection_modifyitems(None, list(items.values()))
+    assert _skipped(items) == {"interp", "head-triton"}
+    assert "CUDA_VISIBLE_DEVICES=" in items["interp"].markers[0].kwargs["reason"]
+
+
+def test_cpu_machine_skips_the_gpu_tier(monkeypatch):
+    monkeypatch.setattr(conftest.torch.cuda, "is_available", lambda: False)
+    items = _items()
+    conftest.pytest_collection_modifyitems(None, list(items.values()))
+    assert _skipped(items) == {"gpu"}
+
+
+def test_cuda_machine_with_the_interpreter_forced_skips_nothing(monkeypatch):
+    monkeypatch.setattr(conftest.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    items = _items()
+    conftest.pytest_collection_modifyitems(None, list(items.values()))
+    assert _skipped(items) == set()
