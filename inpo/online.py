@@ -90,11 +90,22 @@ def _load_tokenizer(cfg: TrainConfig):
 def _attn_impl(cfg: TrainConfig, device: torch.device) -> str | None:
     if cfg.attn_implementation:
         return cfg.attn_implementation
-    from inpo._optional import available
+    from inpo._optional import available, optional
 
-    if device.type == "cuda" and available("flash_attn"):
-        return "flash_attention_2"  # varlen kernels read the packed boundaries from the reset position ids
-    return None  # transformers' default (sdpa): per-document attention from position ids with use_cache=False
+    # Installed is not enough: a flash-attn wheel built against another torch fails only at import (undefined
+    # symbol), which transformers would hit at the first forward; such a wheel falls back to sdpa with a warning.
+    if device.type == "cuda" and available("flash_attn") and optional("flash_attn") is not None:
+        from transformers.utils import is_flash_attn_2_available
+
+        if is_flash_attn_2_available():
+            return "flash_attention_2"  # varlen kernels read the packed boundaries from the reset position ids
+    if device.type == "cuda":
+        # Packed rows under sdpa would get a full [N, N] block-causal mask (N² work, no flash path): one causal sdpa
+        # call per document instead (inpo/train/attention.py).
+        from inpo.train.attention import register
+
+        return register()
+    return None  # CPU: transformers' default (sdpa), per-document masks from position ids with use_cache=False
 
 
 def _prepare_policy(cfg: TrainConfig, model, device):

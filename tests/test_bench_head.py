@@ -88,3 +88,23 @@ def test_a_wrong_impl_is_flagged_and_fails_the_run(tmp_path, monkeypatch, capsys
     assert recs["inpo-torch"]["value_ok"] is True
     assert recs["naive"]["value_ok"] is False and recs["naive"]["value_err"] == pytest.approx(0.01, rel=1e-3)
     assert "VALUE MISMATCH" in capsys.readouterr().err
+
+
+def test_liger_runs_per_sequence_like_ours(monkeypatch):
+    """Liger is timed on the same task as ours and CCE: per-sequence log-probs under a per-sequence upstream
+    gradient (reduction="none" + segment sum), so its values and gradients match our head's (CPU: interpreter)."""
+    liger = pytest.importorskip("liger_kernel.transformers")
+    if head_bench.unavailable_reason("liger", torch.device("cpu")):
+        pytest.skip("Liger needs TRITON_INTERPRET=1 on CPU")
+    del liger
+    p = head_bench.make_problem(128, 32, 500, torch.float32, torch.device("cpu"), "flat")
+    grads = {}
+    for impl in ("liger", "inpo-torch"):
+        x = p.hidden.detach().requires_grad_(True)
+        w = p.weight.detach().requires_grad_(True)
+        out = head_bench._head_runner(impl)(p, x, w)
+        assert out.shape == p.upstream.shape
+        out.backward(p.upstream)
+        grads[impl] = (out.detach(), x.grad, w.grad)
+    for a, b in zip(grads["liger"], grads["inpo-torch"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -37,7 +37,8 @@ def test_step_smoke_writes_records(tmp_path):
     assert on_disk == json.loads(json.dumps(records, default=str))
     steps = [r for r in on_disk if r["kind"] == "step"]
     sweeps = [r for r in on_disk if r["kind"] == "sweep"]
-    assert {r["system"] for r in steps} == {"inpo", "inpo-naive-head"}
+    optional = {s for s in ("trl", "liger") if not step_bench.skip_reason(s, torch.device("cpu"))}
+    assert {r["system"] for r in steps} == {"inpo", "inpo-naive-head"} | optional
     for r in steps:
         assert REQUIRED <= set(r)
         assert r["device"].startswith("cpu") and r["smoke"] is True and r["model"] == "tiny"
@@ -47,7 +48,12 @@ def test_step_smoke_writes_records(tmp_path):
         assert r["max_tokens_before_oom"] == 256 and r["oom_reached"] is False
         assert r["peak_mem_bytes"] is None  # no allocator statistics on CPU
         assert r["nvml"].startswith("no NVML")
-    assert {r["impl"] for r in steps} == {"torch", "naive"}
+        assert r["attn_implementation"] == "sdpa"  # auto on CPU; --attn-implementation overrides
+    assert {r.get("impl") for r in steps} == {"torch", "naive"} | ({"liger-flce"} if "liger" in optional else set()) \
+        | ({None} if "trl" in optional else set())
+    for r in steps:
+        if r["system"] == "trl":  # TRL's configs default to gradient checkpointing; ours keeps activations
+            assert r["gradient_checkpointing"] is False and r["runs_own_loop"] is True
     # the sweep doubled from one pair (128 tokens) to the limit
     assert sorted({r["micro_batch_tokens"] for r in sweeps}) == [128, 256]
     if not step_bench.available("trl"):
@@ -92,7 +98,8 @@ def test_make_pairs_shapes():
 
 
 @pytest.mark.parametrize("kw, match", [(dict(model="gpt5"), "model"), (dict(micro_batch_tokens=100), "one pair"),
-                                       (dict(systems=("inpo", "vllm")), "systems"), (dict(accum=0), "accum")])
+                                       (dict(systems=("inpo", "vllm")), "systems"), (dict(accum=0), "accum"),
+                                       (dict(attn="xformers"), "attn")])
 def test_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         smoke_config(**kw).validate()
@@ -143,3 +150,31 @@ def test_benchmark_tiny_train_step(benchmark):
     finally:
         p.cleanup()
     assert stats["tokens"] == p.tokens_per_step == 512 and stats["loss"] > 0
+
+
+def test_sweep_records_survive_a_main_measurement_cut_off(tmp_path, monkeypatch):
+    """On the device a 10-minute limit can kill a system mid-run: its sweep records are on disk already."""
+    out = tmp_path / "step.jsonl"
+    real = step_bench._measure_point
+
+    def measure_point(system, cfg, device, micro_tokens, *, nvml, **kw):
+        if nvml:  # the main measurement (sweep points run without NVML)
+            raise KeyboardInterrupt("killed at the deadline")
+        return real(system, cfg, device, micro_tokens, nvml=nvml, **kw)
+
+    monkeypatch.setattr(step_bench, "_measure_point", measure_point)
+    with pytest.raises(KeyboardInterrupt):
+        step_bench.run(smoke_config(out=str(out), systems=("inpo",), impl="torch", sweep_limit_tokens=256),
+                       log=lambda _: None)
+    recs = _read(out)
+    assert [r["kind"] for r in recs] == ["sweep", "sweep"] and {r["max_tokens_before_oom"] for r in recs} == {256}
+
+
+def test_attn_implementation_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert step_bench.attn_implementation(cpu) == "sdpa"
+    assert step_bench.attn_implementation(cuda, "flex_attention") == "flex_attention"
+    if not step_bench.available("flash_attn"):
+        assert step_bench.attn_implementation(cuda) == "sdpa"
+    with pytest.raises(ValueError, match="attn"):
+        step_bench.attn_implementation(cpu, "xformers")

@@ -1,5 +1,7 @@
 """HF sampler: reproducible for a seed, K per prompt, bounded length, stops at eos, left padding."""
 
+import os
+
 import pytest
 import torch
 
@@ -104,3 +106,46 @@ def test_vllm_backend_without_vllm_says_what_to_install(model, tok):
         pytest.skip("vllm is installed")
     with pytest.raises(ImportError, match="vllm"):
         make_sampler("vllm", "/nonexistent", tok)
+
+
+def test_vllm_sampler_exports_the_current_weights_of_an_in_memory_model(model, tok, tmp_path, monkeypatch):
+    """Given a model object, vLLM must load *its* weights, not the directory in config._name_or_path (π_ref's)."""
+    import types
+
+    import inpo._optional
+    from safetensors.torch import load_file
+
+    seen = {}
+
+    class FakeLLM:
+        def __init__(self, model, tokenizer, **kw):
+            seen["path"] = model
+            seen["weights"] = load_file(os.path.join(model, "model.safetensors"))
+            seen["tok"] = os.path.isfile(os.path.join(tokenizer, "tokenizer.json"))
+
+    fake = types.SimpleNamespace(LLM=FakeLLM, SamplingParams=dict)
+    monkeypatch.setattr(inpo._optional, "require", lambda name: fake)
+    stale = tmp_path / "ref"
+    stale.mkdir()
+    monkeypatch.setattr(model.config, "_name_or_path", str(stale))
+    from inpo.generation.vllm import VLLMSampler
+
+    s = VLLMSampler(model, tok)
+    assert seen["path"] != str(stale) and seen["tok"]
+    torch.testing.assert_close(seen["weights"]["model.norm.weight"], model.model.norm.weight.detach())
+    with pytest.raises(ValueError, match="tokenizer"):
+        VLLMSampler(model, None)
+    del s
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_flash_attention_fp32_model_samples_under_bf16_autocast_on_cuda(model, monkeypatch):
+    """flash-attn rejects fp32: an fp32 flash_attention_2 model must generate under bf16 autocast on CUDA."""
+    from inpo.generation.hf import _flash_autocast
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert not isinstance(_flash_autocast(model, cuda), torch.autocast)  # sdpa: unchanged
+    monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2")
+    ctx = _flash_autocast(model, cuda)
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and ctx.device == "cuda"
+    assert not isinstance(_flash_autocast(model, cpu), torch.autocast)

@@ -201,6 +201,32 @@ def test_oom_sweep_stops_at_limit_and_when_start_fails():
     assert res.max_fit is None and res.oom_at == 2
 
 
+def test_oom_sweep_releases_memory_after_the_failed_step_is_gone(monkeypatch):
+    """On CUDA, release_memory (gc + empty_cache) can only return the failed step's blocks to the driver once
+    nothing pins its tensors: the exception's traceback keeps the failing frame's locals alive until the except
+    block ends, so the release must come after it."""
+    import weakref
+
+    from inpo.profiling import sweep
+
+    class Activation:  # stands in for the failed step's tensors
+        pass
+
+    refs, alive_at_release = [], []
+
+    def try_size(n):
+        if n > 4:
+            act = Activation()
+            refs.append(weakref.ref(act))
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {}
+
+    monkeypatch.setattr(sweep, "release_memory", lambda device=None: alive_at_release.append(refs[-1]() is not None))
+    res = sweep.oom_sweep(try_size, start=2, limit=64, device="cuda")
+    assert res.oom_at == 8 and res.max_fit == 4
+    assert alive_at_release == [False]
+
+
 def test_oom_sweep_propagates_real_bugs():
     def buggy(n):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")

@@ -135,3 +135,83 @@ def test_step_on_cuda_bf16_autocast_reduces_loss():
                         {"ref_logps": ref, "anchor_logps": ref}) for _ in range(10)]
     assert next(model.parameters()).dtype == torch.float32
     assert stats[-1]["loss"] < 0.5 * stats[0]["loss"]
+
+
+def test_hidden_and_head_follow_autocast_dtype():
+    """Under autocast (bf16 on CUDA) a Llama body still returns fp32 hidden states (fp32 residual stream): the
+    fused head must get them in the autocast dtype with a differentiable cast of the fp32 weight, not fp32."""
+    model = tiny_model(True, seed=6)
+    (batch,) = pack_sequences(pair_seqs(2, seed=6), max_tokens=10_000, pairwise=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden, weight, bias = hidden_and_head(model, batch.input_ids, batch.position_ids)
+    assert hidden.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and bias is None
+    (hidden.float().sum() + weight.float().sum()).backward()
+    assert model.lm_head.weight.dtype == torch.float32 and model.lm_head.weight.grad is not None
+    assert model.model.layers[0].mlp.down_proj.weight.grad is not None  # through the hidden cast into the body
+    hidden, weight, _ = hidden_and_head(model, batch.input_ids, batch.position_ids)  # no autocast: fp32 stays
+    assert hidden.dtype == weight.dtype == torch.float32
+
+
+def test_flash_attention_only_when_it_imports(monkeypatch):
+    """On CUDA flash_attention_2 is picked only when flash-attn actually imports (an ABI-broken wheel is common)."""
+    import types
+
+    import transformers.utils
+
+    import inpo._optional
+    from inpo.online import _attn_impl
+    from inpo.train.config import TrainConfig
+
+    cfg, cuda = TrainConfig(), torch.device("cuda", 0)
+    monkeypatch.setattr(inpo._optional, "available", lambda name: True)
+    monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
+    monkeypatch.setattr(inpo._optional, "optional", lambda name, warn=True: None)  # installed, fails to import
+    assert _attn_impl(cfg, cuda) is None
+    monkeypatch.setattr(inpo._optional, "optional", lambda name, warn=True: types.ModuleType(name))
+    assert _attn_impl(cfg, cuda) == "flash_attention_2"
+    assert _attn_impl(cfg, torch.device("cpu")) is None
+
+
+def test_cuda_step_records_reset_peak_memory_and_mfu(tmp_path, monkeypatch):
+    """On CUDA each step record holds that step's peak (stats reset before the step) and an MFU against the
+    board's dense bf16 peak (PCIe/NVL boards share the h100 slug but not the peak)."""
+    import types
+
+    from inpo.train import loop
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: calls.append(("peak", device)) or 123)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    cfg = types.SimpleNamespace(batch_pairs=2, epochs=1, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95),
+                                warmup_ratio=0.0, min_lr_ratio=0.0, seed=0, max_tokens=10_000, max_grad_norm=1.0,
+                                impl="torch", max_steps=None, checkpoint_every=0, keep_checkpoints=1)
+    run = loop.RunContext(cfg=cfg, out=tmp_path, device=torch.device("cuda", 0), n_params=1000)
+    model, seqs = tiny_model(True, seed=7), pair_seqs(4, seed=7)
+    ref = precompute_logps(model, seqs, max_tokens=10_000, impl="torch")
+    loop.train_phase(run, model, seqs, {"ref_logps": ref, "anchor_logps": ref}, INPO(eta=0.5), iteration=0)
+    steps = [r for r in run.records if r["kind"] == "step"]
+    assert len(steps) == 2 and [c[0] for c in calls] == ["reset", "peak"] * 2
+    assert all(r["peak_mem_bytes"] == 123 for r in steps)
+    assert steps[0]["mfu"] == pytest.approx(6.0 * 1000 * steps[0]["tokens"] / steps[0]["step_time_s"] / 756e12)
+    assert loop.peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12 and loop.peak_bf16_flops("Tesla T4") is None
+
+
+def test_nccl_session_sets_the_device_before_init_and_names_it_in_the_barrier(monkeypatch):
+    import torch.distributed as dist
+
+    from inpo.train.distributed import distributed_session
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", d)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append(("init", backend)))
+    monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
+    monkeypatch.setattr(dist, "barrier", lambda *a, **kw: calls.append(("barrier", kw.get("device_ids"))))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a: calls.append(("destroy",)))
+    with distributed_session() as is_main:
+        assert not is_main
+    assert calls == [("set_device", 1), ("init", "nccl"), ("barrier", [1]), ("destroy",)]

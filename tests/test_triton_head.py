@@ -268,6 +268,30 @@ def test_cpu_interpreter_chosen_lazily_or_clear_error():
     assert "RuntimeError" in early.stdout and "TRITON_INTERPRET=1" in early.stdout, early.stdout + early.stderr[-2000:]
 
 
+def test_launches_make_the_tensors_device_current(monkeypatch):
+    """Triton launches on the current CUDA device, not the tensors': every launcher enters a guard for them."""
+    guard = triton_impl._on_device(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1  # built without touching CUDA
+    seen = []
+    real = triton_impl._on_device
+    monkeypatch.setattr(triton_impl, "_on_device", lambda dev: seen.append(dev) or real(dev))
+    prob = _problem()
+    _run(prob, keys=("hidden", "weight"))
+    _run(prob, keys=("hidden", "weight"), bwd_mode="chunked", chunk_tokens=100)
+    assert len(seen) == 5 and all(d == prob["hidden"].device for d in seen), seen  # fwd, bwd, fwd, 2 dz chunks
+
+
+def test_addmm_fp32_probe_is_per_device_type(monkeypatch):
+    """CPU torch has no out_dtype GEMM and settles on "lowp"; that answer must not be reused for CUDA tensors."""
+    monkeypatch.setattr(triton_impl, "_ADDMM_FP32", {})
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 5, generator=g).bfloat16(), torch.randn(5, 3, generator=g).bfloat16()
+    acc = torch.ones(8, 3)
+    triton_impl._addmm_fp32(acc, a, b)
+    torch.testing.assert_close(acc, 1 + a.float() @ b.float(), rtol=1e-2, atol=1e-2)
+    assert set(triton_impl._ADDMM_FP32) == {"cpu"}
+
+
 def test_config_tables():
     assert device_family(None) == "interpreter"
     assert device_family((9, 0)) == "sm90" and device_family((8, 0)) == "sm80" and device_family((7, 5)) == "fallback"
@@ -352,12 +376,17 @@ def test_gpu_autotune_path(monkeypatch):
 
 @pytest.mark.gpu
 def test_gpu_default_filter_on_peaked_bf16():
-    """The benchmark's peaked inputs (entropy ~1.5 nats): the default bf16 filter skips tiles, values are
-    untouched and the gradients move by about one bf16 rounding of their largest entry at most."""
+    """Sharply peaked inputs: the default bf16 filter skips tiles, values are untouched and the gradients move
+    by about one bf16 rounding of their largest entry at most.
+
+    The benchmark's "peaked" inputs (entropy ~1.5 nats, Gaussian off-target logits of std 2) put ~5% of all
+    entries above 2^-16, so no 128x128 tile is ever filtered there; their hidden states doubled (logits x2,
+    entropy ~0.01 nats) leave ~11% of the tiles filterable (simulated in fp32 on CPU: 454 of 4000 tiles,
+    filter error <= 2^-12 of each gradient's largest entry)."""
     from inpo.profiling.head_bench import make_problem as bench_problem
 
     p = bench_problem(2048, 512, 32000, torch.bfloat16, torch.device("cuda"), "peaked")
-    prob = dict(hidden=p.hidden, weight=p.weight, labels=p.labels, cu_seqlens=p.cu_seqlens, bias=None)
+    prob = dict(hidden=p.hidden * 2, weight=p.weight, labels=p.labels, cu_seqlens=p.cu_seqlens, bias=None)
     on, off = {}, {}
     out1, g1, _ = _run(prob, stats=on)
     out0, g0, _ = _run(prob, filter_eps=0.0, stats=off)
@@ -365,5 +394,6 @@ def test_gpu_default_filter_on_peaked_bf16():
     assert torch.equal(out1, out0)
     for k in g0:
         scale = g0[k].float().abs().max().item()
-        # 2^-7: one bf16 ulp of the largest entry from atomic-order rounding flips, plus the filter's own error.
-        assert (g1[k].float() - g0[k].float()).abs().max().item() <= scale * 2.0**-7, k
+        # 2^-6: one bf16 ulp (<= 2^-7 of the largest entry) from atomic-order rounding flips, plus the filter's
+        # own error (~2^-12) and the extra rounding flip it can cause.
+        assert (g1[k].float() - g0[k].float()).abs().max().item() <= scale * 2.0**-6, k

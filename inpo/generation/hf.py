@@ -7,8 +7,27 @@ import time
 from collections.abc import Sequence
 
 from inpo.generation.base import Sampler, check_sample_args
+from inpo.train.attention import sdpa_for_generation
 
 __all__ = ["HFSampler"]
+
+
+def _flash_autocast(model, device):
+    """bf16 autocast for a flash-attention model with fp32 weights on CUDA, else a no-op context.
+
+    flash-attn only takes fp16/bf16; transformers casts fp32 queries to the autocast dtype when autocast is on
+    and otherwise to the Linear weights' dtype -- fp32 for our fp32 master weights, which flash-attn rejects
+    ("FlashAttention only support fp16 and bf16 data type"). The trainer's body runs under bf16 autocast anyway.
+    """
+    import contextlib
+
+    import torch
+
+    attn = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "")
+    p = next(model.parameters(), None)
+    if device.type == "cuda" and "flash" in attn and p is not None and p.dtype == torch.float32:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class HFSampler(Sampler):
@@ -71,7 +90,9 @@ class HFSampler(Sampler):
         self.model.eval()
         fork_devices = [device] if device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=fork_devices), torch.inference_mode():
+            with torch.random.fork_rng(devices=fork_devices), torch.inference_mode(), _flash_autocast(self.model,
+                                                                                                   device), \
+                    sdpa_for_generation(self.model):  # padding + KV-cache masks: inpo_varlen is for packed rows
                 torch.manual_seed(seed)
                 for start in range(0, len(rows), self.batch_size):
                     chunk = rows[start:start + self.batch_size]

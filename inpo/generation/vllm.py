@@ -1,7 +1,7 @@
 """Sampling with vLLM (GPU), used only when ``vllm`` is installed (imported through ``inpo._optional``).
 
-vLLM loads weights from a directory, so the online loop exports π_t (``save_pretrained``) and builds a
-new sampler from that directory each iteration.
+vLLM loads weights from a directory: given an in-memory model (the online loop passes π_t), the sampler
+exports its current weights (``save_pretrained``) to a temporary directory and builds the engine from it.
 """
 
 from __future__ import annotations
@@ -23,11 +23,26 @@ class VLLMSampler(Sampler):
         from inpo._optional import require
 
         self._vllm = require("vllm")  # ImportError saying what to install
-        path = model if isinstance(model, (str, os.PathLike)) else getattr(getattr(model, "config", None),
-                                                                            "_name_or_path", None)
+        self._export_dir = None
+        if isinstance(model, (str, os.PathLike)):
+            path = model
+        elif isinstance(model, __import__("torch").nn.Module):
+            # An in-memory policy: export its *current* weights. Its config's ``_name_or_path`` names the
+            # directory it was first loaded from (π_ref), so loading that would silently sample π_ref every
+            # iteration instead of π_t.
+            if tokenizer is None:
+                raise ValueError("VLLMSampler needs the tokenizer to export an in-memory model for vLLM")
+            import tempfile
+
+            from inpo.train.model import export_policy
+
+            self._export_dir = tempfile.TemporaryDirectory(prefix="inpo-vllm-")
+            path = str(export_policy(model, tokenizer, self._export_dir.name))
+        else:
+            path = None
         if not path or not os.path.isdir(path):
-            raise ValueError("VLLMSampler needs a local model directory (vLLM loads weights from disk); export "
-                             f"the policy with save_pretrained() first, got {model!r:.80}")
+            raise ValueError("VLLMSampler needs a local model directory (vLLM loads weights from disk) or a "
+                             f"transformers model to export, got {model!r:.80}")
         if tokenizer is None:
             from inpo.data.tokenizer import load_tokenizer
 

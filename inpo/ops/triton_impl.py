@@ -34,6 +34,7 @@ otherwise (triton imported without it, or the kernels already built for the GPU)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -145,6 +146,13 @@ def _family(device: torch.device) -> str:
     return device_family(torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
 
 
+def _on_device(device: torch.device):
+    """Triton launches on the *current* CUDA device and its current stream, not on the tensors' device: make
+    the tensors' device current for the launch (inputs on cuda:1 while cuda:0 is current would otherwise run on
+    the wrong GPU with foreign pointers)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -194,10 +202,11 @@ def head_forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Te
     args = (hidden, weight, bias if bias is not None else hidden, labels, part[0], part[1], part[2],
             n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, splits)
     flags = dict(HAS_BIAS=bias is not None, **_dot_flags(hidden.dtype, interpreted))
-    if _flag("INPO_AUTOTUNE") and not interpreted and params.fwd_config is None:
-        _autotuned(head.head_fwd_kernel, False)[lambda meta: (_cdiv(n, meta["BLOCK_N"]), splits)](*args, **flags)
-    else:
-        head.head_fwd_kernel[(_cdiv(n, cfg.block_n), splits)](*args, **flags, **cfg.meta(backward=False))
+    with _on_device(hidden.device):
+        if _flag("INPO_AUTOTUNE") and not interpreted and params.fwd_config is None:
+            _autotuned(head.head_fwd_kernel, False)[lambda meta: (_cdiv(n, meta["BLOCK_N"]), splits)](*args, **flags)
+        else:
+            head.head_fwd_kernel[(_cdiv(n, cfg.block_n), splits)](*args, **flags, **cfg.meta(backward=False))
     part_m, part_s, part_t = part
     valid = labels != ignore_index
     # Merge the splits; an empty split (or an all-ignored block) has m = -inf, s = 0 and drops out.
@@ -225,13 +234,14 @@ def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: T
             n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, eps)
     flags = dict(HAS_BIAS=bias is not None, COMPUTE_DX=need_x, COMPUTE_DW=need_w, COMPUTE_DB=need_b,
                  FILTER=eps > 0, COUNT_SKIPS=params.stats is not None, **_dot_flags(hidden.dtype, interpreted))
-    if _flag("INPO_AUTOTUNE") and not interpreted and params.bwd_config is None:
-        grid = lambda meta: (_cdiv(n, meta["BLOCK_N"]) * _cdiv(v, meta["BLOCK_V"]),)  # noqa: E731
-        _autotuned(head.head_bwd_kernel, True)[grid](*args, **flags)
-        cfg = None
-    else:
-        head.head_bwd_kernel[(_cdiv(n, cfg.block_n) * _cdiv(v, cfg.block_v),)](*args, **flags,
-                                                                               **cfg.meta(backward=True))
+    with _on_device(dev):
+        if _flag("INPO_AUTOTUNE") and not interpreted and params.bwd_config is None:
+            grid = lambda meta: (_cdiv(n, meta["BLOCK_N"]) * _cdiv(v, meta["BLOCK_V"]),)  # noqa: E731
+            _autotuned(head.head_bwd_kernel, True)[grid](*args, **flags)
+            cfg = None
+        else:
+            head.head_bwd_kernel[(_cdiv(n, cfg.block_n) * _cdiv(v, cfg.block_v),)](*args, **flags,
+                                                                                   **cfg.meta(backward=True))
     if params.stats is not None:
         if cfg is None:  # autotuned: the tile count belongs to whichever config won
             total = None
@@ -242,16 +252,16 @@ def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: T
     return dx, dw, db
 
 
-_ADDMM_FP32 = None  # which fp32-accumulating addmm works here (probed once; see _addmm_fp32)
+_ADDMM_FP32: dict[str, str] = {}  # device type -> the fp32-accumulating addmm that works there (see _addmm_fp32)
 
 
 def _addmm_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
     """acc (fp32) += a @ b for fp16/bf16 a, b, accumulating in fp32 without a bf16 rounding of a @ b.
 
     CUDA torch has ``addmm(..., out_dtype=float32)``; where it is missing, fall back to an fp32 temporary
-    (``mm(out_dtype=...)``) and, last, to a GEMM in the input dtype (one rounding per chunk).
+    (``mm(out_dtype=...)``) and, last, to a GEMM in the input dtype (one rounding per chunk). Probed once per
+    device type: CPU torch has neither out_dtype op, and its "lowp" answer must not stick to CUDA tensors.
     """
-    global _ADDMM_FP32
     if a.dtype == torch.float32:
         acc.addmm_(a, b)
         return
@@ -260,15 +270,16 @@ def _addmm_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
         "mm": lambda: acc.add_(torch.mm(a, b, out_dtype=torch.float32)),
         "lowp": lambda: acc.add_((a @ b).float()),
     }
-    if _ADDMM_FP32 is not None:
-        tries[_ADDMM_FP32]()
+    known = _ADDMM_FP32.get(acc.device.type)
+    if known is not None:
+        tries[known]()
         return
     for name, fn in tries.items():
         try:
             fn()
         except (RuntimeError, TypeError, NotImplementedError):
             continue
-        _ADDMM_FP32 = name
+        _ADDMM_FP32[acc.device.type] = name
         return
 
 
@@ -298,9 +309,11 @@ def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, l
         c1 = min(n, c0 + chunk)
         x, dz = hidden[c0:c1], dz_buf[:c1 - c0]
         grid = (_cdiv(c1 - c0, cfg.block_n) * _cdiv(v, cfg.block_v),)
-        head.head_dz_kernel[grid](x, weight, bias if bias is not None else hidden, labels[c0:c1], lse[c0:c1],
-                                  g_tok[c0:c1], dz, db if need_b else lse, c1 - c0, v, hd, x.stride(0), x.stride(1),
-                                  weight.stride(0), weight.stride(1), dz.stride(0), ignore_index, **flags, **meta)
+        with _on_device(dev):
+            head.head_dz_kernel[grid](x, weight, bias if bias is not None else hidden, labels[c0:c1], lse[c0:c1],
+                                      g_tok[c0:c1], dz, db if need_b else lse, c1 - c0, v, hd, x.stride(0),
+                                      x.stride(1), weight.stride(0), weight.stride(1), dz.stride(0), ignore_index,
+                                      **flags, **meta)
         if need_x:
             torch.mm(dz, weight, out=dx[c0:c1])
         if need_w:

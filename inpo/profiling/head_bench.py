@@ -10,9 +10,10 @@ Implementations: ``inpo-triton`` (fused atomic backward), ``inpo-triton-chunked`
 ``inpo-torch``, ``inpo-native`` (when built), ``naive``, ``torch-compile``
 (torch.compile of the chunked torch impl), ``liger`` (LigerFusedLinearCrossEntropyLoss), ``cce``
 (cut_cross_entropy.linear_cross_entropy, reduction="none", plus a segment-sum epilogue), ``gemm-floor``.
-Liger and CCE are imported through :mod:`inpo._optional` and skipped with a note when missing. Liger forms
-its gradients inside the forward and scales them only by a scalar upstream gradient, so it runs with
-reduction="sum" (uniform token weights): it is timed as the cost of a fused CE, not for per-sequence values.
+Liger and CCE are imported through :mod:`inpo._optional` and skipped with a note when missing. Both run with
+reduction="none" plus a segment-sum epilogue, so every impl computes the same per-sequence log-probs under the
+same per-sequence upstream gradient (Liger >= 0.8.5 recomputes its logits in the backward for that, as we do;
+its reduction="sum" fast path forms gradients in the forward and could not weight sequences).
 
 Inputs: ``flat`` (random hidden states: near-uniform softmax, entropy ≈ log V) and ``peaked`` (hidden states
 aligned with their target's weight row, scaled by bisection so the mean token entropy is ≈ 1.5 nats, like a
@@ -143,10 +144,12 @@ def _head_runner(impl: str) -> Callable[[Problem, torch.Tensor, torch.Tensor], t
     if impl == "liger":
         liger = require("liger_kernel.transformers")
 
-        # Liger forms its gradients inside the forward and can only scale them by a scalar upstream gradient, so
-        # it runs with reduction="sum": the same FLOPs, uniform token weights (see the module docstring).
-        loss_fn = liger.LigerFusedLinearCrossEntropyLoss(ignore_index=-100, reduction="sum")
-        return lambda p, x, w: -loss_fn(w, x, p.labels)
+        # reduction="none" + a segment sum, like CCE: the task is per-sequence log-probs under an arbitrary
+        # upstream gradient. Liger >= 0.8.5 then recomputes the logits in its backward to fold the per-token
+        # gradient in (as our fused head must); reduction="sum" would time its cheaper forward-only-gradients path,
+        # which cannot weight sequences differently (see the module docstring).
+        loss_fn = liger.LigerFusedLinearCrossEntropyLoss(ignore_index=-100, reduction="none")
+        return lambda p, x, w: _segment_sum(-loss_fn(w, x, p.labels), p)
     if impl == "cce":
         linear_cross_entropy = require("cut_cross_entropy").linear_cross_entropy
 
@@ -182,7 +185,7 @@ def fwd_bwd_fn(impl: str, p: Problem) -> Callable[[], None]:
     def step():
         x.grad = w.grad = None
         out = run(p, x, w)
-        out.backward(p.upstream if out.dim() else None)  # 0-dim: Liger's summed loss
+        out.backward(p.upstream if out.dim() else None)  # 0-dim: a summed loss
 
     return step
 
@@ -203,7 +206,7 @@ def reference_logps(p: Problem) -> torch.Tensor:
 
 
 def value_error(impl: str, p: Problem, ref: torch.Tensor) -> float:
-    """max |out − ref| / max(|ref|, 1) of one forward of ``impl`` (Liger's summed loss against ref.sum())."""
+    """max |out − ref| / max(|ref|, 1) of one forward of ``impl`` (a 0-dim output against ref.sum())."""
     run = _head_runner(impl)
     x = p.hidden.detach().requires_grad_(True)  # Liger forms its gradients inside the forward: leaves as timed
     w = p.weight.detach().requires_grad_(True)
@@ -256,10 +259,10 @@ def run(shapes, impls, inputs_list, dtype: torch.dtype, device: torch.device, *,
                 floor_parts = gemm_floor(p, timer)
                 floor_ms = sum(floor_parts.values())
             except Exception as exc:  # noqa: BLE001 -- a missing floor must not lose the other records
-                if is_oom(exc):
-                    release_memory(device)
                 floor_parts, floor_ms = {}, None
                 log(f"gemm floor failed at N={n} H={h} V={v}: {type(exc).__name__}: {exc}")
+            if floor_ms is None:
+                release_memory(device)  # after the except block: its traceback no longer pins the failed tensors
             for impl in impls:
                 rec = dict(base, impl=impl, floor_ms=floor_ms, floor_gemm_ms=floor_parts)
                 reason = unavailable_reason(impl, device)
@@ -286,10 +289,13 @@ def run(shapes, impls, inputs_list, dtype: torch.dtype, device: torch.device, *,
                                    floor_ratio=(ms / floor_ms) if floor_ms else None)
                     except Exception as exc:  # noqa: BLE001 -- record the failure (OOM, missing GPU op) and go on
                         oom = is_oom(exc)
-                        if oom:
-                            release_memory(device)
                         rec.update(fwd_bwd_ms=None, floor_ratio=None, tflops=None, peak_mem_bytes=None,
                                    error="oom" if oom else f"{type(exc).__name__}: {str(exc)[:300]}")
+                    if rec.get("error") == "oom":
+                        # After the except block, whose traceback pinned the failed impl's tensors (fn's closure,
+                        # its [N, V] intermediates): only now can the cache go back to the driver.
+                        fn = None
+                        release_memory(device)
                 records.append(rec)
                 if out is not None:
                     append_jsonl(out, rec)

@@ -67,6 +67,7 @@ class StepBenchConfig:
     sweep_reps: int = 2
     objective: str = "inpo"
     impl: str = "auto"  # our fused head's impl for the "inpo" and "liger"-less systems (auto = triton on CUDA)
+    attn: str = "auto"  # transformers attn_implementation of every system's model (see attn_implementation)
     lr: float = 1e-6
     out: str | None = None
     trace: str | None = None
@@ -88,6 +89,8 @@ class StepBenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.attn not in ATTN_CHOICES:
+            raise ValueError(f"attn must be one of {list(ATTN_CHOICES)}, got {self.attn!r}")
         bad = [s for s in self.systems if s not in SYSTEMS]
         if bad or not self.systems:
             raise ValueError(f"systems must be a non-empty subset of {list(SYSTEMS)}, got {list(self.systems)}")
@@ -108,12 +111,30 @@ def model_config(name: str):
     return LlamaConfig(**MODEL_SHAPES[name])
 
 
-def attn_implementation(device: torch.device) -> str:
-    """flash-attn varlen when installed on CUDA (packed documents without a mask), else transformers' sdpa."""
-    return "flash_attention_2" if device.type == "cuda" and available("flash_attn") else "sdpa"
+ATTN_CHOICES = ("auto", "inpo_varlen", "sdpa", "flex_attention", "flash_attention_2", "eager")
 
 
-def build_model(name: str, device: torch.device, seed: int):
+def attn_implementation(device: torch.device, choice: str = "auto") -> str:
+    """``auto``: flash-attn varlen when installed on CUDA (packed documents without a mask), else on CUDA
+    ``inpo_varlen`` (one causal sdpa call per packed document, inpo/train/attention.py), else transformers' sdpa.
+    Why not plain sdpa for the packed systems (ours, naive head, Liger): transformers turns packed position_ids
+    into a materialised [N, N] block-causal mask, so attention costs the full N² of the micro-batch (not Σ s_i²)
+    and the mask grows with N² in the OOM sweep, while TRL's padded rows take sdpa's is_causal path (TRL keeps
+    sdpa when this resolves to inpo_varlen). ``flex_attention`` (block-sparse mask, compiled) is another
+    mask-free choice; the chosen value is recorded as ``attn_implementation``."""
+    if choice not in ATTN_CHOICES:
+        raise ValueError(f"attn must be one of {ATTN_CHOICES}, got {choice!r}")
+    if choice == "auto":
+        choice = "flash_attention_2" if device.type == "cuda" and available("flash_attn") else (
+            "inpo_varlen" if device.type == "cuda" else "sdpa")
+    if choice == "inpo_varlen":
+        from inpo.train.attention import register
+
+        register()
+    return choice
+
+
+def build_model(name: str, device: torch.device, seed: int, attn: str = "auto"):
     """Random-init causal LM from a shape config; fp32 master weights (the trainer autocasts the body to bf16)."""
     from transformers import AutoModelForCausalLM
 
@@ -121,7 +142,7 @@ def build_model(name: str, device: torch.device, seed: int):
     cfg = model_config(name)
     # Initialise on the device itself: a 1B random init on the host costs tens of seconds per sweep point.
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation(device),
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation(device, attn),
                                                  dtype=torch.float32)
     return model.to(device)
 
@@ -174,7 +195,7 @@ def _ours(cfg: StepBenchConfig, device: torch.device, micro_tokens: int, *, impl
     n_pairs = _pairs_per_micro(cfg, micro_tokens) * cfg.accum
     seqs = make_pairs(n_pairs, cfg.seq_len, MODEL_SHAPES[cfg.model]["vocab_size"], cfg.seed)
     batches = pack_sequences(seqs, max_tokens=micro_tokens, pairwise=True)
-    model = build_model(cfg.model, device, cfg.seed)
+    model = build_model(cfg.model, device, cfg.seed, cfg.attn)
     optimizer = make_optimizer(model, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     g = torch.Generator().manual_seed(cfg.seed + 1)
@@ -276,9 +297,15 @@ def _trl(cfg: StepBenchConfig, device: torch.device, micro_tokens: int) -> Prepa
                          learning_rate=cfg.lr, max_length=cfg.seq_len, bf16=device.type == "cuda",
                          optim="adamw_torch_fused" if device.type == "cuda" else "adamw_torch",
                          lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, logging_steps=10**6,
+                         # TRL's configs default to gradient_checkpointing=True; our step keeps every activation,
+                         # so recomputing TRL's forward would charge it ~1/3 more compute (and let it fit larger
+                         # micro-batches in the OOM sweep): same regime for both.
+                         gradient_checkpointing=False,
                          save_strategy="no", report_to="none", dataloader_num_workers=0, seed=cfg.seed,
                          use_cpu=device.type != "cuda")
-    model = build_model(cfg.model, device, cfg.seed)
+    attn = attn_implementation(device, cfg.attn)
+    attn = "sdpa" if attn == "inpo_varlen" else attn  # TRL pads its rows: it needs transformers' masks
+    model = build_model(cfg.model, device, cfg.seed, attn)
     trainer = trl.DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                              callbacks=[StepTimer()])
 
@@ -292,7 +319,8 @@ def _trl(cfg: StepBenchConfig, device: torch.device, micro_tokens: int) -> Prepa
         del model, trainer
 
     return Prepared(step, b * cfg.accum * 2 * cfg.seq_len, [cfg.seq_len] * (2 * b * cfg.accum), cleanup,
-                    {"trl": trl.__version__, "per_device_train_batch_size": b, "runs_own_loop": True})
+                    {"trl": trl.__version__, "per_device_train_batch_size": b, "runs_own_loop": True,
+                     "attn_implementation": attn, "gradient_checkpointing": bool(args.gradient_checkpointing)})
 
 
 def _in_memory_dataset(datasets, rows: dict, fingerprint: str):
@@ -404,7 +432,8 @@ def _trace(system: str, cfg: StepBenchConfig, device, path: str) -> str:
 
 
 def run(cfg: StepBenchConfig, *, log: Callable[[str], None] = print) -> list[dict]:
-    """Run the bench; append and return the records (skipped systems are logged, not recorded)."""
+    """Run the bench; append the records as they are made (a system's sweep, then its step record) and return
+    them (skipped systems are logged, not recorded)."""
     cfg.validate()
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     env = environment_info(device)
@@ -414,7 +443,7 @@ def run(cfg: StepBenchConfig, *, log: Callable[[str], None] = print) -> list[dic
         f"({peak['gemm_dtype']}, n={peak['gemm_n']}); model {cfg.model} "
         f"({matmul_params(model_config(cfg.model)) / 1e6:,.1f} M matmul params), seq_len {cfg.seq_len}")
     common = {**env, "torch_threads": torch.get_num_threads(), "model": cfg.model, "seq_len": cfg.seq_len, "accum": cfg.accum, "objective": cfg.objective,
-              "attn_implementation": attn_implementation(device),
+              "attn_implementation": attn_implementation(device, cfg.attn),
               "precision": "bf16-autocast/fp32-master" if device.type == "cuda" else "fp32", "smoke": cfg.smoke,
               **{k: v for k, v in peak.items() if k != "peak_flops"}}
     records: list[dict] = []
@@ -441,9 +470,11 @@ def run(cfg: StepBenchConfig, *, log: Callable[[str], None] = print) -> list[dic
             max_fit, oom_reached = res.max_fit, res.oom_reached
             log(f"[bench step] {system}: largest micro-batch {max_fit} tokens "
                 + (f"(OOM at {res.oom_at})" if oom_reached else f"(no OOM up to the {cfg.sweep_limit_tokens} limit)"))
-            for pt in sweep_points:
-                records.append({**common, "system": system, "kind": "sweep", "max_tokens_before_oom": max_fit,
-                                "oom_reached": oom_reached, **pt})
+            sweep_recs = [{**common, "system": system, "kind": "sweep", "max_tokens_before_oom": max_fit,
+                           "oom_reached": oom_reached, **pt} for pt in sweep_points]
+            if sweep_recs:  # written now: a main measurement cut off by the device's time limit keeps them
+                append_jsonl(out, sweep_recs)
+                records += sweep_recs
             if max_fit is None:
                 log(f"[bench step] {system}: even one pair ({2 * cfg.seq_len} tokens) does not fit — no step record")
                 continue
@@ -452,6 +483,7 @@ def run(cfg: StepBenchConfig, *, log: Callable[[str], None] = print) -> list[dic
         rec = {**common, "system": system, "kind": "step", "max_tokens_before_oom": max_fit,
                "oom_reached": oom_reached, "sweep_limit_tokens": cfg.sweep_limit_tokens if cfg.sweep else None,
                **point}
+        append_jsonl(out, rec)
         records.append(rec)
         mfu_txt = f"{rec['mfu'] * 100:.1f}%" if rec["mfu"] is not None else "n/a"
         log(f"[bench step] {system}: {rec['step_median_ms']:.1f} ms/step (p20 {rec['step_p20_ms']:.1f}, "
@@ -464,7 +496,6 @@ def run(cfg: StepBenchConfig, *, log: Callable[[str], None] = print) -> list[dic
         else:
             log(f"[bench step] trace of one {system} step: {_trace(system, cfg, device, cfg.trace)}")
     if records:
-        append_jsonl(out, records)
         log(f"[bench step] appended {len(records)} records to {out}")
     return records
 
@@ -496,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objective", default=None, choices=["inpo", "ipo", "dpo", "onpo"])
     ap.add_argument("--impl", default=None, choices=["auto", "triton", "torch", "native", "naive"],
                     help="our head's impl for the 'inpo' system (default auto)")
+    ap.add_argument("--attn-implementation", dest="attn", default=None, choices=ATTN_CHOICES,
+                    help="transformers attention of every system's model (default auto: flash_attention_2 when "
+                         "flash-attn imports on CUDA, else sdpa)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--no-sweep", action="store_true", help="skip the OOM sweep")
@@ -506,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in dict(model=args.model, seq_len=args.seq_len,
                                        micro_batch_tokens=args.micro_batch_tokens, accum=args.accum,
-                                       objective=args.objective, impl=args.impl, warmup=args.warmup, reps=args.reps,
+                                       objective=args.objective, impl=args.impl, attn=args.attn,
+                                       warmup=args.warmup, reps=args.reps,
                                        sweep_limit_tokens=args.sweep_limit_tokens, trace=args.trace, out=args.out,
                                        device=args.device).items() if v is not None}
     if args.systems:

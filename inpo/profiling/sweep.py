@@ -40,12 +40,16 @@ def oom_sweep(try_size: Callable[[int], dict], *, start: int, limit: int, factor
     result = SweepResult(max_fit=None, oom_at=None, limit=limit)
     size = start
     while size <= limit:
+        oom = False
         try:
             point = try_size(size)
         except Exception as exc:
             if not is_oom(exc):
                 raise
-            del exc  # the traceback pins the failed step's tensors
+            oom = True
+        if oom:
+            # Only here, after the except block, is the exception (and the traceback whose frames pin the failed
+            # step's model, optimiser and activations) gone: inside it, gc + empty_cache could free nothing.
             release_memory(device)
             result.oom_at = size
             return result

@@ -29,13 +29,15 @@ def distributed_session():
         yield (not dist.is_initialized()) or dist.get_rank() == 0
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank)  # before init: NCCL communicators bind to the current device
     dist.init_process_group(backend)
     try:
         yield dist.get_rank() == 0
     finally:
-        dist.barrier()
+        # NCCL: name the device, or the barrier guesses one (rank % GPUs, with a warning) for this process.
+        dist.barrier(device_ids=[local_rank]) if backend == "nccl" else dist.barrier()
         dist.destroy_process_group()
 
 

@@ -31,8 +31,22 @@ from inpo.train.step import sequence_logps_of, train_step
 
 __all__ = ["RunContext", "train_phase", "precompute_logps", "StopRun", "peak_memory_bytes", "resolve_device"]
 
-# Dense bf16 peak FLOP/s for MFU (GPU only; CPU has no meaningful single number).
+# Dense bf16 peak FLOP/s for MFU (GPU only; CPU has no meaningful single number). SXM parts; the PCIe / NVL
+# boards share the slug but not the clocks (H100 PCIe 756, H100/H200 NVL 835 TFLOP/s).
 _PEAK_BF16 = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "l40s": 362e12, "b200": 2250e12}
+_PEAK_BF16_VARIANT = {("h100", "pcie"): 756e12, ("h100", "nvl"): 835e12, ("h200", "nvl"): 835e12}
+
+
+def peak_bf16_flops(name: str | None = None) -> float | None:
+    """Dense bf16 peak of the CUDA device called ``name`` (default: the current one), None when unknown."""
+    from inpo.profiling.record import device_name, device_slug
+
+    name = (name or device_name()).lower()
+    slug = device_slug(name)
+    for (s, variant), peak in _PEAK_BF16_VARIANT.items():
+        if s == slug and variant in name:
+            return peak
+    return _PEAK_BF16.get(slug)
 
 
 class StopRun(Exception):
@@ -49,7 +63,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """Peak CUDA memory allocated, or the process's peak RSS on CPU."""
+    """Peak CUDA memory allocated since the last ``torch.cuda.reset_peak_memory_stats`` (train_phase resets it
+    before every step, so a step record holds that step's peak), or the process's peak RSS on CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -189,6 +204,8 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
         units = perms[epoch][j * cfg.batch_pairs:(j + 1) * cfg.batch_pairs]
         mine = units[rank::world]
         micro = _pack_units(seqs, mine, cfg.max_tokens, pairwise)
+        if run.device.type == "cuda":  # the step's own peak, not the sampler's / precompute's before it
+            torch.cuda.reset_peak_memory_stats(run.device)
         t0 = time.perf_counter()
         stats = train_step(model, micro, objective, optimizer, scheduler, side, max_grad_norm=cfg.max_grad_norm,
                            impl=cfg.impl, global_units=len(units))
@@ -199,9 +216,7 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
                "grad_norm": stats["grad_norm"], "tokens": stats["tokens"], "tokens_per_s": stats["tokens"] / dt,
                "step_time_s": dt, "peak_mem_bytes": peak_memory_bytes(run.device)}
         if run.device.type == "cuda" and run.n_params:
-            from inpo.profiling.record import device_slug
-
-            peak = _PEAK_BF16.get(device_slug())
+            peak = peak_bf16_flops(torch.cuda.get_device_name(run.device))
             if peak:
                 rec["mfu"] = 6.0 * run.n_params * stats["tokens"] / dt / (peak * world)
         run.log(rec)

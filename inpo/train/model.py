@@ -82,6 +82,10 @@ def _load_dir(path: Path, attn_implementation=None):
     if not (path / "config.json").is_file():
         raise ValueError(f"model path {str(path)!r} has no config.json: not a transformers model directory")
     kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if attn_implementation == "inpo_varlen":
+        from inpo.train.attention import register
+
+        register()
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, **kw)
     except Exception as exc:  # corrupt json / truncated safetensors / unknown architecture
@@ -195,7 +199,10 @@ class FusedHeadPolicy(nn.Module):
 
 
 def _body_and_head(model, input_ids, position_ids):
-    out = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    from inpo.train.attention import body_kwargs
+
+    out = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                           **body_kwargs(model, position_ids))
     hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
     head = model.get_output_embeddings()
     return hidden.reshape(-1, hidden.shape[-1]), head.weight, getattr(head, "bias", None)
@@ -205,12 +212,17 @@ def hidden_and_head(model, input_ids: Tensor, position_ids: Tensor) -> tuple[Ten
     """Decoder body only (``use_cache=False``: packed documents would mix otherwise) → hidden ``[N, H]``,
     LM-head weight ``[V, H]`` (the embedding itself when tied) and bias (``None`` for most models).
 
-    Under autocast the hidden states come out in bf16; the weight is cast to match (a differentiable cast,
-    gradients still reach the fp32 parameter)."""
+    Under autocast the hidden states are cast to the autocast dtype (bf16 on CUDA) -- a Llama body's output is
+    *fp32* even under autocast, since the residual stream adds bf16 sublayer outputs to the fp32 embeddings and
+    RMSNorm keeps its input dtype -- and the weight is cast to match (differentiable casts: gradients still
+    reach the fp32 parameters). Without this the fused head would run its GEMMs in fp32 ("ieee") on the GPU."""
     if isinstance(model, FusedHeadPolicy) or getattr(model, "_inpo_fused_head", False):
         hidden, weight, bias = model(input_ids, position_ids)
     else:
         hidden, weight, bias = _body_and_head(model, input_ids, position_ids)
+    dev = hidden.device.type
+    if hidden.dtype == torch.float32 and torch.is_autocast_enabled(dev):
+        hidden = hidden.to(torch.get_autocast_dtype(dev))
     if weight.dtype != hidden.dtype:
         weight = weight.to(hidden.dtype)
         bias = None if bias is None else bias.to(hidden.dtype)
