@@ -175,6 +175,6 @@ def test_attn_implementation_choice():
     assert step_bench.attn_implementation(cpu) == "sdpa"
     assert step_bench.attn_implementation(cuda, "flex_attention") == "flex_attention"
     if not step_bench.available("flash_attn"):
-        assert step_bench.attn_implementation(cuda) == "sdpa"
+        assert step_bench.attn_implementation(cuda) == "inpo_varlen"
     with pytest.raises(ValueError, match="attn"):
         step_bench.attn_implementation(cpu, "xformers")
