@@ -7,7 +7,10 @@ exports its current weights (``save_pretrained``) to a temporary directory and b
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
+
+import torch
 
 from inpo.generation.base import Sampler, check_sample_args
 
@@ -26,14 +29,12 @@ class VLLMSampler(Sampler):
         self._export_dir = None
         if isinstance(model, (str, os.PathLike)):
             path = model
-        elif isinstance(model, __import__("torch").nn.Module):
+        elif isinstance(model, torch.nn.Module):
             # An in-memory policy: export its *current* weights. Its config's ``_name_or_path`` names the
             # directory it was first loaded from (π_ref), so loading that would silently sample π_ref every
             # iteration instead of π_t.
             if tokenizer is None:
                 raise ValueError("VLLMSampler needs the tokenizer to export an in-memory model for vLLM")
-            import tempfile
-
             from inpo.train.model import export_policy
 
             self._export_dir = tempfile.TemporaryDirectory(prefix="inpo-vllm-")
