@@ -87,7 +87,7 @@ def _load_tokenizer(cfg: TrainConfig):
     return default_tokenizer()
 
 
-def _attn_impl(cfg: TrainConfig, device: torch.device) -> str | None:
+def _attn_impl(cfg: TrainConfig, device: torch.device) -> str:
     if cfg.attn_implementation:
         return cfg.attn_implementation
     from inpo._optional import available, optional
@@ -99,13 +99,12 @@ def _attn_impl(cfg: TrainConfig, device: torch.device) -> str | None:
 
         if is_flash_attn_2_available():
             return "flash_attention_2"  # varlen kernels read the packed boundaries from the reset position ids
-    if device.type == "cuda":
-        # Packed rows under sdpa would get a full [N, N] block-causal mask (N² work, no flash path): one causal sdpa
-        # call per document instead (inpo/train/attention.py).
-        from inpo.train.attention import register
+    # Packed rows under plain sdpa would get a full [N, N] block-causal mask (N² work, no flash path): one causal
+    # sdpa call per document instead (inpo/train/attention.py) -- on CPU too, where it measured 1.4-3.5x faster
+    # forward+backward than the masked call for 8-16 documents of 40-250 tokens per row.
+    from inpo.train.attention import register
 
-        return register()
-    return None  # CPU: transformers' default (sdpa), per-document masks from position ids with use_cache=False
+    return register()
 
 
 def _prepare_policy(cfg: TrainConfig, model, device):

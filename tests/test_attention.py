@@ -108,12 +108,12 @@ def test_body_kwargs_only_for_an_uncompiled_varlen_body():
     assert body_kwargs(model, pos) == {}
 
 
-def test_cuda_without_flash_attn_picks_varlen(monkeypatch):
+def test_without_flash_attn_packed_rows_use_varlen(monkeypatch):
     import inpo._optional as optional
     from inpo.online import _attn_impl
     from inpo.train.config import TrainConfig
 
     monkeypatch.setattr(optional, "available", lambda name: False)
     assert _attn_impl(TrainConfig(), torch.device("cuda")) == VARLEN
-    assert _attn_impl(TrainConfig(), torch.device("cpu")) is None
+    assert _attn_impl(TrainConfig(), torch.device("cpu")) == VARLEN
     assert _attn_impl(TrainConfig(attn_implementation="eager"), torch.device("cuda")) == "eager"

@@ -48,7 +48,8 @@ def test_step_smoke_writes_records(tmp_path):
         assert r["max_tokens_before_oom"] == 256 and r["oom_reached"] is False
         assert r["peak_mem_bytes"] is None  # no allocator statistics on CPU
         assert r["nvml"].startswith("no NVML")
-        assert r["attn_implementation"] == "sdpa"  # auto on CPU; --attn-implementation overrides
+        # auto: per-document attention for our packed rows; TRL pads its rows and keeps transformers' sdpa
+        assert r["attn_implementation"] == ("sdpa" if r["system"] == "trl" else "inpo_varlen")
     assert {r.get("impl") for r in steps} == {"torch", "naive"} | ({"liger-flce"} if "liger" in optional else set()) \
         | ({None} if "trl" in optional else set())
     for r in steps:
@@ -172,7 +173,7 @@ def test_sweep_records_survive_a_main_measurement_cut_off(tmp_path, monkeypatch)
 
 def test_attn_implementation_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert step_bench.attn_implementation(cpu) == "sdpa"
+    assert step_bench.attn_implementation(cpu) == "inpo_varlen"
     assert step_bench.attn_implementation(cuda, "flex_attention") == "flex_attention"
     if not step_bench.available("flash_attn"):
         assert step_bench.attn_implementation(cuda) == "inpo_varlen"

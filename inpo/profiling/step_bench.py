@@ -115,8 +115,8 @@ ATTN_CHOICES = ("auto", "inpo_varlen", "sdpa", "flex_attention", "flash_attentio
 
 
 def attn_implementation(device: torch.device, choice: str = "auto") -> str:
-    """``auto``: flash-attn varlen when installed on CUDA (packed documents without a mask), else on CUDA
-    ``inpo_varlen`` (one causal sdpa call per packed document, inpo/train/attention.py), else transformers' sdpa.
+    """``auto``: flash-attn varlen when installed on CUDA (packed documents without a mask), else ``inpo_varlen``
+    (one causal sdpa call per packed document, inpo/train/attention.py).
     Why not plain sdpa for the packed systems (ours, naive head, Liger): transformers turns packed position_ids
     into a materialised [N, N] block-causal mask, so attention costs the full N² of the micro-batch (not Σ s_i²)
     and the mask grows with N² in the OOM sweep, while TRL's padded rows take sdpa's is_causal path (TRL keeps
@@ -125,8 +125,7 @@ def attn_implementation(device: torch.device, choice: str = "auto") -> str:
     if choice not in ATTN_CHOICES:
         raise ValueError(f"attn must be one of {ATTN_CHOICES}, got {choice!r}")
     if choice == "auto":
-        choice = "flash_attention_2" if device.type == "cuda" and available("flash_attn") else (
-            "inpo_varlen" if device.type == "cuda" else "sdpa")
+        choice = "flash_attention_2" if device.type == "cuda" and available("flash_attn") else "inpo_varlen"
     if choice == "inpo_varlen":
         from inpo.train.attention import register
 

@@ -44,7 +44,7 @@ class TrainConfig:
     # -- model --
     model: str | None = None  # local transformers dir; None = the embedded tiny default (built + cached)
     tokenizer: str | None = None  # local tokenizer dir; None = the model dir's, or the embedded default
-    attn_implementation: str | None = None  # None = flash_attention_2 when installed on CUDA, else sdpa
+    attn_implementation: str | None = None  # None = flash_attention_2 when it imports on CUDA, else inpo_varlen
     # -- objective --
     objective: str = "inpo"  # inpo | onpo | ipo | dpo | sppo
     eta: float | None = None  # INPO/ONPO/SPPO step (None = tuned default, see OBJECTIVE_DEFAULTS)
@@ -79,8 +79,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     min_lr_ratio: float = 0.1
     batch_pairs: int = 16  # pairs (sequences for SPPO) per optimiser step, summed over ranks
-    max_tokens: int = 1024  # token budget of one packed micro-batch (grad accumulation over several); on CPU/sdpa
-    # attention over a packed row costs O(N²) (a block-diagonal mask), so smaller rows are faster there
+    max_tokens: int = 1024  # token budget of one packed micro-batch (grad accumulation over several)
     max_grad_norm: float = 1.0
     max_steps: int | None = None  # stop (with a checkpoint) after this many optimiser steps in all
     checkpoint_every: int = 0  # also checkpoint every N steps (0 = at the end of each iteration only)

@@ -66,6 +66,12 @@ def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_
 
             tokenizer = default_tokenizer()
         model = build_default_policy(tokenizer)
+        if attn_implementation:
+            if attn_implementation == "inpo_varlen":
+                from inpo.train.attention import register
+
+                register()
+            model.set_attn_implementation(attn_implementation)
     else:
         model = _load_dir(Path(path_or_none), attn_implementation)
     if dtype is not None:
