@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from inpo.train.attention import register
 from tests.test_fsdp import _free_port, _worker
 from tests.test_online import model_dir, read_metrics  # noqa: F401  (fixture)
 
@@ -72,7 +73,7 @@ def test_fsdp2_online_iteration_two_processes(model_dir, full_run, tmp_path):
 
     cfg = load_config(None, parse_overrides(_args(model_dir, out)))
     (ck,) = [p for p in (out / "checkpoints").iterdir() if p.name.endswith("-i0-done")]
-    pi1 = AutoModelForCausalLM.from_pretrained(model_dir)
+    pi1 = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=register())  # the run's attention
     pi1.load_state_dict({k.removeprefix("model."): v for k, v in load_checkpoint(ck)["model"].items()})
     d1 = out / "iter_001"
     data1 = [json.loads(x) for x in (d1 / "data.jsonl").read_text().splitlines()]
@@ -156,7 +157,7 @@ def test_onpo_under_torchrun_trains_both_chains(model_dir, tmp_path):
     assert 0 <= it["win_rate"] <= 1 and it["pairs"] > 0
     ck = load_checkpoint(latest_checkpoint(out))
     assert ck["state"]["phase"] == "done" and ck["world_size"] == 2 and set(ck["extra_models"]) == {"aux"}
-    aux = AutoModelForCausalLM.from_pretrained(model_dir)
+    aux = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=register())  # the run's attention
     aux.load_state_dict({k.removeprefix("model."): v for k, v in ck["extra_models"]["aux"].items()})
     ref = load_file(str(Path(model_dir) / "model.safetensors"))
     assert any(not torch.equal(ref[k], v) for k, v in aux.state_dict().items() if k in ref)  # π' moved
