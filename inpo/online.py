@@ -88,23 +88,9 @@ def _load_tokenizer(cfg: TrainConfig):
 
 
 def _attn_impl(cfg: TrainConfig, device: torch.device) -> str:
-    if cfg.attn_implementation:
-        return cfg.attn_implementation
-    from inpo._optional import available, optional
+    from inpo.train.attention import default_implementation
 
-    # Installed is not enough: a flash-attn wheel built against another torch fails only at import (undefined
-    # symbol), which transformers would hit at the first forward; such a wheel falls back to sdpa with a warning.
-    if device.type == "cuda" and available("flash_attn") and optional("flash_attn") is not None:
-        from transformers.utils import is_flash_attn_2_available
-
-        if is_flash_attn_2_available():
-            return "flash_attention_2"  # varlen kernels read the packed boundaries from the reset position ids
-    # Packed rows under plain sdpa would get a full [N, N] block-causal mask (N² work, no flash path): one causal
-    # sdpa call per document instead (inpo/train/attention.py) -- on CPU too, where it measured 1.4-3.5x faster
-    # forward+backward than the masked call for 8-16 documents of 40-250 tokens per row.
-    from inpo.train.attention import register
-
-    return register()
+    return cfg.attn_implementation or default_implementation(device)
 
 
 def _prepare_policy(cfg: TrainConfig, model, device):

@@ -115,7 +115,7 @@ ATTN_CHOICES = ("auto", "inpo_varlen", "sdpa", "flex_attention", "flash_attentio
 
 
 def attn_implementation(device: torch.device, choice: str = "auto") -> str:
-    """``auto``: flash-attn varlen when installed on CUDA (packed documents without a mask), else ``inpo_varlen``
+    """``auto``: flash-attn varlen when it works on CUDA (packed documents without a mask), else ``inpo_varlen``
     (one causal sdpa call per packed document, inpo/train/attention.py).
     Why not plain sdpa for the packed systems (ours, naive head, Liger): transformers turns packed position_ids
     into a materialised [N, N] block-causal mask, so attention costs the full N² of the micro-batch (not Σ s_i²)
@@ -124,13 +124,9 @@ def attn_implementation(device: torch.device, choice: str = "auto") -> str:
     mask-free choice; the chosen value is recorded as ``attn_implementation``."""
     if choice not in ATTN_CHOICES:
         raise ValueError(f"attn must be one of {ATTN_CHOICES}, got {choice!r}")
-    if choice == "auto":
-        choice = "flash_attention_2" if device.type == "cuda" and available("flash_attn") else "inpo_varlen"
-    if choice == "inpo_varlen":
-        from inpo.train.attention import register
+    from inpo.train.attention import default_implementation, prepare
 
-        register()
-    return choice
+    return default_implementation(device) if choice == "auto" else prepare(choice)
 
 
 def build_model(name: str, device: torch.device, seed: int, attn: str = "auto"):

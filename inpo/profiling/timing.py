@@ -147,10 +147,8 @@ class PhaseTimer:
 def reset_peak_memory(device: torch.device | str | None = None) -> None:
     """Start a fresh peak-memory window (CUDA); frees cached blocks so the next peak is this run's own."""
     device = _resolve_device(device)
-    gc.collect()
+    release_memory(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
 

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["VARLEN", "register", "packed_boundaries", "varlen_attention_forward", "sdpa_for_generation",
-           "uses_varlen", "body_kwargs"]
+__all__ = ["VARLEN", "register", "prepare", "default_implementation", "packed_boundaries",
+           "varlen_attention_forward", "sdpa_for_generation", "uses_varlen", "body_kwargs"]
 
 VARLEN = "inpo_varlen"
 _REGISTERED = False
@@ -39,6 +39,28 @@ def register() -> str:
         AttentionInterface.register(VARLEN, varlen_attention_forward)
         _REGISTERED = True
     return VARLEN
+
+
+def prepare(name: str | None) -> str | None:
+    """``name`` as given, after registering it with transformers when it is ``inpo_varlen``."""
+    return register() if name == VARLEN else name
+
+
+def default_implementation(device: torch.device) -> str:
+    """The attention for packed training rows: flash-attn's varlen kernels when flash-attn really works on this
+    CUDA device, else ``inpo_varlen`` (registered). Installed is not enough: a flash-attn wheel built against
+    another torch fails only at import (undefined symbol), which transformers would hit at the first forward.
+    Plain sdpa is never the default: packed rows would get a full [N, N] block-causal mask (N² work, no flash
+    path); per-document calls measured 1.4-3.5x faster forward+backward even on CPU (8-16 documents of 40-250
+    tokens per row)."""
+    from inpo._optional import available, optional
+
+    if device.type == "cuda" and available("flash_attn") and optional("flash_attn") is not None:
+        from transformers.utils import is_flash_attn_2_available
+
+        if is_flash_attn_2_available():
+            return "flash_attention_2"  # varlen kernels read the packed boundaries from the reset position ids
+    return register()
 
 
 def uses_varlen(model) -> bool:

@@ -67,11 +67,9 @@ def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_
             tokenizer = default_tokenizer()
         model = build_default_policy(tokenizer)
         if attn_implementation:
-            if attn_implementation == "inpo_varlen":
-                from inpo.train.attention import register
+            from inpo.train.attention import prepare
 
-                register()
-            model.set_attn_implementation(attn_implementation)
+            model.set_attn_implementation(prepare(attn_implementation))
     else:
         model = _load_dir(Path(path_or_none), attn_implementation)
     if dtype is not None:
@@ -87,11 +85,9 @@ def _load_dir(path: Path, attn_implementation=None):
                                 f"directory with config.json and *.safetensors; models are never downloaded)")
     if not (path / "config.json").is_file():
         raise ValueError(f"model path {str(path)!r} has no config.json: not a transformers model directory")
-    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    if attn_implementation == "inpo_varlen":
-        from inpo.train.attention import register
+    from inpo.train.attention import prepare
 
-        register()
+    kw = {"attn_implementation": prepare(attn_implementation)} if attn_implementation else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, **kw)
     except Exception as exc:  # corrupt json / truncated safetensors / unknown architecture
