@@ -35,6 +35,8 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -184,7 +186,8 @@ def _main_sees(path: Path) -> bool:
 
 # Keys a resumed run may change: where/how it runs and how far it goes, not what it computes.
 _RESUME_FREE = {"resume", "max_steps", "iterations", "progress", "threads", "output", "device", "checkpoint_every",
-                "keep_checkpoints", "evaluate", "n_bootstrap", "gen_batch_size"}
+                "keep_checkpoints", "evaluate", "n_bootstrap", "gen_batch_size", "keep_iterates", "report_to",
+                "logging_steps"}
 
 
 def _check_resume_config(cfg: TrainConfig, out: Path) -> None:
@@ -203,7 +206,7 @@ def _check_resume_config(cfg: TrainConfig, out: Path) -> None:
 
 
 def _progress(cfg: TrainConfig):
-    if not cfg.progress:
+    if not cfg.progress or not sys.stdout.isatty():  # a log file gets plain progress lines instead of bars
         return nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -455,6 +458,7 @@ def run_online(config: TrainConfig) -> list[dict]:
         policy = shard_policy(policy)
     run, ckpt = _begin_run(cfg, device)
     run.n_params = sum(p.numel() for p in policy.parameters())
+    run.tokenizer = tokenizer
     objective = cfg.make_objective()
     oracle = make_oracle(cfg.oracle, device=str(device), seed=cfg.seed)
     aux = None
@@ -522,9 +526,12 @@ def run_online(config: TrainConfig) -> list[dict]:
                 times["train_s"] = time.perf_counter() - t0
                 save_checkpoint(run.out, model=policy, state={"iteration": t, "phase": "done",
                                 "global_step": run.global_step}, extra_models={"aux": aux} if aux is not None else None,
-                                keep=cfg.keep_checkpoints)
+                                keep=cfg.keep_checkpoints, tokenizer=tokenizer)
+                _keep_iterate(cfg, run, t, policy, tokenizer)
             else:
                 rank_stats = json.loads((run.out / f"iter_{t:03d}" / "rank_stats.json").read_text())
+                if not _main_sees(_iterate_dir(run.out, t) / ITERATE_META):  # crashed between checkpoint and export
+                    _keep_iterate(cfg, run, t, policy, tokenizer)
             resume_phase, resume_step, ckpt = None, 0, None
             # The ranking's own query count (from its stats file, so a resumed iteration reports it too).
             rec = {"kind": "iteration", "iteration": t, "oracle_queries": rank_stats.get("queries", 0),
@@ -546,7 +553,44 @@ def run_online(config: TrainConfig) -> list[dict]:
                           f"pairs {rec['pairs']}  oracle queries {rec['oracle_queries']}  {rec['wall_s']:.1f} s")
     run.progress = None
     export_final(run, policy, tokenizer)
+    run.reporter.close()
     return records
+
+
+ITERATE_META = "inpo_export.json"  # written by export_final into every iterate folder: marks it as ours
+
+
+def _iterate_dir(out: Path, t: int) -> Path:
+    return out / f"iter_{t:03d}" / "policy"
+
+
+def _keep_iterate(cfg, run, t, policy, tokenizer) -> Path:
+    """π_{t+1} -- the policy iteration t trained, the one its win-rate row measures -- as a transformers model
+    folder ``<out>/iter_<t>/policy`` (collective under FSDP). With ``keep_iterates: N`` only the newest N such
+    folders are kept; a folder is removed only when its ``inpo_export.json`` says it is an iterate of ours."""
+    path = export_final(run, policy, tokenizer, dest=_iterate_dir(run.out, t),
+                        meta={"kind": "iterate", "iteration": t, "iterate": t + 1, "objective": cfg.objective,
+                              "global_step": run.global_step, "start_model": cfg.model or "default"})
+    if run.is_main and cfg.keep_iterates is not None:
+        prune_iterates(run.out, cfg.keep_iterates)
+    return path
+
+
+def prune_iterates(out: Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` iterate folders ``<out>/iter_*/policy`` that are ours (their
+    ``inpo_export.json`` says kind "iterate"); anything else is left alone. Returns the removed folders."""
+    ours = []
+    for d in Path(out).glob("iter_*/policy"):
+        try:
+            meta = json.loads((d / ITERATE_META).read_text())
+        except (OSError, ValueError):
+            continue  # not written by us (or not completely): never deleted
+        if isinstance(meta, dict) and meta.get("kind") == "iterate" and isinstance(meta.get("iteration"), int):
+            ours.append((meta["iteration"], d))
+    removed = [d for _, d in sorted(ours)[:-keep]] if keep > 0 else []
+    for d in removed:
+        shutil.rmtree(d)
+    return removed
 
 
 def _onpo_iteration(cfg, run, t, policy, aux, seqs, logps, objective, ckpt, resume_phase, resume_step):
@@ -583,6 +627,7 @@ def run_offline(config: TrainConfig) -> list[dict]:
         policy = shard_policy(policy)
     run, ckpt = _begin_run(cfg, device)
     run.n_params = sum(p.numel() for p in policy.parameters())
+    run.tokenizer = tokenizer
     objective = cfg.make_objective()
     if ckpt is not None and ckpt["state"]["phase"] == "done":
         run.print("[inpo] offline run already complete; exporting the final model again")
@@ -609,12 +654,13 @@ def run_offline(config: TrainConfig) -> list[dict]:
                               start_step=ckpt["state"]["iter_step"] if ckpt else 0, resume_ckpt=ckpt)
     run.progress = None
     save_checkpoint(run.out, model=policy, state={"iteration": 0, "phase": "done", "global_step": run.global_step},
-                    keep=cfg.keep_checkpoints)
+                    keep=cfg.keep_checkpoints, tokenizer=tokenizer)
     rec = {"kind": "iteration", "iteration": 0, "pairs": len(records), "oracle_queries": 0,
            "precompute_s": precompute_s, "train_s": time.perf_counter() - t0, "step": run.global_step,
            "final_loss": summary["last"].get("loss")}
     run.log(rec)
     export_final(run, policy, tokenizer)
+    run.reporter.close()
     return [rec]
 
 

@@ -89,6 +89,9 @@ class TrainConfig:
     liger: bool = False  # Liger RMSNorm/SwiGLU/RoPE kernels (needs liger-kernel, GPU)
     impl: str = "auto"  # fused head impl: auto | triton | native | torch | naive
     progress: bool = True  # rich progress bars
+    keep_iterates: int | None = None  # online: keep the newest N iterate folders iter_<t>/policy (None = all)
+    report_to: str = "none"  # none | tensorboard | wandb | all, or a comma list (TRL's report_to)
+    logging_steps: int = 10  # a plain-text progress line every N steps when stdout is not a terminal
     threads: int | None = None  # CPU intra-op threads; None = 1 for the tiny default model on CPU, else torch's
 
     # ------------------------------------------------------------------
@@ -122,6 +125,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0 or null, got {v!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        for name in ("keep_iterates", "logging_steps"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name} must be > 0{' or null' if name == 'keep_iterates' else ''}, got {v!r}")
+        from inpo.train.reporting import parse_report_to
+
+        parse_report_to(self.report_to)  # ValueError naming report_to and the valid names
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
         if self.pair_strategy not in ("best_worst", "random"):
