@@ -175,7 +175,7 @@ def _jit_build(build_dir: Path | None = None) -> Path:
             raise RuntimeError("ninja is not installed (pip install ninja), and no install-time build of the "
                                "native head matches this checkout (pip install --no-build-isolation -e .)")
         print(f"[inpo] compiling the native CPU head (no install-time build matches this torch/source/CPU; "
-              f"once, about a minute) into {build_dir}", file=sys.stderr, flush=True)
+              f"once; minutes on a small machine) into {build_dir}", file=sys.stderr, flush=True)
         cpp_extension.load(name=name, sources=[str(s) for s in SOURCES], extra_cflags=CFLAGS,
                            extra_ldflags=LDFLAGS, build_directory=str(build_dir), is_python_module=False,
                            verbose=False)
