@@ -658,10 +658,29 @@ def run_offline(config: TrainConfig) -> list[dict]:
     rec = {"kind": "iteration", "iteration": 0, "pairs": len(records), "oracle_queries": 0,
            "precompute_s": precompute_s, "train_s": time.perf_counter() - t0, "step": run.global_step,
            "final_loss": summary["last"].get("loss")}
+    if cfg.eval_data:
+        rec.update(_heldout_pair_metrics(cfg, ref, policy, tokenizer, objective))
     run.log(rec)
     export_final(run, policy, tokenizer)
     run.reporter.close()
     return [rec]
+
+
+def _heldout_pair_metrics(cfg, ref, policy, tokenizer, objective) -> dict:
+    """TRL's eval metrics on the held-out pairs ``eval_data`` (TRL's eval_dataset): ``eval_loss`` (the objective's
+    mean loss) and ``eval_rewards/*``, ``eval_logps/*`` for the trained policy against π_ref (π_t = π_ref offline).
+    Collective under FSDP (every rank scores every held-out sequence)."""
+    from inpo.data.pairs import load_pairs
+    from inpo.train.reporting import pair_metric_sums, trl_metrics
+
+    held = load_pairs(cfg.eval_data)
+    seqs = _sequences(tokenizer, held, True, cfg)
+    ref_l = precompute_logps(ref, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
+    pol_l = precompute_logps(policy, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
+    side = _side_inputs(cfg, objective, {"ref": ref_l, "iterate": ref_l}, held)
+    loss = objective.losses(pol_l, side.get("ref_logps"), side.get("anchor_logps")).mean()
+    trl = trl_metrics(pair_metric_sums(objective, pol_l, side).tolist(), len(held))
+    return {"eval_loss": float(loss), "eval_pairs": len(held), **{f"eval_{k}": v for k, v in trl.items()}}
 
 
 def run_training(config: TrainConfig) -> list[dict]:

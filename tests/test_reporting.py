@@ -136,3 +136,30 @@ def test_closing_table_numbers_iterations_like_the_folders():
              "oracle_queries": 9, "wall_s": 1.0}], console)
     row = [line for line in console.export_text().splitlines() if "0.600" in line][0]
     assert row.split("│")[1].strip() == "0"
+
+
+def test_offline_heldout_pairs_give_trl_eval_metrics_in_the_summary(model_dir, tmp_path, capsys):
+    """eval_data (TRL's eval_dataset): after training, eval_loss and eval_rewards/* of the trained policy on the
+    held-out pairs, in the iteration record and the closing summary. The chosen answers are what training pushes
+    up, so the held-out reward accuracy is high; eval_loss is the objective's loss recomputed from the files."""
+    from inpo.objectives import make_objective
+    from inpo.train.cli import main
+
+    data = _pairs_file(tmp_path / "pairs.jsonl", n=12)
+    lines = data.read_text().splitlines()
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:8]) + "\n")
+    (tmp_path / "held.jsonl").write_text("\n".join(lines[8:]) + "\n")
+    out = tmp_path / "run"
+    args = _offline_args(model_dir, tmp_path / "train.jsonl", out, "--eval-data", str(tmp_path / "held.jsonl"),
+                         "--epochs", "3", "--batch-pairs", "4")
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    (it,) = [r for r in read_metrics(out) if r["kind"] == "iteration"]
+    assert it["eval_pairs"] == 4 and {"eval_loss", "eval_rewards/accuracies", "eval_rewards/margins"} <= it.keys()
+    assert it["eval_rewards/accuracies"] == 1.0 and it["eval_rewards/margins"] > 0
+    # DPO's loss from the logged margin: -log sigmoid(margin) is convex, so mean loss >= loss at the mean margin
+    dpo = make_objective("dpo", beta=0.5)
+    at_mean = float(dpo.losses(torch.tensor([it["eval_rewards/margins"] / 0.5, 0.0]), torch.zeros(2)))
+    assert it["eval_loss"] >= at_mean - 1e-6
+    assert "[inpo] held-out:" in text and "loss" in text.split("[inpo] held-out:")[1]
+    assert main(["--output", str(tmp_path / "x"), "--eval-data", str(tmp_path / "held.jsonl")]) == 2

@@ -71,6 +71,7 @@ class TrainConfig:
     n_bootstrap: int = 1000
     # -- offline --
     data: str | None = None  # JSONL of {"prompt","chosen","rejected"}: offline training instead of online
+    eval_data: str | None = None  # offline: held-out pairs (TRL's eval_dataset) → eval_loss, eval_rewards/* at the end
     # -- optimisation --
     epochs: int = 2
     lr: float = 5e-4
@@ -138,6 +139,9 @@ class TrainConfig:
             raise ValueError(f"pair_strategy must be 'best_worst' or 'random', got {self.pair_strategy!r}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers [beta1, beta2], got {self.betas!r}")
+        if self.eval_data is not None and self.data is None:
+            raise ValueError(f"eval_data={self.eval_data!r} is for offline runs (held-out pairs scored after training "
+                             f"on data=...); online runs evaluate with eval_prompts")
         if self.data is not None and self.objective == "sppo":
             raise ValueError("objective 'sppo' needs K samples per prompt and win-rate targets: online only, not "
                              "with data= (offline pairs); use dpo, ipo or inpo offline")
