@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -219,7 +218,6 @@ def rows_of(results: list[dict]) -> list[dict]:
             have = [r for r in rs if str(t) in r["samples"]]
             prompts = have[0]["prompts"]
             pools = [sorted({y for r in have for y in r["samples"][str(t)][i]}) for i in range(len(prompts))]
-            queries = 0
             for r in sorted(have, key=lambda r: list(METHODS).index(r["method"])):
                 samples = r["samples"][str(t)]
                 feat = exploitability(oracle, prompts, samples, kind="feature", n_bootstrap=200, seed=seed)
@@ -238,7 +236,6 @@ def rows_of(results: list[dict]) -> list[dict]:
                     "quality_mean": float(sum(map(float, [x.mean() for x in q])) / len(q)),
                     "style_counts": [int(sum((s == c).sum() for s in st)) for c in range(4)],
                 })
-                queries += pool.queries
     return rows
 
 
@@ -251,7 +248,7 @@ def _collapsed(rows: list[dict]) -> set[tuple]:
     return {k for k, r in last.items() if r["iteration"] > 0 and r["win_rate_vs_ref"] < COLLAPSE_WIN_RATE}
 
 
-def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", tuning_rows: list[dict] | None = None) -> str:
+def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: int = BASE["eval_k"]) -> str:
     import numpy as np
 
     from inpo.exploitability import hierarchical_bootstrap
@@ -262,7 +259,7 @@ def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", tuning_r
     n_iter = max(r["iteration"] for r in rows) + 1
     md = ["# Nash-level evidence on the language model", "",
           "Exploitability 2·max_y′ E_{y∼π} P(y′ ≻ y) − 1 of each method's iterate (0 = a Nash policy of the oracle's "
-          "game) on held-out test prompts, from 8 samples per prompt; iteration 0 is π_ref. Cells: mean over seeds, "
+          f"game) on held-out test prompts, from {eval_k} samples per prompt; iteration 0 is π_ref. Cells: mean over seeds, "
           "with a 95 % two-level bootstrap interval (seeds, then prompts within a seed). Every seed varies π_ref "
           "(SFT seed), the prompt split and the evaluation samples. A run whose final iterate wins < "
           f"{COLLAPSE_WIN_RATE:.0%} against its own π_ref counts as collapsed: it is left out of the mean and "
@@ -276,7 +273,7 @@ def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", tuning_r
         md += [f"## Setting `{setting}` ({opts}){' — main' if setting == MAIN else ''}", "",
                "| method | seeds | " + " | ".join(f"iter {t}" for t in range(n_iter)) +
                " | pool expl. (final) | style expl. (final) | win-rate vs π_ref (final) | oracle queries / iter | "
-               "collapsed |", "|" + "---|" * (n_iter + 6)]
+               "collapsed |", "|" + "---|" * (n_iter + 7)]
         for method in METHODS:
             mr = [r for r in rs if r["method"] == method]
             if not mr:
@@ -506,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     if tuning_rows:
         (out / "tuning.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tuning_rows))
     (out / "tuned.json").write_text(json.dumps(tuned, indent=1))
-    text = summarize(rows, tuned, out, args.note, tuning_rows)
+    text = summarize(rows, tuned, out, args.note, eval_k=(QUICK if args.quick else BASE)["eval_k"])
     plots(rows, out)
     print(text)
     return 0
