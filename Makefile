@@ -61,4 +61,4 @@ experiments-winrate: setup
 	$(PY) -m bench.experiment_default --out bench/results/experiments
 
 clean:
-	rm -rf $(VENV) .cache runs *.egg-info
+	rm -rf $(VENV) .cache runs *.egg-info build inpo/_native_head_*.so

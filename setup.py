@@ -51,6 +51,10 @@ def native_extension_kwargs() -> dict:
         _note(f"native head sources missing ({[str(s) for s in sources]}): not building it")
         return {}
     key = nb.build_key(sources, torch.__version__)
+    for old in (HERE / "inpo").glob(f"{nb.PREBUILT_PREFIX}*.so"):  # in-place builds of older sources / torch
+        if not old.name.startswith(f"{nb.PREBUILT_PREFIX}{key}"):
+            _note(f"removing {old.name}: built from other sources or another torch")
+            old.unlink()
     ext = CppExtension(name=f"inpo.{nb.PREBUILT_PREFIX}{key}", sources=[str(s.relative_to(HERE)) for s in sources],
                        extra_compile_args=nb.CFLAGS, extra_link_args=nb.LDFLAGS)
 
