@@ -89,19 +89,24 @@ def default_prompts(split: str = "train", n: int | None = None, seed: int = 0) -
     return [pool[i] for i in keep]
 
 
-def load_prompts(path: str | os.PathLike) -> list[str]:
-    """Prompts from a local file: ``.txt`` (one per non-empty line) or ``.jsonl`` (a ``"prompt"`` string field).
+def load_prompts(path: str | os.PathLike) -> list:
+    """Prompts from a local file: ``.txt`` (one per non-empty line) or ``.jsonl`` in TRL's formats.
 
-    Raises FileNotFoundError for a missing file and ValueError naming the file and line for malformed
-    content (bad JSON, missing or non-string ``prompt``, no prompts at all).
+    A JSONL record gives its ``"prompt"`` (a string, or a conversation: a list of ``{"role", "content"}``
+    messages with any system turns and earlier turns), or -- a preference dataset's row -- the prompt shared by
+    its ``"chosen"`` / ``"rejected"`` (explicit or implicit), or a ``"messages"`` conversation without its final
+    assistant turn(s). Raises FileNotFoundError for a missing file and ValueError naming the file and line for
+    malformed content (bad JSON, no usable prompt, no prompts at all).
     """
+    from inpo.data.chat import check_prompt, normalize_pair
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {str(path)!r} (expected a .txt or .jsonl file)")
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise ValueError(f"prompts file {str(path)!r}: unsupported extension {suffix!r}; use .txt or .jsonl")
-    prompts: list[str] = []
+    prompts: list = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
@@ -110,17 +115,28 @@ def load_prompts(path: str | os.PathLike) -> list[str]:
             if suffix == ".txt":
                 prompts.append(line)
                 continue
+            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or "prompt" not in record:
-                raise ValueError(f"{path}:{lineno}: record has no 'prompt' field "
-                                 f"(keys: {sorted(record) if isinstance(record, dict) else type(record).__name__})")
-            prompt = record["prompt"]
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{path}:{lineno}: 'prompt' must be a non-empty string, got {prompt!r}")
-            prompts.append(prompt.strip())
+                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
+            if "prompt" in record and not ("chosen" in record and "rejected" in record):
+                prompt = check_prompt(record["prompt"], f"{where}: 'prompt'")
+            elif "chosen" in record and "rejected" in record:
+                prompt = normalize_pair(record, where)["prompt"]
+            elif "messages" in record:
+                msgs = check_prompt(record["messages"], f"{where}: 'messages'")
+                while msgs and msgs[-1]["role"] == "assistant":
+                    msgs = msgs[:-1]
+                if not msgs:
+                    raise ValueError(f"{where}: 'messages' has no turn before the assistant's")
+                prompt = msgs
+            else:
+                raise ValueError(f"{where}: record has no 'prompt' field (nor 'chosen'/'rejected' or 'messages'; "
+                                 f"keys: {sorted(record)})")
+            prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} contains no prompts")
     return prompts
