@@ -23,7 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["task_spec", "default_prompts", "load_prompts", "sft_examples", "prompt_keywords", "words",
+__all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
            "SPLITS", "EVAL_FRACTION"]
 
 SPLITS = ("train", "eval")
@@ -140,6 +140,26 @@ def load_prompts(path: str | os.PathLike) -> list:
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} contains no prompts")
     return prompts
+
+
+def split_prompts(pool: list, split: str, *, eval_fraction: float = EVAL_FRACTION) -> list:
+    """A user's prompt pool split once and for all into disjoint ``train`` / ``eval`` parts, as the default task's.
+
+    The split depends only on the pool (a fixed seed, never the run's), so training and every later evaluation
+    (``inpo eval`` on the run's model included) agree on which prompts were held out. ``eval`` takes
+    ``round(eval_fraction * n)`` prompts, at least 1; a pool of one prompt cannot be split (ValueError).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    n = len(pool)
+    if n < 2:
+        raise ValueError(f"cannot hold out evaluation prompts from {n} prompt(s): give at least 2, or an "
+                         f"eval_prompts file")
+    n_eval = min(n - 1, max(1, round(eval_fraction * n)))
+    order = list(range(n))
+    random.Random(_SPLIT_SEED).shuffle(order)
+    keep = sorted(order[:n_eval]) if split == "eval" else sorted(order[n_eval:])
+    return [pool[i] for i in keep]
 
 
 def _topic_of(prompt: str, topics: list[str]) -> str:

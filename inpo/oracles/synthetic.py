@@ -124,7 +124,9 @@ class SyntheticIntransitiveOracle(PreferenceOracle):
         return self.alpha * (fa["quality"] - fb["quality"]) + self.beta * self._C[ia, ib]
 
     def _probs(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-        z = np.array([self.logit(x, ya, yb) for x, ya, yb in zip(prompts, a, b)], dtype=np.float64)
+        from inpo.data.chat import prompt_text  # a conversation's topic is in its last user turn
+
+        z = np.array([self.logit(prompt_text(x), ya, yb) for x, ya, yb in zip(prompts, a, b)], dtype=np.float64)
         # σ(z) and σ(−z) = 1 − σ(z) exactly in floating point: swap-symmetry holds to the last bit.
         pos = 1.0 / (1.0 + np.exp(-np.abs(z)))
         return np.where(z >= 0, pos, 1.0 - pos)
