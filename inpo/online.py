@@ -491,22 +491,9 @@ def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle) -> dic
 
 # -- the starting model, recorded beside every export -------------------------------------------------------------
 
-ORIGIN_FILE = "inpo_origin.json"
-
-
-def origin_record(cfg: TrainConfig) -> dict:
-    """What ``inpo eval`` needs to compare a trained policy with where it started: the starting model (π_ref;
-    None = the embedded default), its tokenizer, the encoding, and the prompts it trained on / held out."""
-    def where(path):
-        return None if path in (None, "default") else str(Path(path).resolve())
-
-    return {"base_model": where(cfg.model), "tokenizer": where(cfg.tokenizer), "chat_template": cfg.chat_template,
-            "prompts": where(cfg.prompts) or "default", "eval_prompts": where(cfg.eval_prompts) or "default",
-            "data": where(cfg.data), "max_prompt_length": cfg.max_prompt_length, "max_new_tokens": cfg.max_new_tokens,
-            "objective": cfg.objective, "seed": cfg.seed}
-
-
 def _export(run, policy, tokenizer) -> Path:
+    from inpo.eval import ORIGIN_FILE, origin_record
+
     final = export_final(run, policy, tokenizer)
     if run.is_main:
         atomic_write_text(final / ORIGIN_FILE, json.dumps(origin_record(run.cfg), indent=2) + "\n")

@@ -324,7 +324,11 @@ def _apply(cfg: TrainConfig, updates: dict, where: str) -> None:
             norm = ALIASES[norm]
         if norm not in _FIELDS:
             raise ValueError(f"{where}: unknown config key {key!r}{_nearest(norm)}")
-        setattr(cfg, norm, _coerce(norm, value, where))
+        if norm == "chat_template" and (value is None or str(value).lower() in ("none", "null")):
+            value = "none"  # YAML's null and the word none both mean plain text (not "unset")
+        else:
+            value = _coerce(norm, value, where)
+        setattr(cfg, norm, value)
         explicit.add(norm)
     if batch:
         if "batch_pairs" in updates or "batch-pairs" in updates:
