@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
         policy_path = None if args.policy == "default" else args.policy
         if policy_path is not None and not Path(policy_path).is_dir():
-            raise FileNotFoundError(f"--policy: model directory not found: {policy_path!r}")
+            raise FileNotFoundError(f"--policy: model directory {policy_path!r} does not exist")
         origin = find_origin(policy_path) if policy_path else None
         if args.baseline:
             baseline_path = args.baseline
