@@ -262,11 +262,7 @@ def _coerce(key: str, value, where: str):
     origin = typing.get_origin(base)
     try:
         if base is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-                return value.lower() in ("true", "1", "yes", "on")
-            raise ValueError
+            return _coerce_bool(value, key, where)
         if base is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
