@@ -9,7 +9,8 @@ import pytest
 
 from inpo.data.chat import (Truncation, encode_completion, encode_pair, encode_prompt, normalize_pair, stop_token_ids,
                             use_plain_text)
-from tests.hf_fixtures import chatml_tokenizer, llama3_tokenizer, qwen2_dir, write_jsonl  # noqa: F401 (fixture)
+from tests.hf_fixtures import (chatml_tokenizer, llama3_tokenizer, qwen2_dir, qwen2_reward_dir,  # noqa: F401 (fixtures)
+                               write_jsonl)
 
 SYSTEM_CONV = [{"role": "system", "content": "Answer briefly."},
                {"role": "user", "content": "Hello!"},
@@ -239,3 +240,18 @@ def test_pairs_file_formats_end_to_end_encoding(tmp_path):
     p, c, r = encode_pair(tok, a)
     assert p + c == _template_ids(tok, SYSTEM_CONV + [{"role": "assistant", "content": "Calm."}])
     assert json.loads(json.dumps(a)) == a
+
+
+def test_oracles_read_conversational_prompts(qwen2_reward_dir):
+    """The synthetic oracle reads a conversation's last user turn; a reward model reads the whole conversation
+    (system and earlier turns included) through its own chat template."""
+    from inpo.oracles import RewardModelOracle, SyntheticIntransitiveOracle
+
+    syn = SyntheticIntransitiveOracle()
+    a, b = "The ocean is calm and blue.", "Rock."
+    assert syn.prob_batch([SYSTEM_CONV], [a], [b])[0] == syn.prob("Describe the ocean.", a, b)
+    rm = RewardModelOracle(str(qwen2_reward_dir))
+    text = rm._chat(SYSTEM_CONV, a)
+    assert "Answer briefly." in text and "Hello! How are you?" in text and text.endswith("<|im_end|>\n")
+    r_conv, r_plain = rm.score([SYSTEM_CONV, "Describe the ocean."], [a, a])
+    assert r_conv != r_plain  # the earlier turns reach the reward model
