@@ -71,9 +71,13 @@ def test_hf_sampler_stops_on_the_end_of_turn_token(qwen2_dir):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     step = {"n": 0}
 
+    widths = []
+
     def count(module, args, kwargs):  # a prefill (more than one new input token) starts a response
         ids = kwargs.get("input_ids")
         step["n"] = 0 if ids is not None and ids.shape[1] > 1 else step["n"] + 1
+        if step["n"] == 0:
+            widths.append(ids.shape[1])
 
     def force(module, args, kwargs, output):
         output.logits[..., :] = -1e4
@@ -86,6 +90,10 @@ def test_hf_sampler_stops_on_the_end_of_turn_token(qwen2_dir):
     out = s.sample(["Describe the ocean.", SYSTEM_CONV], 2, seed=0)
     assert s.last_stats["finished"] == 4 and s.last_lengths == [2] * 4
     assert all("<|im_end|>" not in y for ys in out for y in ys)
+    # max_prompt_length: generation starts from the prompt's last tokens
+    widths.clear()
+    HFSampler(model, tok, max_new_tokens=3, max_prompt_length=5).sample([SYSTEM_CONV], 1)
+    assert widths == [5]
 
 
 def test_plain_text_needs_the_flag_and_follows_trl():

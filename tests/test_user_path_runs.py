@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from inpo.train.cli import main as train_main
-from tests.hf_fixtures import (llama3_dir, qwen2_dir, qwen2_reward_dir, write_jsonl)  # noqa: F401 (fixtures)
+from tests.hf_fixtures import (llama3_dir, qwen2_dir, qwen2_pairwise_dir, qwen2_reward_dir,  # noqa: F401 (fixtures)
+                               write_jsonl)
 
 SYSTEM = {"role": "system", "content": "Answer briefly."}
 COMMON = ["--impl", "torch", "--progress", "false", "--threads", "1", "--n-bootstrap", "50"]
@@ -125,3 +126,36 @@ def test_plain_text_base_model_needs_the_flag(qwen2_dir, tmp_path, capsys):
     assert "chat_template: none" in capsys.readouterr().err and not out.exists()
     assert train_main(args + ["--no-chat-template"]) == 0
     assert json.loads((out / "final" / "inpo_origin.json").read_text())["chat_template"] == "none"
+
+
+def test_online_inpo_with_a_pairwise_model_and_prompt_truncation(qwen2_dir, qwen2_pairwise_dir, tmp_path):
+    """Conversational prompts, a pairwise preference model's tournament, max_prompt_length applied to generation
+    and training alike (the prompt keeps its last tokens)."""
+    from inpo.data.chat import encode_completion, encode_prompt
+    from inpo.data.tokenizer import load_tokenizer
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl",
+                          [{"prompt": [SYSTEM, {"role": "user", "content": f"Describe topic {i}."}]} for i in range(6)])
+    out = tmp_path / "run"
+    k, mpl = 3, 12
+    rc = train_main(["--model", str(qwen2_dir), "--prompts", str(prompts), "--oracle", f"pairwise:{qwen2_pairwise_dir}",
+                     "--output", str(out), "--iterations", "1", "--k", str(k), "--max-new-tokens", "4",
+                     "--max-prompt-length", str(mpl), "--evaluate", "false", "--batch-pairs", "4", "--epochs", "1",
+                     *COMMON])
+    assert rc == 0
+    it = [r for r in _metrics(out) if r["kind"] == "iteration"][0]
+    stats = json.loads((out / "iter_000" / "rank_stats.json").read_text())
+    n = 5  # 6 prompts, one held out
+    # the tournament: K-1 for the winner, ceil(K/2)-1 for the loser, one labelling query unless identical
+    assert it["oracle_queries"] == n * (k - 1 + (k + 1) // 2 - 1) + n - stats["identical"]
+    tok = load_tokenizer(qwen2_dir)
+    data = [json.loads(x) for x in (out / "iter_000" / "data.jsonl").read_text().splitlines()]
+    from inpo.online import _sequences
+    from inpo.train.config import load_config
+
+    cfg = load_config(None, {"model": str(qwen2_dir), "max_prompt_length": mpl})
+    seqs, kept = _sequences(tok, data, True, cfg)
+    assert kept == data and len(seqs) == 2 * len(data) > 0
+    full_prompt = encode_prompt(tok, data[0]["prompt"])
+    assert len(full_prompt) > mpl and seqs[0][0] == full_prompt[-mpl:]
+    assert seqs[0][1] == encode_completion(tok, data[0]["prompt"], data[0]["chosen"])[1]
