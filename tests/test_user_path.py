@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from inpo.data.chat import (Truncation, encode_completion, encode_pair, encode_prompt, normalize_pair, stop_token_ids,
+from inpo.data import encode_pair  # the public entry point
+from inpo.data.chat import (Truncation, encode_completion, encode_prompt, normalize_pair, stop_token_ids,
                             use_plain_text)
 from tests.hf_fixtures import (chatml_tokenizer, llama3_tokenizer, qwen2_dir, qwen2_reward_dir,  # noqa: F401 (fixtures)
                                write_jsonl)
