@@ -198,12 +198,16 @@ void forward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, 
       }
       const T m_old = st.m[i];
       const T m_new = std::max(m_old, mx);
-      T sum = 0;
+      // Every logit so far is -inf (a -inf bias over whole tiles: masked tokens): nothing to add, and
+      // exp(-inf - -inf) would be NaN. (m, s) stay (-inf, 0) until a finite logit arrives.
+      if (m_new != -std::numeric_limits<T>::infinity()) {
+        T sum = 0;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < cols; ++j) sum += fast_exp(row[j] - m_new);
-      // m_old = -inf on the first tile: exp(-inf) = 0 and s = 0, so this is just `sum`.
-      st.s[i] = st.s[i] * std::exp(m_old - m_new) + sum;
-      st.m[i] = m_new;
+        for (int64_t j = 0; j < cols; ++j) sum += fast_exp(row[j] - m_new);
+        // m_old = -inf on the first tile: exp(-inf) = 0 and s = 0, so this is just `sum`.
+        st.s[i] = st.s[i] * std::exp(m_old - m_new) + sum;
+        st.m[i] = m_new;
+      }
       const int64_t lab = c.labels[i];
       if (lab >= vb && lab < vb + cols) st.target[i] = row[lab - vb];
     }

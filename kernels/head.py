@@ -96,9 +96,11 @@ def head_fwd_kernel(X, W, B, Labels, PartM, PartS, PartT,
             z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
                              stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
             z = tl.where(mask_v[None, :], z, float("-inf"))
-            # Every tile holds >= 1 real column, so m_new is finite and exp never sees inf - inf.
             m_new = tl.maximum(m, tl.max(z, axis=1))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
+            # m_new is -inf while a row has seen only -inf logits (a -inf bias over whole tiles: masked tokens);
+            # shift by 0 there, since exp(-inf - -inf) is NaN. Such a row keeps s = 0 until a finite logit.
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), axis=1)
             m = m_new
             t += tl.sum(tl.where(offs_v[None, :] == lab[:, None], z, 0.0), axis=1)
     out = split.to(tl.int64) * N + offs_n
