@@ -170,12 +170,15 @@ def test_cpp_checks_guard_memory_when_python_checks_are_skipped():
     p = make_problem(n_seqs=2, h=8, v=40, seed=1)
     bad = p["labels"].clone()
     bad[bad != -100] = 40
+    op = torch.ops.inpo.head_forward  # the C++ op itself: the Python checks (ValueError) come first otherwise
     with pytest.raises(RuntimeError, match=r"labels must be in \[0, V=40\)"):
-        sequence_logps(p["hidden"], p["weight"], bad, p["cu_seqlens"], impl="native", check_values=False)
+        op(p["hidden"], p["weight"], None, bad, p["cu_seqlens"], -100)
     cu = p["cu_seqlens"].clone()
     cu[-1] += 1
     with pytest.raises(RuntimeError, match="cu_seqlens must start at 0 and end at N"):
-        sequence_logps(p["hidden"], p["weight"], p["labels"], cu, impl="native", check_values=False)
+        op(p["hidden"], p["weight"], None, p["labels"], cu, -100)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, V=40\)"):  # the public path names it first
+        sequence_logps(p["hidden"], p["weight"], bad, p["cu_seqlens"], impl="native", check_values=False)
 
 
 @needs_native
