@@ -56,9 +56,11 @@ def _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_
     for h0 in range(0, Hd, BLOCK_H):
         offs_h = h0 + arange_h
         mask_h = offs_h < Hd
-        x = tl.load(x_rows + offs_h[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :], other=0.0)
+        # int64 column offsets too: a transposed view (tied embeddings: stride_wh = V) puts H·V past 2^31.
+        offs_h64 = offs_h.to(tl.int64)
+        x = tl.load(x_rows + offs_h64[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :], other=0.0)
         # W^T tile loaded directly as [BLOCK_H, BLOCK_V].
-        wt = tl.load(w_cols + offs_h[:, None] * stride_wh, mask=mask_h[:, None] & mask_v[None, :], other=0.0)
+        wt = tl.load(w_cols + offs_h64[:, None] * stride_wh, mask=mask_h[:, None] & mask_v[None, :], other=0.0)
         if DOT_FP32:
             x = x.to(tl.float32)
             wt = wt.to(tl.float32)
@@ -194,7 +196,7 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
                 offs_h = h0 + arange_h
                 mask_h = offs_h < Hd
                 if COMPUTE_DX:
-                    w = tl.load(w_rows + offs_h[None, :] * stride_wh, mask=mask_v[:, None] & mask_h[None, :],
+                    w = tl.load(w_rows + offs_h.to(tl.int64)[None, :] * stride_wh, mask=mask_v[:, None] & mask_h[None, :],
                                 other=0.0)
                     if DOT_FP32:
                         w = w.to(tl.float32)
@@ -202,7 +204,7 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
                     tl.atomic_add(dx_rows + offs_h[None, :], dx, mask=mask_n[:, None] & mask_h[None, :],
                                   sem="relaxed")
                 if COMPUTE_DW:
-                    x = tl.load(x_rows + offs_h[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :],
+                    x = tl.load(x_rows + offs_h.to(tl.int64)[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :],
                                 other=0.0)
                     if DOT_FP32:
                         x = x.to(tl.float32)
