@@ -51,10 +51,12 @@ def reference_error_excess(actual, ref_lowp, ref_fp64, *, factor=2.0, tiny_rel=T
 
 def reference_error_violations(actual: dict, ref_lowp: dict, ref_fp64: dict, **rule) -> dict:
     """The outputs (e.g. ``logps``, ``dhidden``, ``dweight``, ``dbias``) that break the rule, as name -> (err,
-    budget). Every key of ``actual`` is checked; a NaN anywhere is a violation."""
+    budget). Every key of ``actual`` is checked; a NaN anywhere is a violation. ``atol`` may be a dict per output."""
     bad = {}
+    atol = rule.pop("atol", 0.0)
     for k, t in actual.items():
-        err, budget = reference_error_excess(t, ref_lowp[k], ref_fp64[k], **rule)
+        err, budget = reference_error_excess(t, ref_lowp[k], ref_fp64[k], **rule,
+                                             atol=atol.get(k, 0.0) if isinstance(atol, dict) else atol)
         if not err <= budget:  # NaN-safe
             bad[k] = (err, budget)
     return bad
