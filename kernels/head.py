@@ -195,8 +195,9 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
             for h0 in range(0, Hd, BLOCK_H):
                 offs_h = h0 + arange_h
                 mask_h = offs_h < Hd
+                offs_h64 = offs_h.to(tl.int64)  # int64: see _logits_tile
                 if COMPUTE_DX:
-                    w = tl.load(w_rows + offs_h.to(tl.int64)[None, :] * stride_wh, mask=mask_v[:, None] & mask_h[None, :],
+                    w = tl.load(w_rows + offs_h64[None, :] * stride_wh, mask=mask_v[:, None] & mask_h[None, :],
                                 other=0.0)
                     if DOT_FP32:
                         w = w.to(tl.float32)
@@ -204,7 +205,7 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
                     tl.atomic_add(dx_rows + offs_h[None, :], dx, mask=mask_n[:, None] & mask_h[None, :],
                                   sem="relaxed")
                 if COMPUTE_DW:
-                    x = tl.load(x_rows + offs_h.to(tl.int64)[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :],
+                    x = tl.load(x_rows + offs_h64[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :],
                                 other=0.0)
                     if DOT_FP32:
                         x = x.to(tl.float32)

@@ -317,7 +317,8 @@ def test_minus_inf_bias_over_whole_vocab_tiles(impl):
         return _run(impl)(p)
 
     out = _outputs(run, prob)
-    assert all(torch.isfinite(t).all() for t in out.values()), {k: int((~torch.isfinite(t)).sum()) for k, t in out.items()}
+    assert all(torch.isfinite(t).all() for t in out.values()), {k: int((~torch.isfinite(t)).sum())
+                                                                for k, t in out.items()}
     assert (out["dbias"][:masked] == 0).all() and (out["dweight"][:masked].abs() < 1e-30).all()
     assert_within_reference_error(out, _outputs(_run("naive"), prob), _outputs(_run("naive"), as_fp64(prob)),
                                   name=f"{impl} -inf bias")

@@ -194,7 +194,9 @@ def check_unit_interval(name: str, t: Tensor, *, sync: bool = False) -> None:
     size = flat.numel()
 
     def describe(f):
-        return None if int(f[0]) == size else f"{name} must be in [0, 1] (win-rate estimates), got {f[1]} at index {int(f[0])}"
+        if int(f[0]) == size:
+            return None
+        return f"{name} must be in [0, 1] (win-rate estimates), got {f[1]} at index {int(f[0])}"
 
     _check_or_defer(torch.stack([first.double(), value]), describe, sync)
 
