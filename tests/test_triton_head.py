@@ -462,3 +462,18 @@ def _strided_past_2_31_case():
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
     torch.testing.assert_close(hidden.grad, h_dense.grad, rtol=0, atol=1e-3)
     torch.testing.assert_close(weight.grad, w_dense.grad, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_minus_inf_bias_whole_tiles_and_splits(splits):
+    """Masked tokens: a -inf bias over whole 64-wide tiles, the first tiles of a split and a whole split (4 splits
+    of 17 tiles: split 0 = columns 0..319 all masked) -- the running max stays -inf there and must not give NaN."""
+    prob = _problem(bias=True)
+    v = prob["weight"].shape[0]
+    prob["bias"][:400] = float("-inf")
+    valid = prob["labels"] != -100
+    prob["labels"][valid] = 400 + prob["labels"][valid] % (v - 400)
+    out, grads, _ = _run(prob, fwd_config=SMALL_FWD, bwd_config=SMALL_BWD, splits=splits)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads.values())
+    assert (grads["bias"][:400] == 0).all()
+    _check_against_fp64(prob, out, grads, f"-inf bias splits={splits}")
