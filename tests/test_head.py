@@ -269,16 +269,23 @@ def test_cuda_value_check_adds_no_host_sync():
     p = make_problem(n_seqs=4, h=16, v=50, seed=1, device="cuda")
     p["labels"][6] = 50
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
+    err = None
+    torch.cuda.set_sync_debug_mode("error")  # a synchronising call raises RuntimeError
     try:
         out = sequence_logps(p["hidden"], p["weight"], p["labels"], p["cu_seqlens"], impl="triton",
                              check_values=False)
+        assert out.shape == (4,)
+    except ValueError as e:  # legal too: Triton's own entry check found the public check's event complete
+        err = e
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
-    assert out.shape == (4,)
-    with pytest.raises(ValueError, match="got label 50 at token 6"):
-        raise_pending_value_errors()
+    if err is None:
+        with pytest.raises(ValueError) as info:
+            raise_pending_value_errors()
+        err = info.value
+    assert "got label 50 at token 6" in str(err) and "earlier head call" in str(err)
+    raise_pending_value_errors(wait=True)  # drained: nothing left for later tests
 
 
 def test_sppo_targets_must_be_win_rates():
