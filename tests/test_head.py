@@ -264,7 +264,7 @@ def test_deferred_value_check_raises_at_the_next_call():
 def test_cuda_value_check_adds_no_host_sync():
     """check_values=False on CUDA: no synchronising call (sync debug mode 'error' raises on one); the bad label is
     reported, by index, once the device has finished."""
-    from inpo.ops import raise_pending_value_errors
+    from inpo.ops import checks, raise_pending_value_errors
 
     p = make_problem(n_seqs=4, h=16, v=50, seed=1, device="cuda")
     p["labels"][6] = 50
@@ -285,7 +285,7 @@ def test_cuda_value_check_adds_no_host_sync():
             raise_pending_value_errors()
         err = info.value
     assert "got label 50 at token 6" in str(err) and "earlier head call" in str(err)
-    raise_pending_value_errors(wait=True)  # drained: nothing left for later tests
+    checks._PENDING.clear()  # Triton's own entry check queued the same bad flags again: not for later tests
 
 
 def test_sppo_targets_must_be_win_rates():
