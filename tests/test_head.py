@@ -285,7 +285,7 @@ def test_cuda_value_check_adds_no_host_sync():
             raise_pending_value_errors()
         err = info.value
     assert "got label 50 at token 6" in str(err) and "earlier head call" in str(err)
-    checks._PENDING.clear()  # Triton's own entry check queued the same bad flags again: not for later tests
+    assert not checks._PENDING  # Triton's own entry check did not queue the same tensors again
 
 
 def test_sppo_targets_must_be_win_rates():
@@ -348,3 +348,16 @@ def test_non_default_ignore_index(impl, ignore_index):
     lab[default_ignored] = -100  # -100 is now an ordinary (out-of-range) label
     with pytest.raises(ValueError, match=f"ignore_index={ignore_index}, got label -100 at token"):
         _run(impl, ignore_index)(prob)
+
+
+def test_value_check_reruns_after_an_in_place_change():
+    """The dispatcher and an impl's own entry check the same tensors once; an in-place edit (version bump) or a
+    new tensor is checked again."""
+    p = _base()
+    args = (p["hidden"], p["weight"], p["labels"], p["cu_seqlens"])
+    sequence_logps(*args, impl="triton", check_values=False)
+    p["labels"][4] = 99  # same tensor object, new version
+    with pytest.raises(ValueError, match="got label 99 at token 4"):
+        sequence_logps(*args, impl="triton", check_values=False)
+    with pytest.raises(ValueError, match="got label 99 at token 4"):  # a failed check is not remembered
+        sequence_logps(*args, impl="torch", check_values=False)

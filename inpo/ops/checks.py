@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,8 +167,19 @@ def check_values_on_device(labels: Tensor, cu_seqlens: Tensor, n: int, v: int, *
                                 f"cu_seqlens must rise from 0 to N={n}")
         return
     raise_pending_value_errors(wait=False)
+    global _LAST_CHECKED
+    key = (labels._version, cu_seqlens._version, n, v, ignore_index, sync)
+    last = _LAST_CHECKED
+    if last is not None and last[0]() is labels and last[1]() is cu_seqlens and last[2] == key:
+        return  # the same tensors, unmodified, were just checked (the dispatcher, then an impl's own entry)
     _check_or_defer(value_flags(labels, cu_seqlens, n, v, ignore_index),
                     lambda f: describe_bad_values(f, n, v, ignore_index), sync)
+    _LAST_CHECKED = (weakref.ref(labels), weakref.ref(cu_seqlens), key)
+
+
+# (weakref(labels), weakref(cu_seqlens), versions and arguments) of the last check: a dead tensor never matches,
+# and an in-place change bumps its version.
+_LAST_CHECKED: tuple | None = None
 
 
 def _check_or_defer(flags: Tensor, describe: Callable[[list], str | None], sync: bool) -> None:
