@@ -24,7 +24,7 @@ _PTRS = {"Labels": "*i64", "PartM": "*fp32", "PartS": "*fp32", "PartT": "*fp32",
          "DX": "*fp32", "DW": "*fp32", "DB": "*fp32", "Skipped": "*i32"}
 _UNIT = ("stride_xh", "stride_wh")  # contiguous rows: the JIT turns ints equal to 1 into constants
 _DIV16 = ("V", "Hd", "stride_xn", "stride_wv", "stride_dzn")
-_FLOATS = ("filter_eps",)
+_FLOATS = ("grad_filter",)
 
 
 def _resources(cubin: bytes) -> dict:
