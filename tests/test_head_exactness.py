@@ -334,6 +334,12 @@ def test_deterministic_selects_the_chunked_backward(monkeypatch):
         torch.testing.assert_close(g_d[k], g_a[k], rtol=1e-5, atol=1e-6)
     out_d2, g_d2 = _grads(fn, prob, up, deterministic=True)
     assert torch.equal(out_d2, out_d) and all(torch.equal(g_d2[k], g_d[k]) for k in g_d)
+    # Many token blocks over several ragged chunks: the dBias partial rows of every block are summed.
+    small = dict(bwd_config=KernelConfig(16, 256, 16, group_n=3), fwd_config=KernelConfig(16, 512, 16))
+    _, g_c = _grads(triton_impl.sequence_logps, prob, up, deterministic=True, chunk_tokens=40, **small)
+    for k in g_a:
+        torch.testing.assert_close(g_c[k], g_a[k], rtol=1e-5, atol=1e-6)
+    ran.clear()
 
     ran.clear()  # None follows torch's global switch, read at call time
     assert not torch.are_deterministic_algorithms_enabled()
