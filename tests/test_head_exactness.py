@@ -417,3 +417,40 @@ def test_gpu_deterministic_runs_are_bitwise_equal(dtype):
     first, second = run(), run()
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------- the trainer
+def test_trainer_head_options_and_their_errors():
+    from inpo.train.config import load_config
+
+    cfg = load_config()
+    assert cfg.head_grad_filter is None and cfg.head_deterministic is None
+    assert cfg.head_options() == {"grad_filter": None, "deterministic": True}  # None = on: --resume is bit-exact
+    fast = load_config(overrides={"head_deterministic": "false", "head_grad_filter": "0.001"})
+    assert fast.head_options() == {"grad_filter": 0.001, "deterministic": False}
+    with pytest.raises(ValueError, match="head_grad_filter: grad_filter must be None"):
+        load_config(overrides={"head_deterministic": "false", "head_grad_filter": "1.5"})
+    with pytest.raises(ValueError, match="head_grad_filter=0.001 acts on the atomic backward only"):
+        load_config(overrides={"head_grad_filter": "0.001"})
+    with pytest.raises(ValueError, match="head_deterministic expects bool"):
+        load_config(overrides={"head_deterministic": "sometimes"})
+
+
+def test_train_step_passes_head_options(monkeypatch):
+    import inpo.train.step as step_mod
+    from inpo.data.packing import pack_sequences
+    from inpo.objectives import INPO
+    from inpo.train.optim import cosine_schedule, make_optimizer
+    from tests.test_train_step import pair_seqs, tiny_model
+
+    seen = []
+    real = step_mod.preference_loss
+    monkeypatch.setattr(step_mod, "preference_loss", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    model = tiny_model(tied=False)
+    seqs = pair_seqs(2)
+    ref = torch.zeros(len(seqs))
+    opt = make_optimizer(model, lr=1e-3)
+    step_mod.train_step(model, pack_sequences(seqs, max_tokens=10_000), INPO(eta=0.5, ratio=0.5), opt,
+                        cosine_schedule(opt, total_steps=1), {"ref_logps": ref, "anchor_logps": ref}, impl="torch",
+                        head_options={"grad_filter": None, "deterministic": True})
+    assert seen and all(kw["deterministic"] is True and kw["grad_filter"] is None for kw in seen)
