@@ -137,7 +137,7 @@ def test_grad_filter_rule_and_per_row_bound(dtype, mult):
     eps = (1 - p[torch.arange(32), prob["labels"]]).mean().item()
     budget = mult * eps
     skip, row_mass, margin = _simulate_filter(prob, budget, SPREAD_BWD.block_n, SPREAD_BWD.block_v)
-    assert margin > 0.05, margin  # the fp64 decision is not borderline: the kernel's fp32 one must agree
+    assert margin > 0.01, margin  # the fp64 decision is not borderline: the kernel's fp32 one must agree
     cfg = dict(bwd_config=SPREAD_BWD, fwd_config=KernelConfig(16, 1024, 16))
     exact_stats, filt_stats = {}, {}
     out0, g0 = _grads(triton_impl.sequence_logps, prob, up, stats=exact_stats, **cfg)
@@ -191,25 +191,13 @@ def test_paths_without_filter_ignore_grad_filter(impl):
 
 
 # ------------------------------------------------------------------------------ default exact at V = 131072 (fp16)
-def _large_vocab_problem(n=32, h=16, v=131072, seed=0):
+def _large_vocab_problem():
     """Rows 0-15: near-uniform softmax (every p < 2^-16) over weights with a shared mean direction -- the case the
     old per-entry filter (on by default for fp16/bf16) got 19x wrong in dHidden. Rows 16-31: peaked along a
-    Zipf-like direction d (log-frequency -log(1+v), vocabulary sorted by it) so that the opt-in filter has
-    tiles to skip. fp16."""
-    g = torch.Generator().manual_seed(seed)
-    mu = torch.randn(h, generator=g, dtype=torch.float64)
-    d = torch.randn(h, generator=g, dtype=torch.float64)
-    d /= d.norm()
-    noise = torch.randn(v, h, generator=g, dtype=torch.float64)
-    noise -= (noise @ d)[:, None] * d
-    w = mu + 0.05 * noise - torch.log1p(torch.arange(v, dtype=torch.float64))[:, None] * d
-    x = 0.05 * torch.randn(n, h, generator=g, dtype=torch.float64)
-    x -= (x @ d)[:, None] * d
-    labels = torch.randint(0, v, (n,), generator=g)
-    half = n // 2
-    labels[half:] = torch.randint(0, 2048, (n - half,), generator=g)
-    t = labels[half:]
-    x[half:] = 2.0 * d + 10.0 * noise[t] / noise[t].norm(dim=1, keepdim=True)
+    Zipf-like profile so that the opt-in filter has tiles to skip. fp16, N=32, H=16, V=131072."""
+    from inpo.profiling.filter_error import filter_problem
+
+    x, w, labels = filter_problem(16, 16, 16, v=131072, seed=2)
     cu = torch.tensor([0, 9, 16, 32], dtype=torch.int32)
     return dict(hidden=x.half(), weight=w.half(), labels=labels, cu_seqlens=cu, bias=None)
 
@@ -218,7 +206,7 @@ def _large_vocab_problem(n=32, h=16, v=131072, seed=0):
 def test_default_exact_and_opt_in_bound_at_large_vocab():
     """V = 131072, fp16. Default: every gradient within 4x the fp32-accumulating naive head's own error against
     fp64 (the Triton backward rounds dz to fp16 before its tensor-core GEMM, naive does not; the old default filter
-    put dHidden 19x off here). grad_filter = 2^-10: the skipped tiles are exactly those of the fp64 rule, and the
+    put dHidden 19x off here). grad_filter = 2^-8: the skipped tiles are exactly those of the fp64 rule, and the
     gradients move by no more than the documented per-row bound."""
     prob = _large_vocab_problem()
     up = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
@@ -237,9 +225,9 @@ def test_default_exact_and_opt_in_bound_at_large_vocab():
         assert _err(g[k], g64[k]) <= budget, (k, _err(g[k], g64[k]), budget)
     assert _err(out, ref64) <= 4 * _err(ref16, ref64) + 1e-4
 
-    grad_filter = 2.0**-10
+    grad_filter = 2.0**-8
     skip, row_mass, margin = _simulate_filter(prob, grad_filter, bwd.block_n, bwd.block_v)
-    assert margin > 0.05, margin
+    assert margin > 0.01, margin  # fp32 vs fp64 tile masses differ by ~1e-6 relative
     fstats = {}
     out_f, g_f = _grads(triton_impl.sequence_logps, prob, up, keys=("hidden", "weight"), grad_filter=grad_filter,
                         stats=fstats, **cfg)

@@ -27,22 +27,25 @@ V = 128256
 BLOCK_N = BLOCK_V = 128  # the sm90 backward tile
 
 
-def _problem(kind: str, n: int, h: int, seed: int):
+def filter_problem(n_uniform: int, n_peaked: int, h: int, *, v: int = V, seed: int = 0):
+    """fp64 (hidden [N, H], weight [V, H], labels [N]): the first ``n_uniform`` rows near-uniform over weights that
+    share a mean direction, the other ``n_peaked`` rows peaked along the Zipf-like profile -log(1 + v) (targets
+    among the 4096 most frequent tokens, a per-row sharpness in [1.5, 2.5], a target boost); see the module doc."""
     g = torch.Generator().manual_seed(seed)
+    n = n_uniform + n_peaked
     mu = torch.randn(h, generator=g, dtype=torch.float64)
     d = torch.randn(h, generator=g, dtype=torch.float64)
     d /= d.norm()
-    noise = torch.randn(V, h, generator=g, dtype=torch.float64)
+    noise = torch.randn(v, h, generator=g, dtype=torch.float64)
     noise -= (noise @ d)[:, None] * d
-    if kind == "uniform":
-        w = mu + 0.05 * noise
-        x = 0.05 * torch.randn(n, h, generator=g, dtype=torch.float64)
-        labels = torch.randint(0, V, (n,), generator=g)
-        return x, w, labels
-    w = mu + 0.05 * noise - torch.log1p(torch.arange(V, dtype=torch.float64))[:, None] * d
-    labels = torch.randint(0, 4096, (n,), generator=g)
-    a = 1.5 + torch.rand(n, 1, generator=g, dtype=torch.float64)
-    x = a * d + 10.0 * noise[labels] / noise[labels].norm(dim=1, keepdim=True)
+    w = mu + 0.05 * noise - torch.log1p(torch.arange(v, dtype=torch.float64))[:, None] * d
+    x = 0.05 * torch.randn(n, h, generator=g, dtype=torch.float64)
+    x -= (x @ d)[:, None] * d  # uniform rows do not see the frequency profile
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[n_uniform:] = torch.randint(0, min(v, 4096), (n_peaked,), generator=g)
+    t = labels[n_uniform:]
+    sharp = 1.5 + torch.rand(n_peaked, 1, generator=g, dtype=torch.float64)
+    x[n_uniform:] = sharp * d + 10.0 * noise[t] / noise[t].norm(dim=1, keepdim=True)
     return x, w, labels
 
 
@@ -70,7 +73,7 @@ def measure(kind: str, rule: str, budget: float, *, n: int, h: int, seeds: int) 
     stats: dict[str, list[float]] = {"tiles_skipped": [], "max_row_mass_skipped": [], "dhidden_rel": [],
                                      "dweight_rel": [], "dhidden_max_over_bound": []}
     for seed in range(seeds):
-        x, w, labels = _problem(kind, n, h, seed)
+        x, w, labels = filter_problem(n if kind == "uniform" else 0, 0 if kind == "uniform" else n, h, seed=seed)
         p = torch.softmax(x @ w.t(), dim=1)
         dz = -p
         dz[torch.arange(n), labels] += 1.0
