@@ -15,7 +15,7 @@ from torch import Tensor
 
 from inpo.objectives import Objective
 from inpo.ops.checks import (check_grad_filter, check_head_inputs, check_impl, check_side_input,
-                             resolve_deterministic)
+                             check_unit_interval, resolve_deterministic)
 
 _IMPL_MODULES = {
     "naive": "inpo.ops.naive",
@@ -84,7 +84,9 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
         cu_seqlens: [S+1] int32 sequence boundaries, from 0 to N.
         bias: optional [V] LM-head bias.
         impl: ``"triton"`` | ``"torch"`` | ``"naive"`` | ``"native"`` | ``"auto"``.
-        check_values: validate label range and cu_seqlens order (one host sync).
+        check_values: label range and cu_seqlens boundaries are checked on every call; ``True`` raises at once
+            (one host sync on CUDA), ``False`` keeps CUDA calls sync-free and raises the ValueError at a later
+            call once the device has finished this one (or at :func:`inpo.ops.raise_pending_value_errors`).
         grad_filter: ``None`` (default) = exact gradients on every impl and dtype. A float ``b`` in (0, 1) lets
             the Triton atomic backward skip a [BLOCK_N, BLOCK_V] tile's two gradient GEMMs when every row's
             softmax mass in it is at most ``b / (number of vocabulary tiles)`` and it holds no target: each
@@ -127,6 +129,8 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
     tgt = check_side_input("targets", targets, s, hidden.device)
     check_grad_filter(grad_filter)
     resolve_deterministic(deterministic)
+    if tgt is not None:
+        check_unit_interval("targets", tgt, sync=check_values)  # win rates; CUDA: deferred, no host sync
     # Validate the objective's needs before the expensive head runs.
     objective.check_inputs(torch.empty(s, device="meta"), *(None if t is None else t.to("meta") for t in (ref, anchor, tgt)))
     logps = sequence_logps(hidden, weight, labels, cu_seqlens, bias=bias, ignore_index=ignore_index, impl=impl,
