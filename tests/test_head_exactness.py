@@ -238,12 +238,24 @@ def test_default_exact_and_opt_in_bound_at_large_vocab():
 
 
 # ----------------------------------------------------------------------------- fp32 accumulation: torch and naive
-def _ulp_check(name, got, ref64):
+def _dz_rounding(prob, up):
+    """What rounding each dz entry to fp16 (relative 2^-11) can move dHidden and dWeight by, elementwise (fp64)."""
+    p64 = _fp64(prob)
+    x, w = p64["hidden"], p64["weight"]
+    p = torch.softmax(x @ w.t() + (0 if p64["bias"] is None else p64["bias"]), dim=1)
+    valid = prob["labels"] != -100
+    dz = p.clone()
+    dz[valid.nonzero().squeeze(1), prob["labels"][valid]] -= 1.0
+    dz = dz.abs() * _g_tok(prob, up)[:, None]
+    return {"hidden": 2.0**-11 * dz @ w.abs(), "weight": 2.0**-11 * dz.t() @ x.abs()}
+
+
+def _ulp_check(name, got, ref64, extra=0.0):
     """fp32 accumulation leaves only the final rounding to fp16, elementwise: |got - fp64| <= 2^-10·|fp64| (half an
     fp16 ulp is 2^-11 relative) + 2^-24 (fp16 subnormals) + 2^-20·max|fp64| (fp32 accumulation noise where a sum
     cancels to a small element)."""
     err = (got.double() - ref64).abs()
-    bound = 2.0**-10 * ref64.abs() + 2.0**-24 + 2.0**-20 * ref64.abs().max()
+    bound = 2.0**-10 * ref64.abs() + 2.0**-24 + 2.0**-20 * ref64.abs().max() + extra
     assert (err <= bound).all(), f"{name}: {(err - bound).max().item():.3e} over one fp16 rounding"
 
 
@@ -261,9 +273,12 @@ def test_fp16_gradients_accumulate_in_fp32(impl):
     out, g = _grads(fn, prob, up)
     assert out.dtype == torch.float32
     assert _err(out, ref64) <= 1e-6 * ref64.abs().max().item() + 1e-5  # fp32 logits: fp32-level values
+    # naive rounds dz once to fp16 before its backward GEMMs (the tensor-core error model, on every device):
+    # budget that rounding, 2^-11·|dz|, carried through the GEMM. The CPU torch path keeps dz in fp32.
+    extra = _dz_rounding(prob, up) if impl == "naive" else {}
     for k in g:
         assert g[k].dtype == torch.float16
-        _ulp_check(f"{impl} d{k}", g[k], g64[k])
+        _ulp_check(f"{impl} d{k}", g[k], g64[k], extra.get(k, 0.0))
 
 
 @interpreter

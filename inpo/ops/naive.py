@@ -3,7 +3,7 @@
 It does what a plain framework would, with fp32 accumulation: the [N, V] logits come out of an fp32-output GEMM
 (CUDA, in the input dtype on tensor cores) or an fp32 GEMM on upcast operands (CPU) -- never rounded to fp16/bf16
 -- then log-softmax in fp32 (fp64 for fp64 inputs), and the backward's two GEMMs accumulate in fp32 the same way
-(:mod:`inpo.ops.gemm`). Called with fp64 inputs it is the ground truth the other implementations are tested against.
+(:mod:`inpo.ops.gemm`) on dz rounded once to the input dtype, as on tensor cores. Called with fp64 inputs it is the ground truth the other implementations are tested against.
 """
 
 from __future__ import annotations
@@ -42,7 +42,12 @@ def segment_sum_ordered(values: Tensor, cu_seqlens: Tensor) -> Tensor:
 
 
 class _Fp32Logits(torch.autograd.Function):
-    """fp32 logits ``hidden @ weight.T`` of fp16/bf16 inputs, and their gradients, with fp32 accumulation."""
+    """fp32 logits ``hidden @ weight.T`` of fp16/bf16 inputs, and their gradients, with fp32 accumulation.
+
+    The backward rounds the logits' gradient dz once to the input dtype before its two GEMMs, on every device:
+    that is what a tensor-core GEMM needs (and what the Triton kernels do), so this same-dtype reference has the
+    same error model on CPU and GPU -- one rounding of each dz entry, fp32 sums, one rounding of each output.
+    """
 
     @staticmethod
     def forward(ctx, hidden, weight):
@@ -52,6 +57,7 @@ class _Fp32Logits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dz):
         hidden, weight = ctx.saved_tensors
+        dz = dz.to(hidden.dtype)
         dh = mm_fp32(dz, weight).to(hidden.dtype) if ctx.needs_input_grad[0] else None
         dw = mm_fp32(dz.t(), hidden).to(weight.dtype) if ctx.needs_input_grad[1] else None
         return dh, dw
