@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from inpo.objectives import OBJECTIVES, Objective, make_objective
+from inpo.ops.checks import check_grad_filter
 
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "config_to_yaml"]
 
@@ -121,6 +122,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the decoder body
     liger: bool = False  # Liger RMSNorm/SwiGLU/RoPE kernels (needs liger-kernel, GPU)
     impl: str = "auto"  # fused head impl: auto | triton | native | torch | naive
+    head_grad_filter: float | None = None  # opt-in filter of the Triton head's backward: per-token budget of skipped softmax mass in (0, 1); None = exact (needs head_deterministic: false)
+    head_deterministic: bool | None = None  # fixed-order head backward; None = on (--resume continues bit-exactly), false = the atomic backward (faster on GPU, last bits vary run to run)
     progress: bool = True  # rich progress bars
     keep_iterates: int | None = None  # online: keep the newest N iterate folders iter_<t>/policy (None = all)
     report_to: str = "none"  # none | tensorboard | wandb | all, or a comma list (TRL's report_to)
@@ -180,6 +183,12 @@ class TrainConfig:
     def make_objective(self) -> Objective:
         return make_objective(self.objective, **self.objective_params())
 
+    def head_options(self) -> dict:
+        """``grad_filter`` / ``deterministic`` for the fused head in training. ``head_deterministic`` None means on:
+        every run may be resumed, and ``--resume`` promises to continue bit-exactly."""
+        return {"grad_filter": self.head_grad_filter,
+                "deterministic": True if self.head_deterministic is None else self.head_deterministic}
+
     def validate(self) -> "TrainConfig":
         if self.objective.lower() not in OBJECTIVES:
             raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
@@ -219,6 +228,14 @@ class TrainConfig:
         if self.eval_data is not None and self.data is None:
             raise ValueError(f"eval_data={self.eval_data!r} is for offline runs (held-out pairs scored after training "
                              f"on data=...); online runs evaluate with eval_prompts")
+        try:
+            check_grad_filter(self.head_grad_filter)
+        except ValueError as exc:
+            raise ValueError(f"head_grad_filter: {exc}") from None
+        if self.head_grad_filter and self.head_deterministic is not False:
+            raise ValueError(f"head_grad_filter={self.head_grad_filter} acts on the atomic backward only; the "
+                             "deterministic one (head_deterministic: null/true) has no filter -- set "
+                             "head_deterministic: false to use it")
         if self.data is not None and self.objective == "sppo":
             raise ValueError("objective 'sppo' needs K samples per prompt and win-rate targets: online only, not "
                              "with data= (offline pairs); use dpo, ipo or inpo offline")
