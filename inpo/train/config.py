@@ -92,6 +92,7 @@ class TrainConfig:
     impl: str = "auto"  # fused head impl: auto | triton | native | torch | naive
     progress: bool = True  # rich progress bars
     threads: int | None = None  # CPU intra-op threads; None = 1 for the tiny default model on CPU, else torch's
+    overwrite: bool = False  # a fresh start may replace a previous run (checkpoints, final/) in output
 
     # ------------------------------------------------------------------
     def objective_params(self) -> dict:
@@ -123,6 +124,8 @@ class TrainConfig:
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be > 0 or null, got {v!r}")
         self._validate_ranges()
+        if self.sampler not in ("hf", "vllm", "auto"):
+            raise ValueError(f"sampler must be 'hf', 'vllm' or 'auto', got {self.sampler!r}")
         if self.pair_strategy not in ("best_worst", "random"):
             raise ValueError(f"pair_strategy must be 'best_worst' or 'random', got {self.pair_strategy!r}")
         if len(self.betas) != 2:
