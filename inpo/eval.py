@@ -175,6 +175,19 @@ def _atomic_write_json(path: str | os.PathLike, obj) -> None:
         raise
 
 
+def _check_json_out(path: Path) -> None:
+    """Fail before the (long) evaluation when --json cannot be written: a folder, or under a file."""
+    if path.is_dir():
+        raise ValueError(f"--json {str(path)!r} is a folder; pass a file path")
+    base = path.absolute().parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"--json {str(path)!r} is under {str(base)!r}, which is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"--json {str(path)!r}: no permission to write in {str(base)!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -183,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         if not math.isfinite(args.temperature) or args.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+        if args.json_out:
+            _check_json_out(Path(args.json_out))
         from inpo.oracles import make_oracle
 
         oracle = make_oracle(args.oracle, device=args.device, seed=args.seed)
@@ -200,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         policy = load_policy(policy_path, tokenizer=tokenizer, device=args.device)
         baseline_name = args.baseline or "default"
         baseline = load_policy(args.baseline, tokenizer=tokenizer, device=args.device)
+        import torch
+
+        for role, model, where in (("policy", policy, args.policy), ("baseline", baseline, baseline_name)):
+            bad = next((n for n, t in model.state_dict().items()
+                        if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+            if bad is not None:
+                raise ValueError(f"--{role} {where!r}: weight {bad!r} holds NaN/inf values; it cannot be sampled "
+                                 f"(a diverged training run?)")
         vp, vb = policy.config.vocab_size, baseline.config.vocab_size
         if vp != vb:
             raise ValueError(f"policy and baseline vocabularies differ ({vp} vs {vb}); they must share a tokenizer")
@@ -226,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
                   "prompts": args.prompts, "k": args.k, "seed": args.seed, "hard": args.hard,
                   "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                   "environment": environment_info()}
-        _atomic_write_json(args.json_out, record)
+        try:
+            _atomic_write_json(args.json_out, record)
+        except OSError as exc:  # the result is computed: never lose it to an unwritable path
+            print(json.dumps(record, indent=2, default=str))
+            print(f"inpo eval: error: could not write --json {args.json_out!r} ({exc.strerror or exc}); the result "
+                  f"is printed above", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -9,6 +9,8 @@ bands over seeds) and ``DIR/report.md`` (gap at T and fitted log-log slopes with
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,16 +40,59 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_out(ap: argparse.ArgumentParser, out: Path) -> None:
+    """--out must be (or become) a writable directory: not a file, not under a file."""
+    if out.exists() and not out.is_dir():
+        ap.error(f"--out {str(out)!r} is a file, not a directory")
+    base = out.absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        ap.error(f"--out {str(out)!r} is under {str(base)!r}, which is a file, not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        ap.error(f"--out {str(out)!r}: no permission to write in {str(base)!r}")
+
+
+def _memory_estimate(args) -> int:
+    """Bytes the sweep holds at once (float64): the game ([C,] n, n) with the working copies a mixture needs,
+    and every iterate of one trajectory (T+1 policies over [C,] n)."""
+    n = 3 if args.game == "rps" else args.n
+    c = args.contexts or 1
+    return 8 * c * (3 * n * n + 2 * (args.iters + 1) * n)
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
     for name, low in (("iters", 1), ("seeds", 1), ("n", 2)):
         if getattr(args, name) < low:
             ap.error(f"--{name} must be an int >= {low}, got {getattr(args, name)}")
-    if not args.step > 0:
-        ap.error(f"--step must be > 0, got {args.step}")
+    if args.contexts is not None and args.contexts < 1:
+        ap.error(f"--contexts must be an int >= 1 (one game per prompt), got {args.contexts}")
+    if not (math.isfinite(args.step) and args.step > 0):
+        ap.error(f"--step must be a finite number > 0, got {args.step}")
     if not 0 <= args.tau_ratio <= 1:
         ap.error(f"--tau-ratio must be in [0, 1], got {args.tau_ratio}")
+    _check_out(ap, args.out)
+    need, have = _memory_estimate(args), _available_memory()
+    if have is not None and need > 0.8 * have:
+        ap.error(f"--game {args.game} --n {args.n}{f' --contexts {args.contexts}' if args.contexts else ''} --iters "
+                 f"{args.iters} needs about {need / 2**30:.1f} GiB (the n x n game matrix and the iterates), more "
+                 f"than 80% of the {have / 2**30:.1f} GiB available; lower --n, --contexts or --iters")
     try:
         specs = make_specs([a for a in args.algos.split(",") if a.strip()], step=args.step,
                            tau_ratio=args.tau_ratio, schedule=args.schedule)
