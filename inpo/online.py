@@ -45,7 +45,7 @@ from inpo.train.checkpoint import atomic_write_text, load_latest_good_checkpoint
 from inpo.train.config import TrainConfig, config_to_yaml
 from inpo.train.loop import (LOCK_NAME, RUN_MARKER, RunContext, RunDirError, StopRun, agreed_stop_signal,
                              check_output_dir, claim_run_dir, export_final, graceful_stop, interrupted,
-                             precompute_logps, release_run_locks, resolve_device, run_world_size, train_phase,
+                             precompute_logps, probe_run_lock, release_run_locks, resolve_device, run_world_size, train_phase,
                              world_is_distributed)
 
 __all__ = ["run_online", "run_offline", "run_training"]
@@ -686,6 +686,7 @@ def run_training(config: TrainConfig) -> list[dict]:
     on the way out, whatever happens."""
     if config.output:  # before the model loads: an output we could not use fails in a second, nothing touched
         check_output_dir(Path(config.output), resume=config.resume, overwrite=config.overwrite)
+        probe_run_lock(Path(config.output))
     try:
         with graceful_stop():
             return run_offline(config) if config.data else run_online(config)

@@ -423,6 +423,27 @@ def release_run_locks() -> None:
         lock.release()
 
 
+def probe_run_lock(out: Path) -> None:
+    """Fail at once, before any model loads, when another trainer holds ``out``'s lock (creates nothing)."""
+    import fcntl
+
+    path = out / LOCK_NAME
+    if not path.is_file():
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+        raise RunDirError(f"output {str(out)!r} is in use by another inpo train ({holder}); wait for it to finish "
+                          f"or choose another --output") from None
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock
+
+
 def claim_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Rank 0: create ``out``, lock it, check it again under the lock, clear a previous run on a fresh start and
     write the marker. Raises :class:`RunDirError` with nothing deleted when the directory is not ours to use."""
