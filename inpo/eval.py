@@ -175,19 +175,6 @@ def _atomic_write_json(path: str | os.PathLike, obj) -> None:
         raise
 
 
-def _check_json_out(path: Path) -> None:
-    """Fail before the (long) evaluation when --json cannot be written: a folder, or under a file."""
-    if path.is_dir():
-        raise ValueError(f"--json {str(path)!r} is a folder; pass a file path")
-    base = path.absolute().parent
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        raise ValueError(f"--json {str(path)!r} is under {str(base)!r}, which is a file, not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise ValueError(f"--json {str(path)!r}: no permission to write in {str(base)!r}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -197,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         if not math.isfinite(args.temperature) or args.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
         if args.json_out:
-            _check_json_out(Path(args.json_out))
+            from inpo.paths import check_writable_path
+
+            check_writable_path(args.json_out, "--json", folder=False)
         from inpo.oracles import make_oracle
 
         oracle = make_oracle(args.oracle, device=args.device, seed=args.seed)

@@ -302,7 +302,7 @@ def test_signal_stops_at_a_step_with_a_checkpoint_and_resume_is_exact(model_dir,
     import inpo.train.loop as loop
 
     full = tmp_path / "full"
-    assert train_main(micro_args(model_dir, full)) == 0
+    assert train_main(micro_args(model_dir, full, "--epochs", "2")) == 0  # >= 4 steps: step 2 is mid-phase
     real_step, seen = loop.train_step, []
 
     def step_then_signal(*a, **k):
@@ -314,13 +314,13 @@ def test_signal_stops_at_a_step_with_a_checkpoint_and_resume_is_exact(model_dir,
     monkeypatch.setattr(loop, "train_step", step_then_signal)
     out = tmp_path / "cut"
     capsys.readouterr()
-    assert train_main(micro_args(model_dir, out)) == code
+    assert train_main(micro_args(model_dir, out, "--epochs", "2")) == code
     err = capsys.readouterr().err
-    assert f"stopped by {signal.Signals(sig).name} at step 2" in err and "--resume" in err
+    assert f"stopped by {signal.Signals(sig).name} at step 2 " in err and "--resume" in err, err
     monkeypatch.setattr(loop, "train_step", real_step)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     assert [r["step"] for r in read_metrics(out) if r["kind"] == "step"] == [1, 2]
-    assert train_main(micro_args(model_dir, out, "--resume")) == 0
+    assert train_main(micro_args(model_dir, out, "--epochs", "2", "--resume")) == 0
     steps = lambda d: [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(d) if r["kind"] == "step"]  # noqa
     assert steps(out) == steps(full)
     assert_same_weights(weights(out / "final"), weights(full / "final"))

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from inpo.paths import check_writable_path
+
 from .core import GAMES
 from .report import fmt_ci, md_table, plot_gap_curves, write_json, write_text
 from .solvers import ALGORITHMS, MODES, SCHEDULES
@@ -38,19 +40,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="closed_form (exact, fast), loss (population-loss minimisation), sampled (finite samples)")
     ap.add_argument("--out", type=Path, required=True, help="output folder")
     return ap
-
-
-def _check_out(ap: argparse.ArgumentParser, out: Path) -> None:
-    """--out must be (or become) a writable directory: not a file, not under a file."""
-    if out.exists() and not out.is_dir():
-        ap.error(f"--out {str(out)!r} is a file, not a directory")
-    base = out.absolute()
-    while not base.exists() and base != base.parent:
-        base = base.parent
-    if not base.is_dir():
-        ap.error(f"--out {str(out)!r} is under {str(base)!r}, which is a file, not a directory")
-    if not os.access(base, os.W_OK | os.X_OK):
-        ap.error(f"--out {str(out)!r}: no permission to write in {str(base)!r}")
 
 
 def _memory_estimate(args) -> int:
@@ -87,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--step must be a finite number > 0, got {args.step}")
     if not 0 <= args.tau_ratio <= 1:
         ap.error(f"--tau-ratio must be in [0, 1], got {args.tau_ratio}")
-    _check_out(ap, args.out)
+    try:
+        check_writable_path(args.out, "--out", folder=True)
+    except ValueError as exc:
+        ap.error(str(exc))
     need, have = _memory_estimate(args), _available_memory()
     if have is not None and need > 0.8 * have:
         ap.error(f"--game {args.game} --n {args.n}{f' --contexts {args.contexts}' if args.contexts else ''} --iters "

@@ -282,7 +282,7 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
             torch.cuda.reset_peak_memory_stats(run.device)
         t0 = time.perf_counter()
         stats = train_step(model, micro, objective, optimizer, scheduler, side, max_grad_norm=cfg.max_grad_norm,
-                           impl=cfg.impl, global_units=len(units), stop_requested=stop_signal() is not None)
+                           impl=cfg.impl, global_units=len(units), stop_requested=lambda: stop_signal() is not None)
         dt = time.perf_counter() - t0
         run.global_step += 1
         rec = {"kind": "step", "step": run.global_step, "iteration": iteration, "phase": phase, "epoch": epoch,
@@ -343,24 +343,16 @@ class RunDirError(ValueError):
     """The output directory cannot be used as asked (a file, not writable, not an inpo run, in use...)."""
 
 
-def _nearest_existing(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
 def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse, before anything is written, an output that cannot hold a run or whose files a fresh start would
     destroy: a file, a path under a file, a folder we may not write, a non-empty folder that is not an inpo run
     (no marker: e.g. ``--output .``), and a previous run with checkpoints or ``final/`` unless ``overwrite``."""
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"output {str(out)!r} is a file, not a directory; pass --output DIR")
-    base = _nearest_existing(out)
-    if not base.is_dir():
-        raise RunDirError(f"output {str(out)!r} is under {str(base)!r}, which is a file, not a directory")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise RunDirError(f"output {str(out)!r}: no permission to write in {str(base)!r} (read-only?)")
+    from inpo.paths import check_writable_path
+
+    try:
+        check_writable_path(out, "output", folder=True)
+    except ValueError as exc:
+        raise RunDirError(str(exc)) from None
     if resume or not out.is_dir():
         return
     entries = [p for p in out.iterdir() if p.name not in _OWN_FILES]
@@ -396,10 +388,9 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+            error = _in_use(out, fd)
             os.close(fd)
-            raise RunDirError(f"output {str(out)!r} is in use by another inpo train ({holder}); wait for it to "
-                              f"finish or choose another --output") from None
+            raise error from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         lock = cls(path, fd)
@@ -423,6 +414,12 @@ def release_run_locks() -> None:
         lock.release()
 
 
+def _in_use(out: Path, fd: int) -> RunDirError:
+    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+    return RunDirError(f"output {str(out)!r} is in use by another inpo train ({holder}); wait for it to finish or "
+                       f"choose another --output")
+
+
 def probe_run_lock(out: Path) -> None:
     """Fail at once, before any model loads, when another trainer holds ``out``'s lock (creates nothing)."""
     import fcntl
@@ -437,9 +434,7 @@ def probe_run_lock(out: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
-        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
-        raise RunDirError(f"output {str(out)!r} is in use by another inpo train ({holder}); wait for it to finish "
-                          f"or choose another --output") from None
+        raise _in_use(out, fd) from None
     finally:
         os.close(fd)  # closing drops the probe's shared lock
 

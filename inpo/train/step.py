@@ -49,14 +49,14 @@ def gather_side(side: dict, batch: PackedBatch, device) -> dict:
 
 def train_step(model, micro_batches: list[PackedBatch], objective: Objective, optimizer, scheduler, side: dict, *,
                max_grad_norm: float = 1.0, impl: str = "auto", global_units: int | None = None,
-               stop_requested: bool = False) -> dict:
+               stop_requested=False) -> dict:
     """One optimiser step with gradient accumulation over ``micro_batches``.
 
     Each micro-batch's mean loss is weighted by its share of the step's pairs (sequences for SPPO), so the
     gradient is that of the mean over the whole step however the pairs were packed. ``global_units`` is the
     step's unit count over all data-parallel ranks (FSDP averages gradients over ranks, hence ×world size).
-    Returns loss, margin (mean objective margin), grad_norm, lr, tokens, units, and ``stop``: whether any rank
-    passed ``stop_requested`` (a signal asked the run to stop), agreed in the step's one all-reduce and one host
+    Returns loss, margin (mean objective margin), grad_norm, lr, tokens, units, and ``stop``: whether
+    ``stop_requested`` (a bool, or a callable asked at the end of the step) was true on any rank, agreed in the step's one all-reduce and one host
     sync, which also carry the grad norm, so the caller checks loss and grad norm for NaN/inf at no extra cost.
     """
     device = _device_of(model)
@@ -80,6 +80,7 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     tokens = sum(mb.n_tokens for mb in micro_batches)
+    stop_requested = stop_requested() if callable(stop_requested) else stop_requested  # a signal during this step
     stats = torch.stack([torch.as_tensor(x, device=device, dtype=torch.float32).reshape(())
                          for x in (loss_sum, margin_sum, float(units), float(tokens), float(stop_requested))])
     if world > 1:
