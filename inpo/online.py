@@ -45,8 +45,8 @@ from inpo.train.checkpoint import atomic_write_text, load_latest_good_checkpoint
 from inpo.train.config import TrainConfig, config_to_yaml
 from inpo.train.loop import (LOCK_NAME, RUN_MARKER, RunContext, RunDirError, StopRun, agreed_stop_signal,
                              check_output_dir, claim_run_dir, export_final, graceful_stop, interrupted,
-                             precompute_logps, probe_run_lock, release_run_locks, resolve_device, run_world_size, train_phase,
-                             world_is_distributed)
+                             precompute_logps, probe_run_lock, release_run_locks, resolve_device, run_rank,
+                             run_world_size, train_phase, world_is_distributed)
 
 __all__ = ["run_online", "run_offline", "run_training"]
 
@@ -146,21 +146,14 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
     out = Path(cfg.output)
     run = RunContext(cfg=cfg, out=out, device=device)
     run.fingerprint = run_fingerprint(cfg)
-    error: list = [None]
-    if run.is_main:
-        try:
-            previous = out.is_dir() and any(p.name not in (RUN_MARKER, LOCK_NAME) for p in out.iterdir())
-            claim_run_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
-            if previous and not cfg.resume:
-                run.print(f"[inpo] starting fresh in {out} (the previous run's files were replaced)")
-        except ValueError as exc:
-            error[0] = str(exc)
-    if world_is_distributed():
-        import torch.distributed as dist
 
-        dist.broadcast_object_list(error, src=0)  # every rank fails together when rank 0 cannot claim the directory
-    if error[0] is not None:
-        raise RunDirError(error[0])
+    def claim():
+        previous = out.is_dir() and any(p.name not in (RUN_MARKER, LOCK_NAME) for p in out.iterdir())
+        claim_run_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
+        if previous and not cfg.resume:
+            run.print(f"[inpo] starting fresh in {out} (the previous run's files were replaced)")
+
+    _on_main(claim)
     ckpt = None
     if cfg.resume:
         ckpt = load_latest_good_checkpoint(out, warn=run.print)
@@ -189,6 +182,23 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
 
         dist.barrier()  # rank 0 has cleared / created the output directory before anyone reads or writes it
     return run, ckpt
+
+
+def _on_main(fn) -> None:
+    """Run ``fn`` on rank 0 only; its ValueError is raised on every rank (under torchrun nobody is left waiting
+    in a collective for a rank that failed)."""
+    error: list = [None]
+    if run_rank() == 0:
+        try:
+            fn()
+        except ValueError as exc:
+            error[0] = str(exc)
+    if world_is_distributed():
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise RunDirError(error[0])
 
 
 def _main_sees(path: Path) -> bool:
@@ -685,8 +695,9 @@ def run_training(config: TrainConfig) -> list[dict]:
     SIGTERM (the run stops at the next step boundary with a checkpoint). The output directory's lock is released
     on the way out, whatever happens."""
     if config.output:  # before the model loads: an output we could not use fails in a second, nothing touched
-        check_output_dir(Path(config.output), resume=config.resume, overwrite=config.overwrite)
-        probe_run_lock(Path(config.output))
+        out = Path(config.output)
+        _on_main(lambda: (check_output_dir(out, resume=config.resume, overwrite=config.overwrite),
+                          probe_run_lock(out)))
     try:
         with graceful_stop():
             return run_offline(config) if config.data else run_online(config)

@@ -80,7 +80,8 @@ def test_a_finished_run_is_replaced_only_with_overwrite(model_dir, finished_onli
     shutil.copytree(finished_online, out)
     before = snapshot(out)
     assert train_main(micro_args(model_dir, out)) == 2
-    assert "--resume" in capsys.readouterr().err and "--overwrite" in capsys.readouterr().err + "--overwrite"
+    err = capsys.readouterr().err
+    assert "holds a previous run" in err and "--resume" in err and "--overwrite" in err
     assert snapshot(out) == before
     (out / "notes.txt").write_text("mine")  # a user's file inside a run directory survives a replacement too
     assert train_main(micro_args(model_dir, out, "--overwrite")) == 0
@@ -97,6 +98,16 @@ def test_output_dot_never_deletes_user_files(model_dir, tmp_path, monkeypatch, c
         assert train_main(micro_args(model_dir, ".", *extra)) == 2
         assert "not an inpo run directory" in capsys.readouterr().err
     assert snapshot(tmp_path) == before and not (tmp_path / ".inpo.lock").exists()
+
+
+def test_clear_run_dir_refuses_an_unmarked_directory(tmp_path):
+    from inpo.train.loop import RunDirError, clear_run_dir
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "config.yaml").write_text("mine")
+    with pytest.raises(RunDirError, match="not an inpo run directory"):
+        clear_run_dir(tmp_path)
+    assert (tmp_path / "final").is_dir() and (tmp_path / "config.yaml").read_text() == "mine"
 
 
 def test_output_that_is_a_file_or_under_a_file(tmp_path, capsys):

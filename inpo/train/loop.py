@@ -513,6 +513,11 @@ def world_is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def run_rank() -> int:
+    """This process's rank (0 without torchrun)."""
+    return _rank_world()[0]
+
+
 def run_world_size() -> int:
     """Processes in this run (1 without torchrun)."""
     return _rank_world()[1]
