@@ -498,6 +498,22 @@ def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle) -> dic
 
 # -- the loops --------------------------------------------------------------------------------------------------
 
+def _releasing_run_locks(fn):
+    """The output directory's lock is released when ``fn`` returns or raises (callers such as the iteration
+    bench call run_online directly, several runs in one process)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_run_locks()
+
+    return wrapper
+
+
+@_releasing_run_locks
 def run_online(config: TrainConfig) -> list[dict]:
     """The T-iteration online loop. Returns the per-iteration records (also in ``<out>/metrics.jsonl``)."""
     from inpo.oracles import make_oracle
@@ -640,6 +656,7 @@ def _onpo_iteration(cfg, run, t, policy, aux, seqs, logps, objective, ckpt, resu
                 resume_ckpt=ckpt if resume_phase == "train" else None, extra_models={"aux": aux})
 
 
+@_releasing_run_locks
 def run_offline(config: TrainConfig) -> list[dict]:
     """Train on a JSONL file of TRL-style ``{"prompt", "chosen", "rejected"}`` records (one pass of
     ``epochs`` epochs). INPO runs with π_t = π_ref; DPO/IPO use π_ref as the reference."""
@@ -698,8 +715,5 @@ def run_training(config: TrainConfig) -> list[dict]:
         out = Path(config.output)
         _on_main(lambda: (check_output_dir(out, resume=config.resume, overwrite=config.overwrite),
                           probe_run_lock(out)))
-    try:
-        with graceful_stop():
-            return run_offline(config) if config.data else run_online(config)
-    finally:
-        release_run_locks()
+    with graceful_stop():
+        return run_offline(config) if config.data else run_online(config)
