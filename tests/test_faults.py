@@ -419,7 +419,7 @@ def _run_cli(*args, timeout=300):
 @pytest.mark.parametrize("args,needle", [
     (["--out", "FILE"], "is a file, not a directory"), (["--out", "FILE/sub"], "which is a file"),
     (["--contexts", "0"], "--contexts must be"), (["--contexts", "-3"], "--contexts must be"),
-    (["--game", "random", "--n", "100000"], "GiB"), (["--step", "inf"], "--step must be a finite number")])
+    (["--game", "random", "--n", "100000"], "GiB"), (["--step", "inf"], "--step must be > 0 and finite")])
 def test_game_cli_errors(tmp_path, args, needle, capsys):
     from inpo.games.cli import main as game_main
 

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.contexts is not None and args.contexts < 1:
         ap.error(f"--contexts must be an int >= 1 (one game per prompt), got {args.contexts}")
     if not (math.isfinite(args.step) and args.step > 0):
-        ap.error(f"--step must be a finite number > 0, got {args.step}")
+        ap.error(f"--step must be > 0 and finite, got {args.step}")
     if not 0 <= args.tau_ratio <= 1:
         ap.error(f"--tau-ratio must be in [0, 1], got {args.tau_ratio}")
     try:
