@@ -167,7 +167,8 @@ def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: di
         dist.broadcast_object_list(box, src=0)  # every rank refuses together (no rank left in a collective)
         bad = box[0]
     if bad is not None:
-        raise CheckpointError(f"refusing to write a checkpoint at {state}: weight {bad!r} is not finite (NaN/inf); "
+        where = ", ".join(f"{k} {state[k]}" for k in ("iteration", "phase", "global_step") if k in state)
+        raise CheckpointError(f"refusing to write a checkpoint ({where}): weight {bad!r} is not finite (NaN/inf); "
                               f"the previous checkpoints are kept")
     if _rank() != 0:
         return None
