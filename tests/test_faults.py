@@ -439,7 +439,7 @@ def test_eval_json_under_a_file_and_nan_policy(model_dir, tmp_path, capsys):
 
     f = tmp_path / "FILE"
     f.write_text("x")
-    small = ["--n", "2", "--max-new-tokens", "4", "--n-bootstrap", "20"]
+    small = ["--n", "2", "--max-new-tokens", "4", "--n-bootstrap", "20", "--baseline-default"]
     assert eval_main(["--policy", model_dir, *small, "--json", str(f / "r.json")]) == 2
     assert "which is a file" in capsys.readouterr().err
     # the path goes bad while the evaluation runs: the computed result still reaches stdout
