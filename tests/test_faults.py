@@ -342,7 +342,7 @@ def test_kill_9_then_resume_is_bit_exact(model_dir, pairs, offline_full, tmp_pat
     """SIGKILL a real trainer mid-run, --resume: the final weights equal the uninterrupted run's bit for bit. Then
     SIGTERM a second one: exit 143 with a checkpoint at the step, and --resume again matches."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    big = ["--epochs", "60"]  # ~240 steps: long enough to be killed mid-way
+    big = ["--epochs", "30"]  # 120 steps: long enough to be killed mid-way
 
     def launch(out, *extra):
         return subprocess.Popen([sys.executable, "-m", "inpo", "train",
