@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -161,7 +162,8 @@ def peak_mem_subprocess(impl: str, shape: tuple[int, int, int], threads: int) ->
 
 # ---- the run -------------------------------------------------------------------------------------------
 
-def run(shapes, impls, *, reps: int, warmup: int, threads: int, mem: str, note: str, smoke: bool) -> list[dict]:
+def run(shapes, impls, *, reps: int, warmup: int, threads: int, mem: str, note: str, smoke: bool,
+        command: str | None = None) -> list[dict]:
     torch.set_num_threads(threads)
     if "inpo-native" in impls:
         from inpo.ops import native_impl
@@ -216,7 +218,7 @@ def run(shapes, impls, *, reps: int, warmup: int, threads: int, mem: str, note: 
                      floor_ms=round(floors["floor_8nhv_ms"], 3), floor_kind="8NHV at the measured fp32 GEMM peak",
                      floor_ratio=round(med[impl] / floors["floor_8nhv_ms"], 4),
                      floor_ratio_6nhv=round(med[impl] / floors["floor_6nhv_ms"], 4),
-                     loadavg_1m=[round(x, 2) for x in load], **env)
+                     loadavg_1m=[round(x, 2) for x in load], command=command, **env)
             if "torch" in med:
                 r["speedup_vs_torch"] = round(med["torch"] / med[impl], 4)
             if mem_peak.get("naive") and mem_peak[impl] is not None:
@@ -289,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.reps < 1 or args.warmup < 0 or args.threads < 1:
         raise SystemExit(f"--reps must be >= 1, --warmup >= 0 and --threads >= 1, got {args.reps}, "
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     mem = args.mem or ("inprocess" if args.smoke else "subprocess")
     reps = 1 if args.smoke and args.reps == 3 else args.reps
     records = run(shapes, args.impls, reps=reps, warmup=args.warmup, threads=args.threads, mem=mem,
-                  note=args.note, smoke=args.smoke)
+                  note=args.note, smoke=args.smoke, command="inpo bench head-cpu " + shlex.join(argv))
     append_jsonl(args.out, records)
     print(f"[head-cpu] appended {len(records)} records to {args.out}")
     return 0

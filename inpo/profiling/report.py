@@ -44,7 +44,7 @@ def family_of(path: Path) -> str:
     stem = path.stem
     if stem == "head-cpu":
         return "head-cpu"
-    for fam in ("head", "step", "iteration"):
+    for fam in ("head", "step", "iteration", "generation"):
         if stem.startswith(fam + "-") or stem == fam:
             return fam
     return "other"
@@ -356,6 +356,73 @@ def head_cpu_targets(recs: list[dict]) -> list[Target]:
     return out
 
 
+# ---- measured on CPU: inpo vs TRL, HF vs vLLM (issue 14 §5) ---------------------------------------------------
+
+CPU_STEP_SPEEDUP, CPU_STEP_MEM, CPU_OVERHEAD = 1.5, 0.5, 1.3
+
+
+def cpu_compare_rows(steps: list[dict]) -> list[dict]:
+    """Latest interleaved CPU step-comparison records (``kind="cpu-compare"``), full runs first, smoke after."""
+    rows = latest([r for r in steps if r.get("kind") == "cpu-compare"], STEP_KEY + ("smoke",))
+    return sorted(rows, key=lambda r: bool(r.get("smoke")))
+
+
+def cpu_targets(steps: list[dict], iters: list[dict], gens: list[dict]) -> list[Target]:
+    """The CPU side-by-side targets: our step ≥ 1.5× TRL's tokens/s at ≤ ½ its peak memory (latest non-smoke
+    cpu-compare records of one run), the online iteration's (precompute + train) / pure fwd/bwd ≤ 1.3× per
+    algorithm (latest non-smoke CPU iteration records), and which sampler generated faster (the default)."""
+    out = []
+    name = f"CPU step ≥ {CPU_STEP_SPEEDUP}× TRL DPOTrainer(ipo) tokens/s"
+    name_mem = f"CPU step peak memory ≤ {CPU_STEP_MEM:g}× TRL's"
+    by = {r.get("system"): r for r in cpu_compare_rows(steps) if not r.get("smoke")}
+    ours, trl = by.get("inpo"), by.get("trl")
+    if ours and trl and ours.get("commit") == trl.get("commit") and trl.get("tokens_per_s"):
+        sp = ours["tokens_per_s"] / trl["tokens_per_s"]
+        lo = ours["tokens_per_s_ci90"][0] / trl["tokens_per_s_ci90"][1] if ours.get("tokens_per_s_ci90") and trl.get(
+            "tokens_per_s_ci90") else None
+        hi = ours["tokens_per_s_ci90"][1] / trl["tokens_per_s_ci90"][0] if lo is not None else None
+        ci = f", conservative 90% range {lo:.2f}–{hi:.2f}×" if lo is not None else ""
+        out.append(Target(name, MET if sp >= CPU_STEP_SPEEDUP else NOT_MET,
+                          f"{sp:.2f}× ({fmt(ours['tokens_per_s'])} vs {fmt(trl['tokens_per_s'])} tok/s{ci}; "
+                          f"{ours.get('model')}, ≤{ours.get('seq_len')}-token variable pairs)"))
+        if ours.get("peak_mem_bytes") and trl.get("peak_mem_bytes"):
+            m = ours["peak_mem_bytes"] / trl["peak_mem_bytes"]
+            step_m = (f"; step-only {fmt(ours.get('step_mem_bytes'), 'bytes')} vs "
+                      f"{fmt(trl.get('step_mem_bytes'), 'bytes')}" if ours.get("step_mem_bytes") else "")
+            out.append(Target(name_mem, MET if m <= CPU_STEP_MEM else NOT_MET,
+                              f"{m:.2f}× ({fmt(ours['peak_mem_bytes'], 'bytes')} vs "
+                              f"{fmt(trl['peak_mem_bytes'], 'bytes')} fresh-process peak{step_m})"))
+        else:
+            out.append(Target(name_mem, NOT_YET, "the records carry no peak memory (run without --no-mem)"))
+    else:
+        out += [Target(n, NOT_YET, "needs inpo and trl records of one `inpo bench step-cpu` run")
+                for n in (name, name_mem)]
+    cpu_iters = [r for r in latest(iters, ITER_KEY) if not is_gpu(r) and not r.get("smoke")
+                 and r.get("overhead_ratio") is not None]
+    if cpu_iters:
+        for r in cpu_iters:
+            ratio = r["overhead_ratio"]
+            out.append(Target(f"CPU online iteration ({r.get('algorithm')}): precompute + train ≤ {CPU_OVERHEAD}× "
+                              "pure fwd/bwd", MET if ratio <= CPU_OVERHEAD else NOT_MET,
+                              f"{ratio:.2f}× ({fmt(r.get('precompute_s'))} + {fmt(r.get('train_s'))} s vs "
+                              f"{fmt(r.get('pure_fwd_bwd_s'))} s; {r.get('model')})"))
+    else:
+        out.append(Target(f"CPU online iteration: precompute + train ≤ {CPU_OVERHEAD}× pure fwd/bwd", NOT_YET,
+                          "needs a non-smoke CPU `inpo bench iteration` record"))
+    g = {r.get("sampler"): r for r in latest(gens, ("device", "sampler", "model")) if not is_gpu(r)}
+    name = "default sampler = the faster one on this CPU (`sampler: auto`)"
+    if "hf" in g and "vllm" in g:
+        fast = max(("hf", "vllm"), key=lambda s: g[s]["tokens_per_s"])
+        be = g["vllm"].get("break_even_rows")
+        out.append(Target(name, "measured", f"{fast} is faster: vLLM {fmt(g['vllm']['tokens_per_s'])} vs HF "
+                                             f"{fmt(g['hf']['tokens_per_s'])} tok/s steady state; vLLM engine start "
+                                             f"{fmt(g['vllm'].get('engine_start_s'))} s"
+                                             + (f", paid back after {fmt(be)} sampled rows" if be else "")))
+    else:
+        out.append(Target(name, NOT_YET, "needs hf and vllm records of one `inpo bench generation` run (vLLM venv)"))
+    return out
+
+
 # ---- plots ---------------------------------------------------------------------------------------------------
 
 def _save(fig, path: Path) -> Path:
@@ -533,6 +600,40 @@ def render(res: Results, out_path: Path, plots: dict[str, Path], results_dir: Pa
           table([t.__dict__ for t in cpu_head],
                 [("target", "name", ""), ("status", "status", lambda r: f"**{r['status']}**"),
                  ("measured", "detail", "")]), ""]
+
+    L += ["## Measured on CPU: inpo vs TRL, HF vs vLLM", "",
+          "Side by side on this 2-core CPU, systems interleaved in every round (A, B, C, A, B, C, …), medians with "
+          "bootstrap 90% intervals; the machine was shared with other jobs (load average per record), so absolute "
+          "numbers are low and noisy, ratios from one run are what count.", "",
+          table([t.__dict__ for t in cpu_targets(steps_all, iters_all, res.families.get("generation", []))],
+                [("target", "name", ""), ("status", "status", lambda r: f"**{r['status']}**"),
+                 ("measured", "detail", "")]), ""]
+    cmp_rows = cpu_compare_rows(steps_all)
+    if cmp_rows:
+        L += ["Training step (`inpo bench step-cpu`): IPO, fp32, AdamW; tokens/s counts real (unpadded) tokens; "
+              "*peak mem* = fresh-process peak RSS over model + optimiser + two steps, *step mem* = the second step "
+              "alone.", "",
+              table(cmp_rows, [("system", "system", ""), ("model", "", _model_cell), ("seq ≤", "seq_len", ""),
+                               ("pairs/step", "pairs_per_step", ""), ("tokens/step", "tokens_per_step", ""),
+                               ("step ms (90% CI)", "", lambda r: f"{fmt(r.get('step_median_ms'))} ("
+                                f"{fmt((r.get('step_ci90_ms') or [None])[0])}–"
+                                f"{fmt((r.get('step_ci90_ms') or [None, None])[1])})"),
+                               ("tokens/s", "tokens_per_s", ""), ("vs TRL", "speedup_vs_trl", "x"),
+                               ("peak mem", "peak_mem_bytes", "bytes"), ("step mem", "step_mem_bytes", "bytes"),
+                               ("mem vs TRL", "mem_vs_trl", "x"), ("head", "impl", ""), ("threads", "torch_threads", ""),
+                               ("load", "", lambda r: _load_cell(r.get("loadavg_1m"))), *PROVENANCE]), ""]
+    gen_rows = latest(res.families.get("generation", []), ("device", "sampler", "model", "smoke"))
+    if gen_rows:
+        L += ["Generation (`python -m inpo.profiling.generation_bench` in the vLLM venv): same fp32 policy, same "
+              "prompts, temperature 1 / top-p 1, eos ignored so every sample has the same length; one vLLM engine "
+              "for the run, per-prompt seeds.", "",
+              table(gen_rows, [("sampler", "sampler", ""), ("model", "model", ""), ("rows", "rows", ""),
+                               ("new tokens", "new_tokens", ""), ("s (90% CI)", "", lambda r: f"{fmt(r.get('median_s'))} "
+                               f"({fmt((r.get('ci90_s') or [None])[0])}–{fmt((r.get('ci90_s') or [None, None])[1])})"),
+                               ("tokens/s", "tokens_per_s", ""), ("vs HF", "speedup_vs_hf", "x"),
+                               ("engine start s", "engine_start_s", ""), ("first call s", "first_call_s", ""),
+                               ("distinct", "distinct_samples", ""), ("break-even rows", "break_even_rows", ""),
+                               ("load", "", lambda r: _load_cell(r.get("loadavg_1m"))), *PROVENANCE]), ""]
 
     # Step.
     L += ["## End-to-end training step", ""]
