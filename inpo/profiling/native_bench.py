@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import statistics
@@ -95,7 +96,7 @@ def peak_gemm_fn(h: int, m: int = PEAK_GEMM_M, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     a, b = torch.randn(m, h, generator=g), torch.randn(h, m, generator=g)
     out = torch.empty(m, m)
-    reps = max(1, int(2e8 // (2 * m * h * m)))  # >= ~0.2 GFLOP a call so timer overhead is negligible
+    reps = max(1, math.ceil(2e8 / (2 * m * h * m)))  # >= 0.2 GFLOP a call so timer overhead is negligible
 
     def gemm():
         for _ in range(reps):
@@ -212,10 +213,10 @@ def run(shapes, impls, *, reps: int, warmup: int, threads: int, mem: str, note: 
                      gflop_s_8nhv=round(flops / med[impl] / 1e6, 2), peak_mem_bytes=mem_peak[impl],
                      peak_mem_method={"subprocess": "fresh-process VmHWM-VmRSS", "inprocess": "in-process VmHWM-VmRSS",
                                       "off": None}[mem], smoke=smoke, note=note,
-                     peak_gflop_s=round(peak / 1e9, 2), peak_gemm=f"fp32 [{PEAK_GEMM_M}, {h}] @ [{h}, {PEAK_GEMM_M}]",
+                     peak_flops=peak, peak_gflop_s=round(peak / 1e9, 2), peak_gemm=f"fp32 [{PEAK_GEMM_M}, {h}] @ [{h}, {PEAK_GEMM_M}]",
                      peak_gflop_s_median=round(statistics.median(peak_rates) / 1e9, 2),
-                     floor_8nhv_ms=round(floors["floor_8nhv_ms"], 3), floor_6nhv_ms=round(floors["floor_6nhv_ms"], 3),
-                     floor_ms=round(floors["floor_8nhv_ms"], 3), floor_kind="8NHV at the measured fp32 GEMM peak",
+                     floor_8nhv_ms=round(floors["floor_8nhv_ms"], 6), floor_6nhv_ms=round(floors["floor_6nhv_ms"], 6),
+                     floor_ms=round(floors["floor_8nhv_ms"], 6), floor_kind="8NHV at the measured fp32 GEMM peak",
                      floor_ratio=round(med[impl] / floors["floor_8nhv_ms"], 4),
                      floor_ratio_6nhv=round(med[impl] / floors["floor_6nhv_ms"], 4),
                      loadavg_1m=[round(x, 2) for x in load], command=command, **env)

@@ -417,7 +417,7 @@ def cpu_targets(steps: list[dict], iters: list[dict], gens: list[dict]) -> list[
         out.append(Target(name, "measured", f"{fast} is faster: vLLM {fmt(g['vllm']['tokens_per_s'])} vs HF "
                                              f"{fmt(g['hf']['tokens_per_s'])} tok/s steady state; vLLM engine start "
                                              f"{fmt(g['vllm'].get('engine_start_s'))} s"
-                                             + (f", paid back after {fmt(be)} sampled rows" if be else "")))
+                                             + (f", paid back after {be:,.0f} sampled rows" if be else "")))
     else:
         out.append(Target(name, NOT_YET, "needs hf and vllm records of one `inpo bench generation` run (vLLM venv)"))
     return out
