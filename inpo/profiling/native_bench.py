@@ -164,7 +164,8 @@ def peak_mem_subprocess(impl: str, shape: tuple[int, int, int], threads: int) ->
 # ---- the run -------------------------------------------------------------------------------------------
 
 def run(shapes, impls, *, reps: int, warmup: int, threads: int, mem: str, note: str, smoke: bool,
-        command: str | None = None) -> list[dict]:
+        command: str | None = None, out: Path | None = None) -> list[dict]:
+    """Time every impl on every shape; a shape's records are appended to ``out`` as soon as they exist."""
     torch.set_num_threads(threads)
     if "inpo-native" in impls:
         from inpo.ops import native_impl
@@ -232,7 +233,9 @@ def run(shapes, impls, *, reps: int, warmup: int, threads: int, mem: str, note: 
                     "memory": r.get("mem_vs_naive", float("inf")) <= TARGETS["max_mem_vs_naive"],
                 }
             records.append(r)
-            print(_fmt(r))
+            print(_fmt(r), flush=True)
+        if out is not None:
+            append_jsonl(out, records[-len(impls):])
     return records
 
 
@@ -305,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     mem = args.mem or ("inprocess" if args.smoke else "subprocess")
     reps = 1 if args.smoke and args.reps == 3 else args.reps
     records = run(shapes, args.impls, reps=reps, warmup=args.warmup, threads=args.threads, mem=mem,
-                  note=args.note, smoke=args.smoke, command="inpo bench head-cpu " + shlex.join(argv))
-    append_jsonl(args.out, records)
+                  note=args.note, smoke=args.smoke, command="inpo bench head-cpu " + shlex.join(argv), out=args.out)
     print(f"[head-cpu] appended {len(records)} records to {args.out}")
     return 0
 
