@@ -726,7 +726,10 @@ def render(res: Results, out_path: Path, plots: dict[str, Path], results_dir: Pa
           "accelerate, liger-kernel, cut-cross-entropy; never a different torch); each bench skips a missing baseline "
           "with a message. On the lent offline device machine follow `bench/device/README.md`.", "",
           "```bash",
-          "inpo bench head          # GPU microbench of the fused head", "inpo bench head-cpu      # native CPU head",
+          "inpo bench head          # GPU microbench of the fused head (exact default and the opt-in filter)",
+          "inpo bench head-cpu      # native CPU head vs the 8NHV/6NHV FLOP floor at the measured fp32 peak",
+          "inpo bench step-cpu      # CPU side by side: our step vs TRL DPOTrainer(ipo) vs the naive head",
+          ".venv-vllm/bin/python -m bench.generation   # CPU: HF generate vs vLLM (the CPU vLLM venv)",
           "inpo bench step          # end-to-end step vs TRL / naive head / Liger, with the OOM sweep",
           "inpo bench step --systems inpo --no-sweep --trace runs/step-trace.json   # Chrome trace of one step",
           "inpo bench iteration     # online iteration cost, INPO vs SPPO vs DNO-style",
