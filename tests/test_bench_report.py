@@ -169,6 +169,12 @@ def test_head_cpu_targets(tmp_path):
                                                     date="2026-11-29T11:00:00+00:00")])
     text = report.build_report(res, tmp_path / "REPORT.md", plots=False).read_text()
     assert _status(text, "native fwd+bwd ≤ 1.25× the 8NHV floor") == "not met"  # 1.26x
+    # a "floor" the head beats was no floor: the peak measurement failed, nothing is judged
+    append_jsonl(res / "head-cpu.jsonl", [_head_cpu("inpo-native", 920.0, mem=10 * 2**20,
+                                                    date="2026-11-29T12:00:00+00:00")])
+    text = report.build_report(res, tmp_path / "REPORT.md", plots=False).read_text()
+    assert _status(text, "native fwd+bwd ≤ 1.25× the 8NHV floor") == "not yet measured"
+    assert "invalid peak: the native head ran 1.09× faster than its 'floor'" in text
 
 
 def test_head_cpu_legacy_records_are_not_judged_against_a_floor():
