@@ -199,7 +199,7 @@ def unavailable_reason(impl: str, device: torch.device) -> str | None:
 
 def fwd_bwd_fn(impl: str, p: Problem, grad_filter: float = GRAD_FILTER) -> Callable[[], None]:
     """A closure running one forward + backward (grads reset each call so nothing accumulates)."""
-    run = _head_runner(impl, grad_filter)
+    run = _head_runner(impl, grad_filter) if impl == "inpo-triton-filter" else _head_runner(impl)
     x = p.hidden.detach().requires_grad_(True)
     w = p.weight.detach().requires_grad_(True)
 
