@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from inpo.objectives import OBJECTIVES, Objective, make_objective
+from inpo.ops.checks import check_grad_filter
 
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "config_to_yaml"]
 
@@ -120,6 +121,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the decoder body
     liger: bool = False  # Liger RMSNorm/SwiGLU/RoPE kernels (needs liger-kernel, GPU)
     impl: str = "auto"  # fused head impl: auto | triton | native | torch | naive
+    head_grad_filter: float | None = None  # opt-in filter of the Triton head's backward: per-token budget of skipped softmax mass in (0, 1); None = exact (needs head_deterministic: false)
+    head_deterministic: bool | None = None  # fixed-order head backward; None = on (--resume continues bit-exactly), false = the atomic backward (faster on GPU, last bits vary run to run)
     progress: bool = True  # rich progress bars
     threads: int | None = None  # CPU intra-op threads; None = 1 for the tiny default model on CPU, else torch's
 
@@ -176,6 +179,12 @@ class TrainConfig:
     def make_objective(self) -> Objective:
         return make_objective(self.objective, **self.objective_params())
 
+    def head_options(self) -> dict:
+        """``grad_filter`` / ``deterministic`` for the fused head in training. ``head_deterministic`` None means on:
+        every run may be resumed, and ``--resume`` promises to continue bit-exactly."""
+        return {"grad_filter": self.head_grad_filter,
+                "deterministic": True if self.head_deterministic is None else self.head_deterministic}
+
     def validate(self) -> "TrainConfig":
         if self.objective.lower() not in OBJECTIVES:
             raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
@@ -205,6 +214,14 @@ class TrainConfig:
             raise ValueError(f"pair_strategy must be 'best_worst' or 'random', got {self.pair_strategy!r}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers [beta1, beta2], got {self.betas!r}")
+        try:
+            check_grad_filter(self.head_grad_filter)
+        except ValueError as exc:
+            raise ValueError(f"head_grad_filter: {exc}") from None
+        if self.head_grad_filter and self.head_deterministic is not False:
+            raise ValueError(f"head_grad_filter={self.head_grad_filter} acts on the atomic backward only; the "
+                             "deterministic one (head_deterministic: null/true) has no filter -- set "
+                             "head_deterministic: false to use it")
         if self.data is not None and self.objective == "sppo":
             raise ValueError("objective 'sppo' needs K samples per prompt and win-rate targets: online only, not "
                              "with data= (offline pairs); use dpo, ipo or inpo offline")
