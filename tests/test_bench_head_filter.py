@@ -38,3 +38,17 @@ def test_grad_filter_flag_is_a_budget(value, capsys, tmp_path):
     out = tmp_path / "h.jsonl"
     assert head_bench.main(["--smoke", "--grad-filter", value, "--out", str(out)]) == 2
     assert "--grad-filter must be a budget in (0, 1)" in capsys.readouterr().err and not out.exists()
+
+
+def test_this_tree_times_the_filter_and_records_it(tmp_path):
+    """The exact-by-default API is in: the filter variant runs (interpreter, fp16) and says what it timed."""
+    import json
+
+    assert head_bench.accepts_grad_filter()
+    out = tmp_path / "h.jsonl"
+    assert head_bench.main(["--smoke", "--shapes", "64x16x256", "--impls", "inpo-triton,inpo-triton-filter",
+                            "--dtype", "fp16", "--inputs", "peaked", "--out", str(out)]) == 0
+    recs = {r["impl"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert recs["inpo-triton"]["exact"] is True and recs["inpo-triton"]["grad_filter"] is None
+    assert recs["inpo-triton-filter"]["grad_filter"] == head_bench.GRAD_FILTER and not recs["inpo-triton-filter"]["exact"]
+    assert all(r["value_ok"] and r["fwd_bwd_ms"] > 0 for r in recs.values())
