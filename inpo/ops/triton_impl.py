@@ -341,6 +341,7 @@ def preference_epilogue(part: Tensor, labels: Tensor, cu_seqlens: Tensor, spec, 
     loss, the [S] sequence log-probs, the [N] lse the backward needs and the [N] per-token gradient of the loss
     w.r.t. each token's log-prob (what the backward kernels consume, times the loss's upstream gradient).
     """
+    _kernels(labels.device)  # interpreter / device checks, shared with the head's kernels
     from inpo.kernels import epilogue
 
     splits, n = part.shape[1], part.shape[2]
