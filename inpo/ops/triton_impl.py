@@ -2,7 +2,9 @@
 
 Order of this file (kernel → launcher → autograd glue → public function): the kernels live in
 ``kernels/head.py`` (installed as ``inpo.kernels.head``; design and FLOP accounting are documented there),
-the launch configs in ``kernels/configs.py``.
+the launch configs in ``kernels/configs.py``. Two entry points: ``sequence_logps`` (head forward, split merge and
+segment sums in torch, head backward) and ``preference_loss`` (head forward, the fused epilogue of
+``kernels/epilogue.py`` -- merge, segment sums, objective, per-token gradient, mean -- and head backward).
 
 Options (``sequence_logps(..., **options)`` or ``params=HeadParams(...)``):
     filter_eps   gradient filter threshold. ``None`` (default) = auto: ``DEFAULT_FILTER_EPS`` = 2^-16 for
