@@ -129,6 +129,7 @@ def test_unused_side_inputs_are_not_read(name):
 def test_dpo_saturated_margins_stay_finite_and_exact():
     """DPO at |β·h| up to ~400: the stable log-sigmoid and sigmoid of the kernel match torch's F.logsigmoid."""
     part, labels, cu = _synthetic_partials([3, 2, 4, 1, 2, 2], 1, seed=11)
+    cu, labels = cu.long(), labels.int()  # the other accepted index dtypes
     ref = torch.tensor([0.0, 0.0, 4000.0, -4000.0, -4000.0, 4000.0])
     for objective in (DPO(beta=0.1), DPO(beta=0.1, label_smoothing=0.3)):
         side = dict(ref=ref, anchor=None, targets=None)
@@ -193,6 +194,18 @@ def test_preference_loss_end_to_end(name, dtype, monkeypatch):
         assert v.dtype == lowp[k].dtype, k
         tol = 1e-5 if dtype == torch.float32 else 1e-3
         assert_close_to_reference(v, lowp[k], ref64[k], atol=tol, rtol=tol, name=f"{name} {dtype} {k}")
+
+
+def test_preference_loss_chunked_backward(monkeypatch):
+    """bwd_mode="chunked" consumes the epilogue's g_tok too (ragged token chunks, NaN-poisoned dz buffer)."""
+    monkeypatch.setenv("INPO_POISON_OUTPUTS", "1")
+    objective = OBJECTIVE_CASES["inpo"]
+    prob = make_problem(lengths=[1, 9, 4, 1, 7, 6, 3, 5], h=24, v=300, seed=5, bias=True, all_ignored=(3,))
+    side = _side_inputs(objective, 8, seed=6)
+    got = _loss_and_grads(prob, objective, side, "triton", bwd_mode="chunked", chunk_tokens=10, bwd_config=SMALL_BWD)
+    atomic = _loss_and_grads(prob, objective, side, "triton", bwd_config=SMALL_BWD)
+    for k in got:
+        torch.testing.assert_close(got[k], atomic[k], rtol=1e-5, atol=1e-5 * atomic[k].abs().max().item(), msg=k)
 
 
 def test_gradients_flow_only_into_hidden_weight_bias():
@@ -331,3 +344,19 @@ def test_gpu_epilogue_matches_objectives_and_is_deterministic(name):
     _assert_matches({k: v.cpu() for k, v in runs[0].items()}, want, name)
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["inpo", "dpo-smoothed", "sppo"])
+def test_gpu_preference_loss_bf16(name):
+    """Compiled head + epilogue on CUDA in bf16 against the naive head in fp64 (CCE rule), gradients included."""
+    objective = OBJECTIVE_CASES[name]
+    lengths = (torch.arange(64) % 53 + 1).tolist()
+    prob = make_problem(lengths=lengths, h=256, v=5000, seed=5, bias=True, all_ignored=(3,), dtype=torch.bfloat16,
+                        device="cuda")
+    side = {k: None if v is None else v.cuda() for k, v in _side_inputs(objective, len(lengths), seed=6).items()}
+    got = _loss_and_grads(prob, objective, side, "triton")
+    lowp = _loss_and_grads(prob, objective, side, "naive")
+    ref64 = _loss_and_grads(as_fp64(prob), objective, side, "naive")
+    for k, v in got.items():
+        assert_close_to_reference(v, lowp[k], ref64[k], atol=1e-2, rtol=1e-3, name=f"{name} bf16 {k}")
