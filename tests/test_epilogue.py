@@ -176,8 +176,8 @@ def _loss_and_grads(prob, objective, side, impl, **options):
     return dict(loss=loss.detach(), logps=logps, **{f"d{k}": v.grad for k, v in leaves.items()})
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("name", ["inpo", "dpo-smoothed", "sppo"])
+@pytest.mark.parametrize("dtype, name", [pytest.param(torch.float16, name, id=f"fp16-{name}") for name in OBJECTIVE_CASES]
+                         + [pytest.param(torch.float32, name, id=f"fp32-{name}") for name in ("inpo", "dpo-smoothed", "sppo")])
 def test_preference_loss_end_to_end(name, dtype, monkeypatch):
     """impl="triton" (head forward + epilogue + head backward, 3 vocabulary splits, ragged tiles) against the
     naive head in fp64: loss, log-probs and d(hidden, weight, bias) within the CCE rule (error <= 2x the
