@@ -21,13 +21,10 @@ import sys
 import tempfile
 
 _PTRS = {"Labels": "*i64", "PartM": "*fp32", "PartS": "*fp32", "PartT": "*fp32", "Lse": "*fp32", "Gtok": "*fp32",
-         "DX": "*fp32", "DW": "*fp32", "DB": "*fp32", "Skipped": "*i32",
-         # the preference epilogue (kernels/epilogue.py)
-         "CuSeqlens": "*i32", "Ref": "*fp32", "Anchor": "*fp32", "Targets": "*fp32", "Logps": "*fp32",
-         "GroupLoss": "*fp32", "Loss": "*fp32", "Ticket": "*i32"}
+         "DX": "*fp32", "DW": "*fp32", "DB": "*fp32", "Skipped": "*i32"}
 _UNIT = ("stride_xh", "stride_wh")  # contiguous rows: the JIT turns ints equal to 1 into constants
 _DIV16 = ("V", "Hd", "stride_xn", "stride_wv", "stride_dzn")
-_FLOATS = ("filter_eps", "ref_coef", "anchor_coef", "offset", "target_center", "target_div", "scale", "smoothing")
+_FLOATS = ("filter_eps",)
 
 
 def _resources(cubin: bytes) -> dict:
@@ -43,6 +40,12 @@ def _resources(cubin: bytes) -> dict:
     fields = next(line for line in out.splitlines() if "REG:" in line).split()
     kv = dict(item.split(":", 1) for item in fields if ":" in item)
     return {"registers": int(kv["REG"]), "spill_bytes": int(kv["STACK"])}
+
+
+# Arguments of the preference epilogue (kernels/epilogue.py).
+_PTRS.update({"CuSeqlens": "*i32", "Ref": "*fp32", "Anchor": "*fp32", "Targets": "*fp32", "Logps": "*fp32",
+              "GroupLoss": "*fp32", "Loss": "*fp32", "Ticket": "*i32"})
+_FLOATS += ("ref_coef", "anchor_coef", "offset", "target_center", "target_div", "scale", "smoothing")
 
 
 def compile_kernel(fn, constexprs: dict, arch: int, dtype: str, num_warps: int, num_stages: int) -> dict:

@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from inpo.objectives import Objective
 from inpo.ops.checks import check_head_inputs
 from inpo.ops.naive import segment_ids
 
@@ -470,8 +469,9 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
     backward. ``ref_logps``/``anchor_logps``/``targets`` are [S] constants (no gradient flows into them);
     ``options`` as in :func:`sequence_logps`.
     """
-    if not isinstance(objective, Objective):
-        raise TypeError(f"objective must be an inpo.objectives.Objective, got {type(objective).__name__}")
+    if not callable(getattr(objective, "kernel_spec", None)):
+        raise TypeError(f"objective must be an inpo.objectives.Objective (INPO, ONPO, IPO, DPO, SPPO), got "
+                        f"{type(objective).__name__}")
     s = cu_seqlens.shape[0] - 1 if isinstance(cu_seqlens, Tensor) and cu_seqlens.dim() == 1 else None
     if s is not None:  # malformed cu_seqlens is reported by _prepare
         meta = lambda t: None if t is None else t.to("meta")  # noqa: E731 -- shape checks only, no copy
