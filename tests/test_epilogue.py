@@ -160,6 +160,8 @@ SMALL_BWD = KernelConfig(16, 64, 16, group_n=2)
 
 
 def _loss_and_grads(prob, objective, side, impl, **options):
+    """Loss, log-probs and input gradients of ``objective``: impl "triton" = the fused path, "triton-unfused" = the
+    Triton head's sequence_logps followed by ``objective(...)`` in torch, else ``inpo.ops.preference_loss``."""
     leaves = {k: prob[k].detach().clone().requires_grad_(True) for k in ("hidden", "weight", "bias")}
     p = {**prob, **leaves}
     ref_dtype = torch.float64 if prob["hidden"].dtype == torch.float64 else torch.float32
@@ -168,32 +170,41 @@ def _loss_and_grads(prob, objective, side, impl, **options):
         loss, logps = triton_impl.preference_loss(p["hidden"], p["weight"], p["labels"], p["cu_seqlens"], objective,
                                                   ref_logps=side["ref"], anchor_logps=side["anchor"],
                                                   targets=side["targets"], bias=p["bias"], **options)
+    elif impl == "triton-unfused":
+        logps = triton_impl.sequence_logps(p["hidden"], p["weight"], p["labels"], p["cu_seqlens"], p["bias"], **options)
+        loss = objective(logps, side["ref"], side["anchor"], side["targets"])
     else:
         loss, logps = preference_loss(p["hidden"], p["weight"], p["labels"], p["cu_seqlens"], objective,
                                       ref_logps=side["ref"], anchor_logps=side["anchor"], targets=side["targets"],
                                       bias=p["bias"], impl=impl, return_logps=True)
     loss.backward()
-    return dict(loss=loss.detach(), logps=logps, **{f"d{k}": v.grad for k, v in leaves.items()})
+    return dict(loss=loss.detach(), logps=logps.detach(), **{f"d{k}": v.grad for k, v in leaves.items()})
 
 
 @pytest.mark.parametrize("dtype, name", [pytest.param(torch.float16, name, id=f"fp16-{name}") for name in OBJECTIVE_CASES]
                          + [pytest.param(torch.float32, name, id=f"fp32-{name}") for name in ("inpo", "dpo-smoothed", "sppo")])
 def test_preference_loss_end_to_end(name, dtype, monkeypatch):
-    """impl="triton" (head forward + epilogue + head backward, 3 vocabulary splits, ragged tiles) against the
-    naive head in fp64: loss, log-probs and d(hidden, weight, bias) within the CCE rule (error <= 2x the
-    naive path's own error in the same dtype + a small constant)."""
+    """impl="triton" (head forward + epilogue + head backward, 3 vocabulary splits, ragged tiles) against fp64:
+    every output (loss, log-probs, d hidden/weight/bias) is at least as accurate as the Triton head's
+    sequence_logps followed by objectives.py in torch (+ 2^-20 of the output's scale): the epilogue adds no error.
+    In fp32 also the CCE rule against the naive head (<= 2x its own error). (In fp16 the head backward's own
+    accuracy -- it rounds dz to fp16 for its GEMMs -- is the head tests' subject, not this one's.)"""
     monkeypatch.setenv("INPO_POISON_OUTPUTS", "1")
     objective = OBJECTIVE_CASES[name]
     prob = make_problem(lengths=[1, 9, 4, 1, 7, 6, 3, 5], h=24, v=300, seed=5, bias=True, all_ignored=(3,),
                         dtype=dtype)
     side = _side_inputs(objective, 8, seed=6)
-    got = _loss_and_grads(prob, objective, side, "triton", splits=3, fwd_config=SMALL_FWD, bwd_config=SMALL_BWD)
-    lowp = _loss_and_grads(prob, objective, side, "naive")
+    options = dict(splits=3, fwd_config=SMALL_FWD, bwd_config=SMALL_BWD)
+    got = _loss_and_grads(prob, objective, side, "triton", **options)
+    unfused = _loss_and_grads(prob, objective, side, "triton-unfused", **options)
     ref64 = _loss_and_grads(as_fp64(prob), objective, side, "naive")
+    lowp = _loss_and_grads(prob, objective, side, "naive") if dtype == torch.float32 else None
     for k, v in got.items():
-        assert v.dtype == lowp[k].dtype, k
+        assert v.dtype == unfused[k].dtype, k
         tiny = 2.0**-20 * ref64[k].double().abs().max().item()  # accumulation-order noise, far below any defect
-        assert_close_to_reference(v, lowp[k], ref64[k], atol=tiny, name=f"{name} {dtype} {k}")
+        assert_close_to_reference(v, unfused[k], ref64[k], factor=1.0, atol=tiny, name=f"{name} {dtype} {k} vs unfused")
+        if lowp is not None:
+            assert_close_to_reference(v, lowp[k], ref64[k], atol=tiny, name=f"{name} {dtype} {k} vs naive")
 
 
 def test_preference_loss_chunked_backward(monkeypatch):
