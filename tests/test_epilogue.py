@@ -260,6 +260,10 @@ def test_bad_objective_and_side_inputs():
         triton_impl.preference_loss(*args, IPO(), ref_logps=torch.zeros(3))
     with pytest.raises(ValueError, match="needs targets"):
         triton_impl.preference_loss(*args, SPPO(), anchor_logps=torch.zeros(3))
+    with pytest.raises(ValueError, match=r"ref_logps must be 1-D \[S\] with S=3"):
+        triton_impl.preference_loss(*args, DPO(), ref_logps=torch.zeros(4))
+    with pytest.raises(ValueError, match="anchor_logps is on meta"):
+        triton_impl.preference_loss(*args, SPPO(), anchor_logps=torch.zeros(3, device="meta"), targets=torch.zeros(3))
     with pytest.raises(TypeError, match="unknown Triton head option"):
         triton_impl.preference_loss(*args, SPPO(), anchor_logps=torch.zeros(3), targets=torch.zeros(3), bogus=1)
 

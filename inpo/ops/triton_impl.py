@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from inpo.ops.checks import check_head_inputs
+from inpo.ops.checks import check_head_inputs, check_side_input
 from inpo.ops.naive import segment_ids
 
 DEFAULT_FILTER_EPS = 2.0 ** -16
@@ -472,16 +472,14 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
     if not callable(getattr(objective, "kernel_spec", None)):
         raise TypeError(f"objective must be an inpo.objectives.Objective (INPO, ONPO, IPO, DPO, SPPO), got "
                         f"{type(objective).__name__}")
-    s = cu_seqlens.shape[0] - 1 if isinstance(cu_seqlens, Tensor) and cu_seqlens.dim() == 1 else None
-    if s is not None:  # malformed cu_seqlens is reported by _prepare
-        meta = lambda t: None if t is None else t.to("meta")  # noqa: E731 -- shape checks only, no copy
-        objective.check_inputs(torch.empty(s, device="meta"), meta(ref_logps), meta(anchor_logps), meta(targets))
-    spec = objective.kernel_spec()
     params, labels, bias = _prepare(hidden, weight, labels, cu_seqlens, bias, ignore_index, params, options)
-    cu_seqlens = cu_seqlens.contiguous()
-    side = (None if t is None else t.detach().to(torch.float32).contiguous() for t in (ref_logps, anchor_logps, targets))
-    return TritonPreferenceLossFunction.apply(hidden, weight, bias, labels, cu_seqlens, *side, spec, int(ignore_index),
-                                              params)
+    s = cu_seqlens.shape[0] - 1
+    side = [check_side_input(name, t, s, hidden.device)  # [S] fp32, detached, on hidden's device
+            for name, t in (("ref_logps", ref_logps), ("anchor_logps", anchor_logps), ("targets", targets))]
+    objective.check_inputs(torch.empty(s, device="meta"), *(None if t is None else t.to("meta") for t in side))
+    side = [None if t is None else t.contiguous() for t in side]
+    return TritonPreferenceLossFunction.apply(hidden, weight, bias, labels, cu_seqlens.contiguous(), *side,
+                                              objective.kernel_spec(), int(ignore_index), params)
 
 
 def _prepare(hidden, weight, labels, cu_seqlens, bias, ignore_index, params, options):
