@@ -21,6 +21,10 @@ SPPO       (logπθ(y) − logπ_t(y) − (P̂(y≻π_t) − ½)/η)²  per seq.
 =========  =====================================================  =========================
 
 The reduction is the mean over pairs (over sequences for SPPO).
+
+Each objective also states itself as a :class:`KernelSpec` (``objective.kernel_spec()``): the constants with which
+the fused Triton epilogue (``kernels/epilogue.py``) evaluates the same loss; ``tests/test_epilogue.py`` checks
+the kernel against :meth:`Objective.__call__` for every objective.
 """
 
 from __future__ import annotations
