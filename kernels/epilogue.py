@@ -14,8 +14,8 @@ for pairwise objectives, one sequence for SPPO. Each program
            u = Δθ − ref_coef·Δref − anchor_coef·Δanchor − offset − (target − target_center)/target_div
            (Δ = chosen − rejected for pairwise objectives, the sequence's own value for SPPO; a term whose
            input the objective does not use is not read), z = scale·u,
-           "squared":    ℓ = z²,                                   dℓ/du = 2·scale·z
-           "logsigmoid": ℓ = −(1−ε)·logσ(z) − ε·logσ(−z),         dℓ/du = scale·(σ(z) − (1 − ε));
+           "squared":    ℓ = z²,                            dℓ/du = 2·scale·z
+           "logsigmoid": ℓ = −(1−ε)·logσ(z) − ε·logσ(−z),  dℓ/du = scale·(σ(z) − (1 − ε));
     3. writes the per-token upstream gradient of the *mean* loss, ``Gtok = ±dℓ/du / groups`` on the group's
        non-ignored tokens (+ for the chosen or only sequence, − for the rejected one), 0 elsewhere: exactly the
        ``g_tok`` the head's backward kernels consume, so the backward needs no per-objective glue;

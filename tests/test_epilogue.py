@@ -45,7 +45,8 @@ def _side_inputs(objective, s, seed, *, absent_when_unused=True):
     vals = {"ref": torch.randn(s, generator=g) * 20, "anchor": torch.randn(s, generator=g) * 20,
             "targets": torch.rand(s, generator=g)}
     used = {"ref": spec.uses_ref, "anchor": spec.uses_anchor, "targets": spec.uses_targets}
-    return {k: v if used[k] else (None if absent_when_unused else torch.full((s,), float("nan"))) for k, v in vals.items()}
+    unused = None if absent_when_unused else torch.full((s,), float("nan"))
+    return {k: v if used[k] else unused for k, v in vals.items()}
 
 
 def _synthetic_partials(lengths, splits, seed, all_ignored=(), empty_split_s=float("nan")):
@@ -181,8 +182,8 @@ def _loss_and_grads(prob, objective, side, impl, **options):
     return dict(loss=loss.detach(), logps=logps.detach(), **{f"d{k}": v.grad for k, v in leaves.items()})
 
 
-@pytest.mark.parametrize("dtype, name", [pytest.param(torch.float16, name, id=f"fp16-{name}") for name in OBJECTIVE_CASES]
-                         + [pytest.param(torch.float32, name, id=f"fp32-{name}") for name in ("inpo", "dpo-smoothed", "sppo")])
+@pytest.mark.parametrize("dtype, name", [pytest.param(torch.float16, n, id=f"fp16-{n}") for n in OBJECTIVE_CASES]
+                         + [pytest.param(torch.float32, n, id=f"fp32-{n}") for n in ("inpo", "dpo-smoothed", "sppo")])
 def test_preference_loss_end_to_end(name, dtype, monkeypatch):
     """impl="triton" (head forward + epilogue + head backward, 3 vocabulary splits, ragged tiles) against fp64:
     every output (loss, log-probs, d hidden/weight/bias) is at least as accurate as the Triton head's
@@ -350,7 +351,8 @@ def test_epilogue_compiles_for_hopper():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, env=env,
                           timeout=600)
-    if proc.returncode != 0 and "No such file" in proc.stderr and ("ptxas" in proc.stderr or "cuobjdump" in proc.stderr):
+    tools_missing = "No such file" in proc.stderr and ("ptxas" in proc.stderr or "cuobjdump" in proc.stderr)
+    if proc.returncode != 0 and tools_missing:
         pytest.skip("Triton's bundled CUDA tools are missing")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for row in json.loads(proc.stdout.strip().splitlines()[-1]):
