@@ -57,9 +57,11 @@ def _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_
     for h0 in range(0, Hd, BLOCK_H):
         offs_h = h0 + arange_h
         mask_h = offs_h < Hd
-        x = tl.load(x_rows + offs_h[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :], other=0.0)
+        # int64 column offsets too: a transposed view (tied embeddings: stride_wh = V) puts H·V past 2^31.
+        offs_h64 = offs_h.to(tl.int64)
+        x = tl.load(x_rows + offs_h64[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :], other=0.0)
         # W^T tile loaded directly as [BLOCK_H, BLOCK_V].
-        wt = tl.load(w_cols + offs_h[:, None] * stride_wh, mask=mask_h[:, None] & mask_v[None, :], other=0.0)
+        wt = tl.load(w_cols + offs_h64[:, None] * stride_wh, mask=mask_h[:, None] & mask_v[None, :], other=0.0)
         if DOT_FP32:
             x = x.to(tl.float32)
             wt = wt.to(tl.float32)
@@ -97,9 +99,11 @@ def head_fwd_kernel(X, W, B, Labels, PartM, PartS, PartT,
             z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
                              stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
             z = tl.where(mask_v[None, :], z, float("-inf"))
-            # Every tile holds >= 1 real column, so m_new is finite and exp never sees inf - inf.
             m_new = tl.maximum(m, tl.max(z, axis=1))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
+            # m_new is -inf while a row has seen only -inf logits (a -inf bias over whole tiles: masked tokens);
+            # shift by 0 there, since exp(-inf - -inf) is NaN. Such a row keeps s = 0 until a finite logit.
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), axis=1)
             m = m_new
             t += tl.sum(tl.where(offs_v[None, :] == lab[:, None], z, 0.0), axis=1)
     out = split.to(tl.int64) * N + offs_n
@@ -192,8 +196,9 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
             for h0 in range(0, Hd, BLOCK_H):
                 offs_h = h0 + arange_h
                 mask_h = offs_h < Hd
+                offs_h64 = offs_h.to(tl.int64)  # int64: see _logits_tile
                 if COMPUTE_DX:
-                    w = tl.load(w_rows + offs_h[None, :] * stride_wh, mask=mask_v[:, None] & mask_h[None, :],
+                    w = tl.load(w_rows + offs_h64[None, :] * stride_wh, mask=mask_v[:, None] & mask_h[None, :],
                                 other=0.0)
                     if DOT_FP32:
                         w = w.to(tl.float32)
@@ -201,7 +206,7 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
                     tl.atomic_add(dx_rows + offs_h[None, :], dx, mask=mask_n[:, None] & mask_h[None, :],
                                   sem="relaxed")
                 if COMPUTE_DW:
-                    x = tl.load(x_rows + offs_h[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :],
+                    x = tl.load(x_rows + offs_h64[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :],
                                 other=0.0)
                     if DOT_FP32:
                         x = x.to(tl.float32)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from inpo.objectives import Objective
-from inpo.ops.checks import check_head_inputs, check_impl, check_side_input
+from inpo.ops.checks import check_head_inputs, check_impl, check_side_input, check_unit_interval
 
 _IMPL_MODULES = {
     "naive": "inpo.ops.naive",
@@ -66,7 +66,9 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
         cu_seqlens: [S+1] int32 sequence boundaries, from 0 to N.
         bias: optional [V] LM-head bias.
         impl: ``"triton"`` | ``"torch"`` | ``"naive"`` | ``"native"`` | ``"auto"``.
-        check_values: validate label range and cu_seqlens order (one host sync).
+        check_values: label range and cu_seqlens boundaries are checked on every call; ``True`` raises at once
+            (one host sync on CUDA), ``False`` keeps CUDA calls sync-free and raises the ValueError at a later
+            call once the device has finished this one (or at :func:`inpo.ops.raise_pending_value_errors`).
 
     Returns:
         [S] fp32 (fp64 for fp64 inputs under ``naive``): each sequence's summed token log-probs,
@@ -97,6 +99,8 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
     ref = check_side_input("ref_logps", ref_logps, s, hidden.device)
     anchor = check_side_input("anchor_logps", anchor_logps, s, hidden.device)
     tgt = check_side_input("targets", targets, s, hidden.device)
+    if tgt is not None:
+        check_unit_interval("targets", tgt, sync=check_values)  # win rates; CUDA: deferred, no host sync
     # Validate the objective's needs before the expensive head runs.
     objective.check_inputs(torch.empty(s, device="meta"), *(None if t is None else t.to("meta") for t in (ref, anchor, tgt)))
     if resolve_impl(impl, hidden.device) == "triton":

@@ -11,9 +11,13 @@ from torch import Tensor
 
 
 def segment_ids(cu_seqlens: Tensor, n: int) -> Tensor:
-    """Sequence index of every packed token: [N] int64 (empty sequences simply own no token)."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    return torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths, output_size=n)
+    """Sequence index of every packed token: [N] int64 (empty sequences simply own no token).
+
+    A binary search over the boundaries, clamped to [0, S): always in range, even for a malformed cu_seqlens
+    whose check is still pending on the device (``repeat_interleave`` would write out of bounds on CUDA)."""
+    cu = cu_seqlens.long()
+    tokens = torch.arange(n, device=cu.device)
+    return torch.searchsorted(cu[1:], tokens, right=True).clamp_(max=cu.numel() - 2)
 
 
 def segment_sum(values: Tensor, cu_seqlens: Tensor) -> Tensor:
@@ -32,7 +36,8 @@ def token_logps_naive(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tens
     acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     logprobs = torch.log_softmax(logits.to(acc), dim=-1)
     valid = labels != ignore_index
-    safe = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    # Clamped: an out-of-range label whose check is pending on the device must not index out of bounds.
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).long().clamp(0, logits.shape[1] - 1)
     picked = logprobs.gather(1, safe[:, None]).squeeze(1)
     return torch.where(valid, picked, torch.zeros_like(picked))
 

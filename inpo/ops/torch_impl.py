@@ -45,7 +45,10 @@ class _ChunkedHead(torch.autograd.Function):
                 v1 = min(v, v0 + chunk_vocab)
                 z = _logits(h, weight[v0:v1], None if bias is None else bias[v0:v1])
                 m_new = torch.maximum(m, z.amax(dim=1))
-                s = s * torch.exp(m - m_new) + torch.exp(z - m_new[:, None]).sum(dim=1)
+                # A row whose logits so far are all -inf (a -inf bias over the whole chunk: masked tokens) keeps
+                # m = -inf; shift by 0 there, or exp(-inf - -inf) = NaN. Its s stays 0 until a finite logit.
+                shift = torch.where(m_new == float("-inf"), 0.0, m_new)
+                s = s * torch.exp(m - shift) + torch.exp(z - shift[:, None]).sum(dim=1)
                 m = m_new
                 inside = (lab >= v0) & (lab < v1)
                 col = (lab - v0).clamp(0, v1 - v0 - 1)
