@@ -54,12 +54,12 @@ class VLLMSampler(Sampler):
                                   gpu_memory_utilization=gpu_memory_utilization, **llm_kwargs)
 
     def sample(self, prompts: Sequence[str], k: int, *, seed: int = 0) -> list[list[str]]:
-        from inpo.data.tokenizer import encode_prompt
+        from inpo.data.chat import encode_prompt, stop_token_ids
 
         check_sample_args(prompts, k)
         params = self._vllm.SamplingParams(n=k, seed=seed, max_tokens=self.max_new_tokens,
                                            temperature=self.temperature, top_p=self.top_p, top_k=-1,
-                                           stop_token_ids=[self.tokenizer.eos_token_id], skip_special_tokens=True)
+                                           stop_token_ids=stop_token_ids(self.tokenizer), skip_special_tokens=True)
         inputs = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False)
         return [[c.text for c in out.outputs] for out in outputs]
