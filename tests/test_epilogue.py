@@ -220,6 +220,37 @@ def test_preference_loss_chunked_backward(monkeypatch):
         torch.testing.assert_close(got[k], atomic[k], rtol=1e-5, atol=1e-5 * atomic[k].abs().max().item(), msg=k)
 
 
+def test_exactness_options_reach_the_fused_backward(monkeypatch):
+    """inpo.ops.preference_loss(impl="triton", deterministic=..., grad_filter=...) on the fused path: deterministic
+    selects the chunked backward (two runs bitwise equal, equal to the atomic one up to summation order), the
+    filter budget reaches the atomic backward."""
+    seen = []
+    for name in ("head_backward", "head_backward_chunked"):
+        fn = getattr(triton_impl, name)
+
+        def spy(*args, _fn=fn, _name=name, **kwargs):
+            seen.append((_name, args[7].grad_filter))  # args[7]: the HeadParams
+            return _fn(*args, **kwargs)
+
+        monkeypatch.setattr(triton_impl, name, spy)
+    prob = make_problem(lengths=[3, 5, 2, 4], h=16, v=100, seed=7, bias=True)
+    objective = OBJECTIVE_CASES["dpo-smoothed"]
+    side = _side_inputs(objective, 4, seed=2)
+
+    def grads(**options):
+        hidden = prob["hidden"].clone().requires_grad_(True)
+        loss = preference_loss(hidden, prob["weight"], prob["labels"], prob["cu_seqlens"], objective,
+                               ref_logps=side["ref"], bias=prob["bias"], impl="triton", **options)
+        loss.backward()
+        return hidden.grad
+
+    det = [grads(deterministic=True) for _ in range(2)]
+    atomic = grads(deterministic=False, grad_filter=0.25)
+    assert seen == [("head_backward_chunked", None)] * 2 + [("head_backward", 0.25)], seen
+    assert torch.equal(det[0], det[1])
+    torch.testing.assert_close(det[0], atomic, rtol=1e-5, atol=1e-6)
+
+
 def test_gradients_flow_only_into_hidden_weight_bias():
     """ref/anchor/targets are constants (no .grad even when they require one); logps is not differentiable;
     frozen weight/bias get no gradient; a second backward (retain_graph) gives the same gradient."""

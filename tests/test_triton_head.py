@@ -1,4 +1,4 @@
-"""The Triton head beyond the shared suite: awkward tiles, vocabulary splits, NaN poison, gradient filtering,
+"""The Triton head beyond the shared suite: awkward tiles, vocabulary splits, NaN poison,
 label dtypes, strided inputs, option errors; GPU tier: bf16, a big shape, peak memory.
 
 On CPU everything runs under the Triton interpreter (conftest sets TRITON_INTERPRET=1), so shapes are small and
@@ -14,7 +14,7 @@ from inpo.kernels.configs import BAKED, KernelConfig, device_family
 from inpo.ops import sequence_logps
 from inpo.ops import triton_impl
 from inpo.ops.naive import sequence_logps_naive
-from inpo.ops.triton_impl import DEFAULT_FILTER_EPS, HeadParams
+from inpo.ops.triton_impl import HeadParams
 from tests.helpers import as_fp64, assert_within_reference_error, make_problem
 
 SMALL_FWD = KernelConfig(32, 64, 16)  # H=40, V=1031, N=157 are multiples of none of these
@@ -72,7 +72,7 @@ def test_chunked_backward(dtype, bias, monkeypatch):
     out, grads, _ = _run(prob, bwd_mode="chunked", chunk_tokens=50, bwd_config=SMALL_BWD)
     assert all(torch.isfinite(g).all() for g in grads.values())
     _check_against_fp64(prob, out, grads, f"chunked {dtype}")
-    atomic, g_atomic, _ = _run(prob, filter_eps=0.0, bwd_config=SMALL_BWD)
+    atomic, g_atomic, _ = _run(prob, bwd_config=SMALL_BWD)
     for k in grads:  # the two backward designs agree to accumulation-order noise
         torch.testing.assert_close(grads[k].float(), g_atomic[k].float(), rtol=1e-2, atol=AGREE_ATOL[dtype])
 
@@ -91,7 +91,7 @@ def test_chunked_backward_frozen_inputs():
 def test_half_precision_inputs(dtype):
     """fp16 through the interpreter's dot; bf16 through the fp32-upcast path the interpreter needs."""
     prob = _problem(dtype=dtype)
-    out, grads, _ = _run(prob, filter_eps=0.0)
+    out, grads, _ = _run(prob)
     assert out.dtype == torch.float32
     _check_against_fp64(prob, out, grads, str(dtype))
 
@@ -115,77 +115,8 @@ def test_ignored_blocks_are_skipped_exactly():
     stats = {}
     out, grads, _ = _run(prob, fwd_config=SMALL_FWD, bwd_config=SMALL_BWD, stats=stats)
     assert stats["tiles_ignored"] >= 2 * ((1031 + 127) // 128)  # the first two 32-token blocks, every v tile
-    assert stats["tiles_filtered"] == 0  # fp32: filtering is off by default
+    assert stats["tiles_filtered"] == 0  # the filter is opt-in (grad_filter)
     _check_against_fp64(prob, out, grads, "ignored prefix")
-
-
-def _peaked_problem(alpha, h=64, v=515, seed=9):
-    """Hidden states aligned with their target's weight row: the target logit dominates every token."""
-    prob = make_problem(lengths=[30, 20, 14], h=h, v=v, seed=seed, ignore_frac=0.1)
-    safe = prob["labels"].clamp(min=0)
-    w = prob["weight"] / prob["weight"].norm(dim=1, keepdim=True)
-    prob["weight"] = w
-    prob["hidden"] = alpha * w[safe] + 0.3 * prob["hidden"] / h**0.5
-    return prob
-
-
-def _filter_bound(prob, up, eps):
-    """Rigorous bound on what filtering may drop: every entry with p < eps that is not a target, summed."""
-    p64 = as_fp64(prob)
-    z = p64["hidden"] @ p64["weight"].t()
-    prob_ = torch.softmax(z, dim=1)
-    valid = prob["labels"] != -100
-    seg = torch.repeat_interleave(torch.arange(len(up)), (prob["cu_seqlens"][1:] - prob["cu_seqlens"][:-1]).long())
-    g = torch.where(valid, up[seg], 0.0).abs()
-    droppable = prob_ < eps
-    droppable[valid.nonzero().squeeze(1), prob["labels"][valid]] = False
-    dz = torch.where(droppable, prob_, 0.0) * g[:, None]
-    return dz @ p64["weight"].abs(), dz.t() @ p64["hidden"].abs()
-
-
-def _recompute_rounding_slack(prob, up):
-    """The fused backward forms p = exp(z − lse) from a recomputed fp32 z and the forward's fp32 lse, so each p
-    carries a relative error of about one rounding of the logits, rnd = 4·2^-24·max Σ_h |x_nh·w_vh| (GEMM
-    rounding of z plus lse). On peaked rows 1 − p is ~1e-9 exactly and naive's log_softmax keeps it, so naive's
-    own error cannot budget this; the slack per gradient is that rounding carried through: rnd·(|g|·P)·|W| for
-    dHidden and rnd·(|g|·P)ᵀ·|X| for dW, in fp64."""
-    p64 = as_fp64(prob)
-    x, w = p64["hidden"], p64["weight"]
-    probs = torch.softmax(x @ w.t(), dim=1)
-    valid = prob["labels"] != -100
-    seg = torch.repeat_interleave(torch.arange(len(up)), (prob["cu_seqlens"][1:] - prob["cu_seqlens"][:-1]).long())
-    gp = torch.where(valid, up[seg], 0.0).abs()[:, None] * probs
-    rnd = 4 * 2.0**-24 * (x.abs() @ w.abs().t()).max().item()
-    return {"dhidden": rnd * (gp @ w.abs()).max().item(), "dweight": rnd * (gp.t() @ x.abs()).max().item()}
-
-
-@pytest.mark.parametrize("alpha, eps", [(40.0, 2.0**-10), (8.0, 2.0**-6)])
-def test_gradient_filter_skips_tiles_within_bound(alpha, eps):
-    prob = _peaked_problem(alpha)
-    cfg = dict(fwd_config=SMALL_FWD, bwd_config=KernelConfig(16, 32, 16))
-    exact_stats, filt_stats = {}, {}
-    out0, g0, up = _run(prob, keys=("hidden", "weight"), filter_eps=0.0, stats=exact_stats, **cfg)
-    out1, g1, _ = _run(prob, keys=("hidden", "weight"), filter_eps=eps, stats=filt_stats, **cfg)
-    assert exact_stats["tiles_filtered"] == 0
-    assert filt_stats["tiles_filtered"] > 0, filt_stats
-    assert torch.equal(out0, out1)  # filtering only touches the backward
-    # off = exact: the usual rule, plus the recompute design's own rounding on these peaked rows (see below)
-    _check_against_fp64(prob, out0, g0, "filter off", atol=_recompute_rounding_slack(prob, up))
-    bound_h, bound_w = _filter_bound(prob, up, eps)
-    slack = 1e-5  # fp32 accumulation-order noise between the two runs
-    assert ((g1["hidden"] - g0["hidden"]).abs().double() <= bound_h + slack).all()
-    assert ((g1["weight"] - g0["weight"]).abs().double() <= bound_w + slack).all()
-    assert not torch.equal(g1["weight"], g0["weight"])  # the skipped tiles really dropped their GEMMs
-
-
-def test_filter_eps_auto_by_dtype():
-    assert HeadParams().resolve_filter_eps(torch.float32) == 0.0
-    assert HeadParams().resolve_filter_eps(torch.bfloat16) == DEFAULT_FILTER_EPS == 2.0**-16
-    assert HeadParams(filter_eps=0.0).resolve_filter_eps(torch.float16) == 0.0
-    prob = _problem(dtype=torch.float16)
-    stats = {}
-    _run(prob, stats=stats)
-    assert stats["filter_eps"] == 2.0**-16
 
 
 def test_int32_labels_match_int64():
@@ -248,11 +179,11 @@ def test_option_and_dtype_errors():
     args = (prob["hidden"], prob["weight"], prob["labels"], prob["cu_seqlens"])
     with pytest.raises(TypeError, match="unknown Triton head option"):
         triton_impl.sequence_logps(*args, filter=0.1)
-    with pytest.raises(ValueError, match="filter_eps must be"):
-        triton_impl.sequence_logps(*args, filter_eps=-1.0)
+    with pytest.raises(ValueError, match="grad_filter must be"):
+        triton_impl.sequence_logps(*args, grad_filter=-1.0)
     with pytest.raises(ValueError, match="splits must be"):
         triton_impl.sequence_logps(*args, splits=0)
-    with pytest.raises(ValueError, match="bwd_mode must be one of"):
+    with pytest.raises(ValueError, match="bwd_mode must be"):
         triton_impl.sequence_logps(*args, bwd_mode="fused")
     with pytest.raises(ValueError, match="chunk_tokens must be"):
         triton_impl.sequence_logps(*args, chunk_tokens=0)
@@ -303,17 +234,6 @@ def test_launches_make_the_tensors_device_current(monkeypatch):
     assert len(seen) == 5 and all(d == prob["hidden"].device for d in seen), seen  # fwd, bwd, fwd, 2 dz chunks
 
 
-def test_addmm_fp32_probe_is_per_device_type(monkeypatch):
-    """CPU torch has no out_dtype GEMM and settles on "lowp"; that answer must not be reused for CUDA tensors."""
-    monkeypatch.setattr(triton_impl, "_ADDMM_FP32", {})
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(8, 5, generator=g).bfloat16(), torch.randn(5, 3, generator=g).bfloat16()
-    acc = torch.ones(8, 3)
-    triton_impl._addmm_fp32(acc, a, b)
-    torch.testing.assert_close(acc, 1 + a.float() @ b.float(), rtol=1e-2, atol=1e-2)
-    assert set(triton_impl._ADDMM_FP32) == {"cpu"}
-
-
 def test_config_tables():
     assert device_family(None) == "interpreter"
     assert device_family((9, 0)) == "sm90" and device_family((8, 0)) == "sm80" and device_family((7, 5)) == "fallback"
@@ -347,7 +267,7 @@ def test_gpu_kernels_are_compiled():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gpu_values_and_grads_vs_fp64(dtype, bwd_mode):
     prob = _cuda_problem(1031, 256, 5003, dtype)
-    out, grads, _ = _run(prob, filter_eps=0.0, bwd_mode=bwd_mode, chunk_tokens=300)
+    out, grads, _ = _run(prob, bwd_mode=bwd_mode, chunk_tokens=300)
     _check_against_fp64(prob, out, grads, f"gpu {dtype} {bwd_mode}")
 
 
@@ -384,37 +304,12 @@ def test_gpu_big_shape_and_peak_memory():
 def test_gpu_autotune_path(monkeypatch):
     monkeypatch.setenv("INPO_AUTOTUNE", "1")
     prob = _cuda_problem(777, 128, 3001, torch.bfloat16)
-    out, grads, _ = _run(prob, filter_eps=0.0)
+    out, grads, _ = _run(prob)
     monkeypatch.delenv("INPO_AUTOTUNE")
-    out_b, grads_b, _ = _run(prob, filter_eps=0.0)
+    out_b, grads_b, _ = _run(prob)
     torch.testing.assert_close(out, out_b, rtol=1e-4, atol=1e-3)
     for k in grads:
         torch.testing.assert_close(grads[k].float(), grads_b[k].float(), rtol=2e-2, atol=2e-2)
-
-
-@pytest.mark.gpu
-def test_gpu_default_filter_on_peaked_bf16():
-    """Sharply peaked inputs: the default bf16 filter skips tiles, values are untouched and the gradients move
-    by about one bf16 rounding of their largest entry at most.
-
-    The benchmark's "peaked" inputs (entropy ~1.5 nats, Gaussian off-target logits of std 2) put ~5% of all
-    entries above 2^-16, so no 128x128 tile is ever filtered there; their hidden states doubled (logits x2,
-    entropy ~0.01 nats) leave ~11% of the tiles filterable (simulated in fp32 on CPU: 454 of 4000 tiles,
-    filter error <= 2^-12 of each gradient's largest entry)."""
-    from inpo.profiling.head_bench import make_problem as bench_problem
-
-    p = bench_problem(2048, 512, 32000, torch.bfloat16, torch.device("cuda"), "peaked")
-    prob = dict(hidden=p.hidden * 2, weight=p.weight, labels=p.labels, cu_seqlens=p.cu_seqlens, bias=None)
-    on, off = {}, {}
-    out1, g1, _ = _run(prob, stats=on)
-    out0, g0, _ = _run(prob, filter_eps=0.0, stats=off)
-    assert on["filter_eps"] == DEFAULT_FILTER_EPS and on["tiles_filtered"] > 0 and off["tiles_filtered"] == 0
-    assert torch.equal(out1, out0)
-    for k in g0:
-        scale = g0[k].float().abs().max().item()
-        # 2^-6: one bf16 ulp (<= 2^-7 of the largest entry) from atomic-order rounding flips, plus the filter's
-        # own error (~2^-12) and the extra rounding flip it can cause.
-        assert (g1[k].float() - g0[k].float()).abs().max().item() <= scale * 2.0**-6, k
 
 
 def _column_major_past_2_31(rows, cols, dtype, seed):

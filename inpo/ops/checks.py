@@ -40,6 +40,8 @@ def check_head_inputs(
         raise ValueError(f"weight must be 2-D [V, H] (nn.Linear layout), got shape {tuple(weight.shape)}")
     n, h = hidden.shape
     v = weight.shape[0]
+    if v == 0:
+        raise ValueError(f"weight must be [V, H] with V >= 1 (the vocabulary), got shape {tuple(weight.shape)}")
     if weight.shape[1] != h:
         raise ValueError(f"weight must be [V, H] with H={h} (hidden's last dim), got shape {tuple(weight.shape)}")
     if hidden.dtype not in FLOAT_DTYPES:
@@ -229,3 +231,28 @@ def check_side_input(name: str, t: Tensor | None, s: int, device: torch.device) 
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but hidden is on {device}")
     return t.detach().float()
+
+
+def check_grad_filter(grad_filter) -> float | None:
+    """``grad_filter``: None (exact gradients) or the opt-in per-row budget of skipped softmax mass, a real number
+    in [0, 1) (0 = exact, like None). Returns it as a float (or None)."""
+    if grad_filter is None:
+        return None
+    if isinstance(grad_filter, bool) or not isinstance(grad_filter, (int, float)) or not 0.0 <= grad_filter < 1.0:
+        raise ValueError(f"grad_filter must be None (exact gradients) or a float in [0, 1) (the per-row budget of "
+                         f"skipped softmax probability mass), got {grad_filter!r}")
+    return float(grad_filter)
+
+
+def check_deterministic(deterministic) -> bool | None:
+    """``deterministic``: None (follow ``torch.are_deterministic_algorithms_enabled()``), True or False."""
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be None (follow torch.are_deterministic_algorithms_enabled()), True or "
+                        f"False, got {deterministic!r}")
+    return deterministic
+
+
+def resolve_deterministic(deterministic: bool | None) -> bool:
+    """None follows ``torch.are_deterministic_algorithms_enabled()``; True/False force."""
+    check_deterministic(deterministic)
+    return torch.are_deterministic_algorithms_enabled() if deterministic is None else deterministic
