@@ -15,12 +15,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+_TRITON_MODULES = ("test_triton_head", "test_epilogue")  # every non-GPU test of these runs Triton on CPU tensors
+
+
 def _runs_triton_on_cpu(item) -> bool:
-    """The interpreter tier: Triton kernels on CPU tensors (every non-GPU test of test_triton_head.py, and the
+    """The interpreter tier: Triton kernels on CPU tensors (every non-GPU test of the _TRITON_MODULES, and the
     impl="triton" cases of the parametrized head tests)."""
     if "gpu" in item.keywords:
         return False
-    if item.module.__name__.rsplit(".", 1)[-1] == "test_triton_head":
+    if item.module.__name__.rsplit(".", 1)[-1] in _TRITON_MODULES:
         return True
     params = getattr(getattr(item, "callspec", None), "params", {})
     return any(isinstance(v, str) and v == "triton" for v in params.values())

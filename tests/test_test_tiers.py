@@ -20,6 +20,7 @@ class _Item:
 
 def _items():
     return {"interp": _Item("test_triton_head"), "gpu": _Item("test_triton_head", gpu=True),
+            "epilogue": _Item("test_epilogue"), "epilogue-gpu": _Item("test_epilogue", gpu=True),
             "head-triton": _Item("test_head", params={"impl": "triton", "dtype": object()}),
             "head-torch": _Item("test_head", params={"impl": "torch"}), "other": _Item("test_games")}
 
@@ -33,7 +34,7 @@ def test_cuda_machine_skips_the_interpreter_tier(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     items = _items()
     conftest.pytest_collection_modifyitems(None, list(items.values()))
-    assert _skipped(items) == {"interp", "head-triton"}
+    assert _skipped(items) == {"interp", "epilogue", "head-triton"}
     assert "CUDA_VISIBLE_DEVICES=" in items["interp"].markers[0].kwargs["reason"]
 
 
@@ -41,7 +42,7 @@ def test_cpu_machine_skips_the_gpu_tier(monkeypatch):
     monkeypatch.setattr(conftest.torch.cuda, "is_available", lambda: False)
     items = _items()
     conftest.pytest_collection_modifyitems(None, list(items.values()))
-    assert _skipped(items) == {"gpu"}
+    assert _skipped(items) == {"gpu", "epilogue-gpu"}
 
 
 def test_cuda_machine_with_the_interpreter_forced_skips_nothing(monkeypatch):
