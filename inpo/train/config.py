@@ -62,7 +62,8 @@ class TrainConfig:
     k: int = 8  # responses sampled per prompt (the paper's K; best/worst by the oracle's tournament)
     oracle: str = "synthetic"  # synthetic | reward:PATH | pairwise:PATH
     pair_strategy: str = "best_worst"  # best_worst | random
-    sampler: str = "hf"  # hf | vllm | auto
+    sampler: str = "hf"  # hf | vllm | auto (inpo.generation.auto_backend: the faster one where measured)
+    sampler_dtype: str = "policy"  # vLLM engine dtype: policy (the policy's own) | float32 | bfloat16 | float16
     max_new_tokens: int = 24
     temperature: float = 1.0
     top_p: float = 1.0
@@ -124,6 +125,12 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
+        from inpo.generation.base import BACKENDS, DTYPES
+
+        if self.sampler not in BACKENDS:
+            raise ValueError(f"sampler must be one of {', '.join(BACKENDS)}, got {self.sampler!r}")
+        if self.sampler_dtype not in DTYPES:
+            raise ValueError(f"sampler_dtype must be one of {', '.join(DTYPES)}, got {self.sampler_dtype!r}")
         if self.pair_strategy not in ("best_worst", "random"):
             raise ValueError(f"pair_strategy must be 'best_worst' or 'random', got {self.pair_strategy!r}")
         if len(self.betas) != 2:
