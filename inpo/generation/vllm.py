@@ -151,7 +151,7 @@ class VLLMSampler(Sampler):
                 params.append(sp(n=1, seed=row_seed(seed, i, j), max_tokens=self.max_new_tokens,
                                  temperature=self.temperature, top_p=self.top_p, top_k=0,
                                  stop_token_ids=self.stop_ids, ignore_eos=False, logprobs=0,
-                                 skip_special_tokens=True))
+                                 detokenize=False))  # decoded below, exactly as the HF sampler decodes
         t0 = time.perf_counter()
         outputs = self.llm.generate(inputs, params, use_tqdm=False) if inputs else []
         seconds = time.perf_counter() - t0
@@ -166,7 +166,7 @@ class VLLMSampler(Sampler):
             lengths.append(len(ids) - stopped)
             token_ids.append(ids)
             logps.append(float(sum(lp[t].logprob for lp, t in zip(c.logprobs, ids))) if c.logprobs else float("nan"))
-            texts.append(c.text)
+            texts.append(self.tokenizer.decode(ids[:len(ids) - stopped], skip_special_tokens=True))
         self.last_lengths, self.last_logps, self.last_token_ids = lengths, logps, token_ids
         self.last_stats = {"responses": len(texts), "new_tokens": new_tokens, "finished": finished,
                            "seconds": seconds, "tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0}
