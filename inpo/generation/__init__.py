@@ -21,9 +21,9 @@ def __getattr__(name):  # VLLMSampler is importable without vllm; constructing i
 def auto_backend(model=None) -> str:
     """What ``sampler: auto`` picks for ``model``: the faster sampler where that was measured.
 
-    The rule (one place, updated with the generation bench's records): vLLM when it is importable and CUDA is
-    up; HF on CPU, where the CPU build of vLLM pays 35-190 s of engine start-up (2 cores) that the embedded
-    default policy's whole generation phase does not cost with HF.
+    The rule, in one place for the generation bench to update with its measurement: vLLM when it is importable
+    and CUDA is up; otherwise HF, which has no engine to start (the CPU build of vLLM took 139-250 s to start on
+    this project's 2-core machine, bench/results/vllm/sampler-cpu.jsonl and the test tier).
     """
     from inpo._optional import available
 
