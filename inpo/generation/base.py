@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-__all__ = ["Sampler", "BACKENDS", "DTYPES", "check_sample_args", "row_seed", "stop_token_ids"]
+__all__ = ["Sampler", "BACKENDS", "DTYPES", "check_sample_args", "check_sampling_args", "row_seed", "stop_token_ids"]
 
 BACKENDS = ("hf", "vllm", "auto")  # the config's ``sampler`` values
 DTYPES = ("policy", "float32", "bfloat16", "float16")  # the config's ``sampler_dtype``: the vLLM engine's dtype
@@ -35,6 +36,16 @@ def stop_token_ids(tokenizer) -> list[int]:
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer has no eos token: generation could never stop early")
     return [int(tokenizer.eos_token_id)]
+
+
+def check_sampling_args(max_new_tokens, temperature, top_p) -> None:
+    """A sampler's settings, checked the same way by every backend."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
 def check_sample_args(prompts: Sequence[str], k: int) -> None:

