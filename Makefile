@@ -6,7 +6,7 @@ STAMP := $(VENV)/.inpo-installed
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup train test test-gpu test-slow test-all test-vllm bench games experiments clean
+.PHONY: setup train test test-gpu test-slow test-all test-vllm bench games experiments experiments-winrate clean
 
 setup: $(STAMP)
 
@@ -72,8 +72,13 @@ bench: setup
 games: setup
 	$(PY) -m inpo.games.sweep --out bench/results/games
 
-# INPO vs iterative DPO vs IPO vs SPPO on the embedded default task (committed under bench/results/experiments/).
+# Nash-level evidence on the LM: exploitability of INPO, INPO τ=0, ONPO, iterative DPO, IPO, SPPO over three oracle
+# settings, tuned on validation prompts, 10/5 seeds (committed under bench/results/nash-lm/; hours on 2 cores,
+# resumable). The older win-rate-vs-π_ref comparison: `make experiments-winrate`.
 experiments: setup
+	$(PY) -m bench.experiment_nash --out bench/results/nash-lm
+
+experiments-winrate: setup
 	$(PY) -m bench.experiment_default --out bench/results/experiments
 
 clean:

@@ -1,13 +1,18 @@
 """Win-rate of a policy against a baseline under a preference oracle, with a bootstrap CI over prompts.
 
 ``inpo eval --policy DIR [--baseline DIR | --baseline-default] [--prompts default-eval|default-train|FILE]
-[--oracle synthetic|reward:PATH|pairwise:PATH] [--n 200] [--k 1] [--seed 0] [--json OUT]``
+[--oracle synthetic|reward:PATH|pairwise:PATH] [--n 200] [--k 1] [--seed 0] [--exploitability] [--json OUT]``
 
 Each prompt's score is the oracle's P(policy response ≻ baseline response) averaged over ``k`` sampled
 pairs (``--hard``: the oracle's decision, 1 / 0 and ½ for a tie, instead of the probability). The
 win-rate is the mean over prompts; its 95 % CI is the percentile bootstrap over prompts (seeded). Both
 models sample with the same seed (common random numbers), so a policy identical to its baseline
 scores exactly ½.
+
+``--exploitability`` also reports the policy's exploitability 2·max_y′ E_{y∼π} P(y′ ≻ y) − 1 (0 at a Nash policy;
+:mod:`inpo.exploitability`) from its ``k`` samples per prompt (``k`` defaults to 8 then), with a two-level
+bootstrap CI: against the best response in the pool of both models' samples (any oracle), and, for the synthetic
+oracle, over its whole feature space and its style-only part.
 """
 
 from __future__ import annotations
@@ -133,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="default-eval | default-train | a .txt / .jsonl file (default: default-eval)")
     ap.add_argument("--oracle", default="synthetic", help="synthetic[:alpha=..,beta=..] | reward:PATH | pairwise:PATH")
     ap.add_argument("--n", type=int, default=200, help="at most this many prompts (seeded subset; default 200)")
-    ap.add_argument("--k", type=int, default=1, help="sampled pairs per prompt (default 1)")
+    ap.add_argument("--k", type=int, default=None,
+                    help="sampled pairs per prompt (default 1; 8 with --exploitability)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=1.0)
@@ -141,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--hard", action="store_true", help="score oracle decisions (ties ½) instead of probabilities")
     ap.add_argument("--tokenizer", help="tokenizer directory (default: the policy's, else the default tokenizer)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--exploitability", action="store_true",
+                    help="also estimate the policy's exploitability (pool of both models' samples; synthetic "
+                         "oracle: whole feature space and style-only part) with a bootstrap CI")
     ap.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
     return ap
 
@@ -177,6 +186,8 @@ def _atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.k is None:
+        args.k = 8 if args.exploitability else 1
     try:
         for name in ("k", "max_new_tokens", "n_bootstrap"):
             if getattr(args, name) < 1:
@@ -207,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inpo eval: error: {exc}", file=sys.stderr)
         return 2
 
-    result = evaluate(policy, baseline, tokenizer, prompts, oracle, max_new_tokens=args.max_new_tokens,
-                      temperature=args.temperature, seed=args.seed, n_bootstrap=args.n_bootstrap, k=args.k,
-                      hard=args.hard)
+    result, ours, theirs = evaluate(policy, baseline, tokenizer, prompts, oracle, max_new_tokens=args.max_new_tokens,
+                                    temperature=args.temperature, seed=args.seed, n_bootstrap=args.n_bootstrap,
+                                    k=args.k, hard=args.hard, return_responses=True)
+    exploit = _exploitability_rows(oracle, prompts, ours, theirs, args) if args.exploitability else []
     from rich.console import Console
     from rich.table import Table
 
@@ -219,15 +231,35 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row(args.policy, baseline_name, args.oracle, f"{result.n}×{args.k}", f"{result.win_rate:.3f}",
                   f"[{result.ci_low:.3f}, {result.ci_high:.3f}]", str(result.queries))
     Console().print(table)
+    if exploit:
+        table = Table(title=f"exploitability of the policy ({args.k} samples per prompt; 0 = Nash; 95 % two-level "
+                            f"bootstrap CI over prompts and samples)")
+        for col in ("best response over", "exploitability", "95% CI", "queries"):
+            table.add_column(col, justify="left" if col == "best response over" else "right")
+        names = {"pool": "pool (both models' samples)", "feature": "whole feature space", "style": "style only"}
+        for e in exploit:
+            table.add_row(names[e.kind], f"{e.value:.3f}", f"[{e.ci_low:.3f}, {e.ci_high:.3f}]", str(e.queries))
+        Console().print(table)
     if args.json_out:
         from inpo.profiling.record import environment_info
 
         record = {**asdict(result), "policy": args.policy, "baseline": baseline_name, "oracle": args.oracle,
                   "prompts": args.prompts, "k": args.k, "seed": args.seed, "hard": args.hard,
                   "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
-                  "environment": environment_info()}
+                  "exploitability": {e.kind: asdict(e) for e in exploit}, "environment": environment_info()}
         _atomic_write_json(args.json_out, record)
     return 0
+
+
+def _exploitability_rows(oracle, prompts, ours, theirs, args) -> list:
+    from inpo.exploitability import exploitability
+
+    kw = dict(n_bootstrap=args.n_bootstrap, seed=args.seed)
+    pools = [list(a) + list(b) for a, b in zip(ours, theirs)]
+    rows = [exploitability(oracle, prompts, ours, kind="pool", pools=pools, **kw)]
+    if hasattr(oracle, "feature_matrix"):
+        rows += [exploitability(oracle, prompts, ours, kind=kind, **kw) for kind in ("feature", "style")]
+    return rows
 
 
 if __name__ == "__main__":

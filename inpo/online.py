@@ -128,7 +128,8 @@ def _setup(cfg: TrainConfig):
         torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     tokenizer = _load_tokenizer(cfg)
-    ref = load_policy(cfg.model, tokenizer=tokenizer, device=device, attn_implementation=_attn_impl(cfg, device))
+    ref = load_policy(cfg.model, tokenizer=tokenizer, device=device, attn_implementation=_attn_impl(cfg, device),
+                      default_seed=cfg.sft_seed)
     ref.eval().requires_grad_(False)
     policy = copy.deepcopy(ref).requires_grad_(True)
     return device, tokenizer, ref, _prepare_policy(cfg, policy, device)
@@ -439,7 +440,21 @@ def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle, sampler) -> dict:
                      [{"prompt": p, "responses": y} for p, y in zip(prompts, pol)])
     wr = win_rate(prompts, pol, base, oracle, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
     return {"win_rate": wr.win_rate, "win_rate_ci_low": wr.ci_low, "win_rate_ci_high": wr.ci_high,
-            "eval_n": wr.n, "eval_queries": wr.queries}
+            "eval_n": wr.n, "eval_queries": wr.queries, **_exploitability_record(cfg, oracle, prompts, pol)}
+
+
+def _exploitability_record(cfg, oracle, prompts, responses) -> dict:
+    """Exploitability of π_{t+1} from its eval samples, where the oracle's best response is computable from
+    features (the synthetic oracle; no oracle queries). Other oracles: ``inpo eval --exploitability`` (pool)."""
+    from inpo.exploitability import exploitability
+
+    if not hasattr(oracle, "feature_matrix"):
+        return {}
+    out = {}
+    for kind, key in (("feature", "exploitability"), ("style", "style_exploitability")):
+        e = exploitability(oracle, prompts, responses, kind=kind, n_bootstrap=cfg.n_bootstrap, seed=cfg.seed)
+        out.update({key: e.value, f"{key}_ci_low": e.ci_low, f"{key}_ci_high": e.ci_high})
+    return out
 
 
 def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle, sampler) -> dict:

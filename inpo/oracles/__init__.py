@@ -24,9 +24,10 @@ def _synthetic_options(text: str) -> dict:
     opts: dict = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         key, sep, value = item.partition("=")
-        if not sep or key not in ("alpha", "beta", "mode"):
-            raise ValueError(f"bad synthetic oracle option {item!r}; expected alpha=FLOAT, beta=FLOAT or "
-                             f"mode={'|'.join(MODES)}, e.g. 'synthetic:alpha=8,beta=1'")
+        if not sep or key not in ("alpha", "beta", "none_penalty", "quality_margin", "mode"):
+            raise ValueError(f"bad synthetic oracle option {item!r}; expected alpha=FLOAT, beta=FLOAT, "
+                             f"none_penalty=FLOAT, quality_margin=FLOAT or mode={'|'.join(MODES)}, "
+                             f"e.g. 'synthetic:alpha=8,beta=1'")
         try:
             opts[key] = value if key == "mode" else float(value)
         except ValueError:

@@ -2,7 +2,7 @@
 
 For a prompt ``x`` and responses ``a``, ``b``::
 
-    P(a ≻ b | x) = σ(α · (q(a) − q(b)) + β · C[c(a), c(b)])
+    P(a ≻ b | x) = σ(α · dz_m(q(a) − q(b)) + β · C_γ[c(a), c(b)])
 
 * ``q(y) ∈ [0, 1]`` (quality, transitive) is the mean of four checks, each in ``[0, 1]``:
   ``on_topic`` — 1 if the response uses a content word of the prompt (its topic for default prompts),
@@ -17,8 +17,20 @@ For a prompt ``x`` and responses ``a``, ``b``::
   graded length also makes exact ties (dropped pairs) rarer. One failed check costs α/4 = 2 logits.
 * ``c(y) ∈ {rock, paper, scissors, None}`` (style) is the family (``inpo/assets/default_task.json``) with
   strictly the most words in ``y``; ``None`` when no family dominates.
-* ``C`` is skew-symmetric: ``C[rock, scissors] = C[scissors, paper] = C[paper, rock] = 1``, their
-  transposes −1, and 0 on the diagonal and for ``None``.
+* ``C_γ`` is skew-symmetric: ``C[rock, scissors] = C[scissors, paper] = C[paper, rock] = 1``, their
+  transposes −1, 0 on the diagonal; a response with a dominant style beats one without by ``γ``
+  (``none_penalty``; ``C[s, None] = γ``, ``C[None, s] = −γ``, default 0).
+* ``dz_m(d) = sign(d)·max(|d| − m, 0)`` is a dead zone of width ``m`` (``quality_margin``, default 0): quality
+  gaps of at most ``m`` are ignored, so style decides between responses of nearly equal quality.
+
+The intransitivity knobs (``inpo train --oracle synthetic:alpha=8,beta=2,none_penalty=1,quality_margin=0.25``):
+``β/α`` sets how large a quality gap the style cycle can overturn (|Δq| < β/α once past the dead zone);
+``quality_margin`` keeps small quality gaps from overriding the cycle at all; ``none_penalty`` closes the
+"pure-Nash escape": with ``γ = 0`` a top-quality response with *no* dominant style ties every other top-quality
+response, a pure strategy nobody can exploit that a reward maximiser can reach; with ``γ > 0`` it loses to every
+styled response, so the Nash policy of the top-quality responses is the uniform mix of the three styles. ``β = 0``
+makes the oracle transitive (Bradley–Terry in q). :meth:`best_response_value` gives the exact best response over
+the whole feature space (quality × style), which :mod:`inpo.exploitability` uses.
 
 So ``P(a ≻ b) + P(b ≻ a) = 1`` and ``P(y ≻ y) = ½``. With ``β > 0`` three responses of equal quality in
 the three styles form a strict cycle, which no Bradley–Terry score can explain; the KL-regularised
@@ -50,37 +62,48 @@ _LENGTH_FALLOFF = 6.0
 _FUNCTION = frozenset("a an the and but of in on at to is it its all me my so very also".split())
 
 
-def _style_matrix() -> np.ndarray:
+def _style_matrix(none_penalty: float = 0.0) -> np.ndarray:
     m = np.zeros((len(STYLES) + 1, len(STYLES) + 1))  # last row/col: no dominant style
     for win, lose in CYCLE:
         i, j = STYLES.index(win), STYLES.index(lose)
         m[i, j], m[j, i] = 1.0, -1.0
+    m[:-1, -1], m[-1, :-1] = none_penalty, -none_penalty
     return m
+
+
+def _dead_zone(d, margin: float):
+    """sign(d)·max(|d| − margin, 0): odd, so P(a ≻ b) + P(b ≻ a) = 1 still holds."""
+    return np.sign(d) * np.maximum(np.abs(d) - margin, 0.0)
 
 
 class SyntheticIntransitiveOracle(PreferenceOracle):
     """The default task's oracle (see the module docstring for the exact formula).
 
-    ``alpha`` weighs quality differences, ``beta`` the rock-paper-scissors term; ``mode`` and ``seed``
-    as in :class:`~inpo.oracles.base.PreferenceOracle`.
+    ``alpha`` weighs quality differences, ``beta`` the rock-paper-scissors term, ``none_penalty`` (γ) what a
+    styled response gains over an unstyled one, ``quality_margin`` (m ∈ [0, 1)) the dead zone of quality gaps;
+    ``mode`` and ``seed`` as in :class:`~inpo.oracles.base.PreferenceOracle`.
     """
 
-    def __init__(self, *, alpha: float = 8.0, beta: float = 1.0, mode: str = "deterministic", seed: int = 0,
-                 tie_tol: float = 1e-9):
+    def __init__(self, *, alpha: float = 8.0, beta: float = 1.0, none_penalty: float = 0.0,
+                 quality_margin: float = 0.0, mode: str = "deterministic", seed: int = 0, tie_tol: float = 1e-9):
         super().__init__(mode=mode, seed=seed, tie_tol=tie_tol)
-        for name, value in (("alpha", alpha), ("beta", beta)):
+        for name, value in (("alpha", alpha), ("beta", beta), ("none_penalty", none_penalty),
+                            ("quality_margin", quality_margin)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if quality_margin >= 1:
+            raise ValueError(f"quality_margin must be < 1 (qualities lie in [0, 1]), got {quality_margin!r}")
         self.alpha, self.beta = float(alpha), float(beta)
+        self.none_penalty, self.quality_margin = float(none_penalty), float(quality_margin)
         self._families = {style: frozenset(task_spec()["styles"][style]) for style in STYLES}
         self._topics = frozenset(task_spec()["topics"])
-        self._C = _style_matrix()
+        self._C = _style_matrix(self.none_penalty)
         # Responses recur across tournament rounds; features are pure functions of the text.
         self._cached = lru_cache(maxsize=65536)(self._features)
 
     def __repr__(self) -> str:
-        return (f"SyntheticIntransitiveOracle(alpha={self.alpha}, beta={self.beta}, mode={self.mode!r}, "
-                f"queries={self.queries})")
+        return (f"SyntheticIntransitiveOracle(alpha={self.alpha}, beta={self.beta}, none_penalty={self.none_penalty}, "
+                f"quality_margin={self.quality_margin}, mode={self.mode!r}, queries={self.queries})")
 
     def _features(self, prompt: str, response: str) -> dict:
         ws = words(response)
@@ -117,14 +140,62 @@ class SyntheticIntransitiveOracle(PreferenceOracle):
         return self._cached("", response)["style"]
 
     def logit(self, prompt: str, a: str, b: str) -> float:
-        """α·(q(a) − q(b)) + β·C[c(a), c(b)] (uncounted)."""
+        """α·dz_m(q(a) − q(b)) + β·C_γ[c(a), c(b)] (uncounted)."""
         fa, fb = self._cached(prompt, a), self._cached(prompt, b)
-        ia = STYLES.index(fa["style"]) if fa["style"] else len(STYLES)
-        ib = STYLES.index(fb["style"]) if fb["style"] else len(STYLES)
-        return self.alpha * (fa["quality"] - fb["quality"]) + self.beta * self._C[ia, ib]
+        return float(self.feature_logits([fa["quality"]], [_style_index(fa["style"])],
+                                         [fb["quality"]], [_style_index(fb["style"])])[0, 0])
+
+    def feature_logits(self, q_a, s_a, q_b, s_b) -> np.ndarray:
+        """``[len(q_a), len(q_b)]`` logits of every feature pair (quality ∈ [0, 1], style index 0-2 for
+        :data:`STYLES`, 3 for no dominant style): the oracle as a function of features alone."""
+        q_a, q_b = np.asarray(q_a, np.float64)[:, None], np.asarray(q_b, np.float64)[None, :]
+        s_a, s_b = np.asarray(s_a, np.int64)[:, None], np.asarray(s_b, np.int64)[None, :]
+        return self.alpha * _dead_zone(q_a - q_b, self.quality_margin) + self.beta * self._C[s_a, s_b]
+
+    def feature_arrays(self, prompt: str, responses: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(qualities, style indices) of ``responses`` (uncounted)."""
+        feats = [self._cached(prompt, y) for y in responses]
+        return (np.array([f["quality"] for f in feats], np.float64),
+                np.array([_style_index(f["style"]) for f in feats], np.int64))
+
+    def feature_matrix(self, prompt: str, responses: Sequence[str], *, fixed_quality: bool = False) -> np.ndarray:
+        """``[4, K]`` P(y′ ≻ y_j) for the best challenger of each style class y′ (rows: :data:`STYLES`, then no
+        style) against the K ``responses`` (uncounted). The oracle depends on a response only through (quality,
+        style) and its logit is nondecreasing in the challenger's quality, so over the whole feature space the
+        best challenger of each style has quality 1. ``fixed_quality=True``: the style-only part, each comparison
+        at the opponent's own quality (q′ = q(y_j)), i.e. σ(β·C_γ[s′, c(y_j)])."""
+        q, s = self.feature_arrays(prompt, responses)
+        if not len(q):
+            raise ValueError("responses is empty: need at least one sample of the policy")
+        return self.feature_probs(q, s, fixed_quality=fixed_quality)
+
+    def feature_probs(self, q, s, *, fixed_quality: bool = False) -> np.ndarray:
+        """:meth:`feature_matrix` from feature arrays (qualities, style indices) instead of texts."""
+        styles = np.arange(len(STYLES) + 1)
+        if fixed_quality:
+            z = self.beta * self._C[styles[:, None], np.asarray(s, np.int64)[None, :]]
+        else:
+            z = self.feature_logits(np.ones(len(styles)), styles, q, s)
+        return _sigmoid(z)
+
+    def best_response_value(self, prompt: str, responses: Sequence[str], *, fixed_quality: bool = False) -> float:
+        """max over the whole feature space of E_y P(y′ ≻ y), y uniform over ``responses`` (uncounted)."""
+        return float(self.feature_matrix(prompt, responses, fixed_quality=fixed_quality).mean(axis=1).max())
 
     def _probs(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-        z = np.array([self.logit(x, ya, yb) for x, ya, yb in zip(prompts, a, b)], dtype=np.float64)
-        # σ(z) and σ(−z) = 1 − σ(z) exactly in floating point: swap-symmetry holds to the last bit.
-        pos = 1.0 / (1.0 + np.exp(-np.abs(z)))
-        return np.where(z >= 0, pos, 1.0 - pos)
+        fa = [self._cached(x, y) for x, y in zip(prompts, a)]
+        fb = [self._cached(x, y) for x, y in zip(prompts, b)]
+        qa, qb = (np.array([f["quality"] for f in fs], np.float64) for fs in (fa, fb))
+        sa, sb = (np.array([_style_index(f["style"]) for f in fs], np.int64) for fs in (fa, fb))
+        return _sigmoid(self.alpha * _dead_zone(qa - qb, self.quality_margin) + self.beta * self._C[sa, sb])
+
+
+def _style_index(style: str | None) -> int:
+    return STYLES.index(style) if style else len(STYLES)
+
+
+def _sigmoid(z) -> np.ndarray:
+    # σ(z) and σ(−z) = 1 − σ(z) exactly in floating point: swap-symmetry holds to the last bit.
+    z = np.asarray(z, np.float64)
+    pos = 1.0 / (1.0 + np.exp(-np.abs(z)))
+    return np.where(z >= 0, pos, 1.0 - pos)

@@ -44,6 +44,7 @@ class TrainConfig:
     # -- model --
     model: str | None = None  # local transformers dir; None = the embedded tiny default (built + cached)
     tokenizer: str | None = None  # local tokenizer dir; None = the model dir's, or the embedded default
+    sft_seed: int = 0  # the embedded default π_ref's init + SFT seed (ignored with model)
     attn_implementation: str | None = None  # None = flash_attention_2 when it imports on CUDA, else inpo_varlen
     # -- objective --
     objective: str = "inpo"  # inpo | onpo | ipo | dpo | sppo

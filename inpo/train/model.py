@@ -54,8 +54,10 @@ def tiny_llama_config(vocab_size: int, **overrides):
     return LlamaConfig(vocab_size=vocab_size, **kw)
 
 
-def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_implementation=None):
-    """A causal LM from a local transformers directory, or (``None`` / ``"default"``) the embedded default.
+def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_implementation=None,
+                default_seed: int = 0):
+    """A causal LM from a local transformers directory, or (``None`` / ``"default"``) the embedded default
+    (built from ``default_seed``: its random init and SFT data order).
 
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for a directory transformers cannot
     load (no/corrupt config.json or weights), naming the path.
@@ -65,7 +67,7 @@ def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_
             from inpo.data.tokenizer import default_tokenizer
 
             tokenizer = default_tokenizer()
-        model = build_default_policy(tokenizer)
+        model = build_default_policy(tokenizer, seed=default_seed)
         if attn_implementation:
             from inpo.train.attention import prepare
 
