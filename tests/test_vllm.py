@@ -105,8 +105,12 @@ def test_reproducible_per_seed_and_independent_of_the_batch(sampler):
 
 def test_set_policy_reloads_the_running_engine_in_place(sampler, policy, tok):
     """After ``set_policy(π_{t+1})`` the same engine samples from π_{t+1}: its log-probs are the trainer's under
-    π_{t+1} (not π_t's); back to π_t, they are π_t's again."""
-    prompts = _prompts(4)
+    π_{t+1} (not π_t's); back to π_t, they are π_t's again. The prompts are longer than a KV block (128 tokens on
+    CPU) so that the prefix cache holds π_t's KV for them: the update must drop it."""
+    from inpo.data.tokenizer import encode_prompt
+
+    prompts = [(p + " ") * 28 for p in _prompts(4)]
+    assert all(140 < len(encode_prompt(tok, p)) < 256 - MAX_NEW for p in prompts)
     llm = sampler.llm
     nxt = copy.deepcopy(policy)
     with torch.no_grad():
