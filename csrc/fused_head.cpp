@@ -65,8 +65,8 @@ const TileSizes& tile_sizes() {
 // clamps must be branch-free selects, which needs -fno-trapping-math, see native_impl.CFLAGS).
 // std::exp would be a scalar libm call per element. Cody-Waite range reduction x = k ln2 + r,
 // |r| <= ln2/2, then a degree-6 Taylor polynomial: relative error ~2e-7 (about 1-2 ulp).
-static inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;  // exp(-87) ~ 1.6e-38: still normal, so 2^k below never underflows
+static inline float fast_exp(float x_in) {
+  float x = x_in < -87.0f ? -87.0f : x_in;  // exp(-87) ~ 1.6e-38: still normal, so 2^k below never underflows
   x = x > 88.0f ? 88.0f : x;
   const float kf = std::floor(x * 1.44269504088896341f + 0.5f);
   float r = std::fma(kf, -0.693359375f, x);  // ln2 split into an exact high part and a low part
@@ -81,7 +81,9 @@ static inline float fast_exp(float x) {
   const int32_t bits = (static_cast<int32_t>(kf) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  // Below -87 the true value is < 1.6e-38: flush to 0 (a select, still vectorised), so a -inf logit (a masked
+  // token's -inf bias) gets exactly zero probability and gradient, as in the reference.
+  return x_in < -87.0f ? 0.0f : p * scale;
 }
 
 // fp64 inputs are a reference/debug path: exactness over speed.
@@ -198,12 +200,16 @@ void forward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, 
       }
       const T m_old = st.m[i];
       const T m_new = std::max(m_old, mx);
-      T sum = 0;
+      // Every logit so far is -inf (a -inf bias over whole tiles: masked tokens): nothing to add, and
+      // exp(-inf - -inf) would be NaN. (m, s) stay (-inf, 0) until a finite logit arrives.
+      if (m_new != -std::numeric_limits<T>::infinity()) {
+        T sum = 0;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < cols; ++j) sum += fast_exp(row[j] - m_new);
-      // m_old = -inf on the first tile: exp(-inf) = 0 and s = 0, so this is just `sum`.
-      st.s[i] = st.s[i] * std::exp(m_old - m_new) + sum;
-      st.m[i] = m_new;
+        for (int64_t j = 0; j < cols; ++j) sum += fast_exp(row[j] - m_new);
+        // m_old = -inf on the first tile: exp(-inf) = 0 and s = 0, so this is just `sum`.
+        st.s[i] = st.s[i] * std::exp(m_old - m_new) + sum;
+        st.m[i] = m_new;
+      }
       const int64_t lab = c.labels[i];
       if (lab >= vb && lab < vb + cols) st.target[i] = row[lab - vb];
     }

@@ -1,7 +1,14 @@
 """Win-rate of a policy against a baseline under a preference oracle, with a bootstrap CI over prompts.
 
-``inpo eval --policy DIR [--baseline DIR | --baseline-default] [--prompts default-eval|default-train|FILE]
+``inpo eval --policy DIR [--baseline DIR | --baseline-default] [--prompts auto|default-eval|default-train|FILE]
 [--oracle synthetic|reward:PATH|pairwise:PATH] [--n 200] [--k 1] [--seed 0] [--exploitability] [--json OUT]``
+
+Evaluation follows the run that produced the policy: without ``--baseline`` the policy is compared with its
+recorded starting model (``inpo_origin.json`` beside an export, or the run's ``config.yaml`` above a checkpoint /
+iterate folder) -- the user's ``--model``, or the embedded π_ref for an embedded run -- and ``--prompts auto``
+takes that run's held-out prompts (its ``eval_prompts`` file, or the fixed held-out split of its ``prompts``
+file), with its chat-template choice and ``max_prompt_length``. A policy with no record needs ``--baseline DIR``
+or ``--baseline-default``: nothing is trained behind the user's back.
 
 Each prompt's score is the oracle's P(policy response ≻ baseline response) averaged over ``k`` sampled
 pairs (``--hard``: the oracle's decision, 1 / 0 and ½ for a tie, instead of the probability). The
@@ -29,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "main"]
+__all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "find_origin", "origin_record", "ORIGIN_FILE", "main"]
 
 
 @dataclass(frozen=True)
@@ -107,9 +114,9 @@ def win_rate(prompts: Sequence[str], policy_responses: Sequence, baseline_respon
     return WinRate(float(scores.mean()), lo, hi, n, oracle.queries - q0)
 
 
-def evaluate(policy_model, baseline_model, tokenizer, prompts: Sequence[str], oracle, *, max_new_tokens: int = 32,
+def evaluate(policy_model, baseline_model, tokenizer, prompts: Sequence, oracle, *, max_new_tokens: int = 32,
              temperature: float = 1.0, seed: int = 0, n_bootstrap: int = 1000, k: int = 1, batch_size: int = 64,
-             hard: bool = False, return_responses: bool = False):
+             hard: bool = False, return_responses: bool = False, max_prompt_length: int | None = None):
     """Sample ``k`` responses per prompt from each model (same seed) and score them with :func:`win_rate`.
 
     With ``return_responses=True`` returns ``(WinRate, policy_responses, baseline_responses)``.
@@ -118,7 +125,8 @@ def evaluate(policy_model, baseline_model, tokenizer, prompts: Sequence[str], or
 
     if not prompts:
         raise ValueError("prompts is empty: nothing to evaluate")
-    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
+              max_prompt_length=max_prompt_length)
     ours = HFSampler(policy_model, tokenizer, **kw).sample(list(prompts), k, seed=seed)
     theirs = HFSampler(baseline_model, tokenizer, **kw).sample(list(prompts), k, seed=seed)
     result = win_rate(prompts, ours, theirs, oracle, n_bootstrap=n_bootstrap, seed=seed, hard=hard)
@@ -131,11 +139,17 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="inpo eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", required=True, help="local model directory, or 'default' for the embedded π_ref")
     base = ap.add_mutually_exclusive_group()
-    base.add_argument("--baseline", help="local model directory of the baseline")
+    base.add_argument("--baseline", help="local model directory of the baseline (default: the policy's recorded "
+                                         "starting model)")
     base.add_argument("--baseline-default", action="store_true",
-                      help="compare against the embedded default π_ref (the default when no --baseline)")
-    ap.add_argument("--prompts", default="default-eval",
-                    help="default-eval | default-train | a .txt / .jsonl file (default: default-eval)")
+                      help="compare against the embedded default π_ref")
+    ap.add_argument("--prompts", default="auto",
+                    help="auto (the policy's run's held-out prompts, else default-eval) | default-eval | "
+                         "default-train | a .txt / .jsonl file")
+    ap.add_argument("--no-chat-template", action="store_true",
+                    help="plain text, no chat template (a base model; default: as the policy's run did)")
+    ap.add_argument("--max-prompt-length", type=int, default=None,
+                    help="prompts keep their last N tokens (default: as the policy's run did)")
     ap.add_argument("--oracle", default="synthetic", help="synthetic[:alpha=..,beta=..] | reward:PATH | pairwise:PATH")
     ap.add_argument("--n", type=int, default=200, help="at most this many prompts (seeded subset; default 200)")
     ap.add_argument("--k", type=int, default=None,
@@ -154,10 +168,55 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _resolve_prompts(spec: str, n: int, seed: int) -> list[str]:
-    from inpo.data.prompts import default_prompts, load_prompts
+ORIGIN_FILE = "inpo_origin.json"
 
-    if spec in ("default-eval", "default-train"):
+
+def origin_record(cfg) -> dict:
+    """What ``inpo eval`` needs to compare a trained policy with where it started: the starting model (π_ref;
+    None = the embedded default), its tokenizer, the encoding, and the prompts it trained on / held out."""
+    def where(path):
+        return None if path in (None, "default") else str(Path(path).resolve())
+
+    return {"base_model": where(cfg.model), "tokenizer": where(cfg.tokenizer), "chat_template": cfg.chat_template,
+            "prompts": where(cfg.prompts) or "default", "eval_prompts": where(cfg.eval_prompts) or "default",
+            "data": where(cfg.data), "max_prompt_length": cfg.max_prompt_length, "max_new_tokens": cfg.max_new_tokens,
+            "objective": cfg.objective, "seed": cfg.seed, "sft_seed": getattr(cfg, "sft_seed", 0)}
+
+
+def find_origin(policy: str | os.PathLike) -> dict | None:
+    """The run record of a trained policy directory: its ``inpo_origin.json``, else the ``config.yaml`` of the run
+    directory one to three levels up (``final/``, ``iter_k/policy``, ``checkpoints/step_k``). None if neither."""
+    path = Path(policy).resolve()
+    if (path / ORIGIN_FILE).is_file():
+        return json.loads((path / ORIGIN_FILE).read_text())
+    for parent in list(path.parents)[:3]:
+        cfg_path = parent / "config.yaml"
+        if cfg_path.is_file():
+            import yaml
+
+            try:
+                saved = yaml.safe_load(cfg_path.read_text()) or {}
+            except yaml.YAMLError:
+                continue
+            if isinstance(saved, dict) and {"objective", "model", "prompts"} <= set(saved):
+                from inpo.train.config import TrainConfig
+
+                known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+                return origin_record(TrainConfig(**known))
+    return None
+
+
+def _resolve_prompts(spec: str, n: int, seed: int, origin: dict | None = None) -> list:
+    from inpo.data.prompts import default_prompts, load_prompts, split_prompts
+
+    if spec == "auto":
+        if origin and origin.get("eval_prompts") not in (None, "default"):
+            pool = load_prompts(origin["eval_prompts"])
+        elif origin and origin.get("prompts") not in (None, "default"):
+            pool = split_prompts(load_prompts(origin["prompts"]), "eval")
+        else:
+            pool = default_prompts("eval")
+    elif spec in ("default-eval", "default-train"):
         pool = default_prompts(spec.split("-", 1)[1])
     else:
         pool = load_prompts(spec)
@@ -189,28 +248,53 @@ def main(argv: list[str] | None = None) -> int:
     if args.k is None:
         args.k = 8 if args.exploitability else 1
     try:
-        for name in ("k", "max_new_tokens", "n_bootstrap"):
+        for name in ("k", "max_new_tokens", "n_bootstrap") + (("max_prompt_length",) if args.max_prompt_length
+                                                              is not None else ()):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         if not math.isfinite(args.temperature) or args.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+        policy_path = None if args.policy == "default" else args.policy
+        if policy_path is not None and not Path(policy_path).is_dir():
+            raise FileNotFoundError(f"--policy: model directory {policy_path!r} does not exist")
+        origin = find_origin(policy_path) if policy_path else None
+        if args.baseline:
+            baseline_path = args.baseline
+        elif args.baseline_default or policy_path is None:
+            baseline_path = None
+        elif origin is not None:
+            baseline_path = origin.get("base_model")  # None: the run trained the embedded default π_ref
+        else:
+            raise ValueError(f"--policy {policy_path!r} has no recorded starting model (no inpo_origin.json beside "
+                             f"it, no run config.yaml above it): pass --baseline DIR (e.g. the model you trained "
+                             f"from) or --baseline-default (the embedded default π_ref)")
         from inpo.oracles import make_oracle
 
         oracle = make_oracle(args.oracle, device=args.device, seed=args.seed)
-        prompts = _resolve_prompts(args.prompts, args.n, args.seed)
+        prompts = _resolve_prompts(args.prompts, args.n, args.seed, origin)
+        from inpo.data.chat import stop_token_ids, use_plain_text
         from inpo.data.tokenizer import default_tokenizer, load_tokenizer
         from inpo.train.model import load_policy
 
-        policy_path = None if args.policy == "default" else args.policy
+        tok_files = ("tokenizer.json", "tokenizer_config.json")
         if args.tokenizer:
             tokenizer = load_tokenizer(args.tokenizer)
-        elif policy_path and (Path(policy_path) / "tokenizer.json").is_file():
+        elif policy_path and any((Path(policy_path) / f).is_file() for f in tok_files):
             tokenizer = load_tokenizer(policy_path)
         else:
             tokenizer = default_tokenizer()
+        if args.no_chat_template or (origin or {}).get("chat_template") == "none":
+            use_plain_text(tokenizer)
+        stop_token_ids(tokenizer)  # a tokenizer without a template (and no --no-chat-template) fails here
+        max_prompt_length = args.max_prompt_length if args.max_prompt_length is not None else \
+            (origin or {}).get("max_prompt_length")
         policy = load_policy(policy_path, tokenizer=tokenizer, device=args.device)
-        baseline_name = args.baseline or "default"
-        baseline = load_policy(args.baseline, tokenizer=tokenizer, device=args.device)
+        baseline_name = baseline_path or "default"
+        if baseline_path is None and policy_path is not None:
+            print("[inpo eval] baseline: the embedded default π_ref (built once and cached if missing)", flush=True)
+        # an embedded run's π_ref is the default built from that run's sft_seed
+        baseline = load_policy(baseline_path, tokenizer=tokenizer, device=args.device,
+                               default_seed=int((origin or {}).get("sft_seed") or 0))
         vp, vb = policy.config.vocab_size, baseline.config.vocab_size
         if vp != vb:
             raise ValueError(f"policy and baseline vocabularies differ ({vp} vs {vb}); they must share a tokenizer")
@@ -220,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result, ours, theirs = evaluate(policy, baseline, tokenizer, prompts, oracle, max_new_tokens=args.max_new_tokens,
                                     temperature=args.temperature, seed=args.seed, n_bootstrap=args.n_bootstrap,
-                                    k=args.k, hard=args.hard, return_responses=True)
+                                    k=args.k, hard=args.hard, return_responses=True,
+                                    max_prompt_length=max_prompt_length)
     exploit = _exploitability_rows(oracle, prompts, ours, theirs, args) if args.exploitability else []
     from rich.console import Console
     from rich.table import Table
@@ -244,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         from inpo.profiling.record import environment_info
 
         record = {**asdict(result), "policy": args.policy, "baseline": baseline_name, "oracle": args.oracle,
-                  "prompts": args.prompts, "k": args.k, "seed": args.seed, "hard": args.hard,
+                  "prompts": args.prompts, "prompts_n": len(prompts), "k": args.k, "seed": args.seed, "hard": args.hard,
                   "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                   "exploitability": {e.kind: asdict(e) for e in exploit}, "environment": environment_info()}
         _atomic_write_json(args.json_out, record)

@@ -256,6 +256,18 @@ class SPPO(Objective):
     def needs_targets(self) -> bool:
         return True
 
+    def check_inputs(self, logps, ref_logps=None, anchor_logps=None, targets=None) -> None:
+        """Also: ``targets`` (win-rate estimates P̂) in [0, 1]. Checked here for CPU tensors (no device to sync
+        with); ``inpo.ops.preference_loss`` checks CUDA targets on the device without a host sync."""
+        super().check_inputs(logps, ref_logps, anchor_logps, targets)
+        if targets is None or targets.device.type != "cpu" or torch.compiler.is_compiling():
+            return
+        bad = ~((targets >= 0) & (targets <= 1))  # NaN is out of range too
+        if bad.any():
+            i = int(bad.reshape(-1).nonzero()[0])
+            raise ValueError(f"targets must be in [0, 1] (win-rate estimates), got {targets.reshape(-1)[i].item()} "
+                             f"at index {i}")
+
     def margin(self, logps, ref_logps=None, anchor_logps=None):
         return logps - anchor_logps
 

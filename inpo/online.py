@@ -76,15 +76,23 @@ def _load_tensors(path: Path) -> dict:
 # -- setup -------------------------------------------------------------------------------------------------------
 
 def _load_tokenizer(cfg: TrainConfig):
+    """The run's tokenizer, set up for its encoding (chat template, or plain text with chat_template: none);
+    a tokenizer without a template and without the opt-in is refused here, before anything is written."""
+    from inpo.data.chat import stop_token_ids, use_plain_text
     from inpo.data.tokenizer import default_tokenizer, load_tokenizer
 
     if cfg.tokenizer is not None:
-        return load_tokenizer(cfg.tokenizer)
-    if cfg.model is not None and any((Path(cfg.model) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        return load_tokenizer(cfg.model)
-    if cfg.model is not None and Path(cfg.model).exists():
+        tok = load_tokenizer(cfg.tokenizer)
+    elif cfg.model is not None and any((Path(cfg.model) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        tok = load_tokenizer(cfg.model)
+    elif cfg.model is not None and Path(cfg.model).exists():
         raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass tokenizer=DIR")
-    return default_tokenizer()
+    else:
+        tok = default_tokenizer()
+    if cfg.chat_template == "none":
+        use_plain_text(tok)
+    stop_token_ids(tok)  # raises the clear "no chat_template" error
+    return tok
 
 
 def _attn_impl(cfg: TrainConfig, device: torch.device) -> str:
@@ -212,29 +220,51 @@ def _progress(cfg: TrainConfig):
                     transient=True)
 
 
-def _encode_checked(tokenizer, prompts: list[str], cfg: TrainConfig) -> dict[str, list[int]]:
-    """Prompt ids, with a clear error when a prompt plus its longest response cannot fit the token budget."""
-    from inpo.data.tokenizer import encode_prompt
+def _encode_checked(tokenizer, prompts: list, cfg: TrainConfig) -> dict[str, list[int]]:
+    """Prompt ids (cut to max_prompt_length) by :func:`~inpo.data.chat.prompt_key`, with a clear error when a
+    prompt plus its longest response cannot fit the token budget."""
+    from inpo.data.chat import encode_prompt, prompt_key, prompt_text
 
+    trunc = cfg.truncation()
     out = {}
-    for p in dict.fromkeys(prompts):
-        ids = encode_prompt(tokenizer, p)
-        need = 2 * (len(ids) + cfg.max_new_tokens + 1)
+    for p in prompts:
+        key = prompt_key(p)
+        if key in out:
+            continue
+        ids = trunc.prompt(encode_prompt(tokenizer, p))
+        # +2: the template's end of turn (and ChatML's newline after it) follow the sampled tokens
+        seq = len(ids) + cfg.max_new_tokens + 2
+        need = 2 * (seq if cfg.max_length is None else min(seq, cfg.max_length))
         if need > cfg.max_tokens:
-            raise ValueError(f"prompt {p[:60]!r} has {len(ids)} tokens: a pair of it with two {cfg.max_new_tokens}"
-                             f"-token responses needs {need} > max_tokens={cfg.max_tokens}; raise max_tokens or "
-                             f"shorten the prompt")
-        out[p] = ids
+            raise ValueError(f"prompt {prompt_text(p)[:60]!r} has {len(ids)} tokens: a pair of it with two "
+                             f"{cfg.max_new_tokens}-token responses needs {need} > max_tokens={cfg.max_tokens}; raise "
+                             f"max_tokens, or shorten the prompt (max_prompt_length)")
+        out[key] = ids
     return out
 
 
-def _prompt_sets(cfg: TrainConfig, iteration: int) -> list[str]:
-    from inpo.data.prompts import default_prompts, load_prompts
+def prompt_pools(cfg: TrainConfig) -> tuple[list, list]:
+    """(train, eval) prompt pools. ``prompts: default`` → the embedded task's fixed splits; a user's prompts
+    file → its own fixed held-out split (:func:`~inpo.data.prompts.split_prompts`), disjoint from training,
+    unless ``eval_prompts`` names a file (then all of ``prompts`` trains)."""
+    from inpo.data.prompts import default_prompts, load_prompts, split_prompts
 
     if cfg.prompts == "default":
-        pool = default_prompts("train")
+        train = default_prompts("train")
+        held_out = default_prompts("eval")
     else:
         pool = load_prompts(cfg.prompts)
+        if cfg.eval_prompts == "default":  # whether or not this run evaluates: the same training prompts
+            train, held_out = split_prompts(pool, "train"), split_prompts(pool, "eval")
+        else:
+            train, held_out = pool, []
+    if cfg.eval_prompts != "default":
+        held_out = load_prompts(cfg.eval_prompts)
+    return train, held_out
+
+
+def _prompt_sets(cfg: TrainConfig, iteration: int) -> list:
+    pool = prompt_pools(cfg)[0]
     if cfg.n_prompts is None or cfg.n_prompts >= len(pool):
         return pool
     # A fresh subset every iteration (the paper uses disjoint prompt splits per iteration).
@@ -242,10 +272,8 @@ def _prompt_sets(cfg: TrainConfig, iteration: int) -> list[str]:
     return [pool[i] for i in keep]
 
 
-def _eval_prompts(cfg: TrainConfig) -> list[str]:
-    from inpo.data.prompts import default_prompts, load_prompts
-
-    pool = default_prompts("eval") if cfg.eval_prompts == "default" else load_prompts(cfg.eval_prompts)
+def _eval_prompts(cfg: TrainConfig) -> list:
+    pool = prompt_pools(cfg)[1]
     return pool if cfg.n_eval is None else pool[: cfg.n_eval]
 
 
@@ -266,7 +294,7 @@ class _RunSampler:
         if self.sampler is None:
             self.sampler = make_sampler(cfg.sampler, model, self.tokenizer, max_new_tokens=cfg.max_new_tokens,
                                         temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size,
-                                        dtype=cfg.sampler_dtype)
+                                        dtype=cfg.sampler_dtype, max_prompt_length=cfg.max_prompt_length)
         else:
             self.sampler.set_policy(model)
         return self.sampler
@@ -394,14 +422,37 @@ def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times:
     return data, stats
 
 
-def _sequences(tokenizer, data: list[dict], pairwise: bool, cfg: TrainConfig):
-    from inpo.data.tokenizer import encode_response
+def _sequences(tokenizer, data: list[dict], pairwise: bool, cfg: TrainConfig, run=None):
+    """``(seqs, kept)``: (prompt_ids, response_ids) per sequence through the chat template on the whole
+    conversation (:func:`inpo.data.chat.encode_completion`), truncated with TRL's semantics; ``kept`` are the
+    records left (a pair, or SPPO's sample, is dropped as a whole when truncation leaves nothing to score).
+    A pair that still exceeds the packing budget is a ValueError naming it, before any work is done."""
+    from inpo.data.chat import encode_completion, encode_prompt, prompt_key, prompt_text
 
-    prompt_ids = _encode_checked(tokenizer, [r["prompt"] for r in data], cfg) if data else {}
-    if pairwise:
-        return [(prompt_ids[r["prompt"]], encode_response(tokenizer, r[key])) for r in data
-                for key in ("chosen", "rejected")]
-    return [(prompt_ids[r["prompt"]], encode_response(tokenizer, r["response"])) for r in data]
+    trunc = cfg.truncation()
+    prompt_ids: dict = {}
+    seqs, kept = [], []
+    for r in data:
+        key = prompt_key(r["prompt"])
+        if key not in prompt_ids:  # the whole conversation is rendered, then cut: ids before truncation
+            prompt_ids[key] = encode_prompt(tokenizer, r["prompt"])
+        parts = []
+        for field in (("chosen", "rejected") if pairwise else ("response",)):
+            p, y = encode_completion(tokenizer, r["prompt"], r[field], prompt_ids=prompt_ids[key])
+            parts.append(trunc.apply(p, y) if trunc.active else (p, y))
+        if any(part is None for part in parts):
+            continue
+        size = sum(len(p) + len(y) for p, y in parts)
+        if size > cfg.max_tokens:
+            raise ValueError(f"{'the pair' if pairwise else 'the sequence'} for prompt {prompt_text(r['prompt'])[:60]!r} "
+                             f"has {size} tokens, more than max_tokens={cfg.max_tokens} (the packed micro-batch "
+                             f"budget); raise max_tokens or set max_length (TRL's truncation; now {cfg.max_length})")
+        seqs += parts
+        kept.append(r)
+    if len(kept) < len(data) and run is not None:
+        run.print(f"[inpo] dropped {len(data) - len(kept)} of {len(data)} {'pairs' if pairwise else 'sequences'} "
+                  f"whose prompt alone fills max_length={cfg.max_length} (truncation_mode=keep_start, as TRL)")
+    return seqs, kept
 
 
 def _side_inputs(cfg, objective, logps: dict, data: list[dict]) -> dict:
@@ -475,6 +526,17 @@ def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle, sample
     return box[0]
 
 
+# -- the starting model, recorded beside every export -------------------------------------------------------------
+
+def _export(run, policy, tokenizer) -> Path:
+    from inpo.eval import ORIGIN_FILE, origin_record
+
+    final = export_final(run, policy, tokenizer)
+    if run.is_main:
+        atomic_write_text(final / ORIGIN_FILE, json.dumps(origin_record(run.cfg), indent=2) + "\n")
+    return final
+
+
 # -- the loops --------------------------------------------------------------------------------------------------
 
 def run_online(config: TrainConfig) -> list[dict]:
@@ -491,7 +553,11 @@ def run_online(config: TrainConfig) -> list[dict]:
 
         plain = copy.deepcopy(ref)
         policy = shard_policy(policy)
+    train_pool, held_out = prompt_pools(cfg)  # a bad prompts file fails before the run dir is touched
+    if not train_pool or (cfg.evaluate and not held_out):
+        raise ValueError(f"prompts {cfg.prompts!r}: no {'training' if not train_pool else 'held-out'} prompts left")
     run, ckpt = _begin_run(cfg, device)
+    run.print(f"[inpo] {cfg.default_notes()}")
     run.n_params = sum(p.numel() for p in policy.parameters())
     objective = cfg.make_objective()
     oracle = make_oracle(cfg.oracle, device=str(device), seed=cfg.seed)
@@ -532,7 +598,7 @@ def run_online(config: TrainConfig) -> list[dict]:
                 else:
                     data, rank_stats = _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times, sampler)
                 pairwise = objective.pairwise
-                seqs = _sequences(tokenizer, data, pairwise, cfg)
+                seqs, data = _sequences(tokenizer, data, pairwise, cfg, run)
                 logps_path = run.out / f"iter_{t:03d}" / "logps.safetensors"
                 if _main_sees(logps_path):
                     logps = _load_tensors(logps_path)
@@ -583,7 +649,7 @@ def run_online(config: TrainConfig) -> list[dict]:
                           f"[{rec['win_rate_ci_low']:.3f}, {rec['win_rate_ci_high']:.3f}]  "
                           f"pairs {rec['pairs']}  oracle queries {rec['oracle_queries']}  {rec['wall_s']:.1f} s")
     run.progress = None
-    export_final(run, policy, tokenizer)
+    _export(run, policy, tokenizer)
     return records
 
 
@@ -615,11 +681,17 @@ def run_offline(config: TrainConfig) -> list[dict]:
     cfg = config
     device, tokenizer, ref, policy = _setup(cfg)
     records = load_pairs(cfg.data)
+    n_records = len(records)
+    seqs, records = _sequences(tokenizer, records, True, cfg)  # bad data fails here, before the run dir is touched
+    if not seqs:
+        raise ValueError(f"no pair of {cfg.data!r} is left after truncation to max_length={cfg.max_length} "
+                         f"(truncation_mode=keep_start drops pairs whose prompt alone fills it)")
     if world_is_distributed():
         from inpo.train.distributed import shard_policy
 
         policy = shard_policy(policy)
     run, ckpt = _begin_run(cfg, device)
+    run.print(f"[inpo] {cfg.default_notes()}")
     run.n_params = sum(p.numel() for p in policy.parameters())
     objective = cfg.make_objective()
     if ckpt is not None and ckpt["state"]["phase"] == "done":
@@ -627,9 +699,11 @@ def run_offline(config: TrainConfig) -> list[dict]:
         from inpo.train.checkpoint import load_model_weights
 
         load_model_weights(policy, ckpt["model"])
-        export_final(run, policy, tokenizer)
+        _export(run, policy, tokenizer)
         return []
-    seqs = _sequences(tokenizer, records, True, cfg)
+    if len(records) < n_records:
+        run.print(f"[inpo] dropped {n_records - len(records)} of {n_records} pairs whose prompt alone fills "
+                  f"max_length={cfg.max_length} (truncation_mode=keep_start, as TRL)")
     logps_path = run.out / "iter_000" / "logps.safetensors"
     t0 = time.perf_counter()
     if logps_path.is_file():
@@ -652,7 +726,7 @@ def run_offline(config: TrainConfig) -> list[dict]:
            "precompute_s": precompute_s, "train_s": time.perf_counter() - t0, "step": run.global_step,
            "final_loss": summary["last"].get("loss")}
     run.log(rec)
-    export_final(run, policy, tokenizer)
+    _export(run, policy, tokenizer)
     return [rec]
 
 

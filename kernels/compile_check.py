@@ -24,7 +24,7 @@ _PTRS = {"Labels": "*i64", "PartM": "*fp32", "PartS": "*fp32", "PartT": "*fp32",
          "DX": "*fp32", "DW": "*fp32", "DB": "*fp32", "Skipped": "*i32"}
 _UNIT = ("stride_xh", "stride_wh")  # contiguous rows: the JIT turns ints equal to 1 into constants
 _DIV16 = ("V", "Hd", "stride_xn", "stride_wv", "stride_dzn")
-_FLOATS = ("filter_eps",)
+_FLOATS = ("grad_filter",)
 
 
 def _resources(cubin: bytes) -> dict:
@@ -64,7 +64,8 @@ def compile_kernel(fn, constexprs: dict, arch: int, dtype: str, num_warps: int, 
 
 
 def report(arch: int, dtype: str = "bf16", bias: bool = False) -> list[dict]:
-    """Compile the forward, fused-backward and dz kernels with the baked config of ``arch``'s family."""
+    """Compile the forward, fused-backward (exact ``bwd`` and filtered ``bwdf``) and dz kernels with the baked
+    config of ``arch``'s family."""
     from inpo.kernels import head
     from inpo.kernels.configs import baked, device_family
 
@@ -73,9 +74,11 @@ def report(arch: int, dtype: str = "bf16", bias: bool = False) -> list[dict]:
     common = dict(DOT_FP32=False, DOT_PRECISION=prec, HAS_BIAS=bias)
     jobs = [
         ("fwd", head.head_fwd_kernel, fwd, dict(BLOCK_N=fwd.block_n, BLOCK_V=fwd.block_v, BLOCK_H=fwd.block_h)),
-        ("bwd", head.head_bwd_kernel, bwd, dict(COMPUTE_DX=True, COMPUTE_DW=True, COMPUTE_DB=bias, FILTER=True,
-                                                COUNT_SKIPS=False, BLOCK_N=bwd.block_n, BLOCK_V=bwd.block_v,
-                                                BLOCK_H=bwd.block_h, GROUP_N=bwd.group_n)),
+        # The default (exact) backward and the opt-in filtered one (grad_filter) are two specialisations.
+        *((name, head.head_bwd_kernel, bwd, dict(COMPUTE_DX=True, COMPUTE_DW=True, COMPUTE_DB=bias, FILTER=filt,
+                                                 COUNT_SKIPS=False, BLOCK_N=bwd.block_n, BLOCK_V=bwd.block_v,
+                                                 BLOCK_H=bwd.block_h, GROUP_N=bwd.group_n))
+          for name, filt in (("bwd", False), ("bwdf", True))),
         ("dz", head.head_dz_kernel, bwd, dict(COMPUTE_DB=bias, BLOCK_N=bwd.block_n, BLOCK_V=bwd.block_v,
                                               BLOCK_H=bwd.block_h, GROUP_N=bwd.group_n)),
     ]

@@ -19,17 +19,24 @@ Backward (``head_bwd_kernel``), grid = (token blocks x vocabulary tiles), groupe
     accumulator that does not fit for H = 4096, so it was not chosen. Atomic traffic is NVH·(1/BN + 1/BV)
     fp32 adds, i.e. 4·BN·BV/(BN+BV) = 256 FLOPs per atomic at BN = BV = 128.
 
-Gradient filtering (optional, ``FILTER``): a tile whose softmax probabilities are all below ``filter_eps``
-    for every token with a non-zero upstream gradient, and which holds no target, skips both GEMMs. Each
-    skipped entry has |dz| = |g|·p < eps·|g|, so the error per element is bounded by
-    |ΔdX[n, h]| ≤ |g_n|·Σ_skipped p_nv·|W_vh| and |ΔdW[v, h]| ≤ Σ_n |g_n|·p_nv·|X_nh| over skipped entries
-    (each p_nv < eps). dBias is always exact (it needs no GEMM). Tiles whose tokens all have g = 0 (ignored
-    tokens) are skipped without any error.
+Gradient filter (opt-in, ``FILTER``; off unless the caller passes ``grad_filter`` = b in (0, 1)): a tile is
+    skipped -- both GEMMs, not dBias -- when it holds no target of a live row and every live row's softmax mass in
+    it is at most b / T, T = cdiv(V, BLOCK_V) the number of vocabulary tiles. The tile's probabilities are already
+    in registers (they form dz), so the test costs one row sum. Whatever subset of a row's T tiles is skipped,
+    the row loses at most T · b/T = b of softmax mass in all, and the rule depends only on the tile's own values
+    (no order, no shared state: deterministic). Per element, with S_n the skipped set of row n (Σ_{v∈S_n} p_nv ≤ b):
+        |ΔdX[n, h]| = |g_n|·|Σ_{v∈S_n} p_nv·W[v, h]| ≤ b·|g_n|·max_v |W[v, h]|,
+        Σ_v |ΔdW[v, h]| ≤ Σ_n |g_n|·Σ_{v∈S_n} p_nv·|X[n, h]| ≤ b·Σ_n |g_n|·|X[n, h]|,
+    and dBias is exact (it needs no GEMM). Tiles whose tokens all have g = 0 (ignored tokens) are skipped
+    without any error, filter or not. (The former per-entry rule -- skip when every p < eps -- had no per-row
+    bound: a near-uniform row over V = 131072 has every p < 2^-16 and lost most of its mass.)
 
-Chunked backward (``head_dz_kernel``, opt-in): the same recompute, but dz is stored (input dtype) into a
-    [chunk, V] buffer and the launcher runs dX = dz·W and dW += dzᵀ·X as cuBLAS GEMMs per token chunk. Same
-    8NHV FLOPs, no atomics, extra traffic 3·chunk·V·2 bytes per chunk and O(chunk·V) memory. Which backward wins
-    on a given GPU is an empirical question; ``python -m bench.head`` times both (inpo-triton vs
+Chunked backward (``head_dz_kernel``, the deterministic mode): the same recompute, but dz is stored (input dtype)
+    into a [chunk, V] buffer, each token block's dBias partial into its own row of a [blocks, V] fp32 buffer, and
+    the launcher runs dX = dz·W and dW += dzᵀ·X as fp32-accumulating GEMMs per token chunk and sums the dBias
+    rows. Same 8NHV FLOPs, no atomics anywhere, so the reduction order is fixed and two runs are bitwise equal;
+    extra traffic 3·chunk·V·2 bytes per chunk and O(chunk·V) memory. No filter. Which backward is faster on a
+    given GPU is an empirical question; ``python -m bench.head`` times both (inpo-triton vs
     inpo-triton-chunked).
 
 ``DOT_FP32`` upcasts tiles to fp32 before ``tl.dot``: the Triton interpreter computes bf16 dots wrongly, so
@@ -56,9 +63,11 @@ def _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_
     for h0 in range(0, Hd, BLOCK_H):
         offs_h = h0 + arange_h
         mask_h = offs_h < Hd
-        x = tl.load(x_rows + offs_h[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :], other=0.0)
+        # int64 column offsets too: a transposed view (tied embeddings: stride_wh = V) puts H·V past 2^31.
+        offs_h64 = offs_h.to(tl.int64)
+        x = tl.load(x_rows + offs_h64[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :], other=0.0)
         # W^T tile loaded directly as [BLOCK_H, BLOCK_V].
-        wt = tl.load(w_cols + offs_h[:, None] * stride_wh, mask=mask_h[:, None] & mask_v[None, :], other=0.0)
+        wt = tl.load(w_cols + offs_h64[:, None] * stride_wh, mask=mask_h[:, None] & mask_v[None, :], other=0.0)
         if DOT_FP32:
             x = x.to(tl.float32)
             wt = wt.to(tl.float32)
@@ -96,9 +105,11 @@ def head_fwd_kernel(X, W, B, Labels, PartM, PartS, PartT,
             z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
                              stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
             z = tl.where(mask_v[None, :], z, float("-inf"))
-            # Every tile holds >= 1 real column, so m_new is finite and exp never sees inf - inf.
             m_new = tl.maximum(m, tl.max(z, axis=1))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
+            # m_new is -inf while a row has seen only -inf logits (a -inf bias over whole tiles: masked tokens);
+            # shift by 0 there, since exp(-inf - -inf) is NaN. Such a row keeps s = 0 until a finite logit.
+            shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - shift) + tl.sum(tl.exp(z - shift[:, None]), axis=1)
             m = m_new
             t += tl.sum(tl.where(offs_v[None, :] == lab[:, None], z, 0.0), axis=1)
     out = split.to(tl.int64) * N + offs_n
@@ -154,7 +165,7 @@ def _backward_tile(pid, Gtok, N, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr
 
 @triton.jit(do_not_specialize=["N", "ignore_index"])
 def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
-                    N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, ignore_index, filter_eps,
+                    N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, ignore_index, grad_filter,
                     HAS_BIAS: tl.constexpr, COMPUTE_DX: tl.constexpr, COMPUTE_DW: tl.constexpr,
                     COMPUTE_DB: tl.constexpr, FILTER: tl.constexpr, COUNT_SKIPS: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
@@ -174,7 +185,10 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
                                               COMPUTE_DB, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
         skip = False
         if FILTER:
-            skip = (tl.max(tl.max(p, axis=1), axis=0) < filter_eps) & (tl.sum(is_target.to(tl.int32)) == 0)
+            # Per-row budget: each of the T vocabulary tiles may drop at most grad_filter / T of a row's mass.
+            tile_budget = grad_filter / tl.cdiv(V, BLOCK_V)
+            row_mass = tl.sum(p, axis=1)  # 0 on dead rows and masked columns
+            skip = (tl.max(row_mass, axis=0) <= tile_budget) & (tl.sum(is_target.to(tl.int32)) == 0)
         if skip:
             if COUNT_SKIPS:
                 tl.atomic_add(Skipped, 1)
@@ -191,8 +205,9 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
             for h0 in range(0, Hd, BLOCK_H):
                 offs_h = h0 + arange_h
                 mask_h = offs_h < Hd
+                offs_h64 = offs_h.to(tl.int64)  # int64: see _logits_tile
                 if COMPUTE_DX:
-                    w = tl.load(w_rows + offs_h[None, :] * stride_wh, mask=mask_v[:, None] & mask_h[None, :],
+                    w = tl.load(w_rows + offs_h64[None, :] * stride_wh, mask=mask_v[:, None] & mask_h[None, :],
                                 other=0.0)
                     if DOT_FP32:
                         w = w.to(tl.float32)
@@ -200,7 +215,7 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
                     tl.atomic_add(dx_rows + offs_h[None, :], dx, mask=mask_n[:, None] & mask_h[None, :],
                                   sem="relaxed")
                 if COMPUTE_DW:
-                    x = tl.load(x_rows + offs_h[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :],
+                    x = tl.load(x_rows + offs_h64[None, :] * stride_xh, mask=mask_n[:, None] & mask_h[None, :],
                                 other=0.0)
                     if DOT_FP32:
                         x = x.to(tl.float32)
@@ -218,14 +233,18 @@ def head_dz_kernel(X, W, B, Labels, Lse, Gtok, DZ, DB,
     """dz = g · (onehot − softmax) of one recomputed tile, stored in the input dtype (the "chunked" backward).
 
     The launcher runs it over a bounded chunk of tokens into a [chunk, V] buffer and hands the two gradient
-    GEMMs to cuBLAS: no atomics, at the price of writing and re-reading the chunk's dz once.
+    GEMMs to cuBLAS: no atomics, at the price of writing and re-reading the chunk's dz once. dBias: this token
+    block's fp32 column sums go to row ``pid_n`` of ``DB`` ([token blocks, V]); the launcher sums the rows.
     """
     offs_n, offs_v, mask_n, mask_v, g, live = _backward_tile(tl.program_id(0), Gtok, N, V, BLOCK_N, BLOCK_V, GROUP_N)
     dz = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     if tl.sum(live.to(tl.int32), axis=0) > 0:
         dz, p, is_target = _softmax_grad_tile(X, W, B, Labels, Lse, DB, g, live, offs_n, offs_v, mask_n, mask_v, Hd,
                                               ignore_index, stride_xn, stride_xh, stride_wv, stride_wh, HAS_BIAS,
-                                              COMPUTE_DB, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
-    # Always store: the buffer is reused across chunks, so all-ignored tiles must be written as zeros.
+                                              False, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
+    # Always store: the buffers are reused across chunks, so all-ignored tiles must be written as zeros.
     dz_ptrs = DZ + offs_n.to(tl.int64)[:, None] * stride_dzn + offs_v[None, :]
     tl.store(dz_ptrs, dz.to(DZ.dtype.element_ty), mask=mask_n[:, None] & mask_v[None, :])
+    if COMPUTE_DB:
+        pid_n, _ = _grouped_tile(tl.program_id(0), N, V, BLOCK_N, BLOCK_V, GROUP_N)
+        tl.store(DB + pid_n.to(tl.int64) * V + offs_v, tl.sum(dz, axis=0), mask=mask_v)

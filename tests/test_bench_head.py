@@ -63,11 +63,33 @@ def test_cli_rejects_bad_flags(argv, match, capsys):
 
 
 @pytest.mark.parametrize("impl", ["inpo-torch", "naive"])
-def test_benchmark_cpu_head(benchmark, impl):
-    """pytest-benchmark entry: fwd+bwd of the CPU head at a small shape (timings are noisy on shared CPUs)."""
+def test_benchmark_cpu_head(benchmark, impl, monkeypatch):
+    """pytest-benchmark entry: fwd+bwd of the CPU head at a small shape (timings are noisy on shared CPUs).
+
+    What it asserts: the timed closure really ran the forward and the backward of the impl, with the bench's
+    upstream gradient: after the rounds, its inputs hold gradients equal to the fp64 reference's (a closure
+    that skipped its backward, or timed another problem, fails), and every round was timed."""
+    from inpo.ops.naive import sequence_logps_naive
+
+    seen = {}
+    real = head_bench._head_runner
+
+    def recording(name):
+        fn = real(name)
+        return lambda p, x, w: seen.update(x=x, w=w) or fn(p, x, w)
+
+    monkeypatch.setattr(head_bench, "_head_runner", recording)
     p = head_bench.make_problem(512, 64, 4000, torch.float32, torch.device("cpu"), "flat")
     fn = head_bench.fwd_bwd_fn(impl, p)
     benchmark.pedantic(fn, rounds=3, warmup_rounds=1)
+    if not benchmark.disabled:
+        assert len(benchmark.stats.stats.data) == 3 and benchmark.stats.stats.min > 0
+    x64 = p.hidden.double().requires_grad_(True)
+    w64 = p.weight.double().requires_grad_(True)
+    sequence_logps_naive(x64, w64, p.labels, p.cu_seqlens).backward(p.upstream.double())
+    assert seen["x"].grad is not None and seen["w"].grad is not None, "the timed call ran no backward"
+    for got, ref in ((seen["x"].grad, x64.grad), (seen["w"].grad, w64.grad)):
+        torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6 * ref.abs().max().item())
 
 
 def test_a_wrong_impl_is_flagged_and_fails_the_run(tmp_path, monkeypatch, capsys):

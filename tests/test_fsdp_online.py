@@ -77,7 +77,7 @@ def test_fsdp2_online_iteration_two_processes(model_dir, full_run, tmp_path):
     pi1.load_state_dict({k.removeprefix("model."): v for k, v in load_checkpoint(ck)["model"].items()})
     d1 = out / "iter_001"
     data1 = [json.loads(x) for x in (d1 / "data.jsonl").read_text().splitlines()]
-    seqs = _sequences(AutoTokenizer.from_pretrained(model_dir), data1, True, cfg)
+    seqs, _ = _sequences(AutoTokenizer.from_pretrained(model_dir), data1, True, cfg)
     logps = load_file(str(d1 / "logps.safetensors"))
     torch.testing.assert_close(logps["iterate"], precompute_logps(pi1, seqs, max_tokens=cfg.max_tokens, impl="torch"))
     assert not torch.allclose(logps["iterate"], logps["ref"])
@@ -163,7 +163,7 @@ def test_onpo_under_torchrun_trains_both_chains(model_dir, tmp_path):
     assert any(not torch.equal(ref[k], v) for k, v in aux.state_dict().items() if k in ref)  # π' moved
     cfg = load_config(None, parse_overrides(_args(model_dir, out, *extra)))
     data = [json.loads(x) for x in (out / "iter_000" / "data.jsonl").read_text().splitlines()]
-    seqs = _sequences(AutoTokenizer.from_pretrained(model_dir), data, True, cfg)
+    seqs, _ = _sequences(AutoTokenizer.from_pretrained(model_dir), data, True, cfg)
     anchor = load_file(str(out / "iter_000" / "logps_aux_next.safetensors"))["aux_next"]
     torch.testing.assert_close(anchor, precompute_logps(aux, seqs, max_tokens=cfg.max_tokens, impl="torch"))
 

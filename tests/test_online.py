@@ -106,7 +106,9 @@ def test_offline_records_missing_fields_name_file_and_line(tmp_path):
     conv.write_text(json.dumps({"prompt": [{"role": "user", "content": "hi"}],
                                 "chosen": [{"role": "assistant", "content": "yes"}],
                                 "rejected": [{"role": "assistant", "content": "no"}]}) + "\n")
-    assert load_pairs(conv) == [{"prompt": "hi", "chosen": "yes", "rejected": "no"}]
+    assert load_pairs(conv) == [{"prompt": [{"role": "user", "content": "hi"}],  # the conversation is kept whole
+                                 "chosen": [{"role": "assistant", "content": "yes"}],
+                                 "rejected": [{"role": "assistant", "content": "no"}]}]
 
 
 def test_clear_errors(model_dir, tmp_path, capsys):

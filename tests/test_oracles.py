@@ -248,15 +248,17 @@ def test_reward_model_oracle_on_a_local_checkpoint(tmp_path):
     assert r.shape == (6,) and np.all(np.isfinite(r)) and np.ptp(r) > 1e-3
     one_by_one = RewardModelOracle(path, batch_size=1).score([X] * 6, ys)
     np.testing.assert_allclose(r, one_by_one, atol=1e-5)  # padding does not change a score
+    assert rm.queries == 6  # a reward model is queried once per response it scores
     assert rm.prob(X, ys[0], ys[1]) == pytest.approx(1 / (1 + math.exp(-(r[0] - r[1]))), abs=1e-6)
+    assert rm.queries == 8  # a compared pair costs its two responses' scores
     rm.reset_queries()
     scored = rm.scored
     pairs, stats = select_pairs([X, X], [ys, ys[::-1]], rm)
-    assert stats["queries"] == 0 and stats["scored"] == 12 and rm.scored - scored == 12
+    assert stats["queries"] == 12 == rm.queries and stats["scored"] == 12 and rm.scored - scored == 12
     best, worst = ys[int(np.argmax(r))], ys[int(np.argmin(r))]
     assert [(p.chosen, p.rejected) for p in pairs] == [(best, worst)] * 2
     w = estimate_win_rates([X], [ys], rm)[0]
-    assert np.argmax(w) == np.argmax(r) and rm.queries == 0
+    assert np.argmax(w) == np.argmax(r) and rm.queries == 12 + 6
 
 
 def test_pairwise_model_oracle_is_symmetrised(tmp_path):

@@ -5,8 +5,13 @@ import json
 import pytest
 
 from inpo.data.prompts import default_prompts, sft_examples
-from inpo.data.tokenizer import (CHAT_TEMPLATE, default_tokenizer, encode_prompt, encode_response, load_tokenizer,
-                                 train_tokenizer)
+from inpo.data.chat import encode_completion
+from inpo.data.tokenizer import CHAT_TEMPLATE, default_tokenizer, encode_prompt, load_tokenizer, train_tokenizer
+
+
+def encode_response(tok, response, prompt="Describe the ocean."):
+    """The response's ids as the trainer encodes them (the conversation minus the prompt)."""
+    return encode_completion(tok, prompt, response)[1]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,7 @@ def test_prompt_plus_response_is_the_chat_conversation(tok):
         full = tok.apply_chat_template([{"role": "user", "content": prompt},
                                         {"role": "assistant", "content": response}], tokenize=True)
         full = full["input_ids"] if hasattr(full, "keys") else full
-        ids = encode_prompt(tok, prompt) + encode_response(tok, response)
+        ids = encode_prompt(tok, prompt) + encode_response(tok, response, prompt)
         assert ids == list(full)
         assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
 
@@ -90,7 +95,9 @@ def test_errors(tok, tmp_path):
     bare.chat_template = None
     with pytest.raises(ValueError, match="chat_template"):
         encode_prompt(bare, "hello")
-    with pytest.raises(TypeError, match="prompt must be a str"):
+    with pytest.raises(ValueError, match="message 0 must be"):
         encode_prompt(tok, ["list"])
-    with pytest.raises(TypeError, match="response must be a str"):
+    with pytest.raises(ValueError, match="prompt must be a non-empty string or a list of chat messages, got int"):
+        encode_prompt(tok, 3)
+    with pytest.raises(ValueError, match="conversation must be a non-empty list"):
         encode_response(tok, 3)

@@ -22,8 +22,8 @@ def test_objective_defaults_and_overrides():
     assert TrainConfig().make_objective().eta > 0
 
 
-@pytest.mark.parametrize("key, near", [("learning_rate", "lr"), ("num_train_epochs", "epochs"), ("warmup", "warmup_ratio"), ("iteration", "iterations"),
-                                       ("epoch", "epochs")])
+@pytest.mark.parametrize("key, near", [("learnin_rate", "lr"), ("num_train_epoch", "epochs"), ("warmup", "warmup_ratio"),
+                                       ("iteration", "iterations"), ("epoch", "epochs"), ("max_seq_length", "max_length")])
 def test_unknown_key_names_nearest(key, near):
     with pytest.raises(ValueError, match=f"unknown config key {key!r}") as exc:
         load_config(None, {key: 1})

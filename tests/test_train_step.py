@@ -185,7 +185,8 @@ def test_cuda_step_records_reset_peak_memory_and_mfu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
     cfg = types.SimpleNamespace(batch_pairs=2, epochs=1, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95),
                                 warmup_ratio=0.0, min_lr_ratio=0.0, seed=0, max_tokens=10_000, max_grad_norm=1.0,
-                                impl="torch", max_steps=None, checkpoint_every=0, keep_checkpoints=1)
+                                impl="torch", max_steps=None, checkpoint_every=0, keep_checkpoints=1,
+                                head_options=dict)
     run = loop.RunContext(cfg=cfg, out=tmp_path, device=torch.device("cuda", 0), n_params=1000)
     model, seqs = tiny_model(True, seed=7), pair_seqs(4, seed=7)
     ref = precompute_logps(model, seqs, max_tokens=10_000, impl="torch")

@@ -117,7 +117,7 @@ def pack_sequences(seqs: list[tuple[list[int], list[int]]], *, max_tokens: int, 
             what = f"pair {u} (sequences {unit[0]}, {unit[1]})" if pairwise else f"sequence {u}"
             raise ValueError(
                 f"{what} has {size} tokens (prompt + response), more than max_tokens={max_tokens}; raise "
-                f"max_tokens or shorten the prompts (max_prompt_tokens) / responses (max_new_tokens)"
+                f"max_tokens or truncate (max_length, max_prompt_length) / shorten responses (max_new_tokens)"
             )
         if current and current_tokens + size > max_tokens:
             batches.append(_build(current, seqs, pairwise))

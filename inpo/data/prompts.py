@@ -23,7 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["task_spec", "default_prompts", "load_prompts", "sft_examples", "prompt_keywords", "words",
+__all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
            "SPLITS", "EVAL_FRACTION"]
 
 SPLITS = ("train", "eval")
@@ -89,19 +89,24 @@ def default_prompts(split: str = "train", n: int | None = None, seed: int = 0) -
     return [pool[i] for i in keep]
 
 
-def load_prompts(path: str | os.PathLike) -> list[str]:
-    """Prompts from a local file: ``.txt`` (one per non-empty line) or ``.jsonl`` (a ``"prompt"`` string field).
+def load_prompts(path: str | os.PathLike) -> list:
+    """Prompts from a local file: ``.txt`` (one per non-empty line) or ``.jsonl`` in TRL's formats.
 
-    Raises FileNotFoundError for a missing file and ValueError naming the file and line for malformed
-    content (bad JSON, missing or non-string ``prompt``, no prompts at all).
+    A JSONL record gives its ``"prompt"`` (a string, or a conversation: a list of ``{"role", "content"}``
+    messages with any system turns and earlier turns), or -- a preference dataset's row -- the prompt shared by
+    its ``"chosen"`` / ``"rejected"`` (explicit or implicit), or a ``"messages"`` conversation without its final
+    assistant turn(s). Raises FileNotFoundError for a missing file and ValueError naming the file and line for
+    malformed content (bad JSON, no usable prompt, no prompts at all).
     """
+    from inpo.data.chat import check_prompt, normalize_pair
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {str(path)!r} (expected a .txt or .jsonl file)")
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise ValueError(f"prompts file {str(path)!r}: unsupported extension {suffix!r}; use .txt or .jsonl")
-    prompts: list[str] = []
+    prompts: list = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
@@ -110,20 +115,51 @@ def load_prompts(path: str | os.PathLike) -> list[str]:
             if suffix == ".txt":
                 prompts.append(line)
                 continue
+            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or "prompt" not in record:
-                raise ValueError(f"{path}:{lineno}: record has no 'prompt' field "
-                                 f"(keys: {sorted(record) if isinstance(record, dict) else type(record).__name__})")
-            prompt = record["prompt"]
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError(f"{path}:{lineno}: 'prompt' must be a non-empty string, got {prompt!r}")
-            prompts.append(prompt.strip())
+                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
+            if "prompt" in record and not ("chosen" in record and "rejected" in record):
+                prompt = check_prompt(record["prompt"], f"{where}: 'prompt'")
+            elif "chosen" in record and "rejected" in record:
+                prompt = normalize_pair(record, where)["prompt"]
+            elif "messages" in record:
+                msgs = check_prompt(record["messages"], f"{where}: 'messages'")
+                while msgs and msgs[-1]["role"] == "assistant":
+                    msgs = msgs[:-1]
+                if not msgs:
+                    raise ValueError(f"{where}: 'messages' has no turn before the assistant's")
+                prompt = msgs
+            else:
+                raise ValueError(f"{where}: record has no 'prompt' field (nor 'chosen'/'rejected' or 'messages'; "
+                                 f"keys: {sorted(record)})")
+            prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} contains no prompts")
     return prompts
+
+
+def split_prompts(pool: list, split: str, *, eval_fraction: float = EVAL_FRACTION) -> list:
+    """A user's prompt pool split once and for all into disjoint ``train`` / ``eval`` parts, as the default task's.
+
+    The split depends only on the pool (a fixed seed, never the run's), so training and every later evaluation
+    (``inpo eval`` on the run's model included) agree on which prompts were held out. ``eval`` takes
+    ``round(eval_fraction * n)`` prompts, at least 1; a pool of one prompt cannot be split (ValueError).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    n = len(pool)
+    if n < 2:
+        raise ValueError(f"cannot hold out evaluation prompts from {n} prompt(s): give at least 2, or an "
+                         f"eval_prompts file")
+    n_eval = min(n - 1, max(1, round(eval_fraction * n)))
+    order = list(range(n))
+    random.Random(_SPLIT_SEED).shuffle(order)
+    keep = sorted(order[:n_eval]) if split == "eval" else sorted(order[n_eval:])
+    return [pool[i] for i in keep]
 
 
 def _topic_of(prompt: str, topics: list[str]) -> str:

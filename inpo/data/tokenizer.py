@@ -6,9 +6,8 @@ tokenizer is trained in memory instead. Chat formatting goes through a jinja ``c
 
     <|bos|><|user|>{prompt}<|assistant|>{response}<|eos|>
 
-``encode_prompt`` gives everything up to and including ``<|assistant|>``; ``encode_response`` gives the
-response ids followed by ``<|eos|>``, so ``encode_prompt(p) + encode_response(r)`` is exactly the
-chat-templated conversation (special tokens split the text, so BPE never merges across the seam).
+Prompts and responses are encoded through this template by :mod:`inpo.data.chat` (the whole conversation,
+the response being the difference), like any user tokenizer's.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["default_tokenizer", "load_tokenizer", "encode_prompt", "encode_response", "train_tokenizer",
+__all__ = ["default_tokenizer", "load_tokenizer", "encode_prompt", "train_tokenizer",
            "default_cache_dir", "SPECIAL_TOKENS", "CHAT_TEMPLATE", "VOCAB_SIZE"]
 
 VOCAB_SIZE = 1024
@@ -138,37 +137,9 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
-def _ids(encoded) -> list[int]:
-    """apply_chat_template(tokenize=True) returns a list in transformers 4 and a BatchEncoding in 5."""
-    if hasattr(encoded, "keys") and "input_ids" in encoded:
-        encoded = encoded["input_ids"]
-    if hasattr(encoded, "tolist"):
-        encoded = encoded.tolist()
-    if encoded and isinstance(encoded[0], list):
-        encoded = encoded[0]
-    return [int(i) for i in encoded]
+def encode_prompt(tokenizer, prompt) -> list[int]:
+    """Token ids of ``prompt`` through the chat template, ending with the generation prompt
+    (:func:`inpo.data.chat.encode_prompt`; responses: :func:`inpo.data.chat.encode_completion`)."""
+    from inpo.data.chat import encode_prompt as _encode_prompt
 
-
-def _name(tokenizer) -> str:
-    return getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
-
-
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
-    """Token ids of a user ``prompt`` through the chat template, ending with the generation prompt."""
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"tokenizer {_name(tokenizer)!r} has no chat_template; set tokenizer.chat_template "
-                         "(a jinja string) or use inpo.data.tokenizer.default_tokenizer()")
-    out = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        tokenize=True)
-    return _ids(out)
-
-
-def encode_response(tokenizer, response: str) -> list[int]:
-    """Token ids of ``response`` followed by eos: what follows :func:`encode_prompt` in a conversation."""
-    if not isinstance(response, str):
-        raise TypeError(f"response must be a str, got {type(response).__name__}")
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer {_name(tokenizer)!r} has no eos token; responses could never end")
-    return list(tokenizer.encode(response, add_special_tokens=False)) + [int(tokenizer.eos_token_id)]
+    return _encode_prompt(tokenizer, prompt)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["Sampler", "BACKENDS", "DTYPES", "check_sample_args", "check_sampling_args", "row_seed", "stop_token_ids"]
+__all__ = ["Sampler", "BACKENDS", "DTYPES", "check_sample_args", "check_sampling_args", "row_seed"]
 
 BACKENDS = ("hf", "vllm", "auto")  # the config's ``sampler`` values
 DTYPES = ("policy", "float32", "bfloat16", "float16")  # the config's ``sampler_dtype``: the vLLM engine's dtype
@@ -30,14 +30,6 @@ def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     return x >> 1
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """The token ids that end a response, for every sampler (and what :func:`inpo.data.tokenizer.encode_response`
-    appends): the tokenizer's eos."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("tokenizer has no eos token: generation could never stop early")
-    return [int(tokenizer.eos_token_id)]
-
-
 def check_sampling_args(max_new_tokens, temperature, top_p) -> None:
     """A sampler's settings, checked the same way by every backend."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -51,15 +43,19 @@ def check_sampling_args(max_new_tokens, temperature, top_p) -> None:
 def check_sample_args(prompts: Sequence[str], k: int) -> None:
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise TypeError(f"prompts must be a list of str, got {type(prompts).__name__}")
-    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    bad = [i for i, p in enumerate(prompts) if not (isinstance(p, str) or isinstance(p, list))]
     if bad:
-        raise TypeError(f"prompts[{bad[0]}] must be a str, got {type(prompts[bad[0]]).__name__}")
+        raise TypeError(f"prompts[{bad[0]}] must be a str or a list of chat messages, got {type(prompts[bad[0]]).__name__}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (samples per prompt) must be a positive int, got {k!r}")
 
 
 class Sampler:
     """Protocol: ``sample(prompts, k, seed=...)`` → ``[len(prompts)][k]`` decoded response strings.
+
+    A prompt is a string or a conversation (list of messages); it is encoded with
+    :func:`inpo.data.chat.encode_prompt` (then cut to ``max_prompt_length`` when the sampler has one) and sampling
+    stops on :func:`inpo.data.chat.stop_token_ids` (eos and the chat template's end-of-turn token).
 
     A sampler lives as long as the run: ``set_policy(model)`` points it at a model's *current* weights (the HF
     sampler keeps a reference; vLLM loads the weights into its running engine), ``close()`` frees what it holds

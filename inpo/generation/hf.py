@@ -36,23 +36,26 @@ class HFSampler(Sampler):
     ``temperature=0`` means greedy decoding. Sampling is reproducible: ``sample(..., seed=s)`` seeds
     torch's global RNG inside ``torch.random.fork_rng``, so the caller's RNG state is untouched and the
     same ``(prompts, k, seed, batch_size)`` gives the same responses. Responses are the decoded new
-    tokens up to the first eos (special tokens skipped). The model is put in eval mode for the call
+    tokens up to the first stop token -- eos or the chat template's end of turn (``<|im_end|>``,
+    ``<|eot_id|>``), :func:`inpo.data.chat.stop_token_ids` -- with special tokens skipped. The model is put in eval mode for the call
     and its previous mode restored. ``last_stats`` holds the last call's token counts and timing.
     """
 
     def __init__(self, model, tokenizer, *, max_new_tokens: int = 32, temperature: float = 1.0,
-                 top_p: float = 1.0, batch_size: int = 64):
+                 top_p: float = 1.0, batch_size: int = 64, max_prompt_length: int | None = None):
+        from inpo.data.chat import Truncation, stop_token_ids
+
         check_sampling_args(max_new_tokens, temperature, top_p)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if tokenizer.eos_token_id is None:
-            raise ValueError("tokenizer has no eos token: generation could never stop early")
+        self.stop_ids = stop_token_ids(tokenizer)  # eos + the template's end of turn; raises when there is none
+        self.truncation = Truncation(max_prompt_length=max_prompt_length)
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, float(temperature), float(top_p)
         self.batch_size = batch_size
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.last_stats: dict = {}
-        self.last_lengths: list[int] = []  # new tokens of each response of the last call (eos excluded)
+        self.last_lengths: list[int] = []  # new tokens of each response of the last call (stop token excluded)
 
     def _generation_config(self):
         from transformers import GenerationConfig
@@ -62,19 +65,19 @@ class HFSampler(Sampler):
             dict(do_sample=False)
         # A fresh config: a checkpoint's own generation_config (top_k=50, repetition penalties...) would
         # otherwise silently change the distribution we sample π_t from.
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, eos_token_id=list(self.stop_ids),
                                 pad_token_id=self.pad_id, use_cache=True, **kw)
 
     def sample(self, prompts: Sequence[str], k: int, *, seed: int = 0) -> list[list[str]]:
         import torch
 
-        from inpo.data.tokenizer import encode_prompt
+        from inpo.data.chat import encode_prompt
 
         check_sample_args(prompts, k)
-        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
+        encoded = [self.truncation.prompt(encode_prompt(self.tokenizer, p)) for p in prompts]
         rows = [ids for ids in encoded for _ in range(k)]
         device = next(self.model.parameters()).device
-        eos = self.tokenizer.eos_token_id
+        stops = set(self.stop_ids)
         gen_config = self._generation_config()
         texts: list[str] = []
         lengths: list[int] = []
@@ -96,8 +99,9 @@ class HFSampler(Sampler):
                     out = self.model.generate(input_ids=input_ids, attention_mask=mask,
                                               generation_config=gen_config)
                     for row in out[:, width:].tolist():
-                        if eos in row:
-                            row = row[:row.index(eos)]
+                        end = next((j for j, t in enumerate(row) if t in stops), None)
+                        if end is not None:  # the first eos / end-of-turn token ends the response
+                            row = row[:end]
                             finished += 1
                         new_tokens += len(row)
                         lengths.append(len(row))

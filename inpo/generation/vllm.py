@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import torch
 
-from inpo.generation.base import DTYPES, Sampler, check_sample_args, check_sampling_args, row_seed, stop_token_ids
+from inpo.generation.base import DTYPES, Sampler, check_sample_args, check_sampling_args, row_seed
 
 __all__ = ["VLLMSampler", "DTYPES", "resolve_dtype"]
 
@@ -67,10 +67,9 @@ class VLLMSampler(Sampler):
         from inpo._optional import require
 
         check_sampling_args(max_new_tokens, temperature, top_p)
-        if max_prompt_length is not None and (isinstance(max_prompt_length, bool) or not isinstance(
-                max_prompt_length, int) or max_prompt_length < 1):
-            raise ValueError(f"max_prompt_length must be a positive int or None, got {max_prompt_length!r}")
-        self.max_prompt_length = max_prompt_length
+        from inpo.data.chat import Truncation, stop_token_ids
+
+        self.truncation = Truncation(max_prompt_length=max_prompt_length)
         dtype = resolve_dtype(model, dtype)
         self._vllm = require("vllm")  # ImportError saying what to install
         self._export_dir = self.llm = None
@@ -130,7 +129,7 @@ class VLLMSampler(Sampler):
         self.weight_updates += 1
 
     def sample(self, prompts: Sequence[str], k: int, *, seed: int = 0) -> list[list[str]]:
-        from inpo.data.tokenizer import encode_prompt
+        from inpo.data.chat import encode_prompt
 
         if self.llm is None:
             raise RuntimeError("the vLLM sampler is closed")
@@ -138,9 +137,7 @@ class VLLMSampler(Sampler):
         sp = self._vllm.SamplingParams
         inputs, params = [], []
         for i, p in enumerate(prompts):
-            ids = encode_prompt(self.tokenizer, p)
-            if self.max_prompt_length is not None:  # TRL's truncation: a prompt keeps its last tokens
-                ids = ids[-self.max_prompt_length:]
+            ids = self.truncation.prompt(encode_prompt(self.tokenizer, p))  # TRL's: a prompt keeps its last tokens
             for j in range(k):
                 inputs.append({"prompt_token_ids": ids})
                 params.append(sp(n=1, seed=row_seed(seed, i, j), max_tokens=self.max_new_tokens,

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from inpo.objectives import Objective
-from inpo.ops.checks import check_head_inputs, check_impl, check_side_input
+from inpo.ops.checks import (check_grad_filter, check_head_inputs, check_impl, check_side_input,
+                             check_unit_interval, resolve_deterministic)
 
 _IMPL_MODULES = {
     "naive": "inpo.ops.naive",
@@ -53,9 +54,26 @@ def _impl_fn(impl: str):
     return mod.sequence_logps_naive if impl == "naive" else mod.sequence_logps
 
 
+def _exactness_options(impl: str, grad_filter, deterministic) -> dict:
+    """The keyword arguments each impl takes for ``grad_filter`` / ``deterministic`` (checked here, once).
+
+    Only the Triton atomic backward filters; every other path computes exact gradients whatever ``grad_filter``
+    says (its bound then holds with zero error). The native op has no atomics (fixed partitions per thread count)
+    and takes neither.
+    """
+    grad_filter = check_grad_filter(grad_filter)
+    deterministic = resolve_deterministic(deterministic)
+    if impl == "native":
+        return {}
+    if impl == "triton":
+        return dict(grad_filter=grad_filter, deterministic=deterministic)
+    return dict(deterministic=deterministic)
+
+
 def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, *,
                    bias: Tensor | None = None, ignore_index: int = -100, impl: str = "auto",
-                   check_values: bool = True) -> Tensor:
+                   check_values: bool = True, grad_filter: float | None = None,
+                   deterministic: bool | None = None) -> Tensor:
     """Summed response log-probs per packed sequence, without materialising [N, V] logits.
 
     Args:
@@ -66,7 +84,17 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
         cu_seqlens: [S+1] int32 sequence boundaries, from 0 to N.
         bias: optional [V] LM-head bias.
         impl: ``"triton"`` | ``"torch"`` | ``"naive"`` | ``"native"`` | ``"auto"``.
-        check_values: validate label range and cu_seqlens order (one host sync).
+        check_values: label range and cu_seqlens boundaries are checked on every call; ``True`` raises at once
+            (one host sync on CUDA), ``False`` keeps CUDA calls sync-free and raises the ValueError at a later
+            call once the device has finished this one (or at :func:`inpo.ops.raise_pending_value_errors`).
+        grad_filter: ``None`` (default) = exact gradients on every impl and dtype. A float ``b`` in (0, 1) lets
+            the Triton atomic backward skip a [BLOCK_N, BLOCK_V] tile's two gradient GEMMs when every row's
+            softmax mass in it is at most ``b / (number of vocabulary tiles)`` and it holds no target: each
+            token then loses at most ``b`` of softmax mass in all (README "Gradient filter (opt-in)"). Other
+            impls (and the deterministic backward) ignore it: their gradients are exact.
+        deterministic: ``None`` (default) = follow ``torch.are_deterministic_algorithms_enabled()``; ``True``
+            selects a backward with a fixed reduction order (Triton: the chunked backward, no atomics) and an
+            order-fixed per-sequence sum, so two runs are bitwise equal; ``False`` the fastest backward.
 
     Returns:
         [S] fp32 (fp64 for fp64 inputs under ``naive``): each sequence's summed token log-probs,
@@ -74,18 +102,20 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
     """
     check_head_inputs(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index, check_values=check_values)
     impl = resolve_impl(impl, hidden.device)
-    return _impl_fn(impl)(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index)
+    options = _exactness_options(impl, grad_filter, deterministic)
+    return _impl_fn(impl)(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index, **options)
 
 
 def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, objective: Objective, *,
                     ref_logps: Tensor | None = None, anchor_logps: Tensor | None = None,
                     targets: Tensor | None = None, bias: Tensor | None = None, ignore_index: int = -100,
-                    impl: str = "auto", return_logps: bool = False, check_values: bool = True):
+                    impl: str = "auto", return_logps: bool = False, check_values: bool = True,
+                    grad_filter: float | None = None, deterministic: bool | None = None):
     """Mean preference loss over pairs (sequences 2i / 2i+1 = pair i's chosen / rejected).
 
     ``ref_logps`` = π_ref's [S] log-probs, ``anchor_logps`` = π_t's (π'_t for ONPO), ``targets`` = SPPO's
-    per-sequence win-rate estimates. Returns a 0-dim loss, or ``(loss, logps.detach())`` with
-    ``return_logps=True``.
+    per-sequence win-rate estimates. ``grad_filter`` and ``deterministic`` as in :func:`sequence_logps`.
+    Returns a 0-dim loss, or ``(loss, logps.detach())`` with ``return_logps=True``.
     """
     if not isinstance(objective, Objective):
         raise TypeError(
@@ -97,10 +127,14 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
     ref = check_side_input("ref_logps", ref_logps, s, hidden.device)
     anchor = check_side_input("anchor_logps", anchor_logps, s, hidden.device)
     tgt = check_side_input("targets", targets, s, hidden.device)
+    check_grad_filter(grad_filter)
+    resolve_deterministic(deterministic)
+    if tgt is not None:
+        check_unit_interval("targets", tgt, sync=check_values)  # win rates; CUDA: deferred, no host sync
     # Validate the objective's needs before the expensive head runs.
     objective.check_inputs(torch.empty(s, device="meta"), *(None if t is None else t.to("meta") for t in (ref, anchor, tgt)))
     logps = sequence_logps(hidden, weight, labels, cu_seqlens, bias=bias, ignore_index=ignore_index, impl=impl,
-                           check_values=check_values)
+                           check_values=check_values, grad_filter=grad_filter, deterministic=deterministic)
     ref, anchor, tgt = (None if t is None else t.to(logps.dtype) for t in (ref, anchor, tgt))
     loss = objective(logps, ref, anchor, tgt)
     return (loss, logps.detach()) if return_logps else loss

@@ -4,6 +4,13 @@ Same algorithm as the Triton kernels, expressed with ATen GEMMs: forward keeps a
 log-sum-exp over vocabulary chunks and picks the target logit on the fly; backward recomputes each
 chunk's logits and accumulates dHidden / dW / dBias in fp32. Extra memory: one [chunk_tokens,
 chunk_vocab] fp32 tile plus the fp32 gradient accumulators -- never [N, V].
+
+fp16/bf16 inputs accumulate in fp32 end to end (:mod:`inpo.ops.gemm`): each logits tile comes out of an
+fp32-output GEMM (CUDA) or an fp32 GEMM on upcast operands (CPU), and each chunk's dHidden/dW product is added
+into the fp32 accumulators without being rounded to the input dtype first. The only roundings are the final
+casts of the gradients (and, on CUDA, dz to the input dtype before its tensor-core GEMM, as in the Triton
+kernels). The backward's reduction order is fixed (chunk loops), so it is deterministic;
+``deterministic=True`` also makes the forward's per-sequence sum order-fixed (see ``segment_sum_ordered``).
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from inpo.ops.naive import segment_ids
+from inpo.ops.gemm import addmm_fp32, mm_fp32
+from inpo.ops.naive import segment_ids, segment_sum_ordered
 
 # One fp32 logits tile of at most this many elements (64 Mi elements = 256 MiB on GPU; 8 Mi on CPU).
 _TILE_ELEMS = {"cuda": 64 * 2**20, "cpu": 8 * 2**20}
@@ -25,13 +33,13 @@ def default_chunks(n: int, v: int, device: torch.device) -> tuple[int, int]:
 
 
 def _logits(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-    z = (h @ w.t()).float()
+    z = mm_fp32(h, w.t()).float()  # fp64 inputs: fp32 logits, like every other dtype here
     return z if b is None else z + b.float()
 
 
 class _ChunkedHead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ignore_index, chunk_tokens, chunk_vocab):
+    def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ignore_index, chunk_tokens, chunk_vocab, deterministic):
         n, v = hidden.shape[0], weight.shape[0]
         valid = labels != ignore_index
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
@@ -45,7 +53,10 @@ class _ChunkedHead(torch.autograd.Function):
                 v1 = min(v, v0 + chunk_vocab)
                 z = _logits(h, weight[v0:v1], None if bias is None else bias[v0:v1])
                 m_new = torch.maximum(m, z.amax(dim=1))
-                s = s * torch.exp(m - m_new) + torch.exp(z - m_new[:, None]).sum(dim=1)
+                # A row whose logits so far are all -inf (a -inf bias over the whole chunk: masked tokens) keeps
+                # m = -inf; shift by 0 there, or exp(-inf - -inf) = NaN. Its s stays 0 until a finite logit.
+                shift = torch.where(m_new == float("-inf"), 0.0, m_new)
+                s = s * torch.exp(m - shift) + torch.exp(z - shift[:, None]).sum(dim=1)
                 m = m_new
                 inside = (lab >= v0) & (lab < v1)
                 col = (lab - v0).clamp(0, v1 - v0 - 1)
@@ -53,7 +64,10 @@ class _ChunkedHead(torch.autograd.Function):
             lse[n0:n1] = m + torch.log(s)
         tok = torch.where(valid, target - lse, 0.0)
         seg = segment_ids(cu_seqlens, n)
-        out = torch.zeros(cu_seqlens.numel() - 1, dtype=torch.float32, device=hidden.device).index_add_(0, seg, tok)
+        if deterministic:
+            out = segment_sum_ordered(tok, cu_seqlens)
+        else:
+            out = torch.zeros(cu_seqlens.numel() - 1, dtype=torch.float32, device=hidden.device).index_add_(0, seg, tok)
         ctx.save_for_backward(hidden, weight, bias, labels, seg, lse)
         ctx.ignore_index, ctx.chunks = ignore_index, (chunk_tokens, chunk_vocab)
         return out
@@ -82,21 +96,26 @@ class _ChunkedHead(torch.autograd.Function):
                 dz = torch.exp(z - lse[n0:n1, None]).mul_(-g[:, None])
                 inside = ((lab >= v0) & (lab < v1)).nonzero().squeeze(1)
                 dz[inside, lab[inside] - v0] += g[inside]
-                dz_in = dz.to(hidden.dtype)
                 if need_h:
-                    d_hidden[n0:n1] += (dz_in @ weight[v0:v1]).float()
+                    addmm_fp32(d_hidden[n0:n1], dz, weight[v0:v1])
                 if need_w:
-                    d_weight[v0:v1] += (dz_in.t() @ h).float()
+                    addmm_fp32(d_weight[v0:v1], dz.t(), h)
                 if need_b:
                     d_bias[v0:v1] += dz.sum(dim=0)
         cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
         return (cast(d_hidden, hidden), cast(d_weight, weight), cast(d_bias, bias if bias is not None else hidden),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, bias: Tensor | None = None,
                    *, ignore_index: int = -100, chunk_tokens: int | None = None,
-                   chunk_vocab: int | None = None) -> Tensor:
+                   chunk_vocab: int | None = None, grad_filter: float | None = None,
+                   deterministic: bool | None = None) -> Tensor:
+    """``grad_filter`` is accepted and ignored: this path has no filter, its gradients are exact (the
+    filter's bound holds with zero error). ``deterministic`` (None = ``torch.are_deterministic_algorithms_enabled()``)
+    only changes the forward's per-sequence sum; the backward is deterministic anyway."""
     dn, dv = default_chunks(hidden.shape[0], weight.shape[0], hidden.device)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
     return _ChunkedHead.apply(hidden, weight, bias, labels, cu_seqlens, ignore_index,
-                              chunk_tokens or dn, chunk_vocab or dv)
+                              chunk_tokens or dn, chunk_vocab or dv, bool(deterministic))

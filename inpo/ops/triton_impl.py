@@ -5,18 +5,24 @@ Order of this file (kernel → launcher → autograd glue → public function): 
 the launch configs in ``kernels/configs.py``.
 
 Options (``sequence_logps(..., **options)`` or ``params=HeadParams(...)``):
-    filter_eps   gradient filter threshold. ``None`` (default) = auto: ``DEFAULT_FILTER_EPS`` = 2^-16 for
-                 fp16/bf16 inputs, 0 (off, exact) for fp32. Why 2^-16: a skipped entry |g|·p < 2^-16·|g| is
-                 2^-8 of one bf16 rounding step (2^-8·|g|) of the target term |g|·(1 − p) every gradient row
-                 carries. ``0`` turns filtering off. Error bound: see ``kernels/head.py``.
+    grad_filter  ``None`` (default) = exact gradients. A float b in (0, 1): the opt-in gradient filter of the
+                 atomic backward, a per-row budget of skipped softmax mass (each token loses at most b of its
+                 softmax mass in all; rule and bound in ``kernels/head.py``). ``0`` = exact too. The chunked
+                 (deterministic) backward has no filter and ignores it.
+    deterministic ``None`` = follow ``torch.are_deterministic_algorithms_enabled()`` at call time; ``True``
+                 selects the chunked backward (no atomics: fixed reduction order, two runs bitwise equal) and
+                 an order-fixed per-sequence sum in the forward; ``False`` the atomic backward.
     fwd_config / bwd_config   ``KernelConfig`` overrides of the baked per-GPU-family defaults.
     splits       vocabulary splits of the forward grid (default: enough programs for ~4 waves).
-    bwd_mode     ``"atomic"`` (default): one fused kernel, dX/dW by fp32 atomics, O(N + V·H) extra memory,
-                 supports filtering. ``"chunked"``: dz per token chunk into a [chunk_tokens, V] buffer, then
-                 cuBLAS GEMMs (no atomics, no filtering, O(chunk_tokens·V) extra memory).
+    bwd_mode     ``None`` (default) = ``"chunked"`` when deterministic, else ``"atomic"``. ``"atomic"``: one fused
+                 kernel, dX/dW by fp32 atomics (run-to-run nondeterministic in the last bits), O(N + V·H) extra
+                 memory, supports the filter. ``"chunked"``: dz per token chunk into a [chunk_tokens, V] buffer,
+                 then fp32-accumulating GEMMs (no atomics, no filter, O(chunk_tokens·V) extra memory).
+                 ``"atomic"`` with ``deterministic=True`` is a ValueError.
     chunk_tokens tokens per chunk of the chunked backward (default: a ``_DZ_BUDGET_BYTES`` dz buffer).
-    stats        a dict the backward fills with tile counters (``tiles_total``, ``tiles_filtered``,
-                 ``tiles_ignored``); costs one host sync, meant for tests and profiling.
+    stats        a dict the backward fills with ``bwd_mode`` and, for the atomic backward, tile counters
+                 (``tiles_total``, ``tiles_filtered``, ``tiles_ignored``); costs one host sync, meant for tests
+                 and profiling.
 
 Environment (read at call time):
     INPO_AUTOTUNE=1          autotune over ``kernels.configs.AUTOTUNE_FWD/BWD`` (CUDA only) instead of the baked
@@ -45,10 +51,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from inpo.ops.checks import check_head_inputs
-from inpo.ops.naive import segment_ids
+from inpo.ops.checks import check_deterministic, check_grad_filter, check_head_inputs
+from inpo.ops.gemm import addmm_fp32, mm_fp32
+from inpo.ops.naive import segment_ids, segment_sum_ordered
 
-DEFAULT_FILTER_EPS = 2.0 ** -16
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BWD_MODES = ("atomic", "chunked")
 _DZ_BUDGET_BYTES = {"cuda": 1 << 30, "cpu": 64 << 20}  # chunked backward: size of the [chunk, V] dz buffer
@@ -59,31 +65,36 @@ _WAVES = 4  # forward: aim for this many waves of programs over the SMs when cho
 class HeadParams:
     """Options of the Triton head (see the module docstring). Frozen so it can be passed through autograd."""
 
-    filter_eps: float | None = None
+    grad_filter: float | None = None
+    deterministic: bool | None = None
     fwd_config: object | None = None  # kernels.configs.KernelConfig
     bwd_config: object | None = None
     splits: int | None = None
-    bwd_mode: str = "atomic"
+    bwd_mode: str | None = None
     chunk_tokens: int | None = None
     stats: dict | None = field(default=None, compare=False, hash=False)
 
     def __post_init__(self):
-        eps = self.filter_eps
-        if eps is not None and (not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0.0 <= eps < 1.0):
-            raise ValueError(f"filter_eps must be None (auto) or a float in [0, 1), got {eps!r}")
+        check_grad_filter(self.grad_filter)
+        check_deterministic(self.deterministic)
         if self.splits is not None and (not isinstance(self.splits, int) or self.splits < 1):
             raise ValueError(f"splits must be None or a positive int, got {self.splits!r}")
-        if self.bwd_mode not in BWD_MODES:
-            raise ValueError(f"bwd_mode must be one of {BWD_MODES}, got {self.bwd_mode!r}")
+        if self.bwd_mode is not None and self.bwd_mode not in BWD_MODES:
+            raise ValueError(f"bwd_mode must be None (auto) or one of {BWD_MODES}, got {self.bwd_mode!r}")
+        if self.deterministic and self.bwd_mode == "atomic":
+            raise ValueError("bwd_mode='atomic' adds gradients with atomics in no fixed order and cannot be "
+                             "deterministic; with deterministic=True use bwd_mode=None or 'chunked'")
         if self.chunk_tokens is not None and (not isinstance(self.chunk_tokens, int) or self.chunk_tokens < 1):
             raise ValueError(f"chunk_tokens must be None or a positive int, got {self.chunk_tokens!r}")
         if self.stats is not None and not isinstance(self.stats, dict):
             raise TypeError(f"stats must be None or a dict to fill, got {type(self.stats).__name__}")
 
-    def resolve_filter_eps(self, dtype: torch.dtype) -> float:
-        if self.filter_eps is not None:
-            return float(self.filter_eps)
-        return DEFAULT_FILTER_EPS if dtype in (torch.float16, torch.bfloat16) else 0.0
+    def resolved(self) -> "HeadParams":
+        """``deterministic`` fixed (None -> ``torch.are_deterministic_algorithms_enabled()`` now) and ``bwd_mode``
+        chosen from it: what a forward call records for its backward."""
+        det = torch.are_deterministic_algorithms_enabled() if self.deterministic is None else self.deterministic
+        mode = self.bwd_mode or ("chunked" if det else "atomic")
+        return dataclasses.replace(self, deterministic=det, bwd_mode=mode)
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -227,13 +238,13 @@ def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: T
     dw = torch.zeros(v, hd, dtype=torch.float32, device=dev) if need_w else None
     db = torch.zeros(v, dtype=torch.float32, device=dev) if need_b else None
     skipped = torch.zeros(2, dtype=torch.int32, device=dev)
-    eps = params.resolve_filter_eps(hidden.dtype)
+    budget = float(params.grad_filter or 0.0)
     dummy = lambda: torch.zeros(1, dtype=torch.float32, device=dev)  # noqa: E731 -- never read (constexpr off)
     args = (hidden, weight, bias if bias is not None else hidden, labels, lse, g_tok,
             dx if need_x else dummy(), dw if need_w else dummy(), db if need_b else dummy(), skipped,
-            n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, eps)
+            n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, budget)
     flags = dict(HAS_BIAS=bias is not None, COMPUTE_DX=need_x, COMPUTE_DW=need_w, COMPUTE_DB=need_b,
-                 FILTER=eps > 0, COUNT_SKIPS=params.stats is not None, **_dot_flags(hidden.dtype, interpreted))
+                 FILTER=budget > 0, COUNT_SKIPS=params.stats is not None, **_dot_flags(hidden.dtype, interpreted))
     with _on_device(dev):
         if _flag("INPO_AUTOTUNE") and not interpreted and params.bwd_config is None:
             grid = lambda meta: (_cdiv(n, meta["BLOCK_N"]) * _cdiv(v, meta["BLOCK_V"]),)  # noqa: E731
@@ -248,47 +259,18 @@ def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: T
         else:
             total = _cdiv(n, cfg.block_n) * _cdiv(v, cfg.block_v)
         filtered, ignored = (int(x) for x in skipped.tolist())
-        params.stats.update(tiles_total=total, tiles_filtered=filtered, tiles_ignored=ignored, filter_eps=eps)
+        params.stats.update(bwd_mode="atomic", tiles_total=total, tiles_filtered=filtered, tiles_ignored=ignored,
+                            grad_filter=budget)
     return dx, dw, db
-
-
-_ADDMM_FP32: dict[str, str] = {}  # device type -> the fp32-accumulating addmm that works there (see _addmm_fp32)
-
-
-def _addmm_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc (fp32) += a @ b for fp16/bf16 a, b, accumulating in fp32 without a bf16 rounding of a @ b.
-
-    CUDA torch has ``addmm(..., out_dtype=float32)``; where it is missing, fall back to an fp32 temporary
-    (``mm(out_dtype=...)``) and, last, to a GEMM in the input dtype (one rounding per chunk). Probed once per
-    device type: CPU torch has neither out_dtype op, and its "lowp" answer must not stick to CUDA tensors.
-    """
-    if a.dtype == torch.float32:
-        acc.addmm_(a, b)
-        return
-    tries = {
-        "addmm": lambda: torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc),
-        "mm": lambda: acc.add_(torch.mm(a, b, out_dtype=torch.float32)),
-        "lowp": lambda: acc.add_((a @ b).float()),
-    }
-    known = _ADDMM_FP32.get(acc.device.type)
-    if known is not None:
-        tries[known]()
-        return
-    for name, fn in tries.items():
-        try:
-            fn()
-        except (RuntimeError, TypeError, NotImplementedError):
-            continue
-        _ADDMM_FP32[acc.device.type] = name
-        return
 
 
 def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, lse: Tensor,
                           g_tok: Tensor, ignore_index: int, params: HeadParams, need: tuple[bool, bool, bool]):
-    """Like :func:`head_backward` (``bwd_mode="chunked"``): dz per token chunk, then cuBLAS GEMMs.
+    """Like :func:`head_backward` (``bwd_mode="chunked"``, the deterministic backward): dz per token chunk, then
+    fp32-accumulating GEMMs (:mod:`inpo.ops.gemm`); no atomics, so the result is bitwise reproducible.
 
-    Returns dHidden in the input dtype (each token belongs to one chunk, so no accumulation is needed),
-    dWeight and dBias in fp32.
+    Returns fp32 dHidden (each token belongs to one chunk: one GEMM, no accumulation across chunks), dWeight
+    (chunks added in order) and dBias (per-token-block partial rows, summed in order).
     """
     head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True)
     n, hd = hidden.shape
@@ -300,9 +282,10 @@ def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, l
     chunk = min(chunk, n)
     new = _poisoned if _flag("INPO_POISON_OUTPUTS") else torch.empty
     dz_buf = new((chunk, v), dtype=hidden.dtype, device=dev)
-    dx = new((n, hd), dtype=hidden.dtype, device=dev) if need_x else None
+    dx = new((n, hd), dtype=torch.float32, device=dev) if need_x else None
     dw = torch.zeros(v, hd, dtype=torch.float32, device=dev) if need_w else None
     db = torch.zeros(v, dtype=torch.float32, device=dev) if need_b else None
+    db_part = new((_cdiv(chunk, cfg.block_n), v), dtype=torch.float32, device=dev) if need_b else None
     flags = dict(HAS_BIAS=bias is not None, COMPUTE_DB=need_b, **_dot_flags(hidden.dtype, interpreted))
     meta = cfg.meta(backward=True)
     for c0 in range(0, n, chunk):
@@ -311,13 +294,17 @@ def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, l
         grid = (_cdiv(c1 - c0, cfg.block_n) * _cdiv(v, cfg.block_v),)
         with _on_device(dev):
             head.head_dz_kernel[grid](x, weight, bias if bias is not None else hidden, labels[c0:c1], lse[c0:c1],
-                                      g_tok[c0:c1], dz, db if need_b else lse, c1 - c0, v, hd, x.stride(0),
+                                      g_tok[c0:c1], dz, db_part if need_b else lse, c1 - c0, v, hd, x.stride(0),
                                       x.stride(1), weight.stride(0), weight.stride(1), dz.stride(0), ignore_index,
                                       **flags, **meta)
         if need_x:
-            torch.mm(dz, weight, out=dx[c0:c1])
+            dx[c0:c1] = mm_fp32(dz, weight)
         if need_w:
-            _addmm_fp32(dw, dz.t(), x)
+            addmm_fp32(dw, dz.t(), x)
+        if need_b:
+            db += db_part[:_cdiv(c1 - c0, cfg.block_n)].sum(dim=0)
+    if params.stats is not None:
+        params.stats.update(bwd_mode="chunked", chunk_tokens=chunk)
     return dx, dw, db
 
 
@@ -327,6 +314,7 @@ class TritonHeadFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ignore_index, params):
+        params = params.resolved()  # idempotent; fixes deterministic/bwd_mode for callers that pass raw params
         n = hidden.shape[0]
         s = cu_seqlens.numel() - 1
         seg = segment_ids(cu_seqlens, n)
@@ -335,7 +323,10 @@ class TritonHeadFunction(torch.autograd.Function):
             out = torch.zeros(s, dtype=torch.float32, device=hidden.device)
         else:
             tok, lse = head_forward(hidden, weight, bias, labels, ignore_index, params)
-            out = torch.zeros(s, dtype=torch.float32, device=hidden.device).index_add_(0, seg, tok)
+            if params.deterministic:
+                out = segment_sum_ordered(tok, cu_seqlens)
+            else:
+                out = torch.zeros(s, dtype=torch.float32, device=hidden.device).index_add_(0, seg, tok)
         ctx.save_for_backward(hidden, weight, bias, labels, seg, lse)
         ctx.ignore_index, ctx.params = ignore_index, params
         return out
@@ -365,14 +356,14 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
     """[S] fp32 summed log-probs of packed sequences with the fused Triton head.
 
     Same contract as :func:`inpo.ops.sequence_logps` (shapes, ``ignore_index``, differentiable w.r.t.
-    hidden, weight, bias); ``options`` are :class:`HeadParams` fields (``filter_eps``, ``fwd_config``,
-    ``bwd_config``, ``splits``, ``bwd_mode``, ``chunk_tokens``, ``stats``) and override ``params``.
+    hidden, weight, bias); ``options`` are :class:`HeadParams` fields (``grad_filter``, ``deterministic``,
+    ``fwd_config``, ``bwd_config``, ``splits``, ``bwd_mode``, ``chunk_tokens``, ``stats``) and override ``params``.
     """
     unknown = set(options) - {f.name for f in dataclasses.fields(HeadParams)}
     if unknown:
         raise TypeError(f"unknown Triton head option(s) {sorted(unknown)}; expected fields of HeadParams: "
                         f"{[f.name for f in dataclasses.fields(HeadParams)]}")
-    params = dataclasses.replace(params or HeadParams(), **options)
+    params = dataclasses.replace(params or HeadParams(), **options).resolved()
     check_head_inputs(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index, check_values=False)
     if hidden.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"impl='triton' supports fp32/fp16/bf16 inputs, got {hidden.dtype}; "

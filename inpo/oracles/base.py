@@ -24,7 +24,8 @@ class PreferenceOracle:
     """Base class of every preference oracle.
 
     Subclasses implement :meth:`_probs` (uncounted, batched ``P(a_i ≻ b_i | prompt_i)``); the public
-    methods count queries: ``queries`` grows by one per compared pair, whichever method asked.
+    methods count queries: ``queries`` grows by one per compared pair, whichever method asked (a reward model
+    counts one per response it scores instead, :class:`~inpo.oracles.models.RewardModelOracle`).
 
     ``mode`` says how :meth:`prefer` turns a probability into a decision: ``"deterministic"`` takes the
     more likely side (a tie, ``-1``, when ``|P − ½| ≤ tie_tol``), ``"sample"`` draws ``Bernoulli(P)``.
@@ -58,8 +59,12 @@ class PreferenceOracle:
         p = np.asarray(self._probs(prompts, a, b), dtype=np.float64).reshape(-1)
         if p.shape[0] != len(prompts):  # a broken subclass must not silently misalign pairs
             raise RuntimeError(f"{type(self).__name__}._probs returned {p.shape[0]} values for {len(prompts)} pairs")
-        self.queries += len(prompts)
+        self._count(len(prompts))
         return np.clip(p, 0.0, 1.0)
+
+    def _count(self, n_pairs: int) -> None:
+        """Count ``n_pairs`` answered comparisons (an oracle that is consulted per response counts there)."""
+        self.queries += n_pairs
 
     def decide(self, p: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
         """Decisions for probabilities ``p`` under this oracle's mode: 1 (a wins), 0 (b wins), -1 (tie)."""

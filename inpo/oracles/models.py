@@ -65,13 +65,18 @@ class _ClassifierOracle(PreferenceOracle):
         self.device = next(model.parameters()).device
         self.batch_size, self.max_length = batch_size, max_length
 
-    def _chat(self, user: str, assistant: str | None) -> str:
+    def _chat(self, prompt, assistant: str | None) -> str:
+        """The text the classifier reads: the whole conversation (a string prompt is one user turn; a
+        conversational prompt keeps its system and earlier turns) through the classifier's chat template."""
+        from inpo.data.chat import as_messages
+
         if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": user}]
+            messages = as_messages(prompt)
             if assistant is not None:
-                messages.append({"role": "assistant", "content": assistant})
+                messages = messages + [{"role": "assistant", "content": assistant}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        return user if assistant is None else f"{user}\n\n{assistant}"
+        text = prompt if isinstance(prompt, str) else "\n\n".join(m["content"] for m in prompt)
+        return text if assistant is None else f"{text}\n\n{assistant}"
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         """``[n, num_labels]`` float64 logits, ``batch_size`` texts per forward."""
@@ -92,7 +97,10 @@ class RewardModelOracle(_ClassifierOracle):
 
     ``model`` is a local directory or a loaded model (then ``tokenizer`` is required). The reward
     model reads the chat-templated ``(prompt, response)`` conversation when the tokenizer has a chat
-    template, else ``prompt + "\\n\\n" + response``. ``scored`` counts responses scored.
+    template, else ``prompt + "\\n\\n" + response``.
+
+    Queries: the reward model is consulted once per (prompt, response) it scores, so ``queries`` (and
+    ``scored``) grow by one per response scored -- K per prompt when ranking K samples, two per compared pair.
     """
 
     def __init__(self, model, tokenizer=None, **kw):
@@ -111,7 +119,11 @@ class RewardModelOracle(_ClassifierOracle):
             return np.zeros(0)
         r = self._logits([self._chat(x, y) for x, y in zip(prompts, responses)])[:, 0]
         self.scored += len(prompts)
+        self.queries += len(prompts)
         return r
+
+    def _count(self, n_pairs: int) -> None:
+        pass  # score() counted the responses behind these pairs
 
     def _probs(self, prompts, a, b) -> np.ndarray:
         r = self.score(list(prompts) * 2, list(a) + list(b))
@@ -141,7 +153,11 @@ class PairwiseModelOracle(_ClassifierOracle):
 
     def raw_prob(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
         """The model's unsymmetrised p(first ≻ second) (uncounted)."""
-        texts = [self._chat(self.template.format(prompt=x, a=y1, b=y2), None)
+        from inpo.data.chat import as_messages
+
+        # The template fills the last user turn; a conversation's earlier turns stay before it.
+        texts = [self._chat(as_messages(x)[:-1] + [{"role": "user", "content": self.template.format(
+                     prompt=as_messages(x)[-1]["content"], a=y1, b=y2)}], None)
                  for x, y1, y2 in zip(prompts, first, second)]
         logits = self._logits(texts)
         if logits.shape[1] == 1:

@@ -2,8 +2,8 @@
 
 ``select_pairs`` with ``strategy="best_worst"``:
 
-* a :class:`~inpo.oracles.models.RewardModelOracle` scores the K responses (K forwards, no pairwise
-  queries) and pairs the argmax with the argmin;
+* a :class:`~inpo.oracles.models.RewardModelOracle` scores the K responses (K forwards: K queries, no
+  pairwise comparison) and pairs the argmax with the argmin;
 * any other oracle runs a counted tournament on the K responses (in a seeded random order):
 
   1. a knockout for the winner: K − 1 comparisons;
@@ -105,8 +105,8 @@ def select_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]], ora
                  strategy: str = "best_worst", seed: int = 0) -> tuple[list[Pair], dict]:
     """Chosen/rejected pairs (at most one per prompt) and ``stats`` (queries, ties_dropped, pairs, ...).
 
-    ``stats["queries"]`` is the number of pairwise oracle queries this call made (``oracle.queries``
-    grows by the same amount); ``stats["scored"]`` the responses a reward model scored.
+    ``stats["queries"]`` is the number of oracle queries this call made (``oracle.queries`` grows by the same
+    amount): pairwise comparisons, or for a reward model the responses it scored (also ``stats["scored"]``).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")

@@ -99,7 +99,12 @@ class SyntheticIntransitiveOracle(PreferenceOracle):
         self._topics = frozenset(task_spec()["topics"])
         self._C = _style_matrix(self.none_penalty)
         # Responses recur across tournament rounds; features are pure functions of the text.
-        self._cached = lru_cache(maxsize=65536)(self._features)
+        self._features_of = lru_cache(maxsize=65536)(self._features)
+
+    def _cached(self, prompt, response: str) -> dict:
+        from inpo.data.chat import prompt_text  # a conversation's topic is in its last user turn
+
+        return self._features_of(prompt_text(prompt), response)
 
     def __repr__(self) -> str:
         return (f"SyntheticIntransitiveOracle(alpha={self.alpha}, beta={self.beta}, none_penalty={self.none_penalty}, "

@@ -86,20 +86,11 @@ def smoke_config(**overrides) -> IterationBenchConfig:
 
 # ---- the pure fwd/bwd floor ----------------------------------------------------------------------------------
 
-def _sequences(tokenizer, rows: list[dict], pairwise: bool) -> list[tuple[list[int], list[int]]]:
-    """The iteration's training sequences, rebuilt from its ``data.jsonl`` the way the loop tokenises them."""
-    from inpo.data.tokenizer import encode_prompt, encode_response
+def _sequences(tokenizer, rows: list[dict], pairwise: bool, cfg) -> list[tuple[list[int], list[int]]]:
+    """The iteration's training sequences, rebuilt from its ``data.jsonl`` by the loop's own encoder."""
+    from inpo.online import _sequences as loop_sequences
 
-    cache: dict[str, list[int]] = {}
-
-    def prompt(p: str) -> list[int]:
-        if p not in cache:
-            cache[p] = encode_prompt(tokenizer, p)
-        return cache[p]
-
-    if pairwise:
-        return [(prompt(r["prompt"]), encode_response(tokenizer, r[k])) for r in rows for k in ("chosen", "rejected")]
-    return [(prompt(r["prompt"]), encode_response(tokenizer, r["response"])) for r in rows]
+    return loop_sequences(tokenizer, rows, pairwise, cfg)[0]
 
 
 def pure_fwd_bwd_seconds(model, seqs, *, pairwise: bool, max_tokens: int, batch_units: int, epochs: int,
@@ -233,7 +224,7 @@ def run_algorithm(name: str, cfg: IterationBenchConfig, work: Path, model_dir: s
     for rec in iters:
         t = rec["iteration"]
         rows = [json.loads(x) for x in (out / f"iter_{t:03d}" / "data.jsonl").read_text().splitlines() if x.strip()]
-        seqs = _sequences(tokenizer, rows, objective.pairwise)
+        seqs = _sequences(tokenizer, rows, objective.pairwise, tc)
         # π_0 = π_ref: the loop skips π_t's pass at t = 0 (ONPO would add its π' chain).
         passes = 1 if t == 0 else 2
         floor = pure_fwd_bwd_seconds(model, seqs, pairwise=objective.pairwise, max_tokens=tc.max_tokens,

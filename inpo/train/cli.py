@@ -24,10 +24,20 @@ config keys (default):
 def _help() -> str:
     import dataclasses
 
+    from inpo.train.config import ALIASES, EMBEDDED_DEFAULTS, MODEL_DEFAULTS
+
     lines = [USAGE]
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  --{f.name.replace('_', '-'):<26} {default!r}")
+        shown = repr(default)
+        if f.name in EMBEDDED_DEFAULTS:  # depends on the model: the embedded task's, or TRL's / the papers'
+            with_model = MODEL_DEFAULTS[f.name]
+            with_model = " | ".join(f"{v!r} ({k})" for k, v in with_model.items()) if isinstance(with_model, dict) \
+                else repr(with_model)
+            shown = f"{EMBEDDED_DEFAULTS[f.name]!r}; with --model: {with_model}"
+        lines.append(f"  --{f.name.replace('_', '-'):<26} {shown}")
+    lines += ["", "  --no-chat-template           plain text for a base model (= --chat-template none)",
+              f"TRL / HF names accepted: {', '.join(sorted(ALIASES))}"]
     return "\n".join(lines)
 
 

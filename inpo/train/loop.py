@@ -208,7 +208,7 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
             torch.cuda.reset_peak_memory_stats(run.device)
         t0 = time.perf_counter()
         stats = train_step(model, micro, objective, optimizer, scheduler, side, max_grad_norm=cfg.max_grad_norm,
-                           impl=cfg.impl, global_units=len(units))
+                           impl=cfg.impl, global_units=len(units), head_options=cfg.head_options())
         dt = time.perf_counter() - t0
         run.global_step += 1
         rec = {"kind": "step", "step": run.global_step, "iteration": iteration, "phase": phase, "epoch": epoch,

@@ -156,10 +156,10 @@ def _sft_warm_start(model, tokenizer, examples, *, seed, steps, lr, batch_size, 
     import math
 
     from inpo.data.packing import pack_sequences
-    from inpo.data.tokenizer import encode_prompt, encode_response
+    from inpo.data.chat import encode_completion
     from inpo.ops import sequence_logps
 
-    seqs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in examples]
+    seqs = [encode_completion(tokenizer, p, r) for p, r in examples]
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -33,13 +33,15 @@ def _device_of(model) -> torch.device:
 
 
 @torch.no_grad()
-def sequence_logps_of(model, batch: PackedBatch, *, impl: str = "auto") -> Tensor:
-    """π(y|x) summed over response tokens for each sequence of ``batch`` → ``[S]`` fp32 (no grad)."""
+def sequence_logps_of(model, batch: PackedBatch, *, impl: str = "auto", head_options: dict | None = None) -> Tensor:
+    """π(y|x) summed over response tokens for each sequence of ``batch`` → ``[S]`` fp32 (no grad).
+    ``head_options``: ``grad_filter`` / ``deterministic`` of the fused head (``TrainConfig.head_options()``)."""
     device = _device_of(model)
     b = batch.to(device)
     with _autocast(device):
         hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
-        return sequence_logps(hidden, weight, b.labels, b.cu_seqlens, bias=bias, impl=impl, check_values=False).float()
+        return sequence_logps(hidden, weight, b.labels, b.cu_seqlens, bias=bias, impl=impl, check_values=False,
+                              **(head_options or {})).float()
 
 
 def gather_side(side: dict, batch: PackedBatch, device) -> dict:
@@ -48,12 +50,14 @@ def gather_side(side: dict, batch: PackedBatch, device) -> dict:
 
 
 def train_step(model, micro_batches: list[PackedBatch], objective: Objective, optimizer, scheduler, side: dict, *,
-               max_grad_norm: float = 1.0, impl: str = "auto", global_units: int | None = None) -> dict:
+               max_grad_norm: float = 1.0, impl: str = "auto", global_units: int | None = None,
+               head_options: dict | None = None) -> dict:
     """One optimiser step with gradient accumulation over ``micro_batches``.
 
     Each micro-batch's mean loss is weighted by its share of the step's pairs (sequences for SPPO), so the
     gradient is that of the mean over the whole step however the pairs were packed. ``global_units`` is the
     step's unit count over all data-parallel ranks (FSDP averages gradients over ranks, hence ×world size).
+    ``head_options`` (``grad_filter``, ``deterministic``) go to the fused head (``TrainConfig.head_options()``).
     Returns loss, margin (mean objective margin), grad_norm, lr, tokens, units.
     """
     device = _device_of(model)
@@ -67,7 +71,7 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
         with _autocast(device):
             hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
             loss, logps = preference_loss(hidden, weight, b.labels, b.cu_seqlens, objective, bias=bias, impl=impl,
-                                          return_logps=True, check_values=False, **s)
+                                          return_logps=True, check_values=False, **s, **(head_options or {}))
         (loss * (mb.n_units * world / total)).backward()
         loss_sum += loss.detach() * mb.n_units
         margin_sum += objective.margin(logps, s.get("ref_logps"), s.get("anchor_logps")).sum()
