@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
+# --overwrite: runs/default is this target's own run; `make train` again starts it afresh (a user's other runs are
+# never replaced without it).
 train: setup
-	$(VENV)/bin/inpo train --output runs/default
+	$(VENV)/bin/inpo train --output runs/default --overwrite
 
 # pytest exits 5 when it collected nothing: a vanished suite is a failure, not a pass. The GPU is hidden so that
 # the Triton kernels run under the interpreter on CPU (a process compiles them or interprets them, not both);

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from inpo.data.packing import PackedBatch
 from inpo.objectives import Objective
-from inpo.ops import preference_loss, sequence_logps
+from inpo.ops import preference_loss, raise_pending_value_errors, sequence_logps
 from inpo.train.model import hidden_and_head
 
 __all__ = ["train_step", "sequence_logps_of", "gather_side"]
@@ -92,5 +92,8 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
     stats = torch.cat([stats, grad_norm.detach().to(device=device, dtype=torch.float32).reshape(1)])
     loss_v, margin_v, units_v, tokens_v, stop_v, grad_norm_v = stats.tolist()  # the step's one host sync
+    # The head's deferred label / cu_seqlens checks (CUDA, check_values=False) are complete after that sync: raise a
+    # bad batch's error at this step, not one head call later (free: nothing is left to wait for).
+    raise_pending_value_errors(wait=True)
     return {"loss": loss_v / max(units_v, 1), "margin": margin_v / max(units_v, 1), "grad_norm": grad_norm_v,
             "lr": lr, "tokens": int(tokens_v), "units": int(units_v), "stop": stop_v > 0}
