@@ -29,7 +29,20 @@ def _runs_triton_on_cpu(item) -> bool:
     return any(isinstance(v, str) and v == "triton" for v in params.values())
 
 
+def _skip_vllm_tier_without_vllm(items) -> None:
+    """The real-engine tier needs vLLM (`make test-vllm` installs the CPU build in its own venv)."""
+    from inpo._optional import available
+
+    if available("vllm"):
+        return
+    skip = pytest.mark.skip(reason="needs vllm: run `make test-vllm` (its own venv with vLLM's CPU build)")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_collection_modifyitems(config, items):
+    _skip_vllm_tier_without_vllm(items)
     if torch.cuda.is_available():
         if os.environ.get("TRITON_INTERPRET") != "1":
             # Triton decides interpreted vs compiled per process: with a GPU the kernels are compiled, and the

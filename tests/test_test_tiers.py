@@ -51,3 +51,17 @@ def test_cuda_machine_with_the_interpreter_forced_skips_nothing(monkeypatch):
     items = _items()
     conftest.pytest_collection_modifyitems(None, list(items.values()))
     assert _skipped(items) == set()
+
+
+def test_the_vllm_tier_is_skipped_without_vllm_and_runs_with_it(monkeypatch):
+    import inpo._optional
+
+    monkeypatch.setattr(conftest.torch.cuda, "is_available", lambda: False)
+    for installed, skipped in ((False, {"vllm"}), (True, set())):
+        monkeypatch.setattr(inpo._optional, "available", lambda name, v=installed: v)
+        items = {"vllm": _Item("test_vllm"), "other": _Item("test_games")}
+        items["vllm"].keywords = {"vllm": True}
+        conftest.pytest_collection_modifyitems(None, list(items.values()))
+        assert _skipped(items) == skipped
+        if skipped:
+            assert "make test-vllm" in items["vllm"].markers[0].kwargs["reason"]
