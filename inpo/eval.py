@@ -254,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         if not math.isfinite(args.temperature) or args.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+        if args.json_out:
+            from inpo.paths import check_writable_path
+
+            check_writable_path(args.json_out, "--json", folder=False)
         policy_path = None if args.policy == "default" else args.policy
         if policy_path is not None and not Path(policy_path).is_dir():
             raise FileNotFoundError(f"--policy: model directory {policy_path!r} does not exist")
@@ -295,6 +299,14 @@ def main(argv: list[str] | None = None) -> int:
         # an embedded run's π_ref is the default built from that run's sft_seed
         baseline = load_policy(baseline_path, tokenizer=tokenizer, device=args.device,
                                default_seed=int((origin or {}).get("sft_seed") or 0))
+        import torch
+
+        for role, model, where in (("policy", policy, args.policy), ("baseline", baseline, baseline_name)):
+            bad = next((n for n, t in model.state_dict().items()
+                        if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+            if bad is not None:
+                raise ValueError(f"--{role} {where!r}: weight {bad!r} holds NaN/inf values; it cannot be sampled "
+                                 f"(a diverged training run?)")
         vp, vb = policy.config.vocab_size, baseline.config.vocab_size
         if vp != vb:
             raise ValueError(f"policy and baseline vocabularies differ ({vp} vs {vb}); they must share a tokenizer")
@@ -332,7 +344,13 @@ def main(argv: list[str] | None = None) -> int:
                   "prompts": args.prompts, "prompts_n": len(prompts), "k": args.k, "seed": args.seed, "hard": args.hard,
                   "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                   "exploitability": {e.kind: asdict(e) for e in exploit}, "environment": environment_info()}
-        _atomic_write_json(args.json_out, record)
+        try:
+            _atomic_write_json(args.json_out, record)
+        except OSError as exc:  # the result is computed: never lose it to an unwritable path
+            print(json.dumps(record, indent=2, default=str))
+            print(f"inpo eval: error: could not write --json {args.json_out!r} ({exc.strerror or exc}); the result "
+                  f"is printed above", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -41,9 +41,11 @@ from pathlib import Path
 
 import torch
 
-from inpo.train.checkpoint import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from inpo.train.checkpoint import atomic_write_text, load_latest_good_checkpoint, save_checkpoint
 from inpo.train.config import TrainConfig, config_to_yaml
-from inpo.train.loop import (RunContext, StopRun, clear_run_dir, export_final, precompute_logps, resolve_device,
+from inpo.train.loop import (LOCK_NAME, RUN_MARKER, RunContext, RunDirError, StopRun, agreed_stop_signal,
+                             check_output_dir, claim_run_dir, export_final, graceful_stop, interrupted,
+                             precompute_logps, probe_run_lock, release_run_locks, resolve_device, run_rank,
                              run_world_size, train_phase, world_is_distributed)
 
 __all__ = ["run_online", "run_offline", "run_training"]
@@ -144,18 +146,34 @@ def _setup(cfg: TrainConfig):
 
 
 def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
+    """Claim the output directory (rank 0: lock, clear a previous run on a fresh start, marker) and, with
+    --resume, load the newest checkpoint that verifies and check that it belongs to this config and data.
+    Called after every input has been validated (model, tokenizer, data, prompts, oracle): nothing is deleted
+    before the run is known to be able to start."""
     if not cfg.output:
         raise ValueError("output is required: pass --output DIR (where metrics, checkpoints and the final model go)")
     out = Path(cfg.output)
     run = RunContext(cfg=cfg, out=out, device=device)
+    run.fingerprint = run_fingerprint(cfg)
+
+    def claim():
+        previous = out.is_dir() and any(p.name not in (RUN_MARKER, LOCK_NAME) for p in out.iterdir())
+        claim_run_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
+        if previous and not cfg.resume:
+            run.print(f"[inpo] starting fresh in {out} (the previous run's files were replaced)")
+
+    _on_main(claim)
     ckpt = None
     if cfg.resume:
-        path = latest_checkpoint(out)
-        if path is None:
+        ckpt = load_latest_good_checkpoint(out, warn=run.print)
+        if ckpt is None:
             raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'} (nothing to resume; "
                                     f"run without --resume to start fresh)")
-        _check_resume_config(cfg, out)
-        ckpt = load_checkpoint(path)
+        path = ckpt["path"]
+        if "fingerprint" in ckpt["state"]:
+            _check_resume_fingerprint(ckpt["state"]["fingerprint"], run.fingerprint, path)
+        else:  # a checkpoint from before fingerprints: the saved config.yaml is all there is to compare
+            _check_resume_config(cfg, out)
         run.global_step = int(ckpt["state"]["global_step"])
         st = ckpt["state"]
         keep_iters = st["iteration"] + (1 if st["phase"] == "done" else 0)
@@ -166,11 +184,6 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
             raise ValueError(f"--resume: {path.name} was written by a run of {ckpt['world_size']} process(es), this run "
                              f"has {run_world_size()}; resume with the same number of processes (it decides each "
                              f"rank's share of the prompts and of every step)")
-    elif run.is_main:
-        if out.exists() and any(out.iterdir()):
-            run.print(f"[inpo] starting fresh in {out} (a previous run's files are replaced; --resume continues it)")
-            clear_run_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
     if run.is_main:
         atomic_write_text(out / "config.yaml", config_to_yaml(cfg))
     if world_is_distributed():
@@ -178,6 +191,23 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
 
         dist.barrier()  # rank 0 has cleared / created the output directory before anyone reads or writes it
     return run, ckpt
+
+
+def _on_main(fn) -> None:
+    """Run ``fn`` on rank 0 only; its ValueError is raised on every rank (under torchrun nobody is left waiting
+    in a collective for a rank that failed)."""
+    error: list = [None]
+    if run_rank() == 0:
+        try:
+            fn()
+        except ValueError as exc:
+            error[0] = str(exc)
+    if world_is_distributed():
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(error, src=0)
+    if error[0] is not None:
+        raise RunDirError(error[0])
 
 
 def _main_sees(path: Path) -> bool:
@@ -193,7 +223,36 @@ def _main_sees(path: Path) -> bool:
 
 # Keys a resumed run may change: where/how it runs and how far it goes, not what it computes.
 _RESUME_FREE = {"resume", "max_steps", "iterations", "progress", "threads", "output", "device", "checkpoint_every",
-                "keep_checkpoints", "evaluate", "n_bootstrap", "gen_batch_size"}
+                "keep_checkpoints", "evaluate", "n_bootstrap", "gen_batch_size", "overwrite"}
+# File-valued keys whose content (not only their path) a resumed run must share.
+_FINGERPRINT_FILES = ("data", "prompts", "eval_prompts")
+
+
+def run_fingerprint(cfg: TrainConfig) -> dict:
+    """What a checkpoint must share with the run that resumes it: every config key that decides what is computed
+    and the sha256 of the data / prompt files (stored in every checkpoint's state)."""
+    import hashlib
+
+    config = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
+    files = {}
+    for key in _FINGERPRINT_FILES:
+        value = getattr(cfg, key)
+        if value and value != "default" and Path(value).is_file():
+            files[key] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
+    return {"config": config, "files": files}
+
+
+def _check_resume_fingerprint(saved: dict, now: dict, path: Path) -> None:
+    changed = [f"{k}: {saved['config'][k]!r} -> {v!r}" for k, v in sorted(now["config"].items())
+               if k in saved.get("config", {}) and saved["config"][k] != v]
+    for key in sorted(set(saved.get("files", {})) | set(now["files"])):
+        a, b = saved.get("files", {}).get(key), now["files"].get(key)
+        if a != b:
+            changed.append(f"the content of {key} file {now['config'].get(key)!r} "
+                           f"(sha256 {str(a)[:12]} -> {str(b)[:12]})")
+    if changed:
+        raise ValueError(f"--resume: {path.name} was written with other settings or data ({'; '.join(changed)}); "
+                         f"resume with the same settings and files, or start a new run in another --output")
 
 
 def _check_resume_config(cfg: TrainConfig, out: Path) -> None:
@@ -279,15 +338,36 @@ def _eval_prompts(cfg: TrainConfig) -> list:
 
 # -- one iteration's phases ----------------------------------------------------------------------------------
 
-def _sampler(cfg: TrainConfig, model, tokenizer):
-    from inpo.generation import make_sampler
+class _RunSampler:
+    """The run's one sampler, built on first use; ``sampler(model)`` points it at ``model``'s current weights
+    (π_t, π_{t+1}, π_ref) and returns it. With vLLM that is one engine for the whole run whose weights are reloaded
+    in place; ``close()`` (the ``with`` block's end) shuts it down."""
 
-    extra = {} if cfg.max_prompt_length is None else {"max_prompt_length": cfg.max_prompt_length}
-    return make_sampler(cfg.sampler, model, tokenizer, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size, **extra)
+    def __init__(self, cfg: TrainConfig, tokenizer):
+        self.cfg, self.tokenizer, self.sampler = cfg, tokenizer, None
+
+    def __call__(self, model):
+        from inpo.generation import make_sampler
+
+        cfg = self.cfg
+        if self.sampler is None:
+            self.sampler = make_sampler(cfg.sampler, model, self.tokenizer, max_new_tokens=cfg.max_new_tokens,
+                                        temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size,
+                                        dtype=cfg.sampler_dtype, max_prompt_length=cfg.max_prompt_length)
+        else:
+            self.sampler.set_policy(model)
+        return self.sampler
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
 
 
-def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict) -> tuple[list[dict], dict]:
+def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict, sampler) -> tuple[list[dict], dict]:
     """iter_t/samples.jsonl (K responses per prompt) and iter_t/data.jsonl (pairs, or SPPO's scored samples)."""
     d = run.out / f"iter_{t:03d}"
     samples_path, data_path = d / "samples.jsonl", d / "data.jsonl"
@@ -301,7 +381,7 @@ def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict) -> t
         prompts = _prompt_sets(cfg, t)
         _encode_checked(tokenizer, prompts, cfg)
         t0 = time.perf_counter()
-        responses = _sampler(cfg, policy, tokenizer).sample(prompts, cfg.k, seed=cfg.seed * 7919 + t)
+        responses = sampler(policy).sample(prompts, cfg.k, seed=cfg.seed * 7919 + t)
         times["generate_s"] = time.perf_counter() - t0
         _write_jsonl(samples_path, [{"prompt": p, "responses": r} for p, r in zip(prompts, responses)])
     t0 = time.perf_counter()
@@ -356,7 +436,8 @@ def _load_full_weights(model, plain) -> None:
                            f"unexpected {sorted(unexpected)}")
 
 
-def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times: dict) -> tuple[list[dict], dict]:
+def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times: dict,
+                                   sampler) -> tuple[list[dict], dict]:
     """Rank r samples and ranks its block of the prompts with ``plain`` (π_t's full weights); the blocks are
     gathered in rank (= prompt) order so every rank holds the same data. Rank 0 writes the iteration's files."""
     import torch.distributed as dist
@@ -371,7 +452,7 @@ def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times:
     mine = prompts[lo:hi]
     t0 = time.perf_counter()
     seed = cfg.seed * 7919 + t + _RANK_SEED_STRIDE * rank
-    responses = _sampler(cfg, plain, tokenizer).sample(mine, cfg.k, seed=seed) if mine else []
+    responses = sampler(plain).sample(mine, cfg.k, seed=seed) if mine else []
     times["generate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if mine:
@@ -452,7 +533,7 @@ def _side_inputs(cfg, objective, logps: dict, data: list[dict]) -> dict:
     return side
 
 
-def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle) -> dict:
+def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle, sampler) -> dict:
     from inpo.eval import win_rate
 
     prompts = _eval_prompts(cfg)
@@ -460,10 +541,10 @@ def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle) -> dict:
     if base_path.is_file():
         base = [r["responses"] for r in _read_jsonl(base_path)]
     else:  # π_ref never changes: its responses are sampled once per run, with the same seed as the policy's
-        base = _sampler(cfg, ref, tokenizer).sample(prompts, cfg.eval_k, seed=cfg.eval_seed)
+        base = sampler(ref).sample(prompts, cfg.eval_k, seed=cfg.eval_seed)
         if run.is_main:
             _write_jsonl(base_path, [{"prompt": p, "responses": y} for p, y in zip(prompts, base)])
-    pol = _sampler(cfg, policy, tokenizer).sample(prompts, cfg.eval_k, seed=cfg.eval_seed)
+    pol = sampler(policy).sample(prompts, cfg.eval_k, seed=cfg.eval_seed)
     if run.is_main:
         _write_jsonl(run.out / f"iter_{t:03d}" / "eval_responses.jsonl",
                      [{"prompt": p, "responses": y} for p, y in zip(prompts, pol)])
@@ -486,7 +567,7 @@ def _exploitability_record(cfg, oracle, prompts, responses) -> dict:
     return out
 
 
-def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle) -> dict:
+def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle, sampler) -> dict:
     """Under torchrun: rank 0 evaluates the twin (π_{t+1}'s full weights) and broadcasts the result; the other
     ranks wait in the broadcast. An error on rank 0 is re-raised on every rank (nobody hangs)."""
     import torch.distributed as dist
@@ -495,7 +576,7 @@ def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle) -> dic
     box: list = [None]
     if run.is_main:
         try:
-            box[0] = _evaluate(cfg, run, t, plain, ref, tokenizer, oracle)
+            box[0] = _evaluate(cfg, run, t, plain, ref, tokenizer, oracle, sampler)
         except Exception as exc:  # noqa: BLE001 - forwarded to every rank below
             box[0] = {"__error__": f"{type(exc).__name__}: {exc}"}
     dist.broadcast_object_list(box, src=0)
@@ -517,6 +598,22 @@ def _export(run, policy, tokenizer) -> Path:
 
 # -- the loops --------------------------------------------------------------------------------------------------
 
+def _releasing_run_locks(fn):
+    """The output directory's lock is released when ``fn`` returns or raises (callers such as the iteration
+    bench call run_online directly, several runs in one process)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_run_locks()
+
+    return wrapper
+
+
+@_releasing_run_locks
 def run_online(config: TrainConfig) -> list[dict]:
     """The T-iteration online loop. Returns the per-iteration records (also in ``<out>/metrics.jsonl``)."""
     from inpo.oracles import make_oracle
@@ -534,11 +631,18 @@ def run_online(config: TrainConfig) -> list[dict]:
     train_pool, held_out = prompt_pools(cfg)  # a bad prompts file fails before the run dir is touched
     if not train_pool or (cfg.evaluate and not held_out):
         raise ValueError(f"prompts {cfg.prompts!r}: no {'training' if not train_pool else 'held-out'} prompts left")
+    # Every input is checked before _begin_run touches the output directory: the prompt files (above), the oracle,
+    # that iteration 0's prompts fit the token budget, the sampler backend.
+    oracle = make_oracle(cfg.oracle, device=str(device), seed=cfg.seed)
+    _encode_checked(tokenizer, _prompt_sets(cfg, 0), cfg)
+    if cfg.sampler == "vllm":
+        from inpo._optional import require
+
+        require("vllm")
     run, ckpt = _begin_run(cfg, device)
     run.print(f"[inpo] {cfg.default_notes()}")
     run.n_params = sum(p.numel() for p in policy.parameters())
     objective = cfg.make_objective()
-    oracle = make_oracle(cfg.oracle, device=str(device), seed=cfg.seed)
     aux = None
     if objective.name == "onpo":  # ONPO's auxiliary chain π', π'_0 = π_ref; sharded like the policy under torchrun
         aux = copy.deepcopy(ref).requires_grad_(True)
@@ -561,9 +665,11 @@ def run_online(config: TrainConfig) -> list[dict]:
             resume_phase = "eval"
     run.print(f"[inpo] {objective!r}, {cfg.iterations} iterations, K={cfg.k}, oracle={cfg.oracle}, device={device}")
     records = [r for r in run.records if r.get("kind") == "iteration"]
-    with _progress(cfg) as progress:
+    with _RunSampler(cfg, tokenizer) as sampler, _progress(cfg) as progress:  # one sampler (engine) per run
         run.progress = progress
         for t in range(start_iter, cfg.iterations):
+            if t > start_iter and agreed_stop_signal(device) is not None:  # iteration t-1's checkpoint is written
+                raise interrupted(f"after iteration {t - 1}")
             if cfg.max_steps is not None and run.global_step >= cfg.max_steps and resume_phase != "eval":
                 raise StopRun(f"max_steps={cfg.max_steps} reached after iteration {t - 1}")
             times: dict = {}
@@ -572,9 +678,9 @@ def run_online(config: TrainConfig) -> list[dict]:
                 if distributed:
                     _load_full_weights(policy, plain)
                     data, rank_stats = _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle,
-                                                                      times)
+                                                                      times, sampler)
                 else:
-                    data, rank_stats = _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times)
+                    data, rank_stats = _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times, sampler)
                 pairwise = objective.pairwise
                 seqs, data = _sequences(tokenizer, data, pairwise, cfg, run)
                 logps_path = run.out / f"iter_{t:03d}" / "logps.safetensors"
@@ -603,8 +709,8 @@ def run_online(config: TrainConfig) -> list[dict]:
                                 resume_ckpt=ckpt if resume_phase == "train" else None)
                 times["train_s"] = time.perf_counter() - t0
                 save_checkpoint(run.out, model=policy, state={"iteration": t, "phase": "done",
-                                "global_step": run.global_step}, extra_models={"aux": aux} if aux is not None else None,
-                                keep=cfg.keep_checkpoints)
+                                "global_step": run.global_step, "fingerprint": run.fingerprint},
+                                extra_models={"aux": aux} if aux is not None else None, keep=cfg.keep_checkpoints)
             else:
                 rank_stats = json.loads((run.out / f"iter_{t:03d}" / "rank_stats.json").read_text())
             resume_phase, resume_step, ckpt = None, 0, None
@@ -615,9 +721,9 @@ def run_online(config: TrainConfig) -> list[dict]:
             if cfg.evaluate:
                 t0 = time.perf_counter()
                 if distributed:
-                    rec.update(_evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle))
+                    rec.update(_evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle, sampler))
                 else:
-                    rec.update(_evaluate(cfg, run, t, policy, ref, tokenizer, oracle))
+                    rec.update(_evaluate(cfg, run, t, policy, ref, tokenizer, oracle, sampler))
                 rec["eval_s"] = time.perf_counter() - t0
             rec["wall_s"] = time.perf_counter() - t_iter
             run.log(rec)
@@ -627,6 +733,8 @@ def run_online(config: TrainConfig) -> list[dict]:
                           f"[{rec['win_rate_ci_low']:.3f}, {rec['win_rate_ci_high']:.3f}]  "
                           f"pairs {rec['pairs']}  oracle queries {rec['oracle_queries']}  {rec['wall_s']:.1f} s")
     run.progress = None
+    if agreed_stop_signal(device) is not None:
+        raise interrupted("before the final export")
     _export(run, policy, tokenizer)
     return records
 
@@ -651,6 +759,7 @@ def _onpo_iteration(cfg, run, t, policy, aux, seqs, logps, objective, ckpt, resu
                 resume_ckpt=ckpt if resume_phase == "train" else None, extra_models={"aux": aux})
 
 
+@_releasing_run_locks
 def run_offline(config: TrainConfig) -> list[dict]:
     """Train on a JSONL file of TRL-style ``{"prompt", "chosen", "rejected"}`` records (one pass of
     ``epochs`` epochs). INPO runs with π_t = π_ref; DPO/IPO use π_ref as the reference."""
@@ -698,8 +807,8 @@ def run_offline(config: TrainConfig) -> list[dict]:
         summary = train_phase(run, policy, seqs, _side_inputs(cfg, objective, logps, records), objective, iteration=0,
                               start_step=ckpt["state"]["iter_step"] if ckpt else 0, resume_ckpt=ckpt)
     run.progress = None
-    save_checkpoint(run.out, model=policy, state={"iteration": 0, "phase": "done", "global_step": run.global_step},
-                    keep=cfg.keep_checkpoints)
+    save_checkpoint(run.out, model=policy, state={"iteration": 0, "phase": "done", "global_step": run.global_step,
+                                                  "fingerprint": run.fingerprint}, keep=cfg.keep_checkpoints)
     rec = {"kind": "iteration", "iteration": 0, "pairs": len(records), "oracle_queries": 0,
            "precompute_s": precompute_s, "train_s": time.perf_counter() - t0, "step": run.global_step,
            "final_loss": summary["last"].get("loss")}
@@ -710,5 +819,12 @@ def run_offline(config: TrainConfig) -> list[dict]:
 
 def run_training(config: TrainConfig) -> list[dict]:
     """Online iterations, or offline training when ``config.data`` names a JSONL file. ``StopRun`` at
-    ``max_steps`` propagates after its checkpoint."""
-    return run_offline(config) if config.data else run_online(config)
+    ``max_steps`` propagates after its checkpoint; so does :class:`~inpo.train.loop.Interrupted` after SIGINT /
+    SIGTERM (the run stops at the next step boundary with a checkpoint). The output directory's lock is released
+    on the way out, whatever happens."""
+    if config.output:  # before the model loads: an output we could not use fails in a second, nothing touched
+        out = Path(config.output)
+        _on_main(lambda: (check_output_dir(out, resume=config.resume, overwrite=config.overwrite),
+                          probe_run_lock(out)))
+    with graceful_stop():
+        return run_offline(config) if config.data else run_online(config)

@@ -193,6 +193,9 @@ def test_resume_with_another_world_size_is_refused(model_dir, tmp_path):
     meta = json.loads(state_file.read_text())
     assert meta["world_size"] == 1
     meta["world_size"] = 2  # as if a 2-process torchrun run had written it
+    from inpo.train.checkpoint import _meta_digest
+
+    meta["meta_sha256"] = _meta_digest(meta)  # state.json carries its own checksum: re-seal the edited copy
     state_file.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"2 process\(es\), this run has 1.*same number of processes"):
         from inpo.online import run_online

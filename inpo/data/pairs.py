@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from inpo.data.chat import normalize_pair
+from inpo.data.textio import utf8_open
 
 __all__ = ["load_pairs", "REQUIRED_FIELDS"]
 
@@ -33,7 +34,7 @@ def load_pairs(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"pairs file not found: {str(path)!r} (expected JSONL with prompt/chosen/rejected)")
     out = []
-    with path.open(encoding="utf-8") as fh:
+    with utf8_open(path, what="pairs file") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue

@@ -23,6 +23,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from inpo.data.textio import utf8_open
+
 __all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
            "SPLITS", "EVAL_FRACTION"]
 
@@ -107,7 +109,7 @@ def load_prompts(path: str | os.PathLike) -> list:
     if suffix not in (".txt", ".jsonl"):
         raise ValueError(f"prompts file {str(path)!r}: unsupported extension {suffix!r}; use .txt or .jsonl")
     prompts: list = []
-    with path.open(encoding="utf-8") as fh:
+    with utf8_open(path, what="prompts file") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
             if not line:

@@ -9,9 +9,13 @@ bands over seeds) and ``DIR/report.md`` (gap at T and fitted log-log slopes with
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
+
+from inpo.paths import check_writable_path
 
 from .core import GAMES
 from .report import fmt_ci, md_table, plot_gap_curves, write_json, write_text
@@ -38,16 +42,49 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _memory_estimate(args) -> int:
+    """Bytes the sweep holds at once (float64): the game ([C,] n, n) with the working copies a mixture needs,
+    and every iterate of one trajectory (T+1 policies over [C,] n)."""
+    n = 3 if args.game == "rps" else args.n
+    c = args.contexts or 1
+    return 8 * c * (3 * n * n + 2 * (args.iters + 1) * n)
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
     for name, low in (("iters", 1), ("seeds", 1), ("n", 2)):
         if getattr(args, name) < low:
             ap.error(f"--{name} must be an int >= {low}, got {getattr(args, name)}")
-    if not args.step > 0:
-        ap.error(f"--step must be > 0, got {args.step}")
+    if args.contexts is not None and args.contexts < 1:
+        ap.error(f"--contexts must be an int >= 1 (one game per prompt), got {args.contexts}")
+    if not (math.isfinite(args.step) and args.step > 0):
+        ap.error(f"--step must be > 0 and finite, got {args.step}")
     if not 0 <= args.tau_ratio <= 1:
         ap.error(f"--tau-ratio must be in [0, 1], got {args.tau_ratio}")
+    try:
+        check_writable_path(args.out, "--out", folder=True)
+    except ValueError as exc:
+        ap.error(str(exc))
+    need, have = _memory_estimate(args), _available_memory()
+    if have is not None and need > 0.8 * have:
+        ap.error(f"--game {args.game} --n {args.n}{f' --contexts {args.contexts}' if args.contexts else ''} --iters "
+                 f"{args.iters} needs about {need / 2**30:.1f} GiB (the n x n game matrix and the iterates), more "
+                 f"than 80% of the {have / 2**30:.1f} GiB available; lower --n, --contexts or --iters")
     try:
         specs = make_specs([a for a in args.algos.split(",") if a.strip()], step=args.step,
                            tau_ratio=args.tau_ratio, schedule=args.schedule)

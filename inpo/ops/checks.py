@@ -40,6 +40,8 @@ def check_head_inputs(
         raise ValueError(f"weight must be 2-D [V, H] (nn.Linear layout), got shape {tuple(weight.shape)}")
     n, h = hidden.shape
     v = weight.shape[0]
+    if v == 0:
+        raise ValueError(f"weight must be [V, H] with V >= 1 (the vocabulary), got shape {tuple(weight.shape)}")
     if weight.shape[1] != h:
         raise ValueError(f"weight must be [V, H] with H={h} (hidden's last dim), got shape {tuple(weight.shape)}")
     if hidden.dtype not in FLOAT_DTYPES:

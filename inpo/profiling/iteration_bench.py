@@ -215,7 +215,7 @@ def run_algorithm(name: str, cfg: IterationBenchConfig, work: Path, model_dir: s
 
     out = work / (run_name or f"run-{name}")
     tc = TrainConfig(output=str(out), seed=cfg.seed, device=cfg.device or "auto", model=model_dir,
-                     iterations=cfg.iterations, evaluate=False, progress=False,
+                     iterations=cfg.iterations, evaluate=False, progress=False, overwrite=True,  # its own work dir
                      **{**cfg.train, **ALGORITHMS[name]}).validate()
     device = resolve_device(tc.device)
     reset_peak_memory(device)

@@ -14,6 +14,7 @@ single process and FSDP2; only rank 0 writes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -27,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "restore_training_state", "atomic_write_text",
-           "atomic_write_bytes", "CheckpointError"]
+           "atomic_write_bytes", "CheckpointError", "load_latest_good_checkpoint"]
 
 
 class CheckpointError(ValueError):
@@ -124,6 +125,30 @@ def _set_rng_state(tensors: dict, meta: dict) -> None:
         random.setstate((v, tuple(st), g))
 
 
+# -- integrity -------------------------------------------------------------------------------------------------
+
+def _sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _meta_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _first_non_finite(*state_dicts: dict) -> str | None:
+    """The name of the first floating tensor holding a NaN/inf, or None when every one is finite."""
+    for sd in state_dicts:
+        for k, v in sd.items():
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                return k
+    return None
+
+
 # -- save / load --------------------------------------------------------------------------------------------
 
 def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: dict, extra_models: dict | None = None,
@@ -136,6 +161,15 @@ def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: di
     """
     msd, osd = _full_state(model, optimizer)
     extras = {name: _full_state(m)[0] for name, m in (extra_models or {}).items()}
+    bad = _first_non_finite(msd, *extras.values()) if _rank() == 0 else None
+    if dist.is_available() and dist.is_initialized() and _world_size() > 1:
+        box = [bad]
+        dist.broadcast_object_list(box, src=0)  # every rank refuses together (no rank left in a collective)
+        bad = box[0]
+    if bad is not None:
+        where = ", ".join(f"{k} {state[k]}" for k in ("iteration", "phase", "global_step") if k in state)
+        raise CheckpointError(f"refusing to write a checkpoint ({where}): weight {bad!r} is not finite (NaN/inf); "
+                              f"the previous checkpoints are kept")
     if _rank() != 0:
         return None
     root = Path(run_dir) / "checkpoints"
@@ -156,7 +190,10 @@ def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: di
         meta["scheduler"] = scheduler.state_dict()
     rng_t, meta["rng"] = _rng_state()
     save_file(rng_t, tmp / "rng.safetensors")
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=float))
+    meta["checksums"] = {f.name: _sha256_file(f) for f in sorted(tmp.iterdir()) if f.suffix == ".safetensors"}
+    meta = json.loads(json.dumps(meta, default=float))  # the JSON form, so that the digest below reads back equal
+    meta["meta_sha256"] = _meta_digest(meta)
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
     for f in tmp.iterdir():
         _fsync_file(f)
     final = root / name
@@ -187,6 +224,30 @@ def latest_checkpoint(run_dir) -> Path | None:
     return path
 
 
+def load_latest_good_checkpoint(run_dir, warn=print) -> dict | None:
+    """The newest checkpoint of a run that loads and verifies: ``latest`` first, then the older ones, newest
+    first, each failure reported through ``warn``. None when the run has no checkpoint; CheckpointError when
+    none of them is readable."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if not pointer.is_file():
+        return None
+    named = pointer.read_text(errors="replace").strip()
+    others = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("ckpt-") and p.name != named),
+                    reverse=True)
+    candidates = ([root / named] if named else []) + others
+    problems = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path)
+        except (CheckpointError, FileNotFoundError) as exc:
+            problems.append(f"{path.name}: {exc}")
+            warn(f"[inpo] warning: checkpoint {path.name} is unusable ({exc}); trying the previous one")
+            continue
+        return ckpt
+    raise CheckpointError(f"no usable checkpoint under {root}: " + "; ".join(problems))
+
+
 def load_checkpoint(path) -> dict:
     """Read a checkpoint directory → dict(state, model, optimizer, scheduler, rng, extra_models, world_size), all on
     CPU (``world_size`` is that of the run that wrote it; 1 for checkpoints older than the field).
@@ -197,19 +258,26 @@ def load_checkpoint(path) -> dict:
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
 
+    try:
+        meta = json.loads((path / "state.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint file {str(path / 'state.json')!r} is missing or corrupt ({exc})") from exc
+    if not isinstance(meta, dict) or ("meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta)):
+        raise CheckpointError(f"checkpoint file {str(path / 'state.json')!r} is corrupt (checksum mismatch)")
+    sums = meta.get("checksums", {})  # absent in checkpoints written before checksums existed
+
     def read(fname):
         f = path / fname
         if not f.is_file():
             raise CheckpointError(f"checkpoint file {str(f)!r} is missing")
+        if fname in sums and _sha256_file(f) != sums[fname]:
+            raise CheckpointError(f"checkpoint file {str(f)!r} is corrupt or truncated: its sha256 differs from the "
+                                  f"one recorded when it was written")
         try:
             return load_file(str(f))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint file {str(f)!r} is corrupt or truncated ({exc})") from exc
 
-    try:
-        meta = json.loads((path / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint file {str(path / 'state.json')!r} is missing or corrupt ({exc})") from exc
     out = {"state": meta["state"], "model": read("model.safetensors"), "scheduler": meta.get("scheduler"),
            "rng": (read("rng.safetensors"), meta.get("rng", {})), "path": path,
            "extra_models": {n: read(f"{n}.safetensors") for n in meta.get("extra_models", [])},

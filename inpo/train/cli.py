@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(_help())
         return 0
+    given = list(argv)
     config_path = None
     if "--config" in argv:
         i = argv.index("--config")
@@ -74,6 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"inpo train: error: {exc}", file=sys.stderr)
         return 2
+    return _run(cfg, given)
+
+
+def _resume_command(given: list[str]) -> str:
+    import shlex
+
+    args = [a for a in given if a not in ("--resume", "--overwrite")]
+    return "inpo train " + shlex.join(args + ["--resume"])
+
+
+def _run(cfg: TrainConfig, given: list[str]) -> int:
     from rich.console import Console
 
     from inpo.train.distributed import distributed_session
@@ -84,18 +96,30 @@ def main(argv: list[str] | None = None) -> int:
             console.print("[bold]inpo train[/bold] config:")
             console.print(config_to_yaml(cfg), end="", markup=False, highlight=False)
         from inpo.online import run_training
-        from inpo.train.loop import StopRun
+        from inpo.train.checkpoint import CheckpointError
+        from inpo.train.loop import Interrupted, StopRun, TrainingDiverged
 
         t0 = time.perf_counter()
         try:
             records = run_training(cfg)
+        except Interrupted as stop:
+            if is_main:
+                print(f"[inpo] {stop}; checkpoint written. Continue with:\n  {_resume_command(given)}",
+                      file=sys.stderr, flush=True)
+            return stop.exit_code
         except StopRun as stop:
             if is_main:
                 console.print(f"[inpo] {stop}; checkpoint written -- continue with --resume")
             return 0
-        except (ValueError, FileNotFoundError, NotImplementedError) as exc:
+        except (TrainingDiverged, CheckpointError) as exc:
+            print(f"inpo train: error: {exc}", file=sys.stderr)
+            return 1
+        except (ValueError, FileNotFoundError, NotImplementedError, ImportError) as exc:
             print(f"inpo train: error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # disk full, permission lost mid-run...: a message, not a traceback
+            print(f"inpo train: error: {exc}", file=sys.stderr)
+            return 1
         if is_main:
             if any("win_rate" in r for r in records):
                 _table(records, console)

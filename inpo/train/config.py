@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import yaml
 
+from inpo.data.textio import read_utf8
 from inpo.objectives import OBJECTIVES, Objective, make_objective
 from inpo.ops.checks import check_grad_filter
 
@@ -89,7 +91,8 @@ class TrainConfig:
     k: int = 8  # responses sampled per prompt (the paper's K; best/worst by the oracle's tournament)
     oracle: str = "synthetic"  # synthetic | reward:PATH | pairwise:PATH
     pair_strategy: str = "best_worst"  # best_worst | random
-    sampler: str = "hf"  # hf | vllm | auto
+    sampler: str = "hf"  # hf | vllm | auto (inpo.generation.auto_backend: the faster one where measured)
+    sampler_dtype: str = "policy"  # vLLM engine dtype: policy (the policy's own) | float32 | bfloat16 | float16
     max_new_tokens: int | None = None  # None: 24 for the embedded task, 64 with model=DIR
     temperature: float = 1.0
     top_p: float = 1.0
@@ -125,6 +128,7 @@ class TrainConfig:
     head_deterministic: bool | None = None  # fixed-order head backward; None = on (--resume continues bit-exactly), false = the atomic backward (faster on GPU, last bits vary run to run)
     progress: bool = True  # rich progress bars
     threads: int | None = None  # CPU intra-op threads; None = 1 for the tiny default model on CPU, else torch's
+    overwrite: bool = False  # a fresh start may replace a previous run (checkpoints, final/) in output
 
     # ------------------------------------------------------------------
     @property
@@ -202,10 +206,13 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be > 0 or null, got {v!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if self.checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
+        self._validate_ranges()
+        from inpo.generation.base import BACKENDS, DTYPES
+
+        if self.sampler not in BACKENDS:
+            raise ValueError(f"sampler must be one of {', '.join(BACKENDS)}, got {self.sampler!r}")
+        if self.sampler_dtype not in DTYPES:
+            raise ValueError(f"sampler_dtype must be one of {', '.join(DTYPES)}, got {self.sampler_dtype!r}")
         if self.chat_template not in ("auto", "none"):
             raise ValueError(f"chat_template must be 'auto' (the tokenizer's) or 'none' (plain text for a base model), "
                              f"got {self.chat_template!r}")
@@ -229,6 +236,45 @@ class TrainConfig:
             raise ValueError("objective 'onpo' is an online method (two regressions per iteration); offline, use "
                              "dpo, ipo or inpo")
         return self
+
+    def _validate_ranges(self) -> None:
+        """Every numeric key in its meaningful range, before anything is loaded or written: a negative
+        max_grad_norm flips the gradient, a negative min_lr_ratio or weight_decay inverts the update, NaN/inf
+        poisons every step."""
+        def finite(name, lo=None, hi=None, *, lo_open=False, hi_open=False):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and math.isfinite(v)
+            if ok and lo is not None:
+                ok = v > lo if lo_open else v >= lo
+            if ok and hi is not None:
+                ok = v < hi if hi_open else v <= hi
+            if not ok:
+                left = "(" if lo_open else "["
+                right = ")" if hi_open or hi is None else "]"
+                span = f"{left}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{right}"
+                raise ValueError(f"{name} must be a finite number in {span}, got {v!r}")
+
+        finite("lr", 0, lo_open=True)
+        finite("max_grad_norm", 0, lo_open=True)
+        finite("weight_decay", 0)
+        finite("warmup_ratio", 0, 1, hi_open=True)
+        finite("min_lr_ratio", 0, 1)
+        finite("temperature", 0)
+        finite("top_p", 0, 1, lo_open=True)
+        for i, b in enumerate(self.betas):
+            if not (isinstance(b, (int, float)) and math.isfinite(b) and 0 <= b < 1):
+                raise ValueError(f"betas[{i}] must be a finite number in [0, 1), got {b!r}")
+        if self.n_bootstrap < 1:
+            raise ValueError(f"n_bootstrap must be >= 1, got {self.n_bootstrap!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or null (torch's default), got {self.threads!r}")
+        dev = self.device
+        if dev not in ("auto", "cpu", "cuda") and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {dev!r}")
+        if self.output is not None and not str(self.output).strip():
+            raise ValueError("output must be a directory path, got an empty string")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -385,15 +431,32 @@ def parse_overrides(argv: list[str]) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1}, again on line "
+                                f"{key_node.start_mark.line + 1}); give each key once", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """Defaults, then the YAML file (a flat mapping of keys), then the overrides; validated."""
     cfg = TrainConfig()
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"config file {str(p)!r} is a folder, not a YAML file; pass --config FILE.yaml")
         if not p.is_file():
             raise FileNotFoundError(f"config file {str(p)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.load(read_utf8(p, what="config file"), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as exc:
             raise ValueError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):

@@ -10,6 +10,7 @@ one bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,7 +30,8 @@ from inpo.train.checkpoint import atomic_write_text, save_checkpoint
 from inpo.train.optim import cosine_schedule, make_optimizer
 from inpo.train.step import sequence_logps_of, train_step
 
-__all__ = ["RunContext", "train_phase", "precompute_logps", "StopRun", "peak_memory_bytes", "resolve_device"]
+__all__ = ["RunContext", "train_phase", "precompute_logps", "StopRun", "Interrupted", "TrainingDiverged",
+           "graceful_stop", "peak_memory_bytes", "resolve_device"]
 
 # Dense bf16 peak FLOP/s for MFU (GPU only; CPU has no meaningful single number). SXM parts; the PCIe / NVL
 # boards share the slug but not the clocks (H100 PCIe 756, H100/H200 NVL 835 TFLOP/s).
@@ -51,6 +53,77 @@ def peak_bf16_flops(name: str | None = None) -> float | None:
 
 class StopRun(Exception):
     """Raised when ``max_steps`` is reached: the run stops cleanly after a checkpoint."""
+
+
+class Interrupted(StopRun):
+    """SIGINT/SIGTERM: the run stopped at a step boundary after a checkpoint; exit code 128 + signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient norm: the run stops at that step; the last good checkpoint is kept."""
+
+
+# -- graceful stop on SIGINT / SIGTERM -----------------------------------------------------------------------
+
+_SIGNALS: list[int] = []  # signals received since graceful_stop() was entered
+
+
+def stop_signal() -> int | None:
+    """The first SIGINT/SIGTERM received under :func:`graceful_stop`, or None."""
+    return _SIGNALS[0] if _SIGNALS else None
+
+
+def agreed_stop_signal(device) -> int | None:
+    """:func:`stop_signal`, agreed by every rank under torchrun (one tiny all-reduce), so that all ranks stop at
+    the same boundary."""
+    sig = stop_signal()
+    if not world_is_distributed():
+        return sig
+    t = torch.tensor([float(sig or 0)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item()) or None
+
+
+@contextlib.contextmanager
+def graceful_stop():
+    """Within this block SIGINT and SIGTERM do not kill the run: they ask it to stop at the next step boundary
+    (the training loop writes a checkpoint and raises :class:`Interrupted`). A second SIGINT aborts at once
+    (KeyboardInterrupt). A no-op outside the main thread, where Python cannot install signal handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if _SIGNALS and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not _SIGNALS:
+            print(f"\n[inpo] {signal.Signals(signum).name}: stopping at the next step boundary with a checkpoint "
+                  f"(Ctrl-C again aborts at once, without one)", file=sys.stderr, flush=True)
+        _SIGNALS.append(signum)
+
+    _SIGNALS.clear()
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _SIGNALS.clear()
+
+
+def interrupted(where: str) -> Interrupted:
+    import signal
+
+    sig = stop_signal() or signal.SIGTERM
+    return Interrupted(f"stopped by {signal.Signals(sig).name} {where}", sig)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,6 +161,7 @@ class RunContext:
     progress: object = None
     n_params: int = 0
     records: list = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)  # config + data hashes, stored in every checkpoint's state
 
     @property
     def is_main(self) -> bool:
@@ -208,7 +282,8 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
             torch.cuda.reset_peak_memory_stats(run.device)
         t0 = time.perf_counter()
         stats = train_step(model, micro, objective, optimizer, scheduler, side, max_grad_norm=cfg.max_grad_norm,
-                           impl=cfg.impl, global_units=len(units), head_options=cfg.head_options())
+                           impl=cfg.impl, global_units=len(units), head_options=cfg.head_options(),
+                           stop_requested=lambda: stop_signal() is not None)
         dt = time.perf_counter() - t0
         run.global_step += 1
         rec = {"kind": "step", "step": run.global_step, "iteration": iteration, "phase": phase, "epoch": epoch,
@@ -221,13 +296,24 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
                 rec["mfu"] = 6.0 * run.n_params * stats["tokens"] / dt / (peak * world)
         run.log(rec)
         last = rec
+        if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
+            raise TrainingDiverged(
+                f"non-finite training at step {run.global_step} (iteration {iteration} {phase}, step {s + 1}/{total}): "
+                f"loss {stats['loss']}, grad norm {stats['grad_norm']}, lr {stats['lr']:.3g}; stopped without "
+                f"writing a checkpoint (the last good one is kept: --resume continues from it). Lower lr or "
+                f"max_grad_norm, or check the data")
         if task is not None:
             run.progress.update(task, advance=1, description=f"iter {iteration} {phase} loss {stats['loss']:.3f}")
-        state = {"iteration": iteration, "phase": phase, "iter_step": s + 1, "global_step": run.global_step}
+        state = {"iteration": iteration, "phase": phase, "iter_step": s + 1, "global_step": run.global_step,
+                 "fingerprint": run.fingerprint}
         stop = cfg.max_steps is not None and run.global_step >= cfg.max_steps
-        if s + 1 < total and (stop or (cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0)):
+        signalled = stats["stop"] and s + 1 < total  # at a phase's end the caller's "done" checkpoint comes first
+        if s + 1 < total and (stop or signalled or
+                              (cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0)):
             save_checkpoint(run.out, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
                             extra_models=extra_models, keep=cfg.keep_checkpoints)
+        if signalled:
+            raise interrupted(f"at step {run.global_step} (iteration {iteration} {phase}, step {s + 1}/{total})")
         if stop and s + 1 < total:
             raise StopRun(f"max_steps={cfg.max_steps} reached at iteration {iteration}, step {s + 1}/{total}")
     if task is not None:
@@ -247,8 +333,134 @@ def _pack_units(seqs, units: list[int], max_tokens: int, pairwise: bool):
     return batches
 
 
+# -- the run directory: ownership marker, exclusive lock, clearing ---------------------------------------------
+
+RUN_MARKER = ".inpo-run"  # written into every run directory: only a directory holding it is ever cleared
+LOCK_NAME = ".inpo.lock"  # flock'ed by the trainer that owns the directory, for as long as it runs
+_OWN_FILES = (RUN_MARKER, LOCK_NAME)
+
+
+class RunDirError(ValueError):
+    """The output directory cannot be used as asked (a file, not writable, not an inpo run, in use...)."""
+
+
+def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is written, an output that cannot hold a run or whose files a fresh start would
+    destroy: a file, a path under a file, a folder we may not write, a non-empty folder that is not an inpo run
+    (no marker: e.g. ``--output .``), and a previous run with checkpoints or ``final/`` unless ``overwrite``."""
+    from inpo.paths import check_writable_path
+
+    try:
+        check_writable_path(out, "output", folder=True)
+    except ValueError as exc:
+        raise RunDirError(str(exc)) from None
+    if resume or not out.is_dir():
+        return
+    entries = [p for p in out.iterdir() if p.name not in _OWN_FILES]
+    if not entries:
+        return
+    if not (out / RUN_MARKER).is_file():
+        shown = ", ".join(sorted(p.name for p in entries)[:5]) + (", ..." if len(entries) > 5 else "")
+        raise RunDirError(f"output {str(out)!r} is not empty ({shown}) and is not an inpo run directory (no "
+                          f"{RUN_MARKER} marker); refusing to delete anything in it: pass a new or empty --output")
+    trained = [n for n in ("final", "checkpoints") if (out / n).is_dir() and any((out / n).iterdir())]
+    if trained and not overwrite:
+        raise RunDirError(f"output {str(out)!r} holds a previous run ({' and '.join(n + '/' for n in trained)}); "
+                          f"continue it with --resume, pass --overwrite to replace it, or choose another --output")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run>/.inpo.lock``: one trainer per run directory. The kernel drops the lock
+    when the process dies (kill -9 included), so a lock file left behind is never stale; the file only says who
+    held it last (pid, host). ``flock`` works on local filesystems and on NFS (as a POSIX lock since Linux 2.6.12)."""
+
+    _held: list["RunLock"] = []  # this process's locks, released by release_run_locks()
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+
+    @classmethod
+    def acquire(cls, out: Path) -> "RunLock":
+        import fcntl
+        import socket
+
+        path = out / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            error = _in_use(out, fd)
+            os.close(fd)
+            raise error from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        lock = cls(path, fd)
+        cls._held.append(lock)
+        return lock
+
+    def release(self) -> None:
+        import fcntl
+
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+        if self in RunLock._held:
+            RunLock._held.remove(self)
+
+
+def release_run_locks() -> None:
+    """Release every run-directory lock this process holds (the end of ``run_training``, error or not)."""
+    for lock in list(RunLock._held):
+        lock.release()
+
+
+def _in_use(out: Path, fd: int) -> RunDirError:
+    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+    return RunDirError(f"output {str(out)!r} is in use by another inpo train ({holder}); wait for it to finish or "
+                       f"choose another --output")
+
+
+def probe_run_lock(out: Path) -> None:
+    """Fail at once, before any model loads, when another trainer holds ``out``'s lock (creates nothing)."""
+    import fcntl
+
+    path = out / LOCK_NAME
+    if not path.is_file():
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        raise _in_use(out, fd) from None
+    finally:
+        os.close(fd)  # closing drops the probe's shared lock
+
+
+def claim_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Rank 0: create ``out``, lock it, check it again under the lock, clear a previous run on a fresh start and
+    write the marker. Raises :class:`RunDirError` with nothing deleted when the directory is not ours to use."""
+    check_output_dir(out, resume=resume, overwrite=overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        RunLock.acquire(out)
+    except OSError as exc:
+        raise RunDirError(f"output {str(out)!r}: cannot create or lock it ({exc.strerror or exc})") from None
+    check_output_dir(out, resume=resume, overwrite=overwrite)  # another process may have written in between
+    if not resume and (out / RUN_MARKER).is_file():
+        clear_run_dir(out)
+    if not (out / RUN_MARKER).is_file():
+        atomic_write_text(out / RUN_MARKER, "inpo run directory: `inpo train` may replace its contents\n")
+
+
 def clear_run_dir(out: Path) -> None:
-    """Remove a previous run's artefacts (a fresh start without --resume); leaves unrelated files alone."""
+    """Remove a previous run's artefacts (a fresh start without --resume); leaves unrelated files alone.
+    Only for a directory marked as an inpo run (``check_output_dir`` / ``claim_run_dir`` decide)."""
+    if not (out / RUN_MARKER).is_file():
+        raise RunDirError(f"refusing to clear {str(out)!r}: not an inpo run directory (no {RUN_MARKER} marker)")
     for name in ("checkpoints", "final", "metrics.jsonl", "eval_ref_responses.jsonl", "config.yaml", "summary.json"):
         p = out / name
         if p.is_dir():
@@ -272,6 +484,11 @@ def export_final(run: RunContext, model, tokenizer) -> Path:
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not run.is_main:
         return run.out / "final"
+    bad = next((n for n, p in (full or dict(inner.named_parameters())).items()
+                if p.is_floating_point() and not bool(torch.isfinite(p).all())), None)
+    if bad is not None:
+        raise TrainingDiverged(f"the trained policy's weight {bad!r} is not finite (NaN/inf): final/ is not written; "
+                               f"the checkpoints hold the last good weights")
     final, tmp = run.out / "final", run.out / "final.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -295,6 +512,11 @@ def export_final(run: RunContext, model, tokenizer) -> Path:
 
 def world_is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def run_rank() -> int:
+    """This process's rank (0 without torchrun)."""
+    return _rank_world()[0]
 
 
 def run_world_size() -> int:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from inpo.data.packing import PackedBatch
 from inpo.objectives import Objective
-from inpo.ops import preference_loss, sequence_logps
+from inpo.ops import preference_loss, raise_pending_value_errors, sequence_logps
 from inpo.train.model import hidden_and_head
 
 __all__ = ["train_step", "sequence_logps_of", "gather_side"]
@@ -51,14 +51,17 @@ def gather_side(side: dict, batch: PackedBatch, device) -> dict:
 
 def train_step(model, micro_batches: list[PackedBatch], objective: Objective, optimizer, scheduler, side: dict, *,
                max_grad_norm: float = 1.0, impl: str = "auto", global_units: int | None = None,
-               head_options: dict | None = None) -> dict:
+               head_options: dict | None = None, stop_requested=False) -> dict:
     """One optimiser step with gradient accumulation over ``micro_batches``.
 
     Each micro-batch's mean loss is weighted by its share of the step's pairs (sequences for SPPO), so the
     gradient is that of the mean over the whole step however the pairs were packed. ``global_units`` is the
     step's unit count over all data-parallel ranks (FSDP averages gradients over ranks, hence ×world size).
     ``head_options`` (``grad_filter``, ``deterministic``) go to the fused head (``TrainConfig.head_options()``).
-    Returns loss, margin (mean objective margin), grad_norm, lr, tokens, units.
+    Returns loss, margin (mean objective margin), grad_norm, lr, tokens, units, and ``stop``: whether
+    ``stop_requested`` (a bool, or a callable asked at the end of the step) was true on any rank, agreed in the
+    step's one all-reduce and one host sync, which also carry the grad norm, so the caller checks loss and grad
+    norm for NaN/inf at no extra cost.
     """
     device = _device_of(model)
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -81,11 +84,16 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     tokens = sum(mb.n_tokens for mb in micro_batches)
+    stop_requested = stop_requested() if callable(stop_requested) else stop_requested  # a signal during this step
     stats = torch.stack([torch.as_tensor(x, device=device, dtype=torch.float32).reshape(())
-                         for x in (loss_sum, margin_sum, float(units), float(tokens))])
+                         for x in (loss_sum, margin_sum, float(units), float(tokens), float(stop_requested))])
     if world > 1:
-        dist.all_reduce(stats)  # one collective for all the logged sums
+        dist.all_reduce(stats)  # one collective for all the logged sums (and the stop flags)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
-    loss_v, margin_v, units_v, tokens_v = stats.tolist()  # host syncs: this and float(grad_norm), once per step
-    return {"loss": loss_v / max(units_v, 1), "margin": margin_v / max(units_v, 1), "grad_norm": float(grad_norm),
-            "lr": lr, "tokens": int(tokens_v), "units": int(units_v)}
+    stats = torch.cat([stats, grad_norm.detach().to(device=device, dtype=torch.float32).reshape(1)])
+    loss_v, margin_v, units_v, tokens_v, stop_v, grad_norm_v = stats.tolist()  # the step's one host sync
+    # The head's deferred label / cu_seqlens checks (CUDA, check_values=False) are complete after that sync: raise a
+    # bad batch's error at this step, not one head call later (free: nothing is left to wait for).
+    raise_pending_value_errors(wait=True)
+    return {"loss": loss_v / max(units_v, 1), "margin": margin_v / max(units_v, 1), "grad_norm": grad_norm_v,
+            "lr": lr, "tokens": int(tokens_v), "units": int(units_v), "stop": stop_v > 0}

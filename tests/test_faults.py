@@ -1,0 +1,492 @@
+"""Faults through the real CLI (issue 15): nothing a user owns is lost, garbage never trains silently, nothing hangs,
+and every bad input gets a message instead of a traceback. Tiny runs: offline JSONL (no sampling) where the fault is
+not about online inputs, the micro online config of test_online otherwise."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from inpo.train.cli import main as train_main
+from tests.test_online import _pairs_file, micro_args, model_dir, read_metrics  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def offline_args(model_dir, data, out, *extra):
+    return ["--model", model_dir, "--data", str(data), "--output", str(out), "--objective", "inpo", "--epochs", "2",
+            "--batch-pairs", "3", "--lr", "3e-3", "--impl", "torch", "--progress", "false", "--threads", "1", *extra]
+
+
+def snapshot(d: Path) -> dict:
+    """Every file under ``d`` (lock file aside) → its bytes."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != ".inpo.lock"}
+
+
+def weights(path: Path) -> dict:
+    return load_file(str(path / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return _pairs_file(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", n=10)
+
+
+@pytest.fixture(scope="module")
+def finished_online(model_dir, tmp_path_factory):
+    """A finished online micro run (checkpoints, final/, metrics, iter_000/), copied by the tests that attack it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert train_main(micro_args(model_dir, out)) == 0
+    assert (out / "final" / "model.safetensors").is_file()
+    return out
+
+
+@pytest.fixture(scope="module")
+def offline_full(model_dir, pairs, tmp_path_factory):
+    """The uninterrupted offline run every resume below must reproduce bit for bit (8 steps)."""
+    out = tmp_path_factory.mktemp("full") / "run"
+    assert train_main(offline_args(model_dir, pairs, out)) == 0
+    return out
+
+
+# -- data loss ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [["--oracle", "synthetc"], ["--prompts", "typo.txt"], ["--sampler", "hff"],
+                                 ["--max-tokens", "20"], ["--eval-prompts", "nope.jsonl"], ["--model", "no/such/dir"]])
+def test_a_bad_input_leaves_a_finished_run_untouched(model_dir, finished_online, tmp_path, bad, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished_online, out)
+    before = snapshot(out)
+    assert train_main(micro_args(model_dir, out, "--overwrite", *bad)) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+    assert snapshot(out) == before  # not one file deleted or rewritten (config.yaml included)
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite(model_dir, finished_online, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished_online, out)
+    before = snapshot(out)
+    assert train_main(micro_args(model_dir, out)) == 2
+    err = capsys.readouterr().err
+    assert "holds a previous run" in err and "--resume" in err and "--overwrite" in err
+    assert snapshot(out) == before
+    (out / "notes.txt").write_text("mine")  # a user's file inside a run directory survives a replacement too
+    assert train_main(micro_args(model_dir, out, "--overwrite")) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "final" / "model.safetensors").is_file()
+
+
+def test_output_dot_never_deletes_user_files(model_dir, tmp_path, monkeypatch, capsys):
+    for name in ("config.yaml", "final/model.safetensors", "checkpoints/latest", "metrics.jsonl"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"user's own {name}")
+    before = snapshot(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--overwrite"]):
+        assert train_main(micro_args(model_dir, ".", *extra)) == 2
+        assert "not an inpo run directory" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before and not (tmp_path / ".inpo.lock").exists()
+
+
+def test_clear_run_dir_refuses_an_unmarked_directory(tmp_path):
+    from inpo.train.loop import RunDirError, clear_run_dir
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "config.yaml").write_text("mine")
+    with pytest.raises(RunDirError, match="not an inpo run directory"):
+        clear_run_dir(tmp_path)
+    assert (tmp_path / "final").is_dir() and (tmp_path / "config.yaml").read_text() == "mine"
+
+
+def test_output_that_is_a_file_or_under_a_file(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert train_main(["--output", str(f), "--progress", "false"]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert train_main(["--output", str(f / "run"), "--progress", "false"]) == 2
+    assert "which is a file" in capsys.readouterr().err
+    assert f.read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
+def test_read_only_output(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        assert train_main(["--output", str(ro / "run"), "--progress", "false"]) == 2
+        assert "no permission to write" in capsys.readouterr().err
+    finally:
+        ro.chmod(0o755)
+
+
+def test_second_trainer_on_one_output_fails_at_once(model_dir, pairs, tmp_path, capsys):
+    from inpo.train.loop import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = RunLock.acquire(out)  # a first trainer holds the directory (flock: per open file, so in-process works)
+    try:
+        t0 = time.perf_counter()
+        assert train_main(offline_args(model_dir, pairs, out)) == 2
+        assert "in use by another inpo train" in capsys.readouterr().err
+        assert time.perf_counter() - t0 < 5  # before the model loads
+        assert train_main(offline_args(model_dir, pairs, out, "--resume")) == 2
+        assert "in use by another inpo train" in capsys.readouterr().err
+    finally:
+        lock.release()
+    # the lock file left behind by a dead holder is not a lock: the next trainer runs
+    assert (out / ".inpo.lock").is_file()
+    assert train_main(offline_args(model_dir, pairs, out, "--max-steps", "1")) == 0
+
+
+def test_two_real_processes_one_output(model_dir, pairs, tmp_path):
+    """A second trainer started while a first one runs exits 2 with a message; the first finishes cleanly."""
+    out = tmp_path / "run"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "inpo", "train",
+                              *offline_args(model_dir, pairs, out, "--epochs", "40")], env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "metrics.jsonl").is_file() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert first.poll() is None, first.stderr.read()
+        second = subprocess.run([sys.executable, "-m", "inpo", "train", *offline_args(model_dir, pairs, out,
+                                 "--overwrite")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "in use by another inpo train" in second.stderr, second.stderr
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    steps = [r["step"] for r in read_metrics(out) if r["kind"] == "step"]
+    assert steps == list(range(1, len(steps) + 1))  # one run's steps, not two interleaved
+
+
+# -- silent wrong training ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("max-grad-norm", "-1", "max_grad_norm"), ("max-grad-norm", "nan", "max_grad_norm"),
+    ("min-lr-ratio", "-3", "min_lr_ratio"), ("weight-decay", "-1", "weight_decay"), ("lr", "nan", "lr must"),
+    ("lr", "inf", "lr must"), ("lr", "-1e-3", "lr must"), ("n-bootstrap", "0", "n_bootstrap"),
+    ("warmup-ratio", "1.5", "warmup_ratio"), ("top-p", "0", "top_p"), ("temperature", "-1", "temperature"),
+    ("betas", "[0.9, 1.5]", "betas[1]"), ("device", "tpu", "device must be"), ("threads", "-1", "threads must"),
+    ("sampler", "hff", "sampler must")])
+def test_out_of_range_settings_are_refused_at_config_time(tmp_path, key, value, needle, capsys):
+    assert train_main(["--output", str(tmp_path / "run"), f"--{key}", value, "--progress", "false"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_loss_stops_at_the_step_and_keeps_good_checkpoints(model_dir, pairs, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_main(offline_args(model_dir, pairs, out, "--lr", "1e30", "--checkpoint-every", "1")) == 1
+    err = capsys.readouterr().err
+    steps = [r for r in read_metrics(out) if r["kind"] == "step"]
+    bad = steps[-1]["step"]
+    finite = lambda r: bool(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"]])).all())  # noqa: E731
+    assert f"non-finite training at step {bad} " in err and not finite(steps[-1])
+    assert all(finite(r) for r in steps[:-1])  # stopped at the first bad step
+    assert not (out / "final").exists()
+    ckpts = sorted((out / "checkpoints").glob("ckpt-*"))
+    assert ckpts and all(int(p.name[5:11]) < bad for p in ckpts)
+    for p in ckpts:
+        assert all(torch.isfinite(t).all() for t in weights(p).values())
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
+    from inpo.train.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
+    from tests.test_train_step import tiny_model
+
+    model = tiny_model(True)
+    good = save_checkpoint(tmp_path, model=model, state={"iteration": 0, "phase": "train", "global_step": 1}, keep=1)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="not finite"):
+        save_checkpoint(tmp_path, model=model, state={"iteration": 0, "phase": "train", "global_step": 2}, keep=1)
+    assert latest_checkpoint(tmp_path) == good and good.is_dir()  # keep=1 did not rotate the good one out
+
+
+def test_the_step_checks_loss_and_grad_norm_in_its_one_host_sync(monkeypatch):
+    """train_step itself reads loss, grad norm and the stop flag to the host once (``tolist``): the NaN check
+    and the stop flag ride on the sync the step already made for its metrics."""
+    from inpo.objectives import make_objective
+    from inpo.train.step import train_step
+    from tests.test_train_step import tiny_model
+
+    from inpo.data.packing import pack_sequences
+
+    model = tiny_model(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    seqs = [([1, 2, 3], [4, 5]), ([1, 2, 3], [6, 7, 8])]
+    batches = pack_sequences(seqs, max_tokens=64, pairwise=True)
+    side = {"ref_logps": torch.zeros(2), "anchor_logps": torch.zeros(2)}
+    calls = []
+
+    def counting(name, orig):
+        def read(self, *a, **k):
+            if sys._getframe(1).f_code.co_filename.endswith(os.path.join("inpo", "train", "step.py")):
+                calls.append(name)  # a host read in train_step itself (not the head's or the optimizer's)
+            return orig(self, *a, **k)
+        return read
+
+    for name in ("tolist", "item", "__float__", "__bool__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    stats = train_step(model, batches, make_objective("inpo", eta=0.25, ratio=1 / 3), opt, sched, side, impl="torch")
+    monkeypatch.undo()
+    assert calls == ["tolist"], calls
+    assert set(stats) >= {"loss", "grad_norm", "stop"} and stats["stop"] is False
+
+
+def _flip_bytes(path: Path):
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - 64, len(data) - 32):  # inside the tensor data, past the header: still parses
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_good_one(model_dir, pairs, offline_full, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = offline_args(model_dir, pairs, out, "--checkpoint-every", "1")
+    assert train_main(args + ["--max-steps", "4"]) == 0
+    latest = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    _flip_bytes(latest / "model.safetensors")
+    from safetensors.torch import load_file as lf
+
+    lf(str(latest / "model.safetensors"))  # safetensors alone loads it without complaint
+    capsys.readouterr()
+    assert train_main(args + ["--resume"]) == 0
+    o = capsys.readouterr()
+    assert f"checkpoint {latest.name} is unusable" in o.out + o.err and "sha256" in o.out + o.err
+    assert "resuming from ckpt-000003" in o.out + o.err
+    assert_same_weights(weights(out / "final"), weights(offline_full / "final"))
+
+
+def test_all_checkpoints_corrupt_is_a_clear_error(model_dir, pairs, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = offline_args(model_dir, pairs, out, "--checkpoint-every", "1")
+    assert train_main(args + ["--max-steps", "2"]) == 0
+    for p in (out / "checkpoints").glob("ckpt-*"):
+        _flip_bytes(p / "optimizer.safetensors")
+    assert train_main(args + ["--resume"]) == 1
+    assert "no usable checkpoint" in capsys.readouterr().err
+
+
+def test_resume_refuses_edited_data_and_another_config_without_config_yaml(model_dir, pairs, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    shutil.copy(pairs, data)
+    out = tmp_path / "run"
+    assert train_main(offline_args(model_dir, data, out, "--max-steps", "3")) == 0
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join(lines[1:] + lines[:1]) + "\n")  # same pairs, another order: cached log-probs mismatch
+    assert train_main(offline_args(model_dir, data, out, "--resume")) == 2
+    assert "the content of data file" in capsys.readouterr().err
+    shutil.copy(pairs, data)
+    (out / "config.yaml").unlink()
+    assert train_main(offline_args(model_dir, data, out, "--resume", "--objective", "ipo", "--lr", "1e-3")) == 2
+    err = capsys.readouterr().err
+    assert "objective: 'inpo' -> 'ipo'" in err and "lr: 0.003 -> 0.001" in err
+    assert train_main(offline_args(model_dir, data, out, "--resume")) == 0
+
+
+# -- interruptions ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_at_a_step_with_a_checkpoint_and_resume_is_exact(model_dir, tmp_path, monkeypatch, capsys, sig,
+                                                                     code):
+    """The default checkpoint_every 0, iteration 0 (no checkpoint would exist otherwise); the signal arrives in
+    the middle of step 2, the run stops after it, and --resume reproduces the uninterrupted run."""
+    import inpo.train.loop as loop
+
+    full = tmp_path / "full"
+    assert train_main(micro_args(model_dir, full, "--epochs", "2")) == 0  # >= 4 steps: step 2 is mid-phase
+    real_step, seen = loop.train_step, []
+
+    def step_then_signal(*a, **k):
+        seen.append(1)
+        if len(seen) == 2:
+            os.kill(os.getpid(), sig)
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(loop, "train_step", step_then_signal)
+    out = tmp_path / "cut"
+    capsys.readouterr()
+    assert train_main(micro_args(model_dir, out, "--epochs", "2")) == code
+    err = capsys.readouterr().err
+    assert f"stopped by {signal.Signals(sig).name} at step 2 " in err and "--resume" in err, err
+    monkeypatch.setattr(loop, "train_step", real_step)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert [r["step"] for r in read_metrics(out) if r["kind"] == "step"] == [1, 2]
+    assert train_main(micro_args(model_dir, out, "--epochs", "2", "--resume")) == 0
+    steps = lambda d: [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(d) if r["kind"] == "step"]  # noqa
+    assert steps(out) == steps(full)
+    assert_same_weights(weights(out / "final"), weights(full / "final"))
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_bit_exact(model_dir, pairs, offline_full, tmp_path):
+    """SIGKILL a real trainer mid-run, --resume: the final weights equal the uninterrupted run's bit for bit. Then
+    SIGTERM a second one: exit 143 with a checkpoint at the step, and --resume again matches."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    big = ["--epochs", "30"]  # 120 steps: long enough to be killed mid-way
+
+    def launch(out, *extra):
+        return subprocess.Popen([sys.executable, "-m", "inpo", "train",
+                                 *offline_args(model_dir, pairs, out, *big, *extra)], env=env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_for_step(proc, out, n):
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "metrics.jsonl").is_file():
+                steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+                if sum(r["kind"] == "step" for r in steps) >= n:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"no step {n}: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}")
+
+    ref = tmp_path / "ref"
+    assert subprocess.run([sys.executable, "-m", "inpo", "train", *offline_args(model_dir, pairs, ref, *big)],
+                          env=env, cwd=ROOT, capture_output=True, timeout=600).returncode == 0
+    out = tmp_path / "killed"
+    proc = launch(out, "--checkpoint-every", "7")
+    wait_for_step(proc, out, 40)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert subprocess.run([sys.executable, "-m", "inpo", "train", *offline_args(model_dir, pairs, out, *big,
+                           "--checkpoint-every", "7", "--resume")], env=env, cwd=ROOT, timeout=600).returncode == 0
+    assert_same_weights(weights(out / "final"), weights(ref / "final"))
+
+    out = tmp_path / "termed"
+    proc = launch(out)
+    wait_for_step(proc, out, 20)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert "--resume" in proc.stderr.read()
+    assert subprocess.run([sys.executable, "-m", "inpo", "train", *offline_args(model_dir, pairs, out, *big,
+                           "--resume")], env=env, cwd=ROOT, timeout=600).returncode == 0
+    assert_same_weights(weights(out / "final"), weights(ref / "final"))
+
+
+# -- messages, not tracebacks ------------------------------------------------------------------------------------------
+
+def test_yaml_duplicate_keys_non_utf8_and_folder(tmp_path, capsys):
+    y = tmp_path / "c.yaml"
+    y.write_text("lr: 1e-3\nepochs: 1\nlr: 2e-3\n")
+    assert train_main(["--config", str(y), "--output", str(tmp_path / "o")]) == 2
+    assert "duplicate key 'lr' (first on line 1, again on line 3)" in capsys.readouterr().err
+    y.write_bytes(b"lr: 1e-3\nobjective: caf\xe9\n")
+    assert train_main(["--config", str(y), "--output", str(tmp_path / "o")]) == 2
+    assert "line 2, column 15: not valid UTF-8" in capsys.readouterr().err
+    assert train_main(["--config", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_utf8_jsonl_names_file_and_line(model_dir, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_bytes(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}).encode() + b"\n" +
+                     b'{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}\n')
+    assert train_main(offline_args(model_dir, data, tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert "pairs.jsonl" in err and "line 2" in err and "not valid UTF-8" in err
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes(b"hello\nw\xffrld\n")
+    assert train_main(micro_args(model_dir, tmp_path / "o2", "--prompts", str(prompts))) == 2
+    assert "p.txt" in (err := capsys.readouterr().err) and "line 2" in err
+
+
+def _run_cli(*args, timeout=300):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "inpo", *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--out", "FILE"], "is a file, not a directory"), (["--out", "FILE/sub"], "which is a file"),
+    (["--contexts", "0"], "--contexts must be"), (["--contexts", "-3"], "--contexts must be"),
+    (["--game", "random", "--n", "100000"], "GiB"), (["--step", "inf"], "--step must be > 0 and finite")])
+def test_game_cli_errors(tmp_path, args, needle, capsys):
+    from inpo.games.cli import main as game_main
+
+    f = tmp_path / "FILE"
+    f.write_text("x")
+    args = [a.replace("FILE", str(f)) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "g")]
+    with pytest.raises(SystemExit) as exc:
+        game_main(args + ["--iters", "3", "--seeds", "1"])
+    assert exc.value.code == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
+def test_eval_json_under_a_file_and_nan_policy(model_dir, tmp_path, capsys):
+    from inpo.eval import main as eval_main
+
+    f = tmp_path / "FILE"
+    f.write_text("x")
+    small = ["--n", "2", "--max-new-tokens", "4", "--n-bootstrap", "20", "--baseline-default"]
+    assert eval_main(["--policy", model_dir, *small, "--json", str(f / "r.json")]) == 2
+    assert "which is a file" in capsys.readouterr().err
+    # the path goes bad while the evaluation runs: the computed result still reaches stdout
+    import inpo.eval as ev
+
+    real = ev.evaluate
+
+    def evaluate_then_break(*a, **k):
+        out = real(*a, **k)
+        (tmp_path / "gone").write_text("now a file")
+        return out
+
+    ev.evaluate = evaluate_then_break
+    try:
+        assert eval_main(["--policy", model_dir, *small, "--json", str(tmp_path / "gone" / "r.json")]) == 1
+    finally:
+        ev.evaluate = real
+    o = capsys.readouterr()
+    assert '"win_rate"' in o.out and "could not write --json" in o.err
+    # a NaN policy: a message naming the weight, not a sampling traceback
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        m.model.norm.weight.fill_(float("nan"))
+    m.save_pretrained(str(tmp_path / "nan"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (Path(model_dir) / name).is_file():
+            shutil.copy(Path(model_dir) / name, tmp_path / "nan" / name)
+    assert eval_main(["--policy", str(tmp_path / "nan"), *small]) == 2
+    assert "model.norm.weight" in (err := capsys.readouterr().err) and "NaN" in err
+
+
+def test_head_inputs_list_and_empty_vocabulary():
+    from inpo.ops import sequence_logps
+
+    cu = torch.tensor([0, 3], dtype=torch.int32)
+    with pytest.raises(TypeError, match="hidden must be a torch.Tensor, got list"):
+        sequence_logps([[0.0] * 4] * 3, torch.randn(5, 4), torch.tensor([1, 2, 3]), cu, impl="torch")
+    with pytest.raises(ValueError, match="V >= 1"):
+        sequence_logps(torch.randn(3, 4), torch.randn(0, 4), torch.full((3,), -100), cu, impl="torch",
+                       check_values=False)
+
+
+def test_cli_subprocess_errors_have_no_traceback(tmp_path):
+    """Through the installed entry point: a bad device and a folder --config exit 2 with one line, no traceback."""
+    r = _run_cli("train", "--output", str(tmp_path / "o"), "--device", "tpu")
+    assert r.returncode == 2 and "device must be" in r.stderr and "Traceback" not in r.stderr
+    r = _run_cli("train", "--config", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "is a folder" in r.stderr and "Traceback" not in r.stderr
