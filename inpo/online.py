@@ -338,6 +338,12 @@ def _eval_prompts(cfg: TrainConfig) -> list:
 
 # -- one iteration's phases ----------------------------------------------------------------------------------
 
+def _planned_new_tokens(cfg: TrainConfig) -> int:
+    """At most how many new tokens the run samples for training (what ``sampler: auto`` weighs)."""
+    n = cfg.n_prompts or len(prompt_pools(cfg)[0])
+    return cfg.iterations * n * cfg.k * cfg.max_new_tokens
+
+
 class _RunSampler:
     """The run's one sampler, built on first use; ``sampler(model)`` points it at ``model``'s current weights
     (π_t, π_{t+1}, π_ref) and returns it. With vLLM that is one engine for the whole run whose weights are reloaded
@@ -353,7 +359,8 @@ class _RunSampler:
         if self.sampler is None:
             self.sampler = make_sampler(cfg.sampler, model, self.tokenizer, max_new_tokens=cfg.max_new_tokens,
                                         temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size,
-                                        dtype=cfg.sampler_dtype, max_prompt_length=cfg.max_prompt_length)
+                                        dtype=cfg.sampler_dtype, max_prompt_length=cfg.max_prompt_length,
+                                        planned_tokens=_planned_new_tokens(cfg))
         else:
             self.sampler.set_policy(model)
         return self.sampler

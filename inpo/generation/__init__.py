@@ -18,12 +18,18 @@ def __getattr__(name):  # VLLMSampler is importable without vllm; constructing i
     raise AttributeError(name)
 
 
-def auto_backend(model=None) -> str:
-    """What ``sampler: auto`` picks for ``model``: the faster sampler where that was measured.
+# vLLM's CPU engine start (80 s at load 7, 35-85 s quiet) against its steady-state gain over HF generate (442 vs
+# 114 tok/s, 3.9x, cpu-22m fp32): it pays back after about 12k sampled tokens (bench/results/generation-cpu.jsonl).
+VLLM_CPU_BREAK_EVEN_TOKENS = 15_000
 
-    The rule, in one place for the generation bench to update with its measurement: vLLM when it is importable
-    and CUDA is up; otherwise HF, which has no engine to start (the CPU build of vLLM took 139-250 s to start on
-    this project's 2-core machine, bench/results/vllm/sampler-cpu.jsonl and the test tier).
+
+def auto_backend(model=None, planned_tokens: int | None = None) -> str:
+    """What ``sampler: auto`` picks: the faster sampler, as measured (README, "Generation").
+
+    vLLM when it is importable and either CUDA is up or the run will sample at least
+    :data:`VLLM_CPU_BREAK_EVEN_TOKENS` new tokens (``planned_tokens``; unknown counts as few): on CPU its engine
+    start is only repaid by its ~3.9x faster steady-state sampling on a long run. Otherwise HF, which has no engine
+    to start.
     """
     from inpo._optional import available
 
@@ -31,10 +37,12 @@ def auto_backend(model=None) -> str:
         return "hf"
     import torch
 
-    return "vllm" if torch.cuda.is_available() else "hf"
+    if torch.cuda.is_available():
+        return "vllm"
+    return "vllm" if (planned_tokens or 0) >= VLLM_CPU_BREAK_EVEN_TOKENS else "hf"
 
 
-def make_sampler(backend: str, model, tokenizer, *, dtype=None, **kw) -> Sampler:
+def make_sampler(backend: str, model, tokenizer, *, dtype=None, planned_tokens: int | None = None, **kw) -> Sampler:
     """``"hf"`` → :class:`HFSampler`; ``"vllm"`` → :class:`VLLMSampler` (needs vllm); ``"auto"`` →
     :func:`auto_backend`. ``model`` is a transformers model or a local model directory (the HF backend loads
     it with ``AutoModelForCausalLM``, local files only). ``dtype`` is the vLLM engine's (``None`` = the
@@ -43,7 +51,7 @@ def make_sampler(backend: str, model, tokenizer, *, dtype=None, **kw) -> Sampler
     if backend not in BACKENDS:
         raise ValueError(f"unknown sampler backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "auto":
-        backend = auto_backend(model)
+        backend = auto_backend(model, planned_tokens)
     if backend == "vllm":
         from inpo.generation.vllm import VLLMSampler
 

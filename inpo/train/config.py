@@ -91,7 +91,7 @@ class TrainConfig:
     k: int = 8  # responses sampled per prompt (the paper's K; best/worst by the oracle's tournament)
     oracle: str = "synthetic"  # synthetic | reward:PATH | pairwise:PATH
     pair_strategy: str = "best_worst"  # best_worst | random
-    sampler: str = "hf"  # hf | vllm | auto (inpo.generation.auto_backend: the faster one where measured)
+    sampler: str = "auto"  # hf | vllm | auto (inpo.generation.auto_backend: the faster one, as measured)
     sampler_dtype: str = "policy"  # vLLM engine dtype: policy (the policy's own) | float32 | bfloat16 | float16
     max_new_tokens: int | None = None  # None: 24 for the embedded task, 64 with model=DIR
     temperature: float = 1.0
