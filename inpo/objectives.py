@@ -21,6 +21,10 @@ SPPO       (logπθ(y) − logπ_t(y) − (P̂(y≻π_t) − ½)/η)²  per seq.
 =========  =====================================================  =========================
 
 The reduction is the mean over pairs (over sequences for SPPO).
+
+Each objective also states itself as a :class:`KernelSpec` (``objective.kernel_spec()``): the constants with which
+the fused Triton epilogue (``kernels/epilogue.py``) evaluates the same loss; ``tests/test_epilogue.py`` checks
+the kernel against :meth:`Objective.__call__` for every objective.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Objective", "INPO", "ONPO", "IPO", "DPO", "SPPO", "OBJECTIVES", "make_objective"]
+__all__ = ["Objective", "INPO", "ONPO", "IPO", "DPO", "SPPO", "OBJECTIVES", "KernelSpec", "make_objective"]
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -49,6 +53,45 @@ def _check_unit_interval(name: str, value: float) -> None:
 def pair_margin(logps: Tensor) -> Tensor:
     """Δ = logp(chosen) − logp(rejected) for interleaved ``[..., 2P]`` log-probs → ``[..., P]``."""
     return logps[..., 0::2] - logps[..., 1::2]
+
+
+LOSS_KINDS = ("squared", "logsigmoid")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """An objective as the fused Triton epilogue (``kernels/epilogue.py``) evaluates it, derived from the objective's
+    own fields by :meth:`Objective.kernel_spec` (tested against :meth:`Objective.__call__` for every objective).
+
+    With Δ = chosen − rejected (``pairwise``) or the sequence's own value (per-sequence objectives)::
+
+        u = Δθ − ref_coef·Δref − anchor_coef·Δanchor − offset − (target − target_center)/target_div
+        z = scale·u
+        "squared":    ℓ = z²
+        "logsigmoid": ℓ = −(1 − label_smoothing)·logσ(z) − label_smoothing·logσ(−z)
+
+    and the loss is the mean of ℓ over pairs (sequences). A term whose ``uses_*`` flag is False is not evaluated
+    (its input may be absent), matching the objective's own code.
+    """
+
+    pairwise: bool
+    loss: str
+    uses_ref: bool = False
+    uses_anchor: bool = False
+    uses_targets: bool = False
+    ref_coef: float = 0.0
+    anchor_coef: float = 0.0
+    offset: float = 0.0
+    target_center: float = 0.0
+    target_div: float = 1.0
+    scale: float = 1.0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSS_KINDS:
+            raise ValueError(f"KernelSpec.loss must be one of {LOSS_KINDS}, got {self.loss!r}")
+        if self.uses_targets and self.target_div == 0:
+            raise ValueError("KernelSpec.target_div must be non-zero when uses_targets")
 
 
 @dataclass(frozen=True)
@@ -129,6 +172,10 @@ class Objective:
         """TRL's ``rewards/*`` per sequence: ``reward_scale · log_ratio`` (DPO/IPO: exactly TRL's β·(log π − log π_ref))."""
         return self.reward_scale * self.log_ratio(logps, ref_logps, anchor_logps)
 
+    def kernel_spec(self) -> KernelSpec:
+        """This objective's constants for the fused epilogue (see :class:`KernelSpec`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused-epilogue kernel spec")
+
     def __call__(
         self,
         logps: Tensor,
@@ -190,6 +237,10 @@ class INPO(Objective):
     def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
         return (self.margin(logps, ref_logps, anchor_logps) - 1.0 / (2.0 * self.eta)) ** 2
 
+    def kernel_spec(self) -> KernelSpec:
+        return KernelSpec(pairwise=True, loss="squared", uses_ref=self.needs_ref, uses_anchor=self.needs_anchor,
+                          ref_coef=self.ratio, anchor_coef=1.0 - self.ratio, offset=1.0 / (2.0 * self.eta))
+
 
 @dataclass(frozen=True)
 class ONPO(Objective):
@@ -221,6 +272,9 @@ class ONPO(Objective):
 
     def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
         return (self.margin(logps, ref_logps, anchor_logps) - self.eta / 2.0) ** 2
+
+    def kernel_spec(self) -> KernelSpec:
+        return KernelSpec(pairwise=True, loss="squared", uses_anchor=True, anchor_coef=1.0, offset=self.eta / 2.0)
 
 
 @dataclass(frozen=True)
@@ -256,6 +310,9 @@ class IPO(_ReferenceMargin):
     def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
         return (self.margin(logps, ref_logps) - 1.0 / (2.0 * self.beta)) ** 2
 
+    def kernel_spec(self) -> KernelSpec:
+        return KernelSpec(pairwise=True, loss="squared", uses_ref=True, ref_coef=1.0, offset=1.0 / (2.0 * self.beta))
+
 
 @dataclass(frozen=True)
 class DPO(_ReferenceMargin):
@@ -277,6 +334,10 @@ class DPO(_ReferenceMargin):
         if eps > 0:
             loss = (1.0 - eps) * loss - eps * F.logsigmoid(-z)
         return loss
+
+    def kernel_spec(self) -> KernelSpec:
+        return KernelSpec(pairwise=True, loss="logsigmoid", uses_ref=True, ref_coef=1.0, scale=self.beta,
+                          label_smoothing=self.label_smoothing)
 
 
 @dataclass(frozen=True)
@@ -323,6 +384,10 @@ class SPPO(Objective):
 
     def losses(self, logps, ref_logps=None, anchor_logps=None, targets=None):
         return (self.margin(logps, anchor_logps=anchor_logps) - (targets - 0.5) / self.eta) ** 2
+
+    def kernel_spec(self) -> KernelSpec:
+        return KernelSpec(pairwise=False, loss="squared", uses_anchor=True, uses_targets=True, anchor_coef=1.0,
+                          target_center=0.5, target_div=self.eta)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (INPO, ONPO, IPO, DPO, SPPO)}

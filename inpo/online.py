@@ -341,15 +341,43 @@ def _eval_prompts(cfg: TrainConfig) -> list:
 
 # -- one iteration's phases ----------------------------------------------------------------------------------
 
-def _sampler(cfg: TrainConfig, model, tokenizer):
-    from inpo.generation import make_sampler
-
-    extra = {} if cfg.max_prompt_length is None else {"max_prompt_length": cfg.max_prompt_length}
-    return make_sampler(cfg.sampler, model, tokenizer, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size, **extra)
+def _planned_new_tokens(cfg: TrainConfig) -> int:
+    """At most how many new tokens the run samples for training (what ``sampler: auto`` weighs)."""
+    n = cfg.n_prompts or len(prompt_pools(cfg)[0])
+    return cfg.iterations * n * cfg.k * cfg.max_new_tokens
 
 
-def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict) -> tuple[list[dict], dict]:
+class _RunSampler:
+    """The run's one sampler, built on first use; ``sampler(model)`` points it at ``model``'s current weights
+    (π_t, π_{t+1}, π_ref) and returns it. With vLLM that is one engine for the whole run whose weights are reloaded
+    in place; ``close()`` (the ``with`` block's end) shuts it down."""
+
+    def __init__(self, cfg: TrainConfig, tokenizer):
+        self.cfg, self.tokenizer, self.sampler = cfg, tokenizer, None
+
+    def __call__(self, model):
+        from inpo.generation import make_sampler
+
+        cfg = self.cfg
+        if self.sampler is None:
+            self.sampler = make_sampler(cfg.sampler, model, self.tokenizer, max_new_tokens=cfg.max_new_tokens,
+                                        temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size,
+                                        dtype=cfg.sampler_dtype, max_prompt_length=cfg.max_prompt_length,
+                                        planned_tokens=_planned_new_tokens(cfg))
+        else:
+            self.sampler.set_policy(model)
+        return self.sampler
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None
+
+
+def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict, sampler) -> tuple[list[dict], dict]:
     """iter_t/samples.jsonl (K responses per prompt) and iter_t/data.jsonl (pairs, or SPPO's scored samples)."""
     d = run.out / f"iter_{t:03d}"
     samples_path, data_path = d / "samples.jsonl", d / "data.jsonl"
@@ -363,7 +391,7 @@ def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict) -> t
         prompts = _prompt_sets(cfg, t)
         _encode_checked(tokenizer, prompts, cfg)
         t0 = time.perf_counter()
-        responses = _sampler(cfg, policy, tokenizer).sample(prompts, cfg.k, seed=cfg.seed * 7919 + t)
+        responses = sampler(policy).sample(prompts, cfg.k, seed=cfg.seed * 7919 + t)
         times["generate_s"] = time.perf_counter() - t0
         _write_jsonl(samples_path, [{"prompt": p, "responses": r} for p, r in zip(prompts, responses)])
     t0 = time.perf_counter()
@@ -418,7 +446,8 @@ def _load_full_weights(model, plain) -> None:
                            f"unexpected {sorted(unexpected)}")
 
 
-def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times: dict) -> tuple[list[dict], dict]:
+def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times: dict,
+                                   sampler) -> tuple[list[dict], dict]:
     """Rank r samples and ranks its block of the prompts with ``plain`` (π_t's full weights); the blocks are
     gathered in rank (= prompt) order so every rank holds the same data. Rank 0 writes the iteration's files."""
     import torch.distributed as dist
@@ -433,7 +462,7 @@ def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times:
     mine = prompts[lo:hi]
     t0 = time.perf_counter()
     seed = cfg.seed * 7919 + t + _RANK_SEED_STRIDE * rank
-    responses = _sampler(cfg, plain, tokenizer).sample(mine, cfg.k, seed=seed) if mine else []
+    responses = sampler(plain).sample(mine, cfg.k, seed=seed) if mine else []
     times["generate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if mine:
@@ -514,7 +543,7 @@ def _side_inputs(cfg, objective, logps: dict, data: list[dict]) -> dict:
     return side
 
 
-def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle) -> dict:
+def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle, sampler) -> dict:
     from inpo.eval import win_rate
 
     prompts = _eval_prompts(cfg)
@@ -522,10 +551,10 @@ def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle) -> dict:
     if base_path.is_file():
         base = [r["responses"] for r in _read_jsonl(base_path)]
     else:  # π_ref never changes: its responses are sampled once per run, with the same seed as the policy's
-        base = _sampler(cfg, ref, tokenizer).sample(prompts, cfg.eval_k, seed=cfg.eval_seed)
+        base = sampler(ref).sample(prompts, cfg.eval_k, seed=cfg.eval_seed)
         if run.is_main:
             _write_jsonl(base_path, [{"prompt": p, "responses": y} for p, y in zip(prompts, base)])
-    pol = _sampler(cfg, policy, tokenizer).sample(prompts, cfg.eval_k, seed=cfg.eval_seed)
+    pol = sampler(policy).sample(prompts, cfg.eval_k, seed=cfg.eval_seed)
     if run.is_main:
         _write_jsonl(run.out / f"iter_{t:03d}" / "eval_responses.jsonl",
                      [{"prompt": p, "responses": y} for p, y in zip(prompts, pol)])
@@ -548,7 +577,7 @@ def _exploitability_record(cfg, oracle, prompts, responses) -> dict:
     return out
 
 
-def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle) -> dict:
+def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle, sampler) -> dict:
     """Under torchrun: rank 0 evaluates the twin (π_{t+1}'s full weights) and broadcasts the result; the other
     ranks wait in the broadcast. An error on rank 0 is re-raised on every rank (nobody hangs)."""
     import torch.distributed as dist
@@ -557,7 +586,7 @@ def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle) -> dic
     box: list = [None]
     if run.is_main:
         try:
-            box[0] = _evaluate(cfg, run, t, plain, ref, tokenizer, oracle)
+            box[0] = _evaluate(cfg, run, t, plain, ref, tokenizer, oracle, sampler)
         except Exception as exc:  # noqa: BLE001 - forwarded to every rank below
             box[0] = {"__error__": f"{type(exc).__name__}: {exc}"}
     dist.broadcast_object_list(box, src=0)
@@ -648,7 +677,7 @@ def run_online(config: TrainConfig) -> list[dict]:
             resume_phase = "eval"
     run.print(f"[inpo] {objective!r}, {cfg.iterations} iterations, K={cfg.k}, oracle={cfg.oracle}, device={device}")
     records = [r for r in run.records if r.get("kind") == "iteration"]
-    with _progress(cfg) as progress:
+    with _RunSampler(cfg, tokenizer) as sampler, _progress(cfg) as progress:  # one sampler (engine) per run
         run.progress = progress
         for t in range(start_iter, cfg.iterations):
             if t > start_iter and agreed_stop_signal(device) is not None:  # iteration t-1's checkpoint is written
@@ -661,9 +690,9 @@ def run_online(config: TrainConfig) -> list[dict]:
                 if distributed:
                     _load_full_weights(policy, plain)
                     data, rank_stats = _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle,
-                                                                      times)
+                                                                      times, sampler)
                 else:
-                    data, rank_stats = _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times)
+                    data, rank_stats = _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times, sampler)
                 pairwise = objective.pairwise
                 seqs, data = _sequences(tokenizer, data, pairwise, cfg, run)
                 logps_path = run.out / f"iter_{t:03d}" / "logps.safetensors"
@@ -708,9 +737,9 @@ def run_online(config: TrainConfig) -> list[dict]:
             if cfg.evaluate:
                 t0 = time.perf_counter()
                 if distributed:
-                    rec.update(_evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle))
+                    rec.update(_evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle, sampler))
                 else:
-                    rec.update(_evaluate(cfg, run, t, policy, ref, tokenizer, oracle))
+                    rec.update(_evaluate(cfg, run, t, policy, ref, tokenizer, oracle, sampler))
                 rec["eval_s"] = time.perf_counter() - t0
             rec["wall_s"] = time.perf_counter() - t_iter
             run.log(rec)

@@ -42,6 +42,12 @@ def _resources(cubin: bytes) -> dict:
     return {"registers": int(kv["REG"]), "spill_bytes": int(kv["STACK"])}
 
 
+# Arguments of the preference epilogue (kernels/epilogue.py).
+_PTRS.update({"CuSeqlens": "*i32", "Ref": "*fp32", "Anchor": "*fp32", "Targets": "*fp32", "Logps": "*fp32",
+              "GroupLoss": "*fp32", "Loss": "*fp32", "Ticket": "*i32"})
+_FLOATS += ("ref_coef", "anchor_coef", "offset", "target_center", "target_div", "scale", "smoothing")
+
+
 def compile_kernel(fn, constexprs: dict, arch: int, dtype: str, num_warps: int, num_stages: int) -> dict:
     """Compile one kernel for ``sm_<arch>``; returns registers, spill (stack) bytes and shared memory bytes."""
     import triton

@@ -5,7 +5,8 @@ Forward (``head_fwd_kernel``), grid = (token blocks, vocabulary splits):
     BLOCK_V tiles, computes each logits tile with ``tl.dot`` (K-loop over H in BLOCK_H steps, fp32
     accumulator), and keeps an online log-sum-exp (running max ``m`` and rescaled sum ``s``, fp32) plus the
     target logit, picked when the label falls inside the tile. It writes the partials ``m, s, t`` of its
-    slice to [SPLITS, N] buffers; the launcher merges the splits (a logsumexp over SPLITS rows). Splitting V
+    slice to [SPLITS, N] buffers, merged (a logsumexp over SPLITS rows) by the launcher for ``sequence_logps`` and
+    by the epilogue kernel (``kernels/epilogue.py``) for ``preference_loss``. Splitting V
     keeps every SM busy when N / BLOCK_N is smaller than a few waves (N=8192, BLOCK_N=128 gives only 64
     token blocks for 132 SMs). A block whose labels are all ``ignore_index`` (prompt tokens) skips its GEMMs.
 

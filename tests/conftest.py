@@ -15,18 +15,34 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+_TRITON_MODULES = ("test_triton_head", "test_epilogue")  # every non-GPU test of these runs Triton on CPU tensors
+
+
 def _runs_triton_on_cpu(item) -> bool:
-    """The interpreter tier: Triton kernels on CPU tensors (every non-GPU test of test_triton_head.py, and the
+    """The interpreter tier: Triton kernels on CPU tensors (every non-GPU test of the _TRITON_MODULES, and the
     impl="triton" cases of the parametrized head tests)."""
     if "gpu" in item.keywords:
         return False
-    if item.module.__name__.rsplit(".", 1)[-1] == "test_triton_head":
+    if item.module.__name__.rsplit(".", 1)[-1] in _TRITON_MODULES:
         return True
     params = getattr(getattr(item, "callspec", None), "params", {})
     return any(isinstance(v, str) and v == "triton" for v in params.values())
 
 
+def _skip_vllm_tier_without_vllm(items) -> None:
+    """The real-engine tier needs vLLM (`make test-vllm` installs the CPU build in its own venv)."""
+    from inpo._optional import available
+
+    if available("vllm"):
+        return
+    skip = pytest.mark.skip(reason="needs vllm: run `make test-vllm` (its own venv with vLLM's CPU build)")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_collection_modifyitems(config, items):
+    _skip_vllm_tier_without_vllm(items)
     if torch.cuda.is_available():
         if os.environ.get("TRITON_INTERPRET") != "1":
             # Triton decides interpreted vs compiled per process: with a GPU the kernels are compiled, and the

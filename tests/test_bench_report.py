@@ -139,20 +139,53 @@ def test_latest_helper():
     assert [r["v"] for r in report.latest(recs, ("k",))] == ["new", "only"]
 
 
+def _head_cpu(impl, ms, *, ratio=None, mem=None, date="2026-11-29T10:00:00+00:00", **kw):
+    # the native bench writes lower-case shape keys
+    r = dict(device="cpu-x86_64-2c", n=4096, h=512, v=32000, dtype="float32", date=date, impl=impl, fwd_bwd_ms=ms,
+             peak_mem_bytes=mem, floor_kind="8NHV at the measured fp32 GEMM peak", floor_8nhv_ms=1000.0,
+             floor_ratio=ms / 1000.0 if ratio is None else ratio, floor_ratio_6nhv=ms / 750.0, peak_gflop_s=67.1,
+             loadavg_1m=[3.0, 9.5], threads=2)
+    r.update(kw)
+    return r
+
+
 def test_head_cpu_targets(tmp_path):
     res = tmp_path / "results"
-    # the native bench writes lower-case shape keys
-    base = dict(device="cpu-x86_64-2c", n=4096, h=512, v=32000, dtype="float32", date="2026-11-23")
+    legacy = dict(device="cpu-x86_64-2c", n=4096, h=512, v=32000, dtype="float32", date="2026-11-23")
     append_jsonl(res / "head-cpu.jsonl", [
-        {**base, "impl": "inpo-native", "fwd_bwd_ms": 2300.0, "floor_ratio": 1.05, "peak_mem_bytes": 10 * 2**20},
-        {**base, "impl": "torch", "fwd_bwd_ms": 3800.0, "peak_mem_bytes": 60 * 2**20},
-        {**base, "impl": "naive", "fwd_bwd_ms": 3100.0, "peak_mem_bytes": 1500 * 2**20},
-        {**base, "impl": "gemm-floor", "fwd_bwd_ms": 2200.0}])
+        # an old run whose "floor" was four materialised GEMMs: superseded, neither judged nor listed
+        {**legacy, "impl": "inpo-native", "fwd_bwd_ms": 2300.0, "floor_ratio": 0.7, "peak_mem_bytes": 10 * 2**20},
+        {**legacy, "impl": "gemm-floor", "fwd_bwd_ms": 3300.0},
+        _head_cpu("inpo-native", 1240.0, mem=10 * 2**20), _head_cpu("torch", 1500.0, mem=60 * 2**20),
+        _head_cpu("naive", 3100.0, mem=1500 * 2**20), _head_cpu("aten-gemms", 1800.0)])
     text = report.build_report(res, tmp_path / "REPORT.md", plots=False).read_text()
-    assert _status(text, "native fwd+bwd") == "met"
-    assert _status(text, "native ≥ 1.15×") == "met"  # 3800/2300 = 1.65
+    assert _status(text, "native fwd+bwd ≤ 1.25× the 8NHV floor") == "met"  # 1.24x
+    assert "1.24× the 8NHV floor (1.65× the 6NHV floor; peak 67.1 GFLOP/s) at N=4096 H=512 V=32000" in text
+    assert _status(text, "native ≥ 1.15×") == "met"  # 1500/1240 = 1.21
     assert _status(text, "native peak memory") == "met"
-    assert "at N=4096 H=512 V=32000" in text and "| inpo-native | 4096 | 512 | 32,000 |" in text
+    assert "| inpo-native | 4096 | 512 | 32,000 |" in text and "gemm-floor" not in text
+    assert "| 3.0–9.5 |" in text  # the load seen during the run
+    append_jsonl(res / "head-cpu.jsonl", [_head_cpu("inpo-native", 1260.0, mem=10 * 2**20,
+                                                    date="2026-11-29T11:00:00+00:00")])
+    text = report.build_report(res, tmp_path / "REPORT.md", plots=False).read_text()
+    assert _status(text, "native fwd+bwd ≤ 1.25× the 8NHV floor") == "not met"  # 1.26x
+    # a "floor" the head beats was no floor: the peak measurement failed, nothing is judged
+    append_jsonl(res / "head-cpu.jsonl", [_head_cpu("inpo-native", 920.0, mem=10 * 2**20,
+                                                    date="2026-11-29T12:00:00+00:00")])
+    text = report.build_report(res, tmp_path / "REPORT.md", plots=False).read_text()
+    assert _status(text, "native fwd+bwd ≤ 1.25× the 8NHV floor") == "not yet measured"
+    assert "invalid peak: the native head ran 1.09× faster than its 'floor'" in text
+    # a timing-only re-run (--mem off) keeps the memory verdict of the latest run that measured memory
+    append_jsonl(res / "head-cpu.jsonl", [_head_cpu("inpo-native", 1100.0, date="2026-11-29T13:00:00+00:00")])
+    text = report.build_report(res, tmp_path / "REPORT.md", plots=False).read_text()
+    assert _status(text, "native peak memory") == "met" and "0.007 of naive at N=4096 H=512 V=32000 (run of" in text
+
+
+def test_head_cpu_legacy_records_are_not_judged_against_a_floor():
+    legacy = dict(device="cpu-x86_64-2c", N=4096, H=512, V=32000, dtype="float32", date="2026-11-23")
+    t = report.head_cpu_targets([{**legacy, "impl": "inpo-native", "fwd_bwd_ms": 2300.0, "floor_ratio": 0.7},
+                                 {**legacy, "impl": "gemm-floor", "fwd_bwd_ms": 3300.0}])
+    assert t[0].status == report.NOT_YET and "predates the measured-peak floor" in t[0].detail
 
 
 def test_cli_main(tmp_path, capsys):
@@ -171,10 +204,11 @@ def test_fmt(value, kind, expected):
     assert report.fmt(value, kind) == expected
 
 
-def _gpu_head(impl, inputs, ms, *, n=16384, h=2048, floor=10.0, mem=2**30, err=1e-5, ok=True, device=GPU):
+def _gpu_head(impl, inputs, ms, *, n=16384, h=2048, floor=10.0, mem=2**30, err=1e-5, ok=True, device=GPU, exact=True):
     return {"device": device, "impl": impl, "N": n, "H": h, "V": 128256, "dtype": "bf16", "inputs": inputs,
             "fwd_bwd_ms": ms, "floor_ms": floor, "floor_ratio": ms / floor, "peak_mem_bytes": mem,
-            "value_err": err, "value_ok": ok, "commit": "abc123", "date": "2026-11-23T10:00:00+00:00"}
+            "value_err": err, "value_ok": ok, "commit": "abc123", "date": "2026-11-23T10:00:00+00:00",
+            "exact": exact}
 
 
 def _statuses(targets):
@@ -182,27 +216,44 @@ def _statuses(targets):
 
 
 def test_head_targets_met_not_met_and_not_yet():
+    names = report.HEAD_TARGET_NAMES
     t = report.head_targets([])
-    assert set(_statuses(t).values()) == {report.NOT_YET} and len(t) == 5
-    recs = [_gpu_head("inpo-triton", "peaked", 11.5), _gpu_head("inpo-triton-chunked", "peaked", 12.5),
-            _gpu_head("cce", "peaked", 14.0, mem=2 * 2**30), _gpu_head("liger", "peaked", 50.0),
-            _gpu_head("inpo-triton", "flat", 14.0), _gpu_head("cce", "flat", 17.0, mem=2 * 2**30),
-            _gpu_head("liger", "flat", 60.0),
-            # not judged: a smoke shape, fp32, and a CPU record
-            _gpu_head("inpo-triton", "peaked", 99.0, n=256, h=64), dict(_gpu_head("liger", "flat", 1.0), dtype="fp32"),
-            _gpu_head("cce", "flat", 1.0, device="cpu-x86_64-2c")]
+    assert set(_statuses(t).values()) == {report.NOT_YET} and len(t) == len(names) == 7
+    # exact 13.5 ms = 1.35x the floor, CCE 14 ms (no slower), filter 11.5 ms = 1.15x and 14/11.5 = 1.22x CCE,
+    # Liger 60 ms = 4.4x the exact head, memory 1 GiB vs CCE's 2 GiB
+    recs = [_gpu_head("inpo-triton", "peaked", 13.5), _gpu_head("inpo-triton-chunked", "peaked", 16.0),
+            _gpu_head("inpo-triton-filter", "peaked", 11.5, exact=False), _gpu_head("cce", "peaked", 14.0, mem=2**31),
+            _gpu_head("liger", "peaked", 60.0),
+            # not judged: flat inputs, another shape, fp32, a CPU record
+            _gpu_head("inpo-triton", "flat", 99.0), _gpu_head("inpo-triton", "peaked", 99.0, n=8192, h=4096),
+            dict(_gpu_head("liger", "peaked", 1.0), dtype="fp32"),
+            _gpu_head("cce", "peaked", 1.0, device="cpu-x86_64-2c")]
     st = _statuses(report.head_targets(recs))
     assert all(v == report.MET for v in st.values()), st
-    # 1.21× the floor on peaked inputs misses the 1.2× target even though flat (1.4× ≤ 1.45×) passes
-    worse = [r for r in recs if not (r["impl"].startswith("inpo-triton") and r["inputs"] == "peaked" and r["N"] == 16384)]
-    worse += [_gpu_head("inpo-triton", "peaked", 12.1)]
-    targets = {t.name: t for t in report.head_targets(worse)}
-    floor = targets["fused head fwd+bwd ≤ 1.2× GEMM floor (peaked), ≤ 1.45× (flat)"]
-    assert floor.status == report.NOT_MET and "✗ 1.21×" in floor.detail
+
+    def judged(records):
+        return {k: t for k, t in zip(names, report.head_targets(records))}
+
+    # each bound, just missed
+    def swap(impl, ms, **kw):
+        return [r for r in recs if not (r["impl"] == impl and r["N"] == 16384 and r["inputs"] == "peaked"
+                                        and r["dtype"] == "bf16" and r["device"] == GPU)] + [
+            _gpu_head(impl, "peaked", ms, **kw)]
+
+    j = judged(swap("inpo-triton", 14.1))  # 1.41x the floor and slower than CCE; chunked (16) is slower still
+    assert j["exact_floor"].status == report.NOT_MET and "✗ 1.41×" in j["exact_floor"].detail
+    assert j["exact_cce"].status == report.NOT_MET and j["liger"].status == report.MET
+    j = judged(swap("inpo-triton-filter", 12.1, exact=False))  # 1.21x the floor, 14/12.1 = 1.157x CCE
+    assert j["filter_floor"].status == report.NOT_MET and j["filter_cce"].status == report.NOT_MET
+    assert j["exact_floor"].status == report.MET
+    j = judged(swap("liger", 53.0))  # 53/13.5 = 3.93x
+    assert j["liger"].status == report.NOT_MET
+    j = judged(swap("cce", 14.0, mem=2**29))
+    assert j["mem"].status == report.NOT_MET
+    # a record that is not exact (the pre-exact API filtered by default) is not judged as the exact head
+    j = judged(swap("inpo-triton", 13.5, exact=False))
+    assert "inpo-triton-chunked" in j["exact_floor"].detail and j["exact_floor"].status == report.NOT_MET  # 1.6x
     # a fast but wrong kernel meets nothing: its records are not "ours", and the value target fails
-    wrong = [r for r in recs if r["impl"] != "inpo-triton"] + [_gpu_head("inpo-triton", "peaked", 5.0, err=0.3, ok=False)]
-    targets = {t.name: t for t in report.head_targets(wrong)}
-    assert targets["every timed impl matches the fp32 reference"].status == report.NOT_MET
-    assert "inpo-triton at 16384×2048×128256 peaked" in targets["every timed impl matches the fp32 reference"].detail
-    # the chunked mode (12.5 ms) is what is left for peaked: 1.25× > 1.2×
-    assert targets["fused head fwd+bwd ≤ 1.2× GEMM floor (peaked), ≤ 1.45× (flat)"].status == report.NOT_MET
+    j = judged(swap("inpo-triton", 5.0, err=0.3, ok=False))
+    assert j["value"].status == report.NOT_MET and "inpo-triton at 16384×2048×128256 peaked" in j["value"].detail
+    assert "inpo-triton-chunked" in j["exact_floor"].detail

@@ -1,5 +1,6 @@
 """HF sampler: reproducible for a seed, K per prompt, bounded length, stops at eos, left padding."""
 
+import copy
 import os
 
 import pytest
@@ -149,3 +150,76 @@ def test_flash_attention_fp32_model_samples_under_bf16_autocast_on_cuda(model, m
     ctx = _flash_autocast(model, cuda)
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16 and ctx.device == "cuda"
     assert not isinstance(_flash_autocast(model, cpu), torch.autocast)
+
+
+def test_row_seeds_are_distinct_per_prompt_sample_and_call():
+    """Every (call seed, prompt, sample) gets its own vLLM seed: no two rows of a call, nor of consecutive
+    iterations' calls, share one (vLLM seeds sample j of a request ``seed + j``, so near seeds would collide)."""
+    from inpo.generation.base import row_seed
+
+    seeds = {row_seed(s, i, j) for s in range(3) for i in range(200) for j in range(8)}
+    assert len(seeds) == 3 * 200 * 8
+    assert all(0 <= x < 2 ** 63 for x in seeds)
+    assert row_seed(7, 3, 2) == row_seed(7, 3, 2)
+    near = sorted(seeds)
+    assert min(b - a for a, b in zip(near, near[1:])) > 8  # seed + j of one row never lands on another row
+
+
+def test_vllm_dtype_is_the_policys_unless_configured(model):
+    from inpo.generation.vllm import resolve_dtype
+
+    assert resolve_dtype(model, None) == resolve_dtype(model, "policy") == "float32"
+    assert resolve_dtype(copy.deepcopy(model).to(torch.bfloat16), "policy") == "bfloat16"
+    assert resolve_dtype("/some/dir", None) == "float32"  # the trainer loads directories in fp32
+    assert resolve_dtype(model, "bfloat16") == "bfloat16" and resolve_dtype(model, torch.float16) == "float16"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype(model, "auto")
+
+
+def test_auto_backend_rule(monkeypatch):
+    import inpo._optional as opt
+    from inpo.generation import auto_backend
+
+    monkeypatch.setattr(opt, "available", lambda name: False)
+    assert auto_backend() == "hf"
+    monkeypatch.setattr(opt, "available", lambda name: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_backend() == "hf"  # CPU, unknown length: HF (no engine start to repay)
+    assert auto_backend(planned_tokens=14_999) == "hf"  # CPU: below the measured break-even
+    assert auto_backend(planned_tokens=15_000) == "vllm"  # CPU: a long run repays the engine start
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_backend() == "vllm"
+
+
+def test_planned_tokens_of_a_run():
+    from inpo.online import _planned_new_tokens
+    from inpo.train.config import TrainConfig
+
+    cfg = TrainConfig(iterations=3, n_prompts=10, k=8, max_new_tokens=24)
+    assert _planned_new_tokens(cfg) == 3 * 10 * 8 * 24
+    full = TrainConfig(iterations=1, k=2, max_new_tokens=5)  # all of the embedded task's train prompts
+    assert _planned_new_tokens(full) > 0 and _planned_new_tokens(full) % 10 == 0
+
+
+def test_config_rejects_unknown_sampler_and_dtype():
+    from inpo.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="sampler must be one of.*'sglang'"):
+        TrainConfig(sampler="sglang").validate()
+    with pytest.raises(ValueError, match="sampler_dtype must be one of.*'fp8'"):
+        TrainConfig(sampler_dtype="fp8").validate()
+    TrainConfig(sampler="auto", sampler_dtype="bfloat16").validate()
+
+
+def test_set_policy_and_close_on_the_hf_sampler(model, tok):
+    """The run keeps one sampler and points it at π_t, π_ref, π_{t+1} in turn."""
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p))
+    with HFSampler(model, tok, max_new_tokens=4) as s:
+        a = s.sample(PROMPTS, 2, seed=0)
+        s.set_policy(other)
+        assert s.model is other and s.sample(PROMPTS, 2, seed=0) != a
+        s.set_policy(model)
+        assert s.sample(PROMPTS, 2, seed=0) == a

@@ -255,11 +255,11 @@ def test_bench_smoke_writes_records(tmp_path):
     from inpo.profiling import native_bench
 
     out = tmp_path / "head-cpu.jsonl"
-    assert native_bench.main(["--smoke", "--impls", "inpo-native,torch,gemm-floor", "--out", str(out)]) == 0
+    assert native_bench.main(["--smoke", "--impls", "inpo-native,torch,aten-gemms", "--out", str(out)]) == 0
 
     records = [json.loads(line) for line in out.read_text().splitlines()]
     impls = [r["impl"] for r in records]
-    expected = ["torch", "gemm-floor"] if not native_impl.is_available() else ["inpo-native", "torch", "gemm-floor"]
+    expected = ["torch", "aten-gemms"] if not native_impl.is_available() else ["inpo-native", "torch", "aten-gemms"]
     assert impls == expected
     for r in records:
         assert r["fwd_bwd_ms"] > 0 and r["floor_ms"] > 0 and r["threads"] >= 1

@@ -20,6 +20,7 @@ class _Item:
 
 def _items():
     return {"interp": _Item("test_triton_head"), "gpu": _Item("test_triton_head", gpu=True),
+            "epilogue": _Item("test_epilogue"), "epilogue-gpu": _Item("test_epilogue", gpu=True),
             "head-triton": _Item("test_head", params={"impl": "triton", "dtype": object()}),
             "head-torch": _Item("test_head", params={"impl": "torch"}), "other": _Item("test_games")}
 
@@ -33,7 +34,7 @@ def test_cuda_machine_skips_the_interpreter_tier(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     items = _items()
     conftest.pytest_collection_modifyitems(None, list(items.values()))
-    assert _skipped(items) == {"interp", "head-triton"}
+    assert _skipped(items) == {"interp", "epilogue", "head-triton"}
     assert "CUDA_VISIBLE_DEVICES=" in items["interp"].markers[0].kwargs["reason"]
 
 
@@ -41,7 +42,7 @@ def test_cpu_machine_skips_the_gpu_tier(monkeypatch):
     monkeypatch.setattr(conftest.torch.cuda, "is_available", lambda: False)
     items = _items()
     conftest.pytest_collection_modifyitems(None, list(items.values()))
-    assert _skipped(items) == {"gpu"}
+    assert _skipped(items) == {"gpu", "epilogue-gpu"}
 
 
 def test_cuda_machine_with_the_interpreter_forced_skips_nothing(monkeypatch):
@@ -50,3 +51,17 @@ def test_cuda_machine_with_the_interpreter_forced_skips_nothing(monkeypatch):
     items = _items()
     conftest.pytest_collection_modifyitems(None, list(items.values()))
     assert _skipped(items) == set()
+
+
+def test_the_vllm_tier_is_skipped_without_vllm_and_runs_with_it(monkeypatch):
+    import inpo._optional
+
+    monkeypatch.setattr(conftest.torch.cuda, "is_available", lambda: False)
+    for installed, skipped in ((False, {"vllm"}), (True, set())):
+        monkeypatch.setattr(inpo._optional, "available", lambda name, v=installed: v)
+        items = {"vllm": _Item("test_vllm"), "other": _Item("test_games")}
+        items["vllm"].keywords = {"vllm": True}
+        conftest.pytest_collection_modifyitems(None, list(items.values()))
+        assert _skipped(items) == skipped
+        if skipped:
+            assert "make test-vllm" in items["vllm"].markers[0].kwargs["reason"]

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 
-from inpo.generation.base import Sampler
+from inpo.generation.base import BACKENDS, Sampler
 from inpo.generation.hf import HFSampler
 
-__all__ = ["Sampler", "HFSampler", "VLLMSampler", "make_sampler", "BACKENDS"]
-
-BACKENDS = ("hf", "vllm", "auto")
+__all__ = ["Sampler", "HFSampler", "VLLMSampler", "make_sampler", "auto_backend", "BACKENDS"]
 
 
 def __getattr__(name):  # VLLMSampler is importable without vllm; constructing it says what is missing
@@ -20,28 +18,45 @@ def __getattr__(name):  # VLLMSampler is importable without vllm; constructing i
     raise AttributeError(name)
 
 
-def make_sampler(backend: str, model, tokenizer, **kw) -> Sampler:
-    """``"hf"`` → :class:`HFSampler`; ``"vllm"`` → :class:`VLLMSampler` (needs vllm and a model directory);
-    ``"auto"`` → vLLM when it is installed, CUDA is up and ``model`` is a directory, else HF.
-    A directory given to the HF backend is loaded with ``AutoModelForCausalLM`` (local files only).
+# vLLM's CPU engine start (80 s at load 7, 35-85 s quiet) against its steady-state gain over HF generate (442 vs
+# 114 tok/s, 3.9x, cpu-22m fp32): it pays back after about 12k sampled tokens (bench/results/generation-cpu.jsonl).
+VLLM_CPU_BREAK_EVEN_TOKENS = 15_000
+
+
+def auto_backend(model=None, planned_tokens: int | None = None) -> str:
+    """What ``sampler: auto`` picks: the faster sampler, as measured (README, "Generation").
+
+    vLLM when it is importable and either CUDA is up or the run will sample at least
+    :data:`VLLM_CPU_BREAK_EVEN_TOKENS` new tokens (``planned_tokens``; unknown counts as few): on CPU its engine
+    start is only repaid by its ~3.9x faster steady-state sampling on a long run. Otherwise HF, which has no engine
+    to start.
+    """
+    from inpo._optional import available
+
+    if not available("vllm"):
+        return "hf"
+    import torch
+
+    if torch.cuda.is_available():
+        return "vllm"
+    return "vllm" if (planned_tokens or 0) >= VLLM_CPU_BREAK_EVEN_TOKENS else "hf"
+
+
+def make_sampler(backend: str, model, tokenizer, *, dtype=None, planned_tokens: int | None = None, **kw) -> Sampler:
+    """``"hf"`` → :class:`HFSampler`; ``"vllm"`` → :class:`VLLMSampler` (needs vllm); ``"auto"`` →
+    :func:`auto_backend`. ``model`` is a transformers model or a local model directory (the HF backend loads
+    it with ``AutoModelForCausalLM``, local files only). ``dtype`` is the vLLM engine's (``None`` = the
+    policy's); the HF sampler runs the model object as it is.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown sampler backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    is_path = isinstance(model, (str, os.PathLike))
     if backend == "auto":
-        from inpo._optional import available
-
-        use_vllm = is_path and available("vllm")
-        if use_vllm:
-            import torch
-
-            use_vllm = torch.cuda.is_available()
-        backend = "vllm" if use_vllm else "hf"
+        backend = auto_backend(model, planned_tokens)
     if backend == "vllm":
         from inpo.generation.vllm import VLLMSampler
 
-        return VLLMSampler(model, tokenizer, **kw)
-    if is_path:
+        return VLLMSampler(model, tokenizer, dtype=dtype, **kw)
+    if isinstance(model, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM
 
         if not os.path.isdir(model):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 
-from inpo.generation.base import Sampler, check_sample_args
+from inpo.generation.base import Sampler, check_sample_args, check_sampling_args
 from inpo.train.attention import sdpa_for_generation
 
 __all__ = ["HFSampler"]
@@ -46,12 +45,7 @@ class HFSampler(Sampler):
                  top_p: float = 1.0, batch_size: int = 64, max_prompt_length: int | None = None):
         from inpo.data.chat import Truncation, stop_token_ids
 
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-        if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        check_sampling_args(max_new_tokens, temperature, top_p)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.stop_ids = stop_token_ids(tokenizer)  # eos + the template's end of turn; raises when there is none

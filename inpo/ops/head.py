@@ -133,6 +133,14 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
         check_unit_interval("targets", tgt, sync=check_values)  # win rates; CUDA: deferred, no host sync
     # Validate the objective's needs before the expensive head runs.
     objective.check_inputs(torch.empty(s, device="meta"), *(None if t is None else t.to("meta") for t in (ref, anchor, tgt)))
+    if resolve_impl(impl, hidden.device) == "triton":
+        # The fused epilogue: split merge, sequence sums, objective, per-token gradient and mean in one kernel.
+        check_head_inputs(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index,
+                          check_values=check_values)
+        loss, logps = _import(_IMPL_MODULES["triton"]).preference_loss(
+            hidden, weight, labels, cu_seqlens, objective, ref_logps=ref, anchor_logps=anchor, targets=tgt, bias=bias,
+            ignore_index=ignore_index, **_exactness_options("triton", grad_filter, deterministic))
+        return (loss, logps) if return_logps else loss
     logps = sequence_logps(hidden, weight, labels, cu_seqlens, bias=bias, ignore_index=ignore_index, impl=impl,
                            check_values=check_values, grad_filter=grad_filter, deterministic=deterministic)
     ref, anchor, tgt = (None if t is None else t.to(logps.dtype) for t in (ref, anchor, tgt))

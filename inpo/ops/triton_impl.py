@@ -2,7 +2,9 @@
 
 Order of this file (kernel → launcher → autograd glue → public function): the kernels live in
 ``kernels/head.py`` (installed as ``inpo.kernels.head``; design and FLOP accounting are documented there),
-the launch configs in ``kernels/configs.py``.
+the launch configs in ``kernels/configs.py``. Two entry points: ``sequence_logps`` (head forward, split merge and
+segment sums in torch, head backward) and ``preference_loss`` (head forward, the fused epilogue of
+``kernels/epilogue.py`` -- merge, segment sums, objective, per-token gradient, mean -- and head backward).
 
 Options (``sequence_logps(..., **options)`` or ``params=HeadParams(...)``):
     grad_filter  ``None`` (default) = exact gradients. A float b in (0, 1): the opt-in gradient filter of the
@@ -51,7 +53,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from inpo.ops.checks import check_deterministic, check_grad_filter, check_head_inputs
+from inpo.ops.checks import check_deterministic, check_grad_filter, check_head_inputs, check_side_input
 from inpo.ops.gemm import addmm_fp32, mm_fp32
 from inpo.ops.naive import segment_ids, segment_sum_ordered
 
@@ -200,9 +202,9 @@ def _launch_config(hidden: Tensor, override, backward: bool):
     return head, interpreted, override or configs.baked(family, hidden.dtype == torch.float32)[int(backward)]
 
 
-def head_forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, ignore_index: int,
-                 params: HeadParams) -> tuple[Tensor, Tensor]:
-    """Per-token log-probs [N] fp32 (0 where ignored) and log-sum-exp [N] fp32 (0 where ignored)."""
+def head_forward_partials(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, ignore_index: int,
+                          params: HeadParams) -> Tensor:
+    """The forward kernel's [3, SPLITS, N] fp32 partials (m, s, t) of each vocabulary split (needs N > 0)."""
     head, interpreted, cfg = _launch_config(hidden, params.fwd_config, backward=False)
     n, hd = hidden.shape
     v = weight.shape[0]
@@ -218,7 +220,13 @@ def head_forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Te
             _autotuned(head.head_fwd_kernel, False)[lambda meta: (_cdiv(n, meta["BLOCK_N"]), splits)](*args, **flags)
         else:
             head.head_fwd_kernel[(_cdiv(n, cfg.block_n), splits)](*args, **flags, **cfg.meta(backward=False))
-    part_m, part_s, part_t = part
+    return part
+
+
+def head_forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, ignore_index: int,
+                 params: HeadParams) -> tuple[Tensor, Tensor]:
+    """Per-token log-probs [N] fp32 (0 where ignored) and log-sum-exp [N] fp32 (0 where ignored)."""
+    part_m, part_s, part_t = head_forward_partials(hidden, weight, bias, labels, ignore_index, params)
     valid = labels != ignore_index
     # Merge the splits; an empty split (or an all-ignored block) has m = -inf, s = 0 and drops out.
     lse = torch.where(valid, torch.logsumexp(part_m + part_s.log(), dim=0), 0.0)
@@ -308,7 +316,66 @@ def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, l
     return dx, dw, db
 
 
+_EPILOGUE_BLOCK_T = 256  # tokens per step of the epilogue's walk over a sequence
+_EPILOGUE_BLOCK_G = 1024  # group losses per step of the last program's mean
+
+
+def preference_epilogue(part: Tensor, labels: Tensor, cu_seqlens: Tensor, spec, ref: Tensor | None,
+                        anchor: Tensor | None, targets: Tensor | None, ignore_index: int):
+    """One launch of ``inpo.kernels.epilogue``: the forward's partials -> (loss, logps, lse, g_tok).
+
+    ``part``: [3, SPLITS, N] fp32 from :func:`head_forward_partials`; ``spec``: the objective's
+    :class:`inpo.objectives.KernelSpec`; ``ref``/``anchor``/``targets``: [S] fp32 or None. Returns the 0-dim mean
+    loss, the [S] sequence log-probs, the [N] lse the backward needs and the [N] per-token gradient of the loss
+    w.r.t. each token's log-prob (what the backward kernels consume, times the loss's upstream gradient).
+    """
+    _kernels(labels.device)  # interpreter / device checks, shared with the head's kernels
+    from inpo.kernels import epilogue
+
+    splits, n = part.shape[1], part.shape[2]
+    s = cu_seqlens.shape[0] - 1
+    groups = s // 2 if spec.pairwise else s
+    dev = labels.device
+    new = _poisoned if _flag("INPO_POISON_OUTPUTS") else torch.empty
+    lse, g_tok = new((2, n), dtype=torch.float32, device=dev)
+    logps = new((s,), dtype=torch.float32, device=dev)
+    group_loss = new((groups,), dtype=torch.float32, device=dev)
+    loss = new((), dtype=torch.float32, device=dev)
+    ticket = torch.zeros(1, dtype=torch.int32, device=dev)  # the "last program reduces" counter starts at 0
+    side = [t.contiguous() if t is not None else logps for t in (ref, anchor, targets)]  # logps: never read
+    with _on_device(dev):
+        epilogue.preference_epilogue_kernel[(groups,)](
+            part[0], part[1], part[2], labels, cu_seqlens, *side, lse, g_tok, logps, group_loss, loss, ticket,
+            n, splits, ignore_index, groups,
+            spec.ref_coef, spec.anchor_coef, spec.offset, spec.target_center, spec.target_div, spec.scale,
+            spec.label_smoothing,
+            PAIRWISE=spec.pairwise, LOSS_KIND=_LOSS_KIND[spec.loss], USE_REF=spec.uses_ref,
+            USE_ANCHOR=spec.uses_anchor, USE_TARGETS=spec.uses_targets,
+            BLOCK_T=_EPILOGUE_BLOCK_T, BLOCK_G=_EPILOGUE_BLOCK_G, num_warps=4)
+    return loss, logps, lse, g_tok
+
+
+_LOSS_KIND = {"squared": 0, "logsigmoid": 1}  # kernels/epilogue.py: LOSS_SQUARED, LOSS_LOGSIGMOID
+
+
 # ----------------------------------------------------------------------------------------- autograd glue
+def _input_grads(ctx, hidden, weight, bias, labels, lse, g_tok):
+    """(dHidden, dWeight, dBias) in the inputs' dtypes for per-token upstream ``g_tok``; None where not needed."""
+    need = tuple(ctx.needs_input_grad[:3])
+    need = (need[0], need[1], need[2] and bias is not None)
+    if hidden.shape[0] == 0:
+        dx, dw, db = (torch.zeros(t.shape, dtype=torch.float32, device=t.device) if (t is not None and k) else None
+                      for t, k in zip((hidden, weight, bias), need))
+    else:
+        backward = head_backward_chunked if ctx.params.bwd_mode == "chunked" else head_backward
+        dx, dw, db = backward(hidden, weight, bias, labels, lse, g_tok, ctx.ignore_index, ctx.params, need)
+    # Rebinding frees each fp32 accumulator before the next cast: the peak holds one fp32 + one low-precision copy.
+    dx = None if dx is None else dx.to(hidden.dtype)
+    dw = None if dw is None else dw.to(weight.dtype)
+    db = None if db is None else db.to(bias.dtype)
+    return dx, dw, db
+
+
 class TritonHeadFunction(torch.autograd.Function):
     """[S] summed log-probs; backward recomputes logits tiles (8NHV FLOPs in all)."""
 
@@ -334,20 +401,40 @@ class TritonHeadFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         hidden, weight, bias, labels, seg, lse = ctx.saved_tensors
-        need = tuple(ctx.needs_input_grad[:3])
-        need = (need[0], need[1], need[2] and bias is not None)
-        if hidden.shape[0] == 0:
-            dx, dw, db = (torch.zeros(t.shape, dtype=torch.float32, device=t.device) if (t is not None and k) else None
-                          for t, k in zip((hidden, weight, bias), need))
-        else:
+        g_tok = None
+        if hidden.shape[0] > 0:
             g_tok = torch.where(labels != ctx.ignore_index, grad_out.float()[seg], 0.0).contiguous()
-            backward = head_backward_chunked if ctx.params.bwd_mode == "chunked" else head_backward
-            dx, dw, db = backward(hidden, weight, bias, labels, lse, g_tok, ctx.ignore_index, ctx.params, need)
-        # Rebinding frees each fp32 accumulator before the next cast: the peak holds one fp32 + one low-precision copy.
-        dx = None if dx is None else dx.to(hidden.dtype)
-        dw = None if dw is None else dw.to(weight.dtype)
-        db = None if db is None else db.to(bias.dtype)
-        return dx, dw, db, None, None, None, None
+        return *_input_grads(ctx, hidden, weight, bias, labels, lse, g_tok), None, None, None, None
+
+
+class TritonPreferenceLossFunction(torch.autograd.Function):
+    """(mean loss, [S] log-probs): head forward + fused epilogue; the backward is the head's backward alone.
+
+    The epilogue already wrote the per-token gradient of the loss (``g_tok``), so the backward only scales it by
+    the loss's upstream gradient (one elementwise op, the same for every objective) and runs the head backward.
+    The log-probs output is not differentiable; ref/anchor/targets are constants.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ref, anchor, targets, spec, ignore_index, params):
+        params = params.resolved()  # as TritonHeadFunction: deterministic/bwd_mode fixed for the backward
+        n = hidden.shape[0]
+        if n == 0:
+            part = torch.empty(3, 1, 0, dtype=torch.float32, device=hidden.device)
+        else:
+            part = head_forward_partials(hidden, weight, bias, labels, ignore_index, params)
+        loss, logps, lse, g_tok = preference_epilogue(part, labels, cu_seqlens, spec, ref, anchor, targets,
+                                                      ignore_index)
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, g_tok)
+        ctx.ignore_index, ctx.params = ignore_index, params
+        ctx.mark_non_differentiable(logps)
+        return loss, logps
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_logps):
+        hidden, weight, bias, labels, lse, g_tok = ctx.saved_tensors
+        g_tok = g_tok * grad_loss.float()  # not in place: a second backward (retain_graph) reuses the saved g_tok
+        return (*_input_grads(ctx, hidden, weight, bias, labels, lse, g_tok),) + (None,) * 8
 
 
 # -------------------------------------------------------------------------------------------- public API
@@ -359,6 +446,36 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
     hidden, weight, bias); ``options`` are :class:`HeadParams` fields (``grad_filter``, ``deterministic``,
     ``fwd_config``, ``bwd_config``, ``splits``, ``bwd_mode``, ``chunk_tokens``, ``stats``) and override ``params``.
     """
+    params, labels, bias = _prepare(hidden, weight, labels, cu_seqlens, bias, ignore_index, params, options)
+    return TritonHeadFunction.apply(hidden, weight, bias, labels, cu_seqlens, int(ignore_index), params)
+
+
+def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, objective, *,
+                    ref_logps: Tensor | None = None, anchor_logps: Tensor | None = None,
+                    targets: Tensor | None = None, bias: Tensor | None = None, ignore_index: int = -100,
+                    params: HeadParams | None = None, **options) -> tuple[Tensor, Tensor]:
+    """(0-dim fp32 mean loss, [S] fp32 log-probs, not differentiable) of ``objective`` with the fused head.
+
+    Three kernel launches per forward + backward, whatever the objective: the head's forward, the epilogue
+    (``inpo.kernels.epilogue``: split merge, sequence sums, objective, per-token gradient, mean) and the head's
+    backward. ``ref_logps``/``anchor_logps``/``targets`` are [S] constants (no gradient flows into them);
+    ``options`` as in :func:`sequence_logps`.
+    """
+    if not callable(getattr(objective, "kernel_spec", None)):
+        raise TypeError(f"objective must be an inpo.objectives.Objective (INPO, ONPO, IPO, DPO, SPPO), got "
+                        f"{type(objective).__name__}")
+    params, labels, bias = _prepare(hidden, weight, labels, cu_seqlens, bias, ignore_index, params, options)
+    s = cu_seqlens.shape[0] - 1
+    side = [check_side_input(name, t, s, hidden.device)  # [S] fp32, detached, on hidden's device
+            for name, t in (("ref_logps", ref_logps), ("anchor_logps", anchor_logps), ("targets", targets))]
+    objective.check_inputs(torch.empty(s, device="meta"), *(None if t is None else t.to("meta") for t in side))
+    side = [None if t is None else t.contiguous() for t in side]
+    return TritonPreferenceLossFunction.apply(hidden, weight, bias, labels, cu_seqlens.contiguous(), *side,
+                                              objective.kernel_spec(), int(ignore_index), params)
+
+
+def _prepare(hidden, weight, labels, cu_seqlens, bias, ignore_index, params, options):
+    """Shared argument handling of the public functions: (HeadParams, contiguous labels, contiguous bias)."""
     unknown = set(options) - {f.name for f in dataclasses.fields(HeadParams)}
     if unknown:
         raise TypeError(f"unknown Triton head option(s) {sorted(unknown)}; expected fields of HeadParams: "
@@ -372,4 +489,4 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
         raise TypeError(f"bias must be fp32/fp16/bf16 for impl='triton', got {bias.dtype}")
     labels = labels.contiguous()  # hidden/weight strides go to the kernels; labels are tiny
     bias = bias.contiguous() if bias is not None else None
-    return TritonHeadFunction.apply(hidden, weight, bias, labels, cu_seqlens, int(ignore_index), params)
+    return params, labels, bias

@@ -6,7 +6,9 @@ the **GEMM floor** of the same run: the three cuBLAS GEMMs of the same shapes (f
 dX = dZ·W, dW = dZᵀ·X), timed one by one and summed. ``floor_ratio`` = fwd_bwd_ms / floor_ms (1.0 = as fast
 as the GEMMs alone; the fused recompute design does 8NHV, so ~1.33 is its compute-bound ideal).
 
-Implementations: ``inpo-triton`` (fused atomic backward), ``inpo-triton-chunked`` (``bwd_mode="chunked"``),
+Implementations: ``inpo-triton`` (fused atomic backward, exact: ``grad_filter=None``, the default),
+``inpo-triton-filter`` (the same with the opt-in gradient filter, ``grad_filter=--grad-filter``; passed only when
+``sequence_logps`` takes the argument, else skipped with a note), ``inpo-triton-chunked`` (``bwd_mode="chunked"``),
 ``inpo-torch``, ``inpo-native`` (when built), ``naive``, ``torch-compile``
 (torch.compile of the chunked torch impl), ``liger`` (LigerFusedLinearCrossEntropyLoss), ``cce``
 (cut_cross_entropy.linear_cross_entropy, reduction="none", plus a segment-sum epilogue), ``gemm-floor``.
@@ -47,7 +49,7 @@ from inpo.profiling.timing import is_oom, measure, release_memory
 
 SHAPES = ((16384, 2048, 128256), (8192, 4096, 128256))
 SMOKE_SHAPE = (256, 64, 1000)
-IMPLS = ("inpo-triton", "inpo-triton-chunked", "inpo-torch", "inpo-native", "naive", "torch-compile", "liger", "cce",
+IMPLS = ("inpo-triton", "inpo-triton-filter", "inpo-triton-chunked", "inpo-torch", "inpo-native", "naive", "torch-compile", "liger", "cce",
          "gemm-floor")
 SMOKE_IMPLS = ("naive", "inpo-torch", "inpo-triton", "gemm-floor")
 INPUTS = ("flat", "peaked")
@@ -55,6 +57,17 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PEAKED_ENTROPY = 1.5  # nats: target mean token entropy of the peaked inputs
 SEQ_LEN = 512  # packed sequence length (the last one takes the remainder)
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "bench" / "results"
+GRAD_FILTER = 2**-7  # opt-in per-row budget timed by "inpo-triton-filter": skips ~70% of peaked tiles (README table)
+
+
+def accepts_grad_filter() -> bool:
+    """Whether the public ``sequence_logps`` has the exact-by-default API (a ``grad_filter`` keyword): then
+    ``inpo-triton`` is exact and ``inpo-triton-filter`` can opt in."""
+    import inspect
+
+    from inpo.ops import sequence_logps
+
+    return "grad_filter" in inspect.signature(sequence_logps).parameters
 
 
 @dataclass
@@ -125,8 +138,14 @@ def _segment_sum(tok: torch.Tensor, p: Problem) -> torch.Tensor:
     return torch.zeros(p.upstream.numel(), dtype=torch.float32, device=tok.device).index_add(0, p.seg, tok.float())
 
 
-def _head_runner(impl: str) -> Callable[[Problem, torch.Tensor, torch.Tensor], torch.Tensor]:
+def _head_runner(impl: str, grad_filter: float = GRAD_FILTER) -> Callable[[Problem, torch.Tensor, torch.Tensor],
+                                                                           torch.Tensor]:
     """(problem, hidden leaf, weight leaf) -> [S] log-probs, for each implementation."""
+    if impl == "inpo-triton-filter":
+        from inpo.ops import sequence_logps
+
+        return lambda p, x, w: sequence_logps(x, w, p.labels, p.cu_seqlens, impl="triton", check_values=False,
+                                              grad_filter=grad_filter)
     if impl in ("inpo-triton", "inpo-torch", "inpo-native", "naive"):
         from inpo.ops import sequence_logps
 
@@ -160,6 +179,8 @@ def _head_runner(impl: str) -> Callable[[Problem, torch.Tensor, torch.Tensor], t
 
 def unavailable_reason(impl: str, device: torch.device) -> str | None:
     """Why ``impl`` cannot run here, or None."""
+    if impl == "inpo-triton-filter" and not accepts_grad_filter():
+        return "sequence_logps takes no grad_filter argument (the exact-by-default head API is not in this tree)"
     if impl == "liger" and not available("liger_kernel"):
         return "liger-kernel not installed"
     if impl == "cce" and not available("cut_cross_entropy"):
@@ -176,9 +197,9 @@ def unavailable_reason(impl: str, device: torch.device) -> str | None:
     return None
 
 
-def fwd_bwd_fn(impl: str, p: Problem) -> Callable[[], None]:
+def fwd_bwd_fn(impl: str, p: Problem, grad_filter: float = GRAD_FILTER) -> Callable[[], None]:
     """A closure running one forward + backward (grads reset each call so nothing accumulates)."""
-    run = _head_runner(impl)
+    run = _head_runner(impl, grad_filter) if impl == "inpo-triton-filter" else _head_runner(impl)
     x = p.hidden.detach().requires_grad_(True)
     w = p.weight.detach().requires_grad_(True)
 
@@ -241,8 +262,21 @@ def _peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> int | Non
     return int(torch.cuda.max_memory_allocated(device) - base)
 
 
+def gradient_mode(impl: str, grad_filter: float) -> dict:
+    """What the record says about the backward's exactness: ``grad_filter`` (None = exact) and ``exact``."""
+    if impl == "inpo-triton-filter":
+        return {"grad_filter": grad_filter, "exact": False}
+    if impl in ("inpo-triton", "inpo-triton-chunked"):
+        # Before the exact-by-default API the atomic backward filtered fp16/bf16 by default.
+        exact = accepts_grad_filter() or impl == "inpo-triton-chunked"
+        return {"grad_filter": None, "exact": exact}
+    if impl == "cce":
+        return {"grad_filter": "cce-default", "exact": False}
+    return {"grad_filter": None, "exact": True}
+
+
 def run(shapes, impls, inputs_list, dtype: torch.dtype, device: torch.device, *, smoke: bool = False,
-        out: Path | None = None, log: Callable[[str], None] = print) -> list[dict]:
+        out: Path | None = None, log: Callable[[str], None] = print, grad_filter: float = GRAD_FILTER) -> list[dict]:
     """Benchmark every (shape, inputs, impl); append each record to ``out`` as soon as it exists."""
     env = environment_info()
     env["autotune"] = os.environ.get("INPO_AUTOTUNE", "0")
@@ -264,7 +298,8 @@ def run(shapes, impls, inputs_list, dtype: torch.dtype, device: torch.device, *,
             if floor_ms is None:
                 release_memory(device)  # after the except block: its traceback no longer pins the failed tensors
             for impl in impls:
-                rec = dict(base, impl=impl, floor_ms=floor_ms, floor_gemm_ms=floor_parts)
+                rec = dict(base, impl=impl, floor_ms=floor_ms, floor_gemm_ms=floor_parts,
+                           **gradient_mode(impl, grad_filter))
                 reason = unavailable_reason(impl, device)
                 if reason:
                     rec.update(fwd_bwd_ms=None, floor_ratio=None, tflops=None, peak_mem_bytes=None, skipped=reason)
@@ -276,7 +311,7 @@ def run(shapes, impls, inputs_list, dtype: torch.dtype, device: torch.device, *,
                             timing = dict(fwd_bwd_ms=floor_ms, p20_ms=None, p80_ms=None, method="sum-of-medians")
                             peak = None
                         else:
-                            fn = fwd_bwd_fn(impl, p)
+                            fn = fwd_bwd_fn(impl, p, grad_filter)
                             fn()  # warm-up: compilation, autotuning, allocator growth
                             peak = _peak_extra_bytes(fn, device)
                             t = timer(fn)
@@ -343,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--impls", type=_parse_list(IMPLS, "--impls"), default=None, help=f"comma list from {IMPLS}")
     ap.add_argument("--inputs", type=_parse_list(INPUTS, "--inputs"), default=None, help="flat,peaked")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 (fp32 for --smoke)")
+    ap.add_argument("--grad-filter", type=float, default=GRAD_FILTER,
+                    help=f"opt-in filter budget timed by inpo-triton-filter (default {GRAD_FILTER:g})")
     ap.add_argument("--smoke", action="store_true", help=f"tiny shape {SMOKE_SHAPE}, fast impls only (CPU default)")
     ap.add_argument("--out", type=Path, default=None,
                     help="JSONL to append to (default on CUDA: bench/results/head-<device>.jsonl; CPU: print only)")
@@ -367,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     if out is None and device.type == "cuda":
         out = RESULTS_DIR / f"head-{device_slug()}.jsonl"
-    records = run(shapes, impls, args.inputs or list(INPUTS), dtype, device, smoke=smoke, out=out)
+    if not 0.0 < args.grad_filter < 1.0:
+        print(f"--grad-filter must be a budget in (0, 1), got {args.grad_filter}", file=sys.stderr)
+        return 2
+    records = run(shapes, impls, args.inputs or list(INPUTS), dtype, device, smoke=smoke, out=out,
+                  grad_filter=args.grad_filter)
     if out is not None:
         print(f"{len(records)} records appended to {out}")
     else:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import shlex
 import sys
 import tempfile
 import time
@@ -46,6 +48,11 @@ MODEL_SHAPES: dict[str, dict] = {
     "llama-1b-body": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                           num_key_value_heads=8, head_dim=64, tie_word_embeddings=True, rope_theta=500000.0,
                           max_position_embeddings=4096, rms_norm_eps=1e-5),
+    # The CPU-scale body of the side-by-side CPU benches (step_bench "cpu-22m" without its 32k vocabulary: the
+    # online loop samples text, so the vocabulary is the default task tokenizer's).
+    "cpu-22m-body": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+                         num_key_value_heads=2, head_dim=64, tie_word_embeddings=True, rope_theta=10000.0,
+                         max_position_embeddings=1024, rms_norm_eps=1e-5),
     "tiny-body": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, rope_theta=10000.0,
                       max_position_embeddings=512, rms_norm_eps=1e-5),
@@ -66,6 +73,8 @@ class IterationBenchConfig:
     device: str | None = None
     seed: int = 0
     smoke: bool = False
+    rounds: int = 1  # run every algorithm this many times, interleaved (A, B, C, A, B, C); medians are recorded
+    command: str | None = None
 
     def validate(self) -> None:
         bad = [a for a in self.algorithms if a not in ALGORITHMS]
@@ -75,6 +84,8 @@ class IterationBenchConfig:
             raise ValueError(f"model must be 'default' or one of {sorted(MODEL_SHAPES)}, got {self.model!r}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
 
 
 def smoke_config(**overrides) -> IterationBenchConfig:
@@ -193,7 +204,7 @@ def warm_up(model_dir: str | None, device: torch.device, impl: str) -> None:
 
 
 def run_algorithm(name: str, cfg: IterationBenchConfig, work: Path, model_dir: str | None,
-                  log: Callable[[str], None] = print) -> list[dict]:
+                  log: Callable[[str], None] = print, run_name: str | None = None) -> list[dict]:
     """``run_online`` for one algorithm, then the pure fwd/bwd floor of each of its iterations."""
     from inpo.online import _load_tokenizer, run_online  # the loop's own tokenizer choice
     from inpo.profiling.nvml import NvmlMonitor
@@ -202,7 +213,7 @@ def run_algorithm(name: str, cfg: IterationBenchConfig, work: Path, model_dir: s
     from inpo.train.loop import resolve_device
     from inpo.train.model import load_policy
 
-    out = work / f"run-{name}"
+    out = work / (run_name or f"run-{name}")
     tc = TrainConfig(output=str(out), seed=cfg.seed, device=cfg.device or "auto", model=model_dir,
                      iterations=cfg.iterations, evaluate=False, progress=False, overwrite=True,  # its own work dir
                      **{**cfg.train, **ALGORITHMS[name]}).validate()
@@ -262,19 +273,46 @@ def run(cfg: IterationBenchConfig, *, log: Callable[[str], None] = print) -> lis
         model_dir = _prepare_model_dir(cfg, work)
         model_name = "default-tiny" if model_dir is None else cfg.model
         warm_up(model_dir, device, cfg.train.get("impl", "auto"))
-        for name in cfg.algorithms:
-            for rec in run_algorithm(name, cfg, work, model_dir, log=log):
-                rec = {**env, "torch_threads": torch.get_num_threads(), "model": model_name, "smoke": cfg.smoke,
-                       **rec}
-                records.append(rec)
-                log(f"[bench iteration] {name} t={rec['iteration']}: "
-                    + ", ".join(f"{p} {rec[p + '_s']:.2f}s" for p in PHASES if rec.get(p + "_s") is not None)
-                    + f"; oracle queries {rec['oracle_queries']}; pure fwd/bwd {rec['pure_fwd_bwd_s']:.2f}s"
-                    + (f" (overhead {rec['overhead_ratio']:.2f}×)" if rec["overhead_ratio"] else ""))
+        per_round: dict[tuple[str, int], list[dict]] = {}
+        for r in range(cfg.rounds):
+            for name in cfg.algorithms:
+                run_name = f"run-{name}" if cfg.rounds == 1 else f"run-{name}-r{r}"
+                for rec in run_algorithm(name, cfg, work, model_dir, log=log, run_name=run_name):
+                    rec = {**env, "torch_threads": torch.get_num_threads(), "model": model_name, "smoke": cfg.smoke,
+                           "loadavg_1m": round(os.getloadavg()[0], 2), "command": cfg.command, **rec}
+                    per_round.setdefault((name, rec["iteration"]), []).append(rec)
+                    log(f"[bench iteration] {name} t={rec['iteration']} (round {r}): "
+                        + ", ".join(f"{p} {rec[p + '_s']:.2f}s" for p in PHASES if rec.get(p + "_s") is not None)
+                        + f"; oracle queries {rec['oracle_queries']}; pure fwd/bwd {rec['pure_fwd_bwd_s']:.2f}s"
+                        + (f" (overhead {rec['overhead_ratio']:.2f}×)" if rec["overhead_ratio"] else ""))
+        records = [median_record(recs) for recs in per_round.values()]
     if records:
         append_jsonl(out, records)
         log(f"[bench iteration] appended {len(records)} records to {out}")
     return records
+
+
+TIMED = (*[f"{p}_s" for p in PHASES], "other_s", "total_s", "pure_fwd_s", "pure_train_s", "pure_fwd_bwd_s",
+         "overhead_ratio")
+
+
+def median_record(recs: list[dict]) -> dict:
+    """One record from the same (algorithm, iteration) run over several interleaved rounds: the median of every
+    timed field (the overhead ratio is the median of the rounds' ratios), the per-round values kept as
+    ``<field>_rounds``, and the load averages seen."""
+    if len(recs) == 1:
+        return {**recs[0], "rounds": 1}
+    import statistics
+
+    out = dict(recs[-1])
+    for k in TIMED:
+        vals = [r[k] for r in recs if r.get(k) is not None]
+        if vals:
+            out[k] = statistics.median(vals)
+            out[f"{k}_rounds"] = vals
+    out["loadavg_1m"] = [r.get("loadavg_1m") for r in recs]
+    out["rounds"] = len(recs)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,11 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--algorithms", default=None, help=f"comma-separated subset of {','.join(ALGORITHMS)}")
     ap.add_argument("--model", choices=["default", *MODEL_SHAPES], default=None)
     ap.add_argument("--iterations", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved repeats of every algorithm (medians)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="TrainConfig override shared by all algorithms (e.g. --set k=8 --set n_prompts=128)")
     ap.add_argument("--out", default=None, help="results file (default bench/results/iteration-<device>.jsonl)")
     ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir, removed)")
     ap.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     try:
         cfg = smoke_config() if args.smoke else IterationBenchConfig()
@@ -297,11 +337,12 @@ def main(argv: list[str] | None = None) -> int:
             if not sep:
                 raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
             train[key.strip()] = _parse_value(value)
-        overrides = {k: v for k, v in dict(model=args.model, iterations=args.iterations, out=args.out,
+        overrides = {k: v for k, v in dict(model=args.model, iterations=args.iterations, rounds=args.rounds,
+                                           out=args.out,
                                            workdir=args.workdir, device=args.device).items() if v is not None}
         if args.algorithms:
             overrides["algorithms"] = tuple(a.strip() for a in args.algorithms.split(",") if a.strip())
-        cfg = replace(cfg, train=train, **overrides)
+        cfg = replace(cfg, train=train, command="inpo bench iteration " + shlex.join(argv), **overrides)
         cfg.validate()
         on_cpu = (cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
         if on_cpu and cfg.model == "llama-1b-body":

@@ -42,6 +42,11 @@ MODEL_SHAPES: dict[str, dict] = {
     "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                          num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
                          rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5),
+    # CPU scale (the side-by-side CPU bench, inpo.profiling.step_cpu_bench): 21.6 M parameters, 32k vocabulary
+    # (12.3 M of them in the tied embedding/LM head, as in small real LMs), 6 layers, GQA 6/2 heads.
+    "cpu-22m": dict(hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+                    num_key_value_heads=2, head_dim=64, vocab_size=32000, tie_word_embeddings=True,
+                    rope_theta=10000.0, max_position_embeddings=1024, rms_norm_eps=1e-5),
     # Smoke shape: a few hundred thousand parameters, a step in milliseconds on one CPU core.
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, vocab_size=512, tie_word_embeddings=True, rope_theta=10000.0,
@@ -74,6 +79,7 @@ class StepBenchConfig:
     device: str | None = None
     seed: int = 0
     smoke: bool = False
+    lengths: str = "fixed"  # "fixed": every sequence seq_len tokens; "variable": up to seq_len (make_variable_pairs)
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -89,6 +95,8 @@ class StepBenchConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.lengths not in LENGTHS:
+            raise ValueError(f"lengths must be one of {list(LENGTHS)}, got {self.lengths!r}")
         if self.attn not in ATTN_CHOICES:
             raise ValueError(f"attn must be one of {list(ATTN_CHOICES)}, got {self.attn!r}")
         bad = [s for s in self.systems if s not in SYSTEMS]
@@ -156,6 +164,37 @@ def make_pairs(n_pairs: int, seq_len: int, vocab_size: int, seed: int) -> list[t
     return seqs
 
 
+LENGTHS = ("fixed", "variable")
+EOS_ID = 1  # the word-level tokenizer's </s>: TRL appends it to every response, so variable pairs end with it
+
+
+def make_variable_pairs(n_pairs: int, max_len: int, vocab_size: int, seed: int, *,
+                        min_prompt: int = 16) -> list[tuple[list[int], list[int]]]:
+    """``2·n_pairs`` sequences of variable length, as real preference data has: pair i shares a prompt of
+    uniform length in [min_prompt, max_len // 4]; chosen and rejected responses have independent uniform lengths
+    in [8, max_len - prompt] (so every sequence fits ``max_len``), each ending with ``EOS_ID``. Mean sequence
+    length ≈ 0.55·max_len. Ids avoid 0..3 (special tokens of the TRL harness's tokenizer)."""
+    if max_len < 4 * min_prompt or max_len < 32:
+        raise ValueError(f"max_len must be >= max(32, 4·min_prompt = {4 * min_prompt}) tokens, got {max_len}")
+    g = torch.Generator().manual_seed(seed)
+    seqs = []
+    for _ in range(n_pairs):
+        p = int(torch.randint(min_prompt, max_len // 4 + 1, (1,), generator=g))
+        prompt = torch.randint(4, vocab_size, (p,), generator=g).tolist()
+        for _ in range(2):
+            r = int(torch.randint(8, max_len - p + 1, (1,), generator=g))
+            seqs.append((prompt, torch.randint(4, vocab_size, (r - 1,), generator=g).tolist() + [EOS_ID]))
+    return seqs
+
+
+def bench_pairs(cfg: StepBenchConfig, n_pairs: int) -> list[tuple[list[int], list[int]]]:
+    """The bench's ``n_pairs`` pairs (``2·n_pairs`` sequences) for ``cfg.lengths``; the same for every system."""
+    vocab = MODEL_SHAPES[cfg.model]["vocab_size"]
+    if cfg.lengths == "variable":
+        return make_variable_pairs(n_pairs, cfg.seq_len, vocab, cfg.seed)
+    return make_pairs(n_pairs, cfg.seq_len, vocab, cfg.seed)
+
+
 def _pairs_per_micro(cfg: StepBenchConfig, micro_tokens: int) -> int:
     return micro_tokens // (2 * cfg.seq_len)
 
@@ -188,14 +227,15 @@ def _ours(cfg: StepBenchConfig, device: torch.device, micro_tokens: int, *, impl
     from inpo.train.optim import make_optimizer
 
     n_pairs = _pairs_per_micro(cfg, micro_tokens) * cfg.accum
-    seqs = make_pairs(n_pairs, cfg.seq_len, MODEL_SHAPES[cfg.model]["vocab_size"], cfg.seed)
+    seqs = bench_pairs(cfg, n_pairs)
     batches = pack_sequences(seqs, max_tokens=micro_tokens, pairwise=True)
     model = build_model(cfg.model, device, cfg.seed, cfg.attn)
     optimizer = make_optimizer(model, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     g = torch.Generator().manual_seed(cfg.seed + 1)
-    side = {"ref_logps": -cfg.seq_len * (1 + torch.rand(len(seqs), generator=g)),
-            "anchor_logps": -cfg.seq_len * (1 + torch.rand(len(seqs), generator=g))}
+    n_tok = torch.tensor([float(len(r)) for _, r in seqs])  # plausible log-probs: ~ -1 nat per response token
+    side = {"ref_logps": -n_tok * (1 + torch.rand(len(seqs), generator=g)),
+            "anchor_logps": -n_tok * (1 + torch.rand(len(seqs), generator=g))}
     objective = _objective(cfg)
     if cfg.objective in ("ipo", "dpo"):
         side.pop("anchor_logps")
@@ -265,7 +305,11 @@ def _trl(cfg: StepBenchConfig, device: torch.device, micro_tokens: int) -> Prepa
     b = _pairs_per_micro(cfg, micro_tokens)
     n_steps = cfg.warmup + cfg.reps
     vocab = MODEL_SHAPES[cfg.model]["vocab_size"]
-    seqs = make_pairs(b * cfg.accum * n_steps, cfg.seq_len, vocab, cfg.seed)
+    # Per TRL step b·accum pairs; with ``extra["trl_steps_per_train"]`` (the interleaved CPU bench) each
+    # ``trainer.train()`` call is one pass over exactly the pairs of one of our steps.
+    per_train = cfg.extra.get("trl_steps_per_train")
+    n_steps = per_train or n_steps
+    seqs = bench_pairs(cfg, b * cfg.accum * n_steps)
     tok = word_level_tokenizer(vocab)
     words = lambda ids: " ".join(f"t{i}" for i in ids)  # noqa: E731
     # TRL appends eos to chosen/rejected: drop our last response token so both see seq_len tokens.
@@ -313,7 +357,8 @@ def _trl(cfg: StepBenchConfig, device: torch.device, micro_tokens: int) -> Prepa
         nonlocal model, trainer
         del model, trainer
 
-    return Prepared(step, b * cfg.accum * 2 * cfg.seq_len, [cfg.seq_len] * (2 * b * cfg.accum), cleanup,
+    lens = [len(pr) + len(r) for pr, r in seqs]
+    return Prepared(step, sum(lens) // n_steps, lens[:2 * b * cfg.accum], cleanup,
                     {"trl": trl.__version__, "per_device_train_batch_size": b, "runs_own_loop": True,
                      "attn_implementation": attn, "gradient_checkpointing": bool(args.gradient_checkpointing)})
 

@@ -91,7 +91,8 @@ class TrainConfig:
     k: int = 8  # responses sampled per prompt (the paper's K; best/worst by the oracle's tournament)
     oracle: str = "synthetic"  # synthetic | reward:PATH | pairwise:PATH
     pair_strategy: str = "best_worst"  # best_worst | random
-    sampler: str = "hf"  # hf | vllm | auto
+    sampler: str = "auto"  # hf | vllm | auto (inpo.generation.auto_backend: the faster one, as measured)
+    sampler_dtype: str = "policy"  # vLLM engine dtype: policy (the policy's own) | float32 | bfloat16 | float16
     max_new_tokens: int | None = None  # None: 24 for the embedded task, 64 with model=DIR
     temperature: float = 1.0
     top_p: float = 1.0
@@ -210,8 +211,12 @@ class TrainConfig:
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be > 0 or null, got {v!r}")
         self._validate_ranges()
-        if self.sampler not in ("hf", "vllm", "auto"):
-            raise ValueError(f"sampler must be 'hf', 'vllm' or 'auto', got {self.sampler!r}")
+        from inpo.generation.base import BACKENDS, DTYPES
+
+        if self.sampler not in BACKENDS:
+            raise ValueError(f"sampler must be one of {', '.join(BACKENDS)}, got {self.sampler!r}")
+        if self.sampler_dtype not in DTYPES:
+            raise ValueError(f"sampler_dtype must be one of {', '.join(DTYPES)}, got {self.sampler_dtype!r}")
         for name in ("keep_iterates", "logging_steps"):
             v = getattr(self, name)
             if v is not None and v <= 0:
