@@ -12,10 +12,13 @@ setup: $(STAMP)
 
 # torch==2.13.0 first when no torch is importable: a bare `torch` requirement would pull a multi-GB
 # CUDA build on a CPU machine. GPU machines keep the torch they already have.
-$(STAMP): pyproject.toml setup.py
+# --no-build-isolation: setup.py builds the native CPU head (csrc/) against *this* torch at install time; an
+# isolated build env has no torch (and must not download one), so it would skip the build (JIT at first use).
+$(STAMP): pyproject.toml setup.py csrc/fused_head.cpp
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q "setuptools>=68" wheel ninja
+	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
 	@touch $(STAMP)
 
 # --overwrite: runs/default is this target's own run; `make train` again starts it afresh (a user's other runs are
@@ -84,4 +87,4 @@ experiments-winrate: setup
 	$(PY) -m bench.experiment_default --out bench/results/experiments
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .cache runs *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .cache runs *.egg-info build inpo/_native_head_*.so

@@ -156,6 +156,22 @@ class Objective:
         """The quantity the loss regresses or classifies (h for INPO/IPO/DPO, g for ONPO)."""
         raise NotImplementedError
 
+    def log_ratio(self, logps: Tensor, ref_logps: Tensor | None = None, anchor_logps: Tensor | None = None) -> Tensor:
+        """Per sequence ``[..., S]``: log π minus the log of the distribution the objective measures π against;
+        :meth:`margin` is its chosen-minus-rejected difference (pairwise objectives)."""
+        raise NotImplementedError
+
+    @property
+    def reward_scale(self) -> float:
+        """β of TRL's implicit reward β·(log π − log π_ref): the factor that puts every IPO-style regression target
+        at a reward margin of 1/2 (IPO: β; INPO: η, target 1/(2η); ONPO: 1/η, target η/2; SPPO: η)."""
+        raise NotImplementedError
+
+    def implicit_rewards(self, logps: Tensor, ref_logps: Tensor | None = None,
+                         anchor_logps: Tensor | None = None) -> Tensor:
+        """TRL's ``rewards/*`` per sequence: ``reward_scale · log_ratio`` (DPO/IPO: exactly TRL's β·(log π − log π_ref))."""
+        return self.reward_scale * self.log_ratio(logps, ref_logps, anchor_logps)
+
     def kernel_spec(self) -> KernelSpec:
         """This objective's constants for the fused epilogue (see :class:`KernelSpec`)."""
         raise NotImplementedError(f"{type(self).__name__} has no fused-epilogue kernel spec")
@@ -197,6 +213,19 @@ class INPO(Objective):
     def needs_anchor(self) -> bool:
         return self.ratio < 1
 
+    @property
+    def reward_scale(self) -> float:
+        return self.eta
+
+    def log_ratio(self, logps, ref_logps=None, anchor_logps=None):
+        # against the geometric mix π_ref^(τ/η) · π_t^(1−τ/η) (normalisers cancel in the pair margin)
+        r = logps
+        if self.needs_ref:
+            r = r - self.ratio * ref_logps
+        if self.needs_anchor:
+            r = r - (1.0 - self.ratio) * anchor_logps
+        return r
+
     def margin(self, logps, ref_logps=None, anchor_logps=None):
         h = pair_margin(logps)
         if self.ratio > 0:
@@ -231,6 +260,13 @@ class ONPO(Objective):
     def needs_anchor(self) -> bool:
         return True
 
+    @property
+    def reward_scale(self) -> float:
+        return 1.0 / self.eta
+
+    def log_ratio(self, logps, ref_logps=None, anchor_logps=None):
+        return logps - anchor_logps
+
     def margin(self, logps, ref_logps=None, anchor_logps=None):
         return pair_margin(logps) - pair_margin(anchor_logps)
 
@@ -253,6 +289,13 @@ class _ReferenceMargin(Objective):
     @property
     def needs_ref(self) -> bool:
         return True
+
+    @property
+    def reward_scale(self) -> float:
+        return self.beta
+
+    def log_ratio(self, logps, ref_logps=None, anchor_logps=None):
+        return logps - ref_logps
 
     def margin(self, logps, ref_logps=None, anchor_logps=None):
         return pair_margin(logps) - pair_margin(ref_logps)
@@ -316,6 +359,13 @@ class SPPO(Objective):
     @property
     def needs_targets(self) -> bool:
         return True
+
+    @property
+    def reward_scale(self) -> float:
+        return self.eta
+
+    def log_ratio(self, logps, ref_logps=None, anchor_logps=None):
+        return logps - anchor_logps
 
     def check_inputs(self, logps, ref_logps=None, anchor_logps=None, targets=None) -> None:
         """Also: ``targets`` (win-rate estimates P̂) in [0, 1]. Checked here for CPU tensors (no device to sync

@@ -35,6 +35,8 @@ from __future__ import annotations
 import copy
 import json
 import random
+import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -223,7 +225,8 @@ def _main_sees(path: Path) -> bool:
 
 # Keys a resumed run may change: where/how it runs and how far it goes, not what it computes.
 _RESUME_FREE = {"resume", "max_steps", "iterations", "progress", "threads", "output", "device", "checkpoint_every",
-                "keep_checkpoints", "evaluate", "n_bootstrap", "gen_batch_size", "overwrite"}
+                "keep_checkpoints", "evaluate", "n_bootstrap", "gen_batch_size", "overwrite",
+                "keep_iterates", "report_to", "logging_steps"}
 # File-valued keys whose content (not only their path) a resumed run must share.
 _FINGERPRINT_FILES = ("data", "prompts", "eval_prompts")
 
@@ -271,7 +274,7 @@ def _check_resume_config(cfg: TrainConfig, out: Path) -> None:
 
 
 def _progress(cfg: TrainConfig):
-    if not cfg.progress:
+    if not cfg.progress or not sys.stdout.isatty():  # a log file gets plain progress lines instead of bars
         return nullcontext(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -594,10 +597,11 @@ def _evaluate_on_main(cfg, run, t, policy, plain, ref, tokenizer, oracle, sample
 
 # -- the starting model, recorded beside every export -------------------------------------------------------------
 
-def _export(run, policy, tokenizer) -> Path:
+def _export(run, policy, tokenizer, **kw) -> Path:
+    """export_final (``kw``: dest, meta) plus the record of the run's starting model that `inpo eval` reads."""
     from inpo.eval import ORIGIN_FILE, origin_record
 
-    final = export_final(run, policy, tokenizer)
+    final = export_final(run, policy, tokenizer, **kw)
     if run.is_main:
         atomic_write_text(final / ORIGIN_FILE, json.dumps(origin_record(run.cfg), indent=2) + "\n")
     return final
@@ -649,6 +653,7 @@ def run_online(config: TrainConfig) -> list[dict]:
     run, ckpt = _begin_run(cfg, device)
     run.print(f"[inpo] {cfg.default_notes()}")
     run.n_params = sum(p.numel() for p in policy.parameters())
+    run.tokenizer = tokenizer
     objective = cfg.make_objective()
     aux = None
     if objective.name == "onpo":  # ONPO's auxiliary chain π', π'_0 = π_ref; sharded like the policy under torchrun
@@ -717,9 +722,13 @@ def run_online(config: TrainConfig) -> list[dict]:
                 times["train_s"] = time.perf_counter() - t0
                 save_checkpoint(run.out, model=policy, state={"iteration": t, "phase": "done",
                                 "global_step": run.global_step, "fingerprint": run.fingerprint},
-                                extra_models={"aux": aux} if aux is not None else None, keep=cfg.keep_checkpoints)
+                                extra_models={"aux": aux} if aux is not None else None, keep=cfg.keep_checkpoints,
+                                tokenizer=tokenizer)
+                _keep_iterate(cfg, run, t, policy, tokenizer)
             else:
                 rank_stats = json.loads((run.out / f"iter_{t:03d}" / "rank_stats.json").read_text())
+                if not _main_sees(_iterate_dir(run.out, t) / ITERATE_META):  # crashed between checkpoint and export
+                    _keep_iterate(cfg, run, t, policy, tokenizer)
             resume_phase, resume_step, ckpt = None, 0, None
             # The ranking's own query count (from its stats file, so a resumed iteration reports it too).
             rec = {"kind": "iteration", "iteration": t, "oracle_queries": rank_stats.get("queries", 0),
@@ -743,7 +752,44 @@ def run_online(config: TrainConfig) -> list[dict]:
     if agreed_stop_signal(device) is not None:
         raise interrupted("before the final export")
     _export(run, policy, tokenizer)
+    run.reporter.close()
     return records
+
+
+ITERATE_META = "inpo_export.json"  # written by export_final into every iterate folder: marks it as ours
+
+
+def _iterate_dir(out: Path, t: int) -> Path:
+    return out / f"iter_{t:03d}" / "policy"
+
+
+def _keep_iterate(cfg, run, t, policy, tokenizer) -> Path:
+    """π_{t+1} -- the policy iteration t trained, the one its win-rate row measures -- as a transformers model
+    folder ``<out>/iter_<t>/policy`` (collective under FSDP). With ``keep_iterates: N`` only the newest N such
+    folders are kept; a folder is removed only when its ``inpo_export.json`` says it is an iterate of ours."""
+    path = _export(run, policy, tokenizer, dest=_iterate_dir(run.out, t),
+                        meta={"kind": "iterate", "iteration": t, "iterate": t + 1, "objective": cfg.objective,
+                              "global_step": run.global_step, "start_model": cfg.model or "default"})
+    if run.is_main and cfg.keep_iterates is not None:
+        prune_iterates(run.out, cfg.keep_iterates)
+    return path
+
+
+def prune_iterates(out: Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` iterate folders ``<out>/iter_*/policy`` that are ours (their
+    ``inpo_export.json`` says kind "iterate"); anything else is left alone. Returns the removed folders."""
+    ours = []
+    for d in Path(out).glob("iter_*/policy"):
+        try:
+            meta = json.loads((d / ITERATE_META).read_text())
+        except (OSError, ValueError):
+            continue  # not written by us (or not completely): never deleted
+        if isinstance(meta, dict) and meta.get("kind") == "iterate" and isinstance(meta.get("iteration"), int):
+            ours.append((meta["iteration"], d))
+    removed = [d for _, d in sorted(ours)[:-keep]] if keep > 0 else []
+    for d in removed:
+        shutil.rmtree(d)
+    return removed
 
 
 def _onpo_iteration(cfg, run, t, policy, aux, seqs, logps, objective, ckpt, resume_phase, resume_step):
@@ -777,6 +823,7 @@ def run_offline(config: TrainConfig) -> list[dict]:
     records = load_pairs(cfg.data)
     n_records = len(records)
     seqs, records = _sequences(tokenizer, records, True, cfg)  # bad data fails here, before the run dir is touched
+    heldout = _heldout_pairs(cfg, tokenizer)  # so does a bad eval_data file
     if not seqs:
         raise ValueError(f"no pair of {cfg.data!r} is left after truncation to max_length={cfg.max_length} "
                          f"(truncation_mode=keep_start drops pairs whose prompt alone fills it)")
@@ -787,6 +834,7 @@ def run_offline(config: TrainConfig) -> list[dict]:
     run, ckpt = _begin_run(cfg, device)
     run.print(f"[inpo] {cfg.default_notes()}")
     run.n_params = sum(p.numel() for p in policy.parameters())
+    run.tokenizer = tokenizer
     objective = cfg.make_objective()
     if ckpt is not None and ckpt["state"]["phase"] == "done":
         run.print("[inpo] offline run already complete; exporting the final model again")
@@ -815,13 +863,40 @@ def run_offline(config: TrainConfig) -> list[dict]:
                               start_step=ckpt["state"]["iter_step"] if ckpt else 0, resume_ckpt=ckpt)
     run.progress = None
     save_checkpoint(run.out, model=policy, state={"iteration": 0, "phase": "done", "global_step": run.global_step,
-                                                  "fingerprint": run.fingerprint}, keep=cfg.keep_checkpoints)
+                                                  "fingerprint": run.fingerprint}, keep=cfg.keep_checkpoints,
+                    tokenizer=tokenizer)
     rec = {"kind": "iteration", "iteration": 0, "pairs": len(records), "oracle_queries": 0,
            "precompute_s": precompute_s, "train_s": time.perf_counter() - t0, "step": run.global_step,
            "final_loss": summary["last"].get("loss")}
+    if heldout is not None:
+        rec.update(_heldout_pair_metrics(cfg, ref, policy, objective, *heldout))
     run.log(rec)
     _export(run, policy, tokenizer)
+    run.reporter.close()
     return [rec]
+
+
+def _heldout_pairs(cfg, tokenizer):
+    """``(seqs, records)`` of the held-out pairs ``eval_data`` (TRL formats and truncation as for data), or None."""
+    if not cfg.eval_data:
+        return None
+    from inpo.data.pairs import load_pairs
+
+    return _sequences(tokenizer, load_pairs(cfg.eval_data), True, cfg)
+
+
+def _heldout_pair_metrics(cfg, ref, policy, objective, seqs, held) -> dict:
+    """TRL's eval metrics on the held-out pairs ``eval_data`` (TRL's eval_dataset): ``eval_loss`` (the objective's
+    mean loss) and ``eval_rewards/*``, ``eval_logps/*`` for the trained policy against π_ref (π_t = π_ref offline).
+    Collective under FSDP (every rank scores every held-out sequence)."""
+    from inpo.train.reporting import pair_metric_sums, trl_metrics
+
+    ref_l = precompute_logps(ref, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
+    pol_l = precompute_logps(policy, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
+    side = _side_inputs(cfg, objective, {"ref": ref_l, "iterate": ref_l}, held)
+    loss = objective.losses(pol_l, side.get("ref_logps"), side.get("anchor_logps")).mean()
+    trl = trl_metrics(pair_metric_sums(objective, pol_l, side).tolist(), len(held))
+    return {"eval_loss": float(loss), "eval_pairs": len(held), **{f"eval_{k}": v for k, v in trl.items()}}
 
 
 def run_training(config: TrainConfig) -> list[dict]:

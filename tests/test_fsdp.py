@@ -67,3 +67,96 @@ def test_fsdp2_two_processes_match_single_process(model_dir, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+
+
+# -- the fused-head root under FSDP2: no view output, gradients equal to one process -----------------------------
+
+def _tiny_lm(tied: bool):
+    from transformers import LlamaForCausalLM
+
+    from inpo.train.model import tiny_llama_config
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config(64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=2, num_key_value_heads=2,
+                                              tie_word_embeddings=tied))
+
+
+def _grad_batch():
+    """Four packed sequences (two per rank) → input_ids, position_ids, labels, cu_seqlens for rows [lo, hi)."""
+    g = torch.Generator().manual_seed(1)
+    lens = [7, 5, 9, 6]
+    ids = [torch.randint(0, 64, (n,), generator=g) for n in lens]
+
+    def pack(lo, hi):
+        seqs = ids[lo:hi]
+        inp = torch.cat(seqs)[None]
+        pos = torch.cat([torch.arange(len(s)) for s in seqs])[None]
+        labels = torch.cat([torch.cat([s[1:], torch.tensor([-100])]) for s in seqs])
+        labels[torch.cat([torch.arange(len(s)) < 2 for s in seqs])] = -100  # a 2-token "prompt" per sequence
+        cu = torch.tensor([0] + torch.tensor([len(s) for s in seqs]).cumsum(0).tolist(), dtype=torch.int32)
+        return inp, pos, labels, cu
+
+    return pack
+
+
+def _grads_of(model, root, inp, pos, labels, cu) -> dict:
+    from inpo.ops import sequence_logps
+    from inpo.train.model import hidden_and_head
+
+    hidden, weight, bias = hidden_and_head(root, inp, pos)
+    logps = sequence_logps(hidden, weight, labels, cu, bias=bias, impl="torch")
+    # A loss that uses every sequence differently (so a dropped or doubled rank shows): mean of w_i·logp_i.
+    (logps * torch.linspace(0.5, 1.5, len(logps))).mean().backward()
+    out = {}
+    for name, p in model.named_parameters():
+        g = p.grad
+        out[name] = (g.full_tensor() if hasattr(g, "full_tensor") else g).detach().clone()
+    return out
+
+
+def _grad_worker(rank: int, world: int, port: int, tied: bool, path: str) -> None:
+    import warnings
+
+    import torch.distributed as dist
+
+    from inpo.train.distributed import shard_policy
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        model = _tiny_lm(tied)
+        root = shard_policy(model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            grads = _grads_of(model, root, *_grad_batch()(2 * rank, 2 * rank + 2))
+        if rank == 0:
+            torch.save({"grads": grads, "warnings": [str(w.message) for w in caught]}, path)
+    finally:
+        dist.barrier()  # gloo aborts at exit without it (ENV-NOTES)
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("tied", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_fsdp2_fused_head_root_gradients_match_one_process_without_view_warning(tmp_path, tied):
+    """The FSDP2 root returned a view of the body's output (``hidden.reshape``), so FSDP2 warned that an in-place
+    op could skip its pre-backward all-gather. The root now returns the body's own tensor; the gradients of every
+    (full, gathered) parameter under 2-process FSDP2 equal one process's on the same four sequences."""
+    from inpo.train.model import FusedHeadPolicy
+
+    path = str(tmp_path / "rank0.pt")
+    mp.spawn(_grad_worker, args=(2, _free_port(), tied, path), nprocs=2, join=True)
+    got = torch.load(path)
+    assert not [w for w in got["warnings"] if "view" in w], got["warnings"]
+    model = _tiny_lm(tied)
+    # one process, all four sequences; each rank's mean is over its two, FSDP averages the two ranks
+    pack = _grad_batch()
+    halves = [_grads_of(model, FusedHeadPolicy(model), *pack(lo, lo + 2)) for lo in (0, 2)]
+    # (the second call accumulates into .grad: halves[1] holds the sum of both halves' gradients)
+    ref = {k: halves[1][k] / 2 for k in halves[1]}
+    assert got["grads"].keys() == ref.keys()
+    for k in ref:
+        torch.testing.assert_close(got["grads"][k], ref[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert any(ref[k].abs().sum() > 0 for k in ref)

@@ -202,3 +202,24 @@ def test_resume_with_another_world_size_is_refused(model_dir, tmp_path):
         from inpo.train.config import load_config, parse_overrides
 
         run_online(load_config(None, parse_overrides(micro_args(model_dir, out, "--resume", "true"))))
+
+
+def test_fsdp_checkpoints_and_iterates_are_model_folders(full_run):
+    """Under FSDP2 the policy is wrapped (keys 'model.<name>'): checkpoints still store transformers' key names
+    beside config.json and the tokenizer, so from_pretrained loads them; the iterate folders too."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ckpts = sorted((full_run / "checkpoints").glob("ckpt-*"))
+    assert ckpts
+    for ck in (ckpts[0], ckpts[-1]):
+        state = json.loads((ck / "state.json").read_text())
+        assert state["key_prefix"]["model"] == "model."  # the FSDP root wrapper's prefix, stripped on disk
+        model = AutoModelForCausalLM.from_pretrained(str(ck))
+        AutoTokenizer.from_pretrained(str(ck))
+        sd, saved = model.state_dict(), load_file(str(ck / "model.safetensors"))
+        assert saved and all(torch.equal(sd[k], v) for k, v in saved.items())
+    last = load_file(str(full_run / "iter_001" / "policy" / "model.safetensors"))
+    final = load_file(str(full_run / "final" / "model.safetensors"))
+    assert last.keys() == final.keys() and all(torch.equal(last[k], final[k]) for k in last)
+    AutoModelForCausalLM.from_pretrained(str(full_run / "iter_000" / "policy"))

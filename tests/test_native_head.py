@@ -206,11 +206,13 @@ def test_build_failure_warns_once_and_falls_back(monkeypatch, tmp_path):
     torch.testing.assert_close(out, sequence_logps_naive(p["hidden"], p["weight"], p["labels"], p["cu_seqlens"]))
 
 
-def test_missing_ninja_is_reported(monkeypatch):
+def test_missing_ninja_is_reported(monkeypatch, tmp_path):
     from torch.utils import cpp_extension
 
     monkeypatch.setattr(native_impl, "_state", {})
     monkeypatch.setattr(native_impl, "_has_cpu_kernel", lambda: False)
+    monkeypatch.setattr(native_impl, "prebuilt_library", lambda: None)  # no install-time build: the JIT path
+    monkeypatch.setattr(native_impl, "jit_build_dir", lambda: tmp_path / "inpo_native_head_x")
     monkeypatch.setattr(native_impl, "_ensure_ninja_on_path", lambda: None)
     monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: False)
     with pytest.warns(RuntimeWarning, match="ninja is not installed"):
@@ -265,21 +267,6 @@ def test_bench_smoke_writes_records(tmp_path):
         assert r["floor_ratio"] == pytest.approx(r["fwd_bwd_ms"] / r["floor_ms"], rel=0.02, abs=1e-3)
         assert {"device", "torch", "commit", "date"} <= r.keys()
         assert (r["n"], r["h"], r["v"]) == native_bench.SMOKE_SHAPE
-
-
-def test_stale_build_lock_is_removed(monkeypatch, tmp_path):
-    from torch.utils import cpp_extension
-
-    lock = tmp_path / "lock"
-    lock.write_text("")
-    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
-    native_impl._remove_stale_lock(cpp_extension)
-    assert lock.exists()  # fresh: a build may be running
-    old = lock.stat().st_mtime - native_impl.STALE_LOCK_S - 60
-    os.utime(lock, (old, old))
-    with pytest.warns(RuntimeWarning, match="stale torch extension build lock"):
-        native_impl._remove_stale_lock(cpp_extension)
-    assert not lock.exists()
 
 
 def test_disable_env_falls_back(monkeypatch):

@@ -2,8 +2,13 @@
 
 Layout under ``<run>/checkpoints/``::
 
-    ckpt-000012/  model.safetensors  optimizer.safetensors  [aux.safetensors]  state.json
+    ckpt-000012/  model.safetensors  config.json  tokenizer files  optimizer.safetensors  [aux.safetensors]
+                  rng.safetensors  state.json
     latest        (text: the name of the newest complete checkpoint)
+
+Each checkpoint is also a model folder: ``model.safetensors`` holds the policy under transformers' own key names
+(the FSDP root wrapper's ``model.`` prefix is stripped; ``state.json`` records it for resume) beside its
+``config.json`` and the run's tokenizer, so ``AutoModelForCausalLM.from_pretrained(ckpt)`` loads π at that step.
 
 A checkpoint is written into a temporary directory, every file fsynced, then published with one
 ``os.replace`` and only then named in ``latest`` (itself replaced atomically): a crash at any point leaves
@@ -151,13 +156,39 @@ def _first_non_finite(*state_dicts: dict) -> str | None:
 
 # -- save / load --------------------------------------------------------------------------------------------
 
+def _key_prefix(model) -> str:
+    """The prefix the FSDP root wrapper adds to transformers' key names ('' for a plain model)."""
+    from inpo.train.model import FusedHeadPolicy
+
+    return "model." if isinstance(model, FusedHeadPolicy) else ""
+
+
+def _hf_tensors(sd: dict, prefix: str) -> dict:
+    # Tied weights share storage, which safetensors refuses; a clone per entry keeps every key loadable.
+    return {k.removeprefix(prefix): v.detach().cpu().clone().contiguous() for k, v in sd.items()}
+
+
+def _write_model_files(path: Path, model, tokenizer) -> None:
+    """config.json (+ generation_config.json) and the tokenizer beside model.safetensors: a loadable model folder."""
+    from inpo.train.model import unwrap
+
+    inner = unwrap(model)
+    if getattr(inner, "config", None) is not None:
+        inner.config.save_pretrained(str(path))
+    if getattr(inner, "generation_config", None) is not None:
+        inner.generation_config.save_pretrained(str(path))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+
+
 def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: dict, extra_models: dict | None = None,
-                    keep: int = 2) -> Path | None:
+                    keep: int = 2, tokenizer=None) -> Path | None:
     """Write a checkpoint of ``model`` (+ optimizer/scheduler/RNG/``state``) and point ``latest`` at it.
 
     ``state`` is the data position (iteration, phase, step...) as JSON-able data. ``extra_models`` maps a name
     to another model to store beside (e.g. ONPO's auxiliary chain π'). Collective under FSDP (every rank must
     call it); rank 0 writes. Returns the checkpoint directory (None on other ranks). Keeps the newest ``keep``.
+    The directory is also a transformers model folder of ``model`` (config.json, ``tokenizer`` when given).
     """
     msd, osd = _full_state(model, optimizer)
     extras = {name: _full_state(m)[0] for name, m in (extra_models or {}).items()}
@@ -176,12 +207,14 @@ def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: di
     root.mkdir(parents=True, exist_ok=True)
     name = f"ckpt-{int(state.get('global_step', 0)):06d}-i{int(state.get('iteration', 0))}-{state.get('phase', 'x')}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + name, dir=root))
-    # Tied weights share storage, which safetensors refuses; a clone per entry keeps every key loadable.
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in msd.items()}, tmp / "model.safetensors")
+    prefixes = {"model": _key_prefix(model), **{n: _key_prefix(m) for n, m in (extra_models or {}).items()}}
+    save_file(_hf_tensors(msd, prefixes["model"]), tmp / "model.safetensors", metadata={"format": "pt"})
     for ename, esd in extras.items():
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in esd.items()}, tmp / f"{ename}.safetensors")
+        save_file(_hf_tensors(esd, prefixes[ename]), tmp / f"{ename}.safetensors")
+    _write_model_files(tmp, model, tokenizer)
     # The world size is part of the data position: it decides each rank's share of a step and of the prompts.
-    meta = {"state": state, "extra_models": sorted(extras), "format": 1, "world_size": _world_size()}
+    meta = {"state": state, "extra_models": sorted(extras), "format": 1, "world_size": _world_size(),
+            "key_prefix": prefixes}
     if osd is not None:
         otensors, ometa = _flatten_optimizer(osd)
         save_file(otensors, tmp / "optimizer.safetensors")
@@ -282,6 +315,12 @@ def load_checkpoint(path) -> dict:
            "rng": (read("rng.safetensors"), meta.get("rng", {})), "path": path,
            "extra_models": {n: read(f"{n}.safetensors") for n in meta.get("extra_models", [])},
            "world_size": int(meta.get("world_size", 1))}
+    for name, prefix in meta.get("key_prefix", {}).items():  # back to the (wrapped) training model's key names
+        sd = out["model"] if name == "model" else out["extra_models"].get(name)
+        if prefix and sd is not None:
+            tensors = {prefix + k: v for k, v in sd.items()}
+            sd.clear()
+            sd.update(tensors)
     out["optimizer"] = (_unflatten_optimizer(read("optimizer.safetensors"), meta["optimizer"])
                         if "optimizer" in meta else None)
     return out

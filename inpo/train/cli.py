@@ -50,7 +50,7 @@ def _table(records: list[dict], console) -> None:
     for r in records:
         if "win_rate" not in r:
             continue
-        table.add_row(str(r["iteration"] + 1), f"{r['win_rate']:.3f}",
+        table.add_row(str(r["iteration"]), f"{r['win_rate']:.3f}",  # from 0, like iter_000/ and the progress lines
                       f"[{r['win_rate_ci_low']:.3f}, {r['win_rate_ci_high']:.3f}]", str(r.get("pairs", "")),
                       str(r.get("oracle_queries", "")), f"{r.get('wall_s', 0):.1f}")
     console.print(table)
@@ -123,6 +123,16 @@ def _run(cfg: TrainConfig, given: list[str]) -> int:
         if is_main:
             if any("win_rate" in r for r in records):
                 _table(records, console)
+            else:  # offline: final loss, the last step's TRL metrics, held-out metrics when there are any
+                import json
+                from pathlib import Path
+
+                from inpo.train.reporting import run_summary
+
+                mpath = Path(cfg.output) / "metrics.jsonl"
+                recs = [json.loads(x) for x in mpath.read_text().splitlines()] if mpath.is_file() else []
+                console.print(run_summary(records, [r for r in recs if r.get("kind") == "step"]), markup=False,
+                              highlight=False, soft_wrap=True)
             console.print(f"[inpo] done in {time.perf_counter() - t0:.1f} s; final policy in {cfg.output}/final, "
                           f"metrics in {cfg.output}/metrics.jsonl")
     return 0

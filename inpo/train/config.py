@@ -101,6 +101,7 @@ class TrainConfig:
     n_bootstrap: int = 1000
     # -- offline --
     data: str | None = None  # JSONL of {"prompt","chosen","rejected"}: offline training instead of online
+    eval_data: str | None = None  # offline: held-out pairs (TRL's eval_dataset) → eval_loss, eval_rewards/* at the end
     # -- sequence lengths (TRL's semantics, inpo.data.chat.Truncation) --
     max_length: int | None = None  # prompt + response tokens per sequence; None: no limit (embedded), 1024 (model)
     max_prompt_length: int | None = None  # a longer prompt keeps its last tokens (for generation too)
@@ -127,6 +128,9 @@ class TrainConfig:
     head_grad_filter: float | None = None  # opt-in filter of the Triton head's backward: per-token budget of skipped softmax mass in (0, 1); None = exact (needs head_deterministic: false)
     head_deterministic: bool | None = None  # fixed-order head backward; None = on (--resume continues bit-exactly), false = the atomic backward (faster on GPU, last bits vary run to run)
     progress: bool = True  # rich progress bars
+    keep_iterates: int | None = None  # online: keep the newest N iterate folders iter_<t>/policy (None = all)
+    report_to: str = "none"  # none | tensorboard | wandb | all, or a comma list (TRL's report_to)
+    logging_steps: int = 10  # a plain-text progress line every N steps when stdout is not a terminal
     threads: int | None = None  # CPU intra-op threads; None = 1 for the tiny default model on CPU, else torch's
     overwrite: bool = False  # a fresh start may replace a previous run (checkpoints, final/) in output
 
@@ -213,6 +217,13 @@ class TrainConfig:
             raise ValueError(f"sampler must be one of {', '.join(BACKENDS)}, got {self.sampler!r}")
         if self.sampler_dtype not in DTYPES:
             raise ValueError(f"sampler_dtype must be one of {', '.join(DTYPES)}, got {self.sampler_dtype!r}")
+        for name in ("keep_iterates", "logging_steps"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name} must be > 0{' or null' if name == 'keep_iterates' else ''}, got {v!r}")
+        from inpo.train.reporting import parse_report_to
+
+        parse_report_to(self.report_to)  # ValueError naming report_to and the valid names
         if self.chat_template not in ("auto", "none"):
             raise ValueError(f"chat_template must be 'auto' (the tokenizer's) or 'none' (plain text for a base model), "
                              f"got {self.chat_template!r}")
@@ -221,6 +232,9 @@ class TrainConfig:
             raise ValueError(f"pair_strategy must be 'best_worst' or 'random', got {self.pair_strategy!r}")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers [beta1, beta2], got {self.betas!r}")
+        if self.eval_data is not None and self.data is None:
+            raise ValueError(f"eval_data={self.eval_data!r} is for offline runs (held-out pairs scored after training "
+                             f"on data=...); online runs evaluate with eval_prompts")
         try:
             check_grad_filter(self.head_grad_filter)
         except ValueError as exc:
@@ -366,10 +380,8 @@ def _apply(cfg: TrainConfig, updates: dict, where: str) -> None:
                 raise ValueError(f"{where}: bf16=false is not supported: inpo keeps fp32 master weights and runs the "
                                  f"body under bf16 autocast on CUDA (fp32 on CPU); drop the key")
             continue  # what inpo does anyway on CUDA (TRL's bf16=True: bf16 mixed precision)
-        elif norm == "report_to" and norm not in _FIELDS:
-            if value in (None, "none", "None", [], "[]"):
-                continue
-            raise ValueError(f"{where}: report_to={value!r} is not available in this build (only 'none')")
+        elif norm == "report_to" and value in (None, [], "[]"):
+            value = "none"  # TRL's null / empty list: no integration
         elif norm == "loss_type":
             if value not in _LOSS_TYPES:
                 raise ValueError(f"{where}: loss_type {value!r} has no inpo objective with the same loss; TRL names "

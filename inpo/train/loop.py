@@ -161,6 +161,14 @@ class RunContext:
     progress: object = None
     n_params: int = 0
     records: list = field(default_factory=list)
+    tokenizer: object = None  # saved beside the weights in every checkpoint (a loadable model folder)
+    reporter: object = None  # TensorBoard / W&B (inpo.train.reporting.Reporter), made on first use
+
+    def __post_init__(self):
+        from inpo.train.reporting import Reporter
+
+        if self.reporter is None:
+            self.reporter = Reporter(self.cfg, self.out, self.is_main)
     fingerprint: dict = field(default_factory=dict)  # config + data hashes, stored in every checkpoint's state
 
     @property
@@ -175,6 +183,16 @@ class RunContext:
         self.records.append(record)
         if self.is_main:
             append_jsonl(self.metrics_path, record)
+            self.reporter.log(record)
+
+    def progress_line(self, record: dict, total: int) -> None:
+        """Without progress bars (stdout not a terminal, or progress: false): a plain line every
+        ``logging_steps`` steps and at a phase's last step."""
+        from inpo.train.reporting import step_line
+
+        every = getattr(self.cfg, "logging_steps", 10) or 10
+        if self.progress is None and (record["iter_step"] % every == 0 or record["iter_step"] == total):
+            self.print(step_line(record, total))
 
     def print(self, *args) -> None:
         if self.is_main:
@@ -289,7 +307,7 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
         rec = {"kind": "step", "step": run.global_step, "iteration": iteration, "phase": phase, "epoch": epoch,
                "iter_step": s + 1, "loss": stats["loss"], "margin": stats["margin"], "lr": stats["lr"],
                "grad_norm": stats["grad_norm"], "tokens": stats["tokens"], "tokens_per_s": stats["tokens"] / dt,
-               "step_time_s": dt, "peak_mem_bytes": peak_memory_bytes(run.device)}
+               "step_time_s": dt, "peak_mem_bytes": peak_memory_bytes(run.device), **stats.get("trl", {})}
         if run.device.type == "cuda" and run.n_params:
             peak = peak_bf16_flops(torch.cuda.get_device_name(run.device))
             if peak:
@@ -304,6 +322,8 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
                 f"max_grad_norm, or check the data")
         if task is not None:
             run.progress.update(task, advance=1, description=f"iter {iteration} {phase} loss {stats['loss']:.3f}")
+        else:
+            run.progress_line(rec, total)
         state = {"iteration": iteration, "phase": phase, "iter_step": s + 1, "global_step": run.global_step,
                  "fingerprint": run.fingerprint}
         stop = cfg.max_steps is not None and run.global_step >= cfg.max_steps
@@ -311,7 +331,7 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
         if s + 1 < total and (stop or signalled or
                               (cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0)):
             save_checkpoint(run.out, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
-                            extra_models=extra_models, keep=cfg.keep_checkpoints)
+                            extra_models=extra_models, keep=cfg.keep_checkpoints, tokenizer=run.tokenizer)
         if signalled:
             raise interrupted(f"at step {run.global_step} (iteration {iteration} {phase}, step {s + 1}/{total})")
         if stop and s + 1 < total:
@@ -461,7 +481,8 @@ def clear_run_dir(out: Path) -> None:
     Only for a directory marked as an inpo run (``check_output_dir`` / ``claim_run_dir`` decide)."""
     if not (out / RUN_MARKER).is_file():
         raise RunDirError(f"refusing to clear {str(out)!r}: not an inpo run directory (no {RUN_MARKER} marker)")
-    for name in ("checkpoints", "final", "metrics.jsonl", "eval_ref_responses.jsonl", "config.yaml", "summary.json"):
+    for name in ("checkpoints", "final", "metrics.jsonl", "eval_ref_responses.jsonl", "config.yaml", "summary.json",
+                 "tensorboard"):
         p = out / name
         if p.is_dir():
             shutil.rmtree(p)
@@ -472,8 +493,9 @@ def clear_run_dir(out: Path) -> None:
             shutil.rmtree(p)
 
 
-def export_final(run: RunContext, model, tokenizer) -> Path:
-    """``save_pretrained`` + tokenizer into ``<out>/final``, published atomically (tmp dir + rename)."""
+def export_final(run: RunContext, model, tokenizer, dest: Path | None = None, meta: dict | None = None) -> Path:
+    """``save_pretrained`` + tokenizer into ``dest`` (default ``<out>/final``), published atomically (tmp dir +
+    rename); ``meta`` is written into it as ``inpo_export.json``. Collective under FSDP (every rank calls it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from inpo.train.model import export_policy, unwrap
@@ -482,14 +504,15 @@ def export_final(run: RunContext, model, tokenizer) -> Path:
     full = None
     if world_is_distributed():
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    final = Path(dest) if dest is not None else run.out / "final"
     if not run.is_main:
-        return run.out / "final"
+        return final
     bad = next((n for n, p in (full or dict(inner.named_parameters())).items()
                 if p.is_floating_point() and not bool(torch.isfinite(p).all())), None)
     if bad is not None:
-        raise TrainingDiverged(f"the trained policy's weight {bad!r} is not finite (NaN/inf): final/ is not written; "
+        raise TrainingDiverged(f"the trained policy's weight {bad!r} is not finite (NaN/inf): {final} is not written; "
                                f"the checkpoints hold the last good weights")
-    final, tmp = run.out / "final", run.out / "final.tmp"
+    tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     if full is None:
@@ -502,7 +525,9 @@ def export_final(run: RunContext, model, tokenizer) -> Path:
         plain.load_state_dict({k.removeprefix("model."): v for k, v in full.items()}, assign=True, strict=False)
         plain.tie_weights()
         export_policy(plain, tokenizer, tmp)
-    old = run.out / "final.old"
+    if meta is not None:
+        (tmp / "inpo_export.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    old = final.with_name(final.name + ".old")
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)

@@ -192,6 +192,10 @@ class FusedHeadPolicy(nn.Module):
 
     Needed under FSDP2: the root module's pre-forward hook unshards the embedding / final norm / LM head
     only when the call goes through the root, so the body and the head weight must be read inside it.
+
+    The hidden states come back as the body's own ``[B, T, H]`` output, not a view of it: FSDP2 hooks its
+    pre-backward onto the root's outputs and warns (rightly) that a *view* output loses that hook to any
+    in-place op; :func:`hidden_and_head` flattens outside the root, where the view is harmless.
     """
 
     def __init__(self, model: nn.Module):
@@ -199,7 +203,10 @@ class FusedHeadPolicy(nn.Module):
         self.model = model
 
     def forward(self, input_ids: Tensor, position_ids: Tensor):
-        return _body_and_head(self.model, input_ids, position_ids)
+        hidden, weight, bias = _body_and_head(self.model, input_ids, position_ids)
+        if hidden._base is not None:  # a body whose output is itself a view (none of the usual decoders)
+            hidden = hidden.clone()
+        return hidden, weight, bias
 
 
 def _body_and_head(model, input_ids, position_ids):
@@ -209,7 +216,7 @@ def _body_and_head(model, input_ids, position_ids):
                            **body_kwargs(model, position_ids))
     hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
     head = model.get_output_embeddings()
-    return hidden.reshape(-1, hidden.shape[-1]), head.weight, getattr(head, "bias", None)
+    return hidden, head.weight, getattr(head, "bias", None)  # [B, T, H]: hidden_and_head flattens it
 
 
 def hidden_and_head(model, input_ids: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -224,6 +231,7 @@ def hidden_and_head(model, input_ids: Tensor, position_ids: Tensor) -> tuple[Ten
         hidden, weight, bias = model(input_ids, position_ids)
     else:
         hidden, weight, bias = _body_and_head(model, input_ids, position_ids)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
     dev = hidden.device.type
     if hidden.dtype == torch.float32 and torch.is_autocast_enabled(dev):
         hidden = hidden.to(torch.get_autocast_dtype(dev))

@@ -16,6 +16,7 @@ from inpo.data.packing import PackedBatch
 from inpo.objectives import Objective
 from inpo.ops import preference_loss, raise_pending_value_errors, sequence_logps
 from inpo.train.model import hidden_and_head
+from inpo.train.reporting import TRL_PAIR_KEYS, pair_metric_sums, trl_metrics
 
 __all__ = ["train_step", "sequence_logps_of", "gather_side"]
 
@@ -69,6 +70,7 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     total = global_units if global_units is not None else units
     model.train()
     loss_sum = margin_sum = 0.0
+    trl_sum = torch.zeros(len(TRL_PAIR_KEYS), device=device)  # TRL's rewards/* and logps/* sums (pairwise)
     for mb in micro_batches:
         b, s = mb.to(device), gather_side(side, mb, device)
         with _autocast(device):
@@ -78,6 +80,8 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
         (loss * (mb.n_units * world / total)).backward()
         loss_sum += loss.detach() * mb.n_units
         margin_sum += objective.margin(logps, s.get("ref_logps"), s.get("anchor_logps")).sum()
+        if objective.pairwise:
+            trl_sum += pair_metric_sums(objective, logps.detach(), s)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
@@ -86,14 +90,18 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     tokens = sum(mb.n_tokens for mb in micro_batches)
     stop_requested = stop_requested() if callable(stop_requested) else stop_requested  # a signal during this step
     stats = torch.stack([torch.as_tensor(x, device=device, dtype=torch.float32).reshape(())
-                         for x in (loss_sum, margin_sum, float(units), float(tokens), float(stop_requested))])
+                         for x in (loss_sum, margin_sum, float(units), float(tokens), float(stop_requested))]
+                        + list(trl_sum.unbind()))
     if world > 1:
         dist.all_reduce(stats)  # one collective for all the logged sums (and the stop flags)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
     stats = torch.cat([stats, grad_norm.detach().to(device=device, dtype=torch.float32).reshape(1)])
-    loss_v, margin_v, units_v, tokens_v, stop_v, grad_norm_v = stats.tolist()  # the step's one host sync
+    loss_v, margin_v, units_v, tokens_v, stop_v, *trl_v, grad_norm_v = stats.tolist()  # the one host sync
     # The head's deferred label / cu_seqlens checks (CUDA, check_values=False) are complete after that sync: raise a
     # bad batch's error at this step, not one head call later (free: nothing is left to wait for).
     raise_pending_value_errors(wait=True)
-    return {"loss": loss_v / max(units_v, 1), "margin": margin_v / max(units_v, 1), "grad_norm": grad_norm_v,
-            "lr": lr, "tokens": int(tokens_v), "units": int(units_v), "stop": stop_v > 0}
+    out = {"loss": loss_v / max(units_v, 1), "margin": margin_v / max(units_v, 1), "grad_norm": grad_norm_v,
+           "lr": lr, "tokens": int(tokens_v), "units": int(units_v), "stop": stop_v > 0}
+    if objective.pairwise:
+        out["trl"] = trl_metrics(trl_v, units_v)
+    return out
