@@ -153,11 +153,14 @@ def test_second_trainer_on_one_output_fails_at_once(model_dir, pairs, tmp_path, 
 
 
 def test_two_real_processes_one_output(model_dir, pairs, tmp_path):
-    """A second trainer started while a first one runs exits 2 with a message; the first finishes cleanly."""
+    """A second trainer started while a first one runs exits 2 with a message; the first then stops cleanly.
+
+    The first run is far longer than the test (it is stopped by SIGINT once the second has been refused), so the
+    second can never find the lock released by a first run that happened to finish while it was starting."""
     out = tmp_path / "run"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen([sys.executable, "-m", "inpo", "train",
-                              *offline_args(model_dir, pairs, out, "--epochs", "40")], env=env, cwd=ROOT,
+                              *offline_args(model_dir, pairs, out, "--epochs", "100000")], env=env, cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -167,7 +170,9 @@ def test_two_real_processes_one_output(model_dir, pairs, tmp_path):
         second = subprocess.run([sys.executable, "-m", "inpo", "train", *offline_args(model_dir, pairs, out,
                                  "--overwrite")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2 and "in use by another inpo train" in second.stderr, second.stderr
-        assert first.wait(timeout=300) == 0, first.stderr.read()
+        assert first.poll() is None, "the first trainer ended before the second was refused"
+        first.send_signal(signal.SIGINT)  # stop at the next step boundary, with a checkpoint
+        assert first.wait(timeout=300) == 130, first.stderr.read()
     finally:
         if first.poll() is None:
             first.kill()
