@@ -248,7 +248,8 @@ def _collapsed(rows: list[dict]) -> set[tuple]:
     return {k for k, r in last.items() if r["iteration"] > 0 and r["win_rate_vs_ref"] < COLLAPSE_WIN_RATE}
 
 
-def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: int = BASE["eval_k"]) -> str:
+def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: int = BASE["eval_k"],
+              was_tuned: bool = False) -> str:
     import numpy as np
 
     from inpo.exploitability import hierarchical_bootstrap
@@ -265,7 +266,8 @@ def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: 
           f"{COLLAPSE_WIN_RATE:.0%} against its own π_ref counts as collapsed: it is left out of the mean and "
           "reported by count and median.", ""]
     if tuned:
-        md += ["Tuned on validation prompts at the main setting: " +
+        md += [("Tuned on validation prompts at the main setting: " if was_tuned else
+                "Not tuned (--no-tune): each method ran at its grid's middle value: ") +
                ", ".join(f"{m} {GRID[m][0]}={v:g}" for m, v in tuned.items()) + ".", ""]
     for setting in settings:
         rs = [r for r in rows if r["setting"] == setting]
@@ -503,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     if tuning_rows:
         (out / "tuning.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tuning_rows))
     (out / "tuned.json").write_text(json.dumps(tuned, indent=1))
-    text = summarize(rows, tuned, out, args.note, eval_k=(QUICK if args.quick else BASE)["eval_k"])
+    text = summarize(rows, tuned, out, args.note, eval_k=(QUICK if args.quick else BASE)["eval_k"],
+                     was_tuned=bool(tuning_rows))
     plots(rows, out)
     print(text)
     return 0
