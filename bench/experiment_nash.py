@@ -182,12 +182,6 @@ def _oracle(setting: str):
     return make_oracle(oracle_spec(setting))
 
 
-def per_prompt_exploitability(oracle, prompts, samples, kind="feature", pools=None):
-    from inpo.exploitability import exploitability_of, preference_matrices
-
-    return [exploitability_of(m) for m in preference_matrices(oracle, prompts, samples, kind=kind, pools=pools)]
-
-
 def tune(results: list[dict]) -> dict[str, float]:
     """Per method, the grid value with the lowest mean final-iteration exploitability on the validation prompts."""
     best = {}
@@ -205,7 +199,7 @@ def tune(results: list[dict]) -> dict[str, float]:
 def rows_of(results: list[dict]) -> list[dict]:
     """runs.jsonl lines: one per method × setting × seed × iteration (0 = π_ref), with the pool exploitability
     against every response any compared method produced for that prompt at that iteration (same seed and split)."""
-    from inpo.exploitability import exploitability
+    from inpo.exploitability import bootstrap_exploitability, exploitability, preference_matrices
 
     groups: dict[tuple, list[dict]] = {}
     for r in results:
@@ -220,7 +214,10 @@ def rows_of(results: list[dict]) -> list[dict]:
             pools = [sorted({y for r in have for y in r["samples"][str(t)][i]}) for i in range(len(prompts))]
             for r in sorted(have, key=lambda r: list(METHODS).index(r["method"])):
                 samples = r["samples"][str(t)]
-                feat = exploitability(oracle, prompts, samples, kind="feature", n_bootstrap=200, seed=seed)
+                # the feature-space matrices once: the estimate, its CI and the per-prompt values the summary's
+                # seed × prompt bootstrap resamples
+                value, lo, hi, per_prompt = bootstrap_exploitability(
+                    preference_matrices(oracle, prompts, samples, kind="feature"), n_bootstrap=200, seed=seed)
                 pool = exploitability(oracle, prompts, samples, kind="pool", pools=pools, n_bootstrap=200, seed=seed)
                 style = exploitability(oracle, prompts, samples, kind="style", n_bootstrap=200, seed=seed)
                 it = r["iterations"][t - 1] if t > 0 else {}
@@ -228,10 +225,9 @@ def rows_of(results: list[dict]) -> list[dict]:
                 rows.append({
                     "method": r["method"], "setting": setting, **SETTINGS[setting], "seed": seed, "iteration": t,
                     "param": GRID[r["method"]][0], "value": r["value"],
-                    "exploitability": feat.value, "exploitability_ci_low": feat.ci_low,
-                    "exploitability_ci_high": feat.ci_high, "pool_exploitability": pool.value,
-                    "style_exploitability": style.value,
-                    "per_prompt_exploitability": per_prompt_exploitability(oracle, prompts, samples),
+                    "exploitability": value, "exploitability_ci_low": lo, "exploitability_ci_high": hi,
+                    "pool_exploitability": pool.value, "style_exploitability": style.value,
+                    "per_prompt_exploitability": per_prompt.tolist(),
                     "win_rate_vs_ref": it.get("win_rate", 0.5), "oracle_queries": it.get("oracle_queries", 0),
                     "quality_mean": float(sum(map(float, [x.mean() for x in q])) / len(q)),
                     "style_counts": [int(sum((s == c).sum() for s in st)) for c in range(4)],
@@ -249,7 +245,7 @@ def _collapsed(rows: list[dict]) -> set[tuple]:
 
 
 def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: int = BASE["eval_k"],
-              was_tuned: bool = False) -> str:
+              was_tuned: bool = False, rr=None) -> str:
     import numpy as np
 
     from inpo.exploitability import hierarchical_bootstrap
@@ -300,10 +296,9 @@ def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: 
                       f" | {mean('pool_exploitability'):.3f} | {mean('style_exploitability'):.3f} | "
                       f"{mean('win_rate_vs_ref'):.3f} | {np.mean(q) if q else 0:.0f} | {coll} |")
         md.append("")
-    rr = round_robin(rows, MAIN if MAIN in settings else settings[0])
     if rr:
         methods, mat = rr
-        md += [f"## Round robin of the final iterates (setting `{MAIN if MAIN in settings else settings[0]}`)", "",
+        md += [f"## Round robin of the final iterates (setting `{rr_setting(settings)}`)", "",
                "Row method's win-rate against the column method: mean over seeds of P(row sample ≻ column sample), "
                "all sample pairs of each test prompt; 95 % two-level bootstrap interval.", "",
                "| row vs column | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
@@ -321,12 +316,15 @@ def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: 
     return text
 
 
-_RR_CACHE: dict = {}
+def rr_setting(settings: list[str]) -> str:
+    """The setting whose final iterates play the round robin: the main one when it ran."""
+    return MAIN if MAIN in settings else settings[0]
 
 
-def round_robin(rows: list[dict], setting: str):
-    """methods, [i][j] = (mean, lo, hi) win-rate of method i's final samples against method j's."""
-    res = _RR_CACHE.get(setting)
+def round_robin(results: list[dict], setting: str):
+    """methods, [i][j] = (mean, lo, hi) win-rate of method i's final samples against method j's, over the runs of
+    ``setting`` in ``results`` (None when it has none)."""
+    res = [r for r in results if r["setting"] == setting]
     if not res:
         return None
     from inpo.exploitability import hierarchical_bootstrap
@@ -359,7 +357,7 @@ def round_robin(rows: list[dict], setting: str):
     return methods, mat
 
 
-def plots(rows: list[dict], out: Path) -> None:
+def plots(rows: list[dict], out: Path, rr=None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -398,7 +396,6 @@ def plots(rows: list[dict], out: Path) -> None:
     fig.savefig(out / "exploitability_vs_queries.png", dpi=110)
     plt.close(fig)
 
-    rr = round_robin(rows, MAIN if MAIN in settings else settings[0])
     if rr:
         methods, mat = rr
         m = np.array([[0.5 if x is None else x[0] for x in row] for row in mat])
@@ -495,8 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[nash] no finished runs to report", file=sys.stderr)
         return 1
     rows = rows_of(results)
-    for setting in settings:
-        _RR_CACHE[setting] = [r for r in results if r["setting"] == setting]
+    rr = round_robin(results, rr_setting(settings))
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "runs.jsonl.tmp"
     tmp.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "per_prompt_exploitability"}) + "\n"
@@ -506,8 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "tuning.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tuning_rows))
     (out / "tuned.json").write_text(json.dumps(tuned, indent=1))
     text = summarize(rows, tuned, out, args.note, eval_k=(QUICK if args.quick else BASE)["eval_k"],
-                     was_tuned=bool(tuning_rows))
-    plots(rows, out)
+                     was_tuned=bool(tuning_rows), rr=rr)
+    plots(rows, out, rr)
     print(text)
     return 0
 
