@@ -77,7 +77,7 @@ bench: setup
 games: setup
 	$(PY) -m inpo.games.sweep --out bench/results/games
 
-# Nash-level evidence on the LM: exploitability of INPO, INPO τ=0, ONPO, iterative DPO, IPO, SPPO over three oracle
+# Nash-level evidence on the LM: exploitability of INPO, INPO τ=0, ONPO, iterative DPO, IPO, SPPO over four oracle
 # settings, tuned on validation prompts, 10/5 seeds (committed under bench/results/nash-lm/; hours on 2 cores,
 # resumable). The older win-rate-vs-π_ref comparison: `make experiments-winrate`.
 experiments: setup

@@ -55,9 +55,12 @@ GRID = {
 }
 # name -> synthetic oracle options. "cyclic" is the main setting: style decides between responses whose quality
 # differs by at most 0.25, the cycle can overturn gaps up to β/α beyond that, and an unstyled response loses to a
-# styled one (no pure Nash escape). "default" is the embedded task's oracle; "transitive" has no cycle at all.
+# styled one (no pure Nash escape). "style" drops quality (α = 0): a pure rock-paper-scissors game over the styles
+# the tiny model can produce, whose unique Nash policy mixes the three styles uniformly (exploitability 0 is reachable).
+# "default" is the embedded task's oracle; "transitive" has no cycle at all.
 SETTINGS = {
     "cyclic": {"alpha": 8.0, "beta": 2.0, "none_penalty": 1.0, "quality_margin": 0.25},
+    "style": {"alpha": 0.0, "beta": 2.0, "none_penalty": 1.0, "quality_margin": 0.0},
     "default": {"alpha": 8.0, "beta": 1.0, "none_penalty": 0.0, "quality_margin": 0.0},
     "transitive": {"alpha": 8.0, "beta": 0.0, "none_penalty": 0.0, "quality_margin": 0.0},
 }
@@ -296,9 +299,9 @@ def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: 
                       f" | {mean('pool_exploitability'):.3f} | {mean('style_exploitability'):.3f} | "
                       f"{mean('win_rate_vs_ref'):.3f} | {np.mean(q) if q else 0:.0f} | {coll} |")
         md.append("")
-    if rr:
-        methods, mat = rr
-        md += [f"## Round robin of the final iterates (setting `{rr_setting(settings)}`)", "",
+        md += paired_table(rs, collapsed, setting, n_iter - 1)
+    for setting, (methods, mat) in (rr or {}).items():
+        md += [f"## Round robin of the final iterates (setting `{setting}`)", "",
                "Row method's win-rate against the column method: mean over seeds of P(row sample ≻ column sample), "
                "all sample pairs of each test prompt; 95 % two-level bootstrap interval.", "",
                "| row vs column | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
@@ -316,9 +319,55 @@ def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: 
     return text
 
 
-def rr_setting(settings: list[str]) -> str:
-    """The setting whose final iterates play the round robin: the main one when it ran."""
-    return MAIN if MAIN in settings else settings[0]
+def paired_differences(rows: list[dict], collapsed: set[tuple], setting: str, method: str, other: str | None,
+                       t: int):
+    """(mean, lo, hi, n_seeds) of method's exploitability at iteration t minus ``other``'s at t (``None``: minus
+    method's own π_ref, iteration 0), paired by seed — the same π_ref, test prompts and evaluation seed — and by
+    prompt; two-level bootstrap over seeds, then prompts. Seeds where either run collapsed are left out."""
+    from inpo.exploitability import hierarchical_bootstrap
+
+    def per_prompt(m: str, it: int) -> dict[int, list[float]]:
+        return {r["seed"]: r["per_prompt_exploitability"] for r in rows if r["setting"] == setting
+                and r["method"] == m and r["iteration"] == it and (m, setting, r["seed"]) not in collapsed}
+
+    a = per_prompt(method, t)
+    b = per_prompt(method, 0) if other is None else per_prompt(other, t)
+    seeds = sorted(set(a) & set(b))
+    groups = [[x - y for x, y in zip(a[s], b[s])] for s in seeds]
+    if not groups:
+        return None
+    return (*hierarchical_bootstrap(groups, n_bootstrap=1000), len(seeds))
+
+
+def paired_table(rows: list[dict], collapsed: set[tuple], setting: str, t: int) -> list[str]:
+    """Markdown lines: each method's final exploitability change from its π_ref and its difference from INPO,
+    paired by seed and prompt (negative = less exploitable)."""
+    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    if not methods or t < 1:
+        return []
+
+    def cell(d) -> str:
+        if d is None:
+            return "–"
+        mark = "**" if d[1] > 0 or d[2] < 0 else ""  # interval excludes 0
+        return f"{mark}{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]{mark} ({d[3]})"
+
+    ref = "inpo" if "inpo" in methods else None
+    md = [f"Paired by seed and prompt (`{setting}`, iteration {t}; negative = less exploitable; bold: the 95 % "
+          "interval excludes 0; in parentheses the number of seed pairs):", "",
+          "| method | final − π_ref | " + (f"final − {ref} (final) |" if ref else "|"), "|---|---|" + ("---|" if ref else "")]
+    for m in methods:
+        line = f"| {m} | {cell(paired_differences(rows, collapsed, setting, m, None, t))} |"
+        if ref:
+            line += " – |" if m == ref else f" {cell(paired_differences(rows, collapsed, setting, m, ref, t))} |"
+        md.append(line)
+    return md + [""]
+
+
+def rr_settings(settings: list[str]) -> list[str]:
+    """The settings whose final iterates play a round robin: the main one and the pure-style game, those that ran
+    (else the first that ran)."""
+    return [s for s in (MAIN, "style") if s in settings] or settings[:1]
 
 
 def round_robin(results: list[dict], setting: str):
@@ -396,8 +445,7 @@ def plots(rows: list[dict], out: Path, rr=None) -> None:
     fig.savefig(out / "exploitability_vs_queries.png", dpi=110)
     plt.close(fig)
 
-    if rr:
-        methods, mat = rr
+    for setting, (methods, mat) in (rr or {}).items():
         m = np.array([[0.5 if x is None else x[0] for x in row] for row in mat])
         fig, ax = plt.subplots(figsize=(6, 5))
         im = ax.imshow(m, cmap="RdBu_r", vmin=0.3, vmax=0.7)
@@ -407,32 +455,34 @@ def plots(rows: list[dict], out: Path, rr=None) -> None:
             for j in range(len(methods)):
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8)
         fig.colorbar(im, ax=ax, label="win-rate of row vs column")
-        ax.set_title("round robin of final iterates")
+        ax.set_title(f"round robin of final iterates ({setting})")
         fig.tight_layout()
-        fig.savefig(out / "round_robin.png", dpi=110)
+        fig.savefig(out / ("round_robin.png" if setting == MAIN else f"round_robin_{setting}.png"), dpi=110)
         plt.close(fig)
 
     from inpo.oracles.synthetic import STYLES
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    shown = rr_settings(settings)
+    fig, axes = plt.subplots(len(shown), 2, figsize=(11, 4 * len(shown)), squeeze=False)
     final_t = max(r["iteration"] for r in rows)
     names = ["π_ref"] + list(METHODS)
-    counts, quals = [], []
-    for name in names:
-        rs = [r for r in rows if r["setting"] == MAIN and (r["iteration"] == 0 if name == "π_ref" else
-                                                           r["method"] == name and r["iteration"] == final_t)]
-        c = np.sum([r["style_counts"] for r in rs], axis=0) if rs else np.zeros(4)
-        counts.append(c / max(c.sum(), 1))
-        quals.append(np.mean([r["quality_mean"] for r in rs]) if rs else np.nan)
-    counts = np.array(counts)
-    left = np.zeros(len(names))
-    for c, label in enumerate(list(STYLES) + ["no style"]):
-        axes[0].barh(names, counts[:, c], left=left, label=label)
-        left += counts[:, c]
-    axes[0].set(title=f"style of final samples ({MAIN})", xlabel="fraction")
-    axes[0].legend(fontsize=7)
-    axes[1].barh(names, quals)
-    axes[1].set(title="mean quality of final samples", xlabel="quality", xlim=(0, 1))
+    for (ax_s, ax_q), setting in zip(axes, shown):
+        counts, quals = [], []
+        for name in names:
+            rs = [r for r in rows if r["setting"] == setting and (
+                r["iteration"] == 0 if name == "π_ref" else r["method"] == name and r["iteration"] == final_t)]
+            c = np.sum([r["style_counts"] for r in rs], axis=0) if rs else np.zeros(4)
+            counts.append(c / max(c.sum(), 1))
+            quals.append(np.mean([r["quality_mean"] for r in rs]) if rs else np.nan)
+        counts = np.array(counts)
+        left = np.zeros(len(names))
+        for c, label in enumerate(list(STYLES) + ["no style"]):
+            ax_s.barh(names, counts[:, c], left=left, label=label)
+            left += counts[:, c]
+        ax_s.set(title=f"style of final samples ({setting})", xlabel="fraction")
+        ax_s.legend(fontsize=7)
+        ax_q.barh(names, quals)
+        ax_q.set(title=f"mean quality of final samples ({setting})", xlabel="quality", xlim=(0, 1))
     fig.tight_layout()
     fig.savefig(out / "style_quality.png", dpi=110)
     plt.close(fig)
@@ -492,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[nash] no finished runs to report", file=sys.stderr)
         return 1
     rows = rows_of(results)
-    rr = round_robin(results, rr_setting(settings))
+    rr = {st: m for st in rr_settings(settings) if (m := round_robin(results, st))}
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "runs.jsonl.tmp"
     tmp.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "per_prompt_exploitability"}) + "\n"

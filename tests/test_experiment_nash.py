@@ -48,3 +48,22 @@ def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         nash.main(["--methods", "inpo,nope"])
     assert "nope" in capsys.readouterr().err
+
+
+def test_paired_differences_pair_by_seed_and_prompt_and_skip_collapsed():
+    def row(method, seed, it, per):
+        return {"method": method, "setting": "cyclic", "seed": seed, "iteration": it, "per_prompt_exploitability": per}
+
+    rows = [row("inpo", 0, 0, [0.8, 0.6]), row("inpo", 0, 1, [0.5, 0.3]),
+            row("inpo", 1, 0, [0.9, 0.7]), row("inpo", 1, 1, [0.7, 0.5]),
+            row("dpo_iterative", 0, 1, [0.6, 0.4]), row("dpo_iterative", 1, 1, [0.1, 0.1]),
+            row("inpo", 2, 1, [0.0, 0.0])]  # a seed dpo lacks: not paired
+    # seed 1's dpo run collapsed: only seed 0 pairs, dpo − inpo = +0.1 on both prompts
+    m, lo, hi, n = nash.paired_differences(rows, {("dpo_iterative", "cyclic", 1)}, "cyclic", "dpo_iterative", "inpo", 1)
+    assert n == 1 and abs(m - 0.1) < 1e-12 and abs(lo - 0.1) < 1e-12 and abs(hi - 0.1) < 1e-12
+    # final − π_ref of inpo: seeds 0 and 1 (seed 2 has no iteration 0): −0.3 and −0.2
+    m, lo, hi, n = nash.paired_differences(rows, set(), "cyclic", "inpo", None, 1)
+    assert n == 2 and abs(m + 0.25) < 1e-12 and lo <= -0.25 <= hi
+    lines = nash.paired_table(rows, set(), "cyclic", 1)
+    assert any(x.startswith("| dpo_iterative |") and "(2)" in x for x in lines)
+    assert nash.paired_differences(rows, set(), "style", "inpo", None, 1) is None
