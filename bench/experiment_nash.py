@@ -248,7 +248,7 @@ def _collapsed(rows: list[dict]) -> set[tuple]:
 
 
 def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: int = BASE["eval_k"],
-              was_tuned: bool = False, rr=None) -> str:
+              was_tuned: bool = False, rr=None, tuning_rows: list[dict] | None = None) -> str:
     import numpy as np
 
     from inpo.exploitability import hierarchical_bootstrap
@@ -268,6 +268,7 @@ def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: 
         md += [("Tuned on validation prompts at the main setting: " if was_tuned else
                 "Not tuned (--no-tune): each method ran at its grid's middle value: ") +
                ", ".join(f"{m} {GRID[m][0]}={v:g}" for m, v in tuned.items()) + ".", ""]
+    md += tuning_table(tuning_rows or [])
     for setting in settings:
         rs = [r for r in rows if r["setting"] == setting]
         opts = ", ".join(f"{k}={v:g}" for k, v in SETTINGS[setting].items())
@@ -317,6 +318,31 @@ def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: 
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(text)
     return text
+
+
+def tuning_table(tuning_rows: list[dict]) -> list[str]:
+    """Markdown lines: mean final validation exploitability of each method at each grid value (the tuning pick in
+    bold; a pick at the grid's edge is flagged, since the optimum may lie outside the grid)."""
+    if not tuning_rows:
+        return []
+    md = ["Tuning grid (main setting, validation prompts): mean final-iteration exploitability over the tuning seeds; "
+          "the pick is in bold, † marks a pick at the grid's edge.", "",
+          "| method | parameter | values: mean exploitability (seeds) |", "|---|---|---|"]
+    for method, (param, grid) in GRID.items():
+        cells, means = [], {}
+        for v in grid:
+            xs = [r["final_exploitability"] for r in tuning_rows if r["method"] == method and r.get(param) == v
+                  and r["final_exploitability"] is not None]
+            if xs:
+                means[v] = sum(xs) / len(xs)
+                cells.append((v, f"{v:g}: {means[v]:.3f} ({len(xs)})"))
+        if not means:
+            continue
+        pick = min(means, key=lambda v: (means[v], v))
+        edge = " †" if pick in (grid[0], grid[-1]) else ""
+        md.append(f"| {method} | {param} | " + ", ".join(f"**{c}**{edge}" if v == pick else c for v, c in cells)
+                  + " |")
+    return md + [""]
 
 
 def paired_differences(rows: list[dict], collapsed: set[tuple], setting: str, method: str, other: str | None,
@@ -552,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "tuning.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tuning_rows))
     (out / "tuned.json").write_text(json.dumps(tuned, indent=1))
     text = summarize(rows, tuned, out, args.note, eval_k=(QUICK if args.quick else BASE)["eval_k"],
-                     was_tuned=bool(tuning_rows), rr=rr)
+                     was_tuned=bool(tuning_rows), rr=rr, tuning_rows=tuning_rows)
     plots(rows, out, rr)
     print(text)
     return 0

@@ -67,3 +67,14 @@ def test_paired_differences_pair_by_seed_and_prompt_and_skip_collapsed():
     lines = nash.paired_table(rows, set(), "cyclic", 1)
     assert any(x.startswith("| dpo_iterative |") and "(2)" in x for x in lines)
     assert nash.paired_differences(rows, set(), "style", "inpo", None, 1) is None
+
+
+def test_tuning_table_marks_the_pick_and_grid_edges():
+    rows = [{"method": "inpo", "eta": v, "final_exploitability": e} for v, e in ((0.1, 0.7), (0.25, 0.6), (0.5, 0.8))]
+    rows += [{"method": "ipo", "beta": v, "final_exploitability": e} for v, e in ((0.1, 0.5), (0.25, 0.6), (0.5, 0.7))]
+    lines = nash.tuning_table(rows)
+    inpo = next(x for x in lines if x.startswith("| inpo |"))
+    ipo = next(x for x in lines if x.startswith("| ipo |"))
+    assert "**0.25: 0.600 (1)**" in inpo and "†" not in inpo
+    assert "**0.1: 0.500 (1)** †" in ipo
+    assert nash.tuning_table([]) == []
