@@ -556,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_results = load_results(cache, "tune")
         tuned.update(tune(tune_results))
         tuning_rows = [{"method": r["method"], "seed": r["seed"], GRID[r["method"]][0]: r["value"],
+                        "wall_s": r["wall_s"],
                         "final_exploitability": r["iterations"][-1]["exploitability"] if r["iterations"] else None,
                         "final_win_rate": r["iterations"][-1]["win_rate"] if r["iterations"] else None}
                        for r in tune_results]
@@ -577,7 +578,10 @@ def main(argv: list[str] | None = None) -> int:
     if tuning_rows:
         (out / "tuning.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tuning_rows))
     (out / "tuned.json").write_text(json.dumps(tuned, indent=1))
-    text = summarize(rows, tuned, out, args.note, eval_k=(QUICK if args.quick else BASE)["eval_k"],
+    wall = [r["wall_s"] for r in results] + [r.get("wall_s", 0.0) for r in tuning_rows]
+    compute = (f"Compute: {len(results)} final and {len(tuning_rows)} tuning runs, {sum(wall) / 3600:.1f} h of "
+               f"single-thread training and evaluation in all (median {sorted(wall)[len(wall) // 2]:.0f} s a run).")
+    text = summarize(rows, tuned, out, "\n\n".join(x for x in (args.note, compute) if x), eval_k=(QUICK if args.quick else BASE)["eval_k"],
                      was_tuned=bool(tuning_rows), rr=rr, tuning_rows=tuning_rows)
     plots(rows, out, rr)
     print(text)
