@@ -185,18 +185,26 @@ def _oracle(setting: str):
     return make_oracle(oracle_spec(setting))
 
 
+def grid_means(items) -> dict[str, dict[float, tuple[float, int]]]:
+    """method -> grid value -> (mean final exploitability, runs), from (method, value, exploitability) items; an
+    exploitability of None (a run without iterations) is skipped."""
+    by: dict[str, dict[float, list[float]]] = {}
+    for method, value, e in items:
+        if e is not None:
+            by.setdefault(method, {}).setdefault(value, []).append(e)
+    return {m: {v: (sum(xs) / len(xs), len(xs)) for v, xs in vals.items()} for m, vals in by.items()}
+
+
+def best_value(means: dict[float, tuple[float, int]]) -> float:
+    """The grid value with the lowest mean exploitability (ties: the smaller value)."""
+    return min(means, key=lambda v: (means[v][0], v))
+
+
 def tune(results: list[dict]) -> dict[str, float]:
     """Per method, the grid value with the lowest mean final-iteration exploitability on the validation prompts."""
-    best = {}
-    for method in METHODS:
-        rows = [r for r in results if r["method"] == method]
-        by_value: dict[float, list[float]] = {}
-        for r in rows:
-            if r["iterations"]:
-                by_value.setdefault(r["value"], []).append(r["iterations"][-1]["exploitability"])
-        if by_value:
-            best[method] = min(by_value, key=lambda v: (sum(by_value[v]) / len(by_value[v]), v))
-    return best
+    means = grid_means((r["method"], r["value"], r["iterations"][-1]["exploitability"] if r["iterations"] else None)
+                       for r in results)
+    return {m: best_value(means[m]) for m in METHODS if m in means}
 
 
 def rows_of(results: list[dict]) -> list[dict]:
@@ -328,20 +336,18 @@ def tuning_table(tuning_rows: list[dict]) -> list[str]:
     md = ["Tuning grid (main setting, validation prompts): mean final-iteration exploitability over the tuning seeds; "
           "the pick is in bold, † marks a pick at the grid's edge.", "",
           "| method | parameter | values: mean exploitability (seeds) |", "|---|---|---|"]
+    means = grid_means((r["method"], r[GRID[r["method"]][0]], r["final_exploitability"]) for r in tuning_rows)
     for method, (param, grid) in GRID.items():
-        cells, means = [], {}
-        for v in grid:
-            xs = [r["final_exploitability"] for r in tuning_rows if r["method"] == method and r.get(param) == v
-                  and r["final_exploitability"] is not None]
-            if xs:
-                means[v] = sum(xs) / len(xs)
-                cells.append((v, f"{v:g}: {means[v]:.3f} ({len(xs)})"))
-        if not means:
+        if method not in means:
             continue
-        pick = min(means, key=lambda v: (means[v], v))
+        pick = best_value(means[method])
         edge = " †" if pick in (grid[0], grid[-1]) else ""
-        md.append(f"| {method} | {param} | " + ", ".join(f"**{c}**{edge}" if v == pick else c for v, c in cells)
-                  + " |")
+        cells = []
+        for v in grid:
+            if v in means[method]:
+                cell = f"{v:g}: {means[method][v][0]:.3f} ({means[method][v][1]})"
+                cells.append(f"**{cell}**{edge}" if v == pick else cell)
+        md.append(f"| {method} | {param} | " + ", ".join(cells) + " |")
     return md + [""]
 
 
@@ -578,10 +584,11 @@ def main(argv: list[str] | None = None) -> int:
     if tuning_rows:
         (out / "tuning.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tuning_rows))
     (out / "tuned.json").write_text(json.dumps(tuned, indent=1))
-    wall = [r["wall_s"] for r in results] + [r.get("wall_s", 0.0) for r in tuning_rows]
+    wall = [r["wall_s"] for r in results + tuning_rows]
     compute = (f"Compute: {len(results)} final and {len(tuning_rows)} tuning runs, {sum(wall) / 3600:.1f} h of "
                f"single-thread training and evaluation in all (median {sorted(wall)[len(wall) // 2]:.0f} s a run).")
-    text = summarize(rows, tuned, out, "\n\n".join(x for x in (args.note, compute) if x), eval_k=(QUICK if args.quick else BASE)["eval_k"],
+    note = "\n\n".join(x for x in (args.note, compute) if x)
+    text = summarize(rows, tuned, out, note, eval_k=(QUICK if args.quick else BASE)["eval_k"],
                      was_tuned=bool(tuning_rows), rr=rr, tuning_rows=tuning_rows)
     plots(rows, out, rr)
     print(text)
