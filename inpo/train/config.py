@@ -93,6 +93,11 @@ class TrainConfig:
     pair_strategy: str = "best_worst"  # best_worst | random
     sampler: str = "auto"  # hf | vllm | auto (inpo.generation.auto_backend: the faster one, as measured)
     sampler_dtype: str = "policy"  # vLLM engine dtype: policy (the policy's own) | float32 | bfloat16 | float16
+    # vLLM engine (TRL's vllm_* names; inpo.generation.vllm.VLLMSampler):
+    vllm_max_model_length: int | None = None  # engine context; None: the model's (CUDA), what the run needs (CPU)
+    vllm_gpu_memory_utilization: float = 0.4  # GPU memory fraction vLLM may take (CUDA; TRL: 0.3 GRPO, 0.55 online DPO)
+    vllm_kv_cache_memory_bytes: int | None = None  # KV cache bytes; None: GPU from the fraction, CPU sized from the run
+    vllm_model_impl: str = "auto"  # vllm | transformers | auto (vLLM's own, else its transformers backend)
     max_new_tokens: int | None = None  # None: 24 for the embedded task, 64 with model=DIR
     temperature: float = 1.0
     top_p: float = 1.0
@@ -217,6 +222,7 @@ class TrainConfig:
             raise ValueError(f"sampler must be one of {', '.join(BACKENDS)}, got {self.sampler!r}")
         if self.sampler_dtype not in DTYPES:
             raise ValueError(f"sampler_dtype must be one of {', '.join(DTYPES)}, got {self.sampler_dtype!r}")
+        self._validate_vllm()
         for name in ("keep_iterates", "logging_steps"):
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -250,6 +256,24 @@ class TrainConfig:
             raise ValueError("objective 'onpo' is an online method (two regressions per iteration); offline, use "
                              "dpo, ipo or inpo")
         return self
+
+    def _validate_vllm(self) -> None:
+        for name in ("vllm_max_model_length", "vllm_kv_cache_memory_bytes"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name} must be a positive int or null, got {v!r}")
+        u = self.vllm_gpu_memory_utilization
+        if not (isinstance(u, (int, float)) and math.isfinite(u) and 0 < u <= 1):
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {u!r}")
+        if self.vllm_model_impl not in _VLLM_MODEL_IMPLS:
+            raise ValueError(f"vllm_model_impl must be one of {', '.join(_VLLM_MODEL_IMPLS)}, got "
+                             f"{self.vllm_model_impl!r}")
+
+    def vllm_options(self) -> dict:
+        """The vLLM sampler's engine settings (:class:`inpo.generation.vllm.VLLMSampler`)."""
+        return {"max_model_len": self.vllm_max_model_length,
+                "gpu_memory_utilization": self.vllm_gpu_memory_utilization,
+                "kv_cache_memory_bytes": self.vllm_kv_cache_memory_bytes, "model_impl": self.vllm_model_impl}
 
     def _validate_ranges(self) -> None:
         """Every numeric key in its meaningful range, before anything is loaded or written: a negative
@@ -295,6 +319,13 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+_VLLM_MODEL_IMPLS = ("auto", "vllm", "transformers")
+# TRL vLLM settings inpo has one value of: that value is accepted (and changes nothing), any other is refused.
+_TRL_VLLM_FIXED = {
+    "vllm_mode": ("colocate", "inpo runs one vLLM engine inside the run (TRL's colocate mode); no vLLM server"),
+    "vllm_tensor_parallel_size": (1, "the vLLM engine runs on one device per rank"),
+    "vllm_enable_sleep_mode": (False, "the engine keeps its memory between sampling phases"),
+}
 
 
 # TRL / HF TrainingArguments names that mean what one of our keys means: accepted as that key.
@@ -387,6 +418,13 @@ def _apply(cfg: TrainConfig, updates: dict, where: str) -> None:
                 raise ValueError(f"{where}: loss_type {value!r} has no inpo objective with the same loss; TRL names "
                                  f"accepted: {sorted(_LOSS_TYPES)} (else use objective: inpo|onpo|ipo|dpo|sppo)")
             norm, value = "objective", _LOSS_TYPES[value]
+        elif norm == "use_vllm":  # TRL: vLLM or the model's generate
+            norm, value = "sampler", "vllm" if _coerce_bool(value, norm, where) else "hf"
+        elif norm in _TRL_VLLM_FIXED:
+            only, why = _TRL_VLLM_FIXED[norm]
+            if (_coerce_bool(value, norm, where) if isinstance(only, bool) else value) != only:
+                raise ValueError(f"{where}: {norm}={value!r} is not supported ({why}); only {only!r}")
+            continue
         elif norm in ("adam_beta1", "adam_beta2"):
             i = 0 if norm == "adam_beta1" else 1
             betas = list(cfg.betas)
