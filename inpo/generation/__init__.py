@@ -8,6 +8,7 @@ import sys
 from inpo.generation.base import BACKENDS, Sampler
 from inpo.generation.hf import HFSampler
 from inpo.generation.limits import SamplingPlan
+from inpo.models import resolve_model
 
 __all__ = ["Sampler", "HFSampler", "VLLMSampler", "make_sampler", "auto_backend", "BACKENDS", "SamplingPlan"]
 
@@ -63,7 +64,7 @@ def make_sampler(backend: str, model, tokenizer, *, dtype=None, plan: SamplingPl
         from inpo.generation.vllm import UnsupportedArchitecture, VLLMSampler
 
         try:
-            return VLLMSampler(model, tokenizer, dtype=dtype, plan=plan, **kw, **(vllm_options or {}))
+            return VLLMSampler(resolve_model(model), tokenizer, dtype=dtype, plan=plan, **kw, **(vllm_options or {}))
         except UnsupportedArchitecture as exc:
             if not auto:
                 raise
@@ -71,6 +72,7 @@ def make_sampler(backend: str, model, tokenizer, *, dtype=None, plan: SamplingPl
     if isinstance(model, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM
 
+        model = resolve_model(model)  # a real-model name (smollm2) or a folder
         if not os.path.isdir(model):
             raise FileNotFoundError(f"model directory not found: {str(model)!r}")
         model = AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True)
