@@ -91,16 +91,18 @@ def default_prompts(split: str = "train", n: int | None = None, seed: int = 0) -
     return [pool[i] for i in keep]
 
 
-def load_prompts(path: str | os.PathLike) -> list:
+def load_prompts(path: str | os.PathLike, *, tokenizer=None) -> list:
     """Prompts from a local file: ``.txt`` (one per non-empty line) or ``.jsonl`` in TRL's formats.
 
     A JSONL record gives its ``"prompt"`` (a string, or a conversation: a list of ``{"role", "content"}``
     messages with any system turns and earlier turns), or -- a preference dataset's row -- the prompt shared by
     its ``"chosen"`` / ``"rejected"`` (explicit or implicit), or a ``"messages"`` conversation without its final
     assistant turn(s). Raises FileNotFoundError for a missing file and ValueError naming the file and line for
-    malformed content (bad JSON, no usable prompt, no prompts at all).
+    malformed content (bad JSON, no usable prompt, no prompts at all). With ``tokenizer``, each prompt is also encoded
+    (:func:`inpo.data.chat.encode_prompt`): a chat template that fails on it, or a conversation under plain text, is
+    a ValueError naming the file and line too.
     """
-    from inpo.data.chat import check_prompt, normalize_pair
+    from inpo.data.chat import check_prompt, encode_prompt, normalize_pair
 
     path = Path(path)
     if not path.is_file():
@@ -114,10 +116,12 @@ def load_prompts(path: str | os.PathLike) -> list:
             line = line.strip()
             if not line:
                 continue
+            where = f"{path}:{lineno}"
             if suffix == ".txt":
                 prompts.append(line)
+                if tokenizer is not None:
+                    encode_prompt(tokenizer, line, where=where)
                 continue
-            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -139,6 +143,8 @@ def load_prompts(path: str | os.PathLike) -> list:
                 raise ValueError(f"{where}: record has no 'prompt' field (nor 'chosen'/'rejected' or 'messages'; "
                                  f"keys: {sorted(record)})")
             prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
+            if tokenizer is not None:
+                encode_prompt(tokenizer, prompts[-1], where=where)
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} contains no prompts")
     return prompts

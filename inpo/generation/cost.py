@@ -64,7 +64,8 @@ def model_shape(model) -> ModelShape:
 
 
 def load_costs(path: Path | str | None = None) -> dict:
-    """The recorded constants: ``{device_kind: {"models": [...], "source": {...}}}`` ({} when there is no file)."""
+    """The recorded constants: ``{device_kind: {"models": [{"name", "shape", "hf", "vllm", "source"}, ...]}}``
+    ({} when there is no file)."""
     p = Path(path) if path is not None else COSTS_FILE
     if not p.is_file():
         return {}
@@ -110,7 +111,7 @@ def choose_backend(shape: ModelShape, plan: SamplingPlan | None, *, device_kind:
     t_hf = predict_seconds("hf", m, shape, plan, batch_rows=hf_batch_rows)
     t_vllm = predict_seconds("vllm", m, shape, plan, batch_rows=VLLM_MAX_NUM_SEQS)
     pick = "hf" if t_hf <= t_vllm else "vllm"
-    src = entry.get("source", {})
+    src = m.get("source", {})
     return pick, (f"predicted {t_hf:.0f} s with HF generate vs {t_vllm:.0f} s with vLLM (engine start included) for "
                   f"{plan.rows} responses of <= {plan.max_new_tokens} tokens, scaled from {m['name']} "
                   f"({m['shape']['params'] / 1e6:.1f} M params; {src.get('date', '?')}, load "

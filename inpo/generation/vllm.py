@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -158,7 +159,6 @@ class VLLMSampler(Sampler):
         t0 = time.perf_counter()
         self.llm = self._start(path, config, dtype, kw)
         self.startup_s = time.perf_counter() - t0
-        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     def _engine_kwargs(self, config, plan, max_model_len, kv_cache_memory_bytes, gpu_memory_utilization) -> dict:
         """``vllm.LLM`` arguments. Every call's prompts must fit (checked here against ``plan`` before the engine
@@ -179,7 +179,7 @@ class VLLMSampler(Sampler):
         cuda = torch.cuda.is_available()
         if max_model_len is None and not cuda and plan is not None and plan.rows:
             max_model_len = min(context, plan.longest_sequence)
-        limit = max_model_len or context
+        limit = self.max_model_len = max_model_len or context  # the engine's max_model_len (the vLLM tier checks)
         if plan is not None and plan.longest_sequence > limit:
             raise ValueError(f"the longest prompt ({plan.longest_prompt} tokens) with max_new_tokens="
                              f"{plan.max_new_tokens} needs {plan.longest_sequence} tokens > vllm_max_model_length="
@@ -202,11 +202,12 @@ class VLLMSampler(Sampler):
         except ValueError as exc:
             if not any(text in str(exc) for text in _UNSUPPORTED):
                 raise
-            archs = list(getattr(config, "architectures", None) or [type(config).__name__])
+            named = re.search(r"architectures? \[([^\]]*)\]", str(exc)) or re.search(r"architecture (\w+)", str(exc))
+            archs = named.group(1).replace("'", "") if named else \
+                ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
             raise UnsupportedArchitecture(
-                f"vLLM {getattr(self._vllm, '__version__', '')} cannot load architecture "
-                f"{', '.join(archs)} (config.architectures); sample with HF generate instead: --sampler hf"
-            ) from None
+                f"vLLM {getattr(self._vllm, '__version__', '')} cannot load architecture {archs} "
+                f"(config.architectures); sample with HF generate instead: --sampler hf") from None
 
     def _export(self, model) -> str:
         """Write ``model``'s current weights (and the tokenizer) into the sampler's own directory."""
