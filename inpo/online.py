@@ -351,7 +351,7 @@ def sampling_plan(cfg: TrainConfig, tokenizer, model):
     from inpo.generation.limits import check_prompt_lengths, context_length
 
     train, held_out = prompt_pools(cfg, tokenizer)
-    trunc, context = cfg.truncation(), context_length(model.config, tokenizer)
+    trunc, context = cfg.truncation(), context_length(model.config)
     lengths = {}
     for what, pool in (("training prompt", train), ("held-out prompt", held_out)):
         lengths[what] = [len(trunc.prompt(encode_prompt(tokenizer, p))) for p in pool]

@@ -54,8 +54,6 @@ def test_context_length_reads_the_config_as_vllm_does():
     assert context_length(linear) == 8192
     llama3 = ns(max_position_embeddings=2048, rope_parameters={"rope_type": "llama3", "factor": 8.0})
     assert context_length(llama3) == 2048  # already scaled in the config
-    assert context_length(ns(max_position_embeddings=4096), ns(model_max_length=512)) == 512  # the tokenizer's
-    assert context_length(ns(max_position_embeddings=4096), ns(model_max_length=int(1e30))) == 4096  # "unknown"
 
 
 def test_prompt_length_check_names_the_prompt_and_the_fix():

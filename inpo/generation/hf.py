@@ -57,7 +57,7 @@ class HFSampler(Sampler):
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, float(temperature), float(top_p)
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        self.context = context_length(model.config, tokenizer)  # prompt + max_new_tokens must fit (as for vLLM)
+        self.context = context_length(model.config)  # prompt + max_new_tokens must fit (as for vLLM)
         self.last_stats: dict = {}
         self.last_lengths: list[int] = []  # new tokens of each response of the last call (stop token excluded)
 

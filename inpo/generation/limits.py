@@ -1,8 +1,8 @@
 """Lengths and memory of sampling, one rule for every sampler.
 
 * :func:`context_length`: the model's context window, read from its config the way vLLM reads it (the smallest of
-  the position-limit keys, Cohere's ``model_max_length``, the tokenizer's ``model_max_length``, a linear / dynamic
-  RoPE scaling factor), so the HF sampler and the vLLM engine agree on it.
+  the position-limit keys, Cohere's ``model_max_length``, a linear / dynamic RoPE scaling factor), so the HF sampler
+  and the vLLM engine agree on it.
 * :func:`check_prompt_lengths`: every prompt, after TRL's ``max_prompt_length`` truncation, plus ``max_new_tokens``
   must fit that window. Checked before an engine starts and on every call: vLLM would otherwise cut the new tokens of
   a prompt near the limit short (HF would not) and fail after engine start on one over it.
@@ -24,7 +24,6 @@ _POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_
                   "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
 _DEFAULT_CONTEXT = 2048  # vLLM's (and its warning's) assumption when a config names none
 _UNSCALED_ROPE = ("su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling")
-_TOKENIZER_NO_LIMIT = 10 ** 9  # transformers' placeholder model_max_length for "unknown" is ~1e30
 CPU_KV_BLOCK_TOKENS = 128  # vLLM's CPU KV block
 
 
@@ -46,17 +45,15 @@ def _rope_factor(config) -> float:
     return factor
 
 
-def context_length(config, tokenizer=None) -> int:
-    """The model's context window in tokens (prompt + response), as vLLM derives its default ``max_model_len``."""
+def context_length(config) -> int:
+    """The model's context window in tokens (prompt + response), as vLLM derives its default ``max_model_len`` for a
+    generating model (the tokenizer's ``model_max_length`` is not consulted: vLLM reads it for pooling models only)."""
     text = _text_config(config)
     found = [int(v) for k in _POSITION_KEYS if isinstance(v := getattr(text, k, None), (int, float)) and v > 0]
     n = min(found) if found else _DEFAULT_CONTEXT
     cohere = getattr(text, "model_max_length", None)
     if isinstance(cohere, int) and cohere > 0:
         n = cohere
-    limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(limit, int) and 0 < limit < _TOKENIZER_NO_LIMIT:
-        n = min(n, limit)
     if "gemma3" not in str(getattr(config, "model_type", "")):
         n = int(n * _rope_factor(config))
     return n

