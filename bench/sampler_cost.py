@@ -166,29 +166,51 @@ def write_constants(path: Path, kind: str, entry: dict) -> None:
     os.replace(tmp, path)
 
 
-def run(args, argv: list[str]) -> dict:
+def _start(args, model, tok) -> tuple[dict, dict]:
+    """The samplers to time and their start / update costs (HF: the policy is in memory, set_policy swaps a
+    reference)."""
     from inpo._optional import available
     from inpo.generation import HFSampler
-    from inpo.generation.cost import COSTS_FILE, model_shape
-    from inpo.utils.record import environment_info
 
     if "vllm" in args.samplers and not available("vllm"):
         raise SystemExit("bench.sampler_cost: vllm is not importable here; run it with .venv-vllm/bin/python "
                          "(make test-vllm builds that venv), or pass --samplers hf")
-    model, tok = _policy(args.model, args.threads)
-    shape = model_shape(model)
-    kind = "cuda" if torch.cuda.is_available() else "cpu"
-    load = [os.getloadavg()[0]]
     samplers, lifetime = {}, {}
     if "hf" in args.samplers:
         samplers["hf"] = HFSampler(model, tok, max_new_tokens=32, batch_size=args.hf_batch)
-        lifetime["hf"] = {"start_s": 0.0, "update_s": 0.0}  # the policy is in memory; set_policy swaps a reference
+        lifetime["hf"] = {"start_s": 0.0, "update_s": 0.0}
     if "vllm" in args.samplers:
         s, start_s, update_s = _time_vllm_lifetime(model, tok, args.hf_batch, args.updates)
         samplers["vllm"], lifetime["vllm"] = s, {"start_s": start_s, "update_s": update_s}
     for s in samplers.values():  # warm-up: first-call costs are not per-call costs
         s.max_new_tokens = 4
         s.sample(_prompts(2, 1), 1, seed=0)
+    return samplers, lifetime
+
+
+def _store(args, rec: dict, shape, fits: dict, lifetime: dict) -> None:
+    from inpo.generation.cost import COSTS_FILE
+
+    if set(fits) != {"hf", "vllm"}:
+        raise SystemExit("bench.sampler_cost: --write-constants needs both samplers measured")
+    entry = {"name": args.model, "shape": shape.__dict__,
+             "source": {"date": rec.get("date"), "commit": rec.get("commit"), "loadavg_1m": rec["loadavg_1m"],
+                        "threads": rec["threads"], "command": rec["command"], "smoke": args.smoke}}
+    for name in fits:
+        entry[name] = {**_constants(fits[name], shape), **lifetime[name]}
+    write_constants(Path(args.constants) if args.constants else COSTS_FILE, rec["device_kind"], entry)
+    print(f"[sampler-cost] constants for {args.model} on {rec['device_kind']} written to {args.constants or COSTS_FILE}")
+
+
+def run(args, argv: list[str]) -> dict:
+    from inpo.generation.cost import model_shape
+    from inpo.utils.record import environment_info
+
+    model, tok = _policy(args.model, args.threads)
+    shape = model_shape(model)
+    kind = "cuda" if torch.cuda.is_available() else "cpu"
+    load = [os.getloadavg()[0]]
+    samplers, lifetime = _start(args, model, tok)
     points = _measure(samplers, SMOKE_GRID if args.smoke else GRID, args.reps, args.hf_batch)
     load.append(os.getloadavg()[0])
     t0 = time.perf_counter()
@@ -207,15 +229,7 @@ def run(args, argv: list[str]) -> dict:
               f"token {fit['token_s'] * 1e3:.3f} ms, prompt token {fit['prompt_token_s'] * 1e3:.4f} ms "
               f"(max residual {fit['max_rel_residual']:.0%}); {lifetime[name]}")
     if args.write_constants:
-        if set(samplers) != {"hf", "vllm"}:
-            raise SystemExit("bench.sampler_cost: --write-constants needs both samplers measured")
-        entry = {"name": args.model, "shape": shape.__dict__,
-                 "source": {"date": rec.get("date"), "commit": rec.get("commit"), "loadavg_1m": rec["loadavg_1m"],
-                            "threads": rec["threads"], "command": rec["command"], "smoke": args.smoke}}
-        for name in samplers:
-            entry[name] = {**_constants(fits[name], shape), **lifetime[name]}
-        write_constants(Path(args.constants) if args.constants else COSTS_FILE, kind, entry)
-        print(f"[sampler-cost] constants for {args.model} on {kind} written to {args.constants or COSTS_FILE}")
+        _store(args, rec, shape, fits, lifetime)
     return rec
 
 

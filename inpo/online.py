@@ -351,6 +351,7 @@ def sampling_plan(cfg: TrainConfig, tokenizer, model):
     from inpo.generation.limits import check_prompt_lengths, context_length
 
     train, held_out = prompt_pools(cfg, tokenizer)
+    held_out = held_out[:cfg.n_eval] if cfg.evaluate else []  # the ones evaluated (_eval_prompts)
     trunc, context = cfg.truncation(), context_length(model.config)
     lengths = {}
     for what, pool in (("training prompt", train), ("held-out prompt", held_out)):
@@ -360,7 +361,7 @@ def sampling_plan(cfg: TrainConfig, tokenizer, model):
     n = min(cfg.n_prompts or len(train), len(train))
     mean = sum(lengths["training prompt"]) / max(len(train), 1)
     calls = [(n * cfg.k, round(mean * n * cfg.k))] * cfg.iterations  # each iteration's generation
-    if cfg.evaluate and held_out:  # π_ref once, then each π_{t+1}
+    if held_out:  # π_ref once, then each π_{t+1}
         calls += [(len(held_out) * cfg.eval_k, sum(lengths["held-out prompt"]) * cfg.eval_k)] * (cfg.iterations + 1)
     longest = max(lengths["training prompt"] + lengths["held-out prompt"], default=0)
     return SamplingPlan(tuple(calls), cfg.max_new_tokens, longest, weight_updates=len(calls) - 1)

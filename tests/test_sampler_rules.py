@@ -263,3 +263,35 @@ def test_trl_vllm_config_names():
                        ({"vllm_model_impl": "sglang"}, "vllm_model_impl must be one of")):
         with pytest.raises(ValueError, match=match):
             load_config(overrides=bad)
+
+
+def test_a_run_refuses_a_prompt_over_the_context_before_anything_starts(tok, tmp_path, capsys):
+    """One line naming the prompt and the fix, exit 2, no run directory; max_prompt_length makes it fit."""
+    from transformers import LlamaForCausalLM
+
+    from inpo.data.prompts import load_prompts, split_prompts
+    from inpo.online import sampling_plan
+    from inpo.train.cli import main as train_main
+    from inpo.train.config import load_config
+    from inpo.train.model import export_policy, tiny_llama_config
+    from tests.test_online import micro_args
+
+    policy = LlamaForCausalLM(tiny_llama_config(len(tok), max_position_embeddings=128))
+    folder = str(export_policy(policy, tok, tmp_path / "model"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join([f"Describe the sea {i}." for i in range(20)] + ["ocean " * 200]) + "\n")
+    out = tmp_path / "run"
+    capsys.readouterr()
+    rc = train_main(micro_args(folder, out, "--prompts", str(prompts), "--sampler", "hf", "--n-eval", "100"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "prompt" in err[0] and "> the model's context (128 tokens); set max_prompt_length <= 122" in err[0], err
+    assert not out.exists()
+    cfg = load_config(overrides={"model": folder, "prompts": str(prompts), "max_new_tokens": 6,
+                                 "max_prompt_length": 100, "k": 3, "iterations": 2})
+    plan = sampling_plan(cfg, tok, policy)
+    pool = load_prompts(prompts)
+    n_train, n_eval = len(split_prompts(pool, "train")), len(split_prompts(pool, "eval"))
+    assert plan.longest_prompt == 100 and plan.max_new_tokens == 6
+    assert [rows for rows, _ in plan.calls] == [n_train * 3] * 2 + [n_eval * cfg.eval_k] * 3
+    assert plan.weight_updates == 4

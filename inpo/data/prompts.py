@@ -111,16 +111,16 @@ def load_prompts(path: str | os.PathLike, *, tokenizer=None) -> list:
     if suffix not in (".txt", ".jsonl"):
         raise ValueError(f"prompts file {str(path)!r}: unsupported extension {suffix!r}; use .txt or .jsonl")
     prompts: list = []
+    wheres: list[str] = []
     with utf8_open(path, what="prompts file") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
             if not line:
                 continue
             where = f"{path}:{lineno}"
+            wheres.append(where)
             if suffix == ".txt":
                 prompts.append(line)
-                if tokenizer is not None:
-                    encode_prompt(tokenizer, line, where=where)
                 continue
             try:
                 record = json.loads(line)
@@ -143,10 +143,10 @@ def load_prompts(path: str | os.PathLike, *, tokenizer=None) -> list:
                 raise ValueError(f"{where}: record has no 'prompt' field (nor 'chosen'/'rejected' or 'messages'; "
                                  f"keys: {sorted(record)})")
             prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
-            if tokenizer is not None:
-                encode_prompt(tokenizer, prompts[-1], where=where)
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} contains no prompts")
+    for prompt, where in zip(prompts, wheres if tokenizer is not None else []):
+        encode_prompt(tokenizer, prompt, where=where)  # a failing template, a conversation under plain text
     return prompts
 
 

@@ -420,13 +420,10 @@ def _apply(cfg: TrainConfig, updates: dict, where: str) -> None:
                 raise ValueError(f"{where}: loss_type {value!r} has no inpo objective with the same loss; TRL names "
                                  f"accepted: {sorted(_LOSS_TYPES)} (else use objective: inpo|onpo|ipo|dpo|sppo)")
             norm, value = "objective", _LOSS_TYPES[value]
-        elif norm == "use_vllm":  # TRL: vLLM or the model's generate
-            norm, value = "sampler", "vllm" if _coerce_bool(value, norm, where) else "hf"
-        elif norm in _TRL_VLLM_FIXED:
-            only, why = _TRL_VLLM_FIXED[norm]
-            if (_coerce_bool(value, norm, where) if isinstance(only, bool) else value) != only:
-                raise ValueError(f"{where}: {norm}={value!r} is not supported ({why}); only {only!r}")
-            continue
+        elif norm == "use_vllm" or norm in _TRL_VLLM_FIXED:
+            norm, value = _trl_vllm_key(norm, value, where)
+            if norm is None:
+                continue
         elif norm in ("adam_beta1", "adam_beta2"):
             i = 0 if norm == "adam_beta1" else 1
             betas = list(cfg.betas)
@@ -453,6 +450,17 @@ def _apply(cfg: TrainConfig, updates: dict, where: str) -> None:
         # TRL's effective batch (pairs per optimiser step, over all ranks); micro-batches are packed by max_tokens.
         cfg.batch_pairs = sizes["per_device_train_batch_size"] * sizes["gradient_accumulation_steps"] * world
         explicit.add("batch_pairs")
+
+
+def _trl_vllm_key(key: str, value, where: str):
+    """TRL's ``use_vllm`` → ``("sampler", "vllm" | "hf")``; a :data:`_TRL_VLLM_FIXED` key → ``(None, None)`` (nothing
+    to set) when it has inpo's one value, else ValueError."""
+    if key == "use_vllm":  # TRL: vLLM or the model's generate
+        return "sampler", "vllm" if _coerce_bool(value, key, where) else "hf"
+    only, why = _TRL_VLLM_FIXED[key]
+    if (_coerce_bool(value, key, where) if isinstance(only, bool) else value) != only:
+        raise ValueError(f"{where}: {key}={value!r} is not supported ({why}); only {only!r}")
+    return None, None
 
 
 def _coerce_bool(value, key: str, where: str) -> bool:
