@@ -258,3 +258,12 @@ def test_head_targets_met_not_met_and_not_yet():
     j = judged(swap("inpo-triton", 5.0, err=0.3, ok=False))
     assert j["value"].status == targets.NOT_MET and "inpo-triton at 16384×2048×128256 peaked" in j["value"].detail
     assert "inpo-triton-chunked" in j["exact_floor"].detail
+
+
+def test_mfu_target_names_the_peak_it_divided_by():
+    """New step records carry the trainer's MFU (datasheet peak) and say so; older ones divided by a measured GEMM."""
+    ours = _step("inpo", 1000.0, mfu=0.5, mfu_peak_source="datasheet", mfu_peak_tflops=989.0)
+    (t,) = [t for t in targets.step_targets([ours, _step("trl", 500.0)]) if t.name.startswith("MFU")]
+    assert t.status == targets.MET and "datasheet peak 989.0 TFLOP/s" in t.detail
+    (t,) = [t for t in targets.step_targets([_step("inpo", 1000.0, mfu=0.4)]) if t.name.startswith("MFU")]
+    assert t.status == targets.NOT_MET and "peak 800.0 TFLOP/s measured by a bf16 GEMM" in t.detail

@@ -112,7 +112,7 @@ def _step_mfu(c: _Canvas, res: Results) -> None:
     steps = [r for r in step_rows(res.family("step")) if r.get("mfu") is not None]
     if not steps:
         return
-    fig, ax = c.new("training step: MFU (model FLOPs / GEMM peak measured in the same run)", "", "MFU (%)")
+    fig, ax = c.new("training step: MFU (model FLOPs / bf16 datasheet peak; CPU: measured GEMM peak)", "", "MFU (%)")
     labels = [f"{r.get('system')}\n{r.get('model')} s={r.get('seq_len')}\n{str(r.get('device'))[:18]}" for r in steps]
     colors = ["tab:green" if r.get("system") == "inpo" else "tab:gray" for r in steps]
     ax.bar(range(len(steps)), [100 * r["mfu"] for r in steps], color=colors)

@@ -75,9 +75,10 @@ def step_targets(steps: list[dict]) -> list[Target]:
     ours_all = [s["inpo"] for s in per_dev.values() if "inpo" in s and s["inpo"].get("mfu") is not None]
     if ours_all:
         r = ours_all[-1]
-        targets.append(Target(STEP_MFU, _verdict(r["mfu"] >= 0.45),
-                              f"{fmt(r['mfu'], 'pct')} on {r['device']} (peak {fmt(r.get('peak_tflops'))} TFLOP/s "
-                              f"measured by a {r.get('gemm_dtype', 'bf16')} GEMM in the same run)"))
+        peak = (f"datasheet peak {fmt(r.get('mfu_peak_tflops'))} TFLOP/s" if r.get("mfu_peak_source") == "datasheet"
+                else f"peak {fmt(r.get('peak_tflops'))} TFLOP/s measured by a {r.get('gemm_dtype', 'bf16')} GEMM in "
+                     "the same run")
+        targets.append(Target(STEP_MFU, _verdict(r["mfu"] >= 0.45), f"{fmt(r['mfu'], 'pct')} on {r['device']} ({peak})"))
     else:
         targets.append(Target(STEP_MFU, NOT_YET, "needs an inpo step record on a GPU"))
     targets.append(_oom_target(*pairs[-1]) if pairs else Target(STEP_OOM, NOT_YET, "needs inpo and trl sweeps on one GPU"))
@@ -170,7 +171,7 @@ def head_targets(recs: list[dict]) -> list[Target]:
         bad = [f"✗ {w} (error {e:.2e})" for ok, e, w in checked if not ok]
         verdicts["value"] = [(not bad, "; ".join(bad) if bad else
                               f"{len(checked)} records, max relative error {max(e for _, e, _ in checked):.1e}")]
-    need_cmd = "needs bf16 H100/H200 head records at {}×{}×{} peaked (`inpo bench head`)".format(*HEAD_TARGET_SHAPE)
+    need_cmd = "needs bf16 H100/H200 head records at {}×{}×{} peaked (`python -m bench.head`)".format(*HEAD_TARGET_SHAPE)
     out = []
     for key, name in HEAD_TARGET_NAMES.items():
         got = verdicts.get(key)
@@ -193,7 +194,7 @@ def _head_cpu_floor(nat: dict, where: str) -> Target:
     name = HEAD_CPU_NAMES[0]
     if not (nat.get("floor_kind") and nat.get("floor_ratio") is not None):
         return Target(name, NOT_YET, f"the record at {where} predates the measured-peak floor "
-                                     "(`inpo bench head-cpu` again)")
+                                     "(`python -m bench.head_cpu` again)")
     fr = nat["floor_ratio"]
     detail = (f"{fr:.2f}× the 8NHV floor ({fmt(nat.get('floor_ratio_6nhv'), 'x')} the 6NHV floor; peak "
               f"{fmt(nat.get('peak_gflop_s'))} GFLOP/s) at {where}")
@@ -247,7 +248,7 @@ def _cpu_step_targets(steps: list[dict]) -> list[Target]:
     by = {r.get("system"): r for r in cpu_compare_rows(steps) if not r.get("smoke")}
     ours, trl = by.get("inpo"), by.get("trl")
     if not (ours and trl and ours.get("commit") == trl.get("commit") and trl.get("tokens_per_s")):
-        return [Target(n, NOT_YET, "needs inpo and trl records of one `inpo bench step-cpu` run")
+        return [Target(n, NOT_YET, "needs inpo and trl records of one `python -m bench.step_cpu` run")
                 for n in (name, name_mem)]
     sp = ours["tokens_per_s"] / trl["tokens_per_s"]
     ci = ""
@@ -273,7 +274,7 @@ def _cpu_iteration_targets(iters: list[dict]) -> list[Target]:
                  and r.get("overhead_ratio") is not None]
     if not cpu_iters:
         return [Target(f"CPU online iteration: precompute + train ≤ {CPU_OVERHEAD}× pure fwd/bwd", NOT_YET,
-                       "needs a non-smoke CPU `inpo bench iteration` record")]
+                       "needs a non-smoke CPU `python -m bench.iteration` record")]
     return [Target(f"CPU online iteration ({r.get('algorithm')}): precompute + train ≤ {CPU_OVERHEAD}× pure fwd/bwd",
                    _verdict(r["overhead_ratio"] <= CPU_OVERHEAD),
                    f"{r['overhead_ratio']:.2f}× ({fmt(r.get('precompute_s'))} + {fmt(r.get('train_s'))} s vs "
@@ -284,7 +285,7 @@ def _sampler_target(gens: list[dict]) -> Target:
     g = {r.get("sampler"): r for r in latest(gens, ("device", "sampler", "model")) if not is_gpu(r)}
     name = "default sampler = the faster one on this CPU (`sampler: auto`)"
     if not ("hf" in g and "vllm" in g):
-        return Target(name, NOT_YET, "needs hf and vllm records of one `inpo bench generation` run (vLLM venv)")
+        return Target(name, NOT_YET, "needs hf and vllm records of one `python -m bench.generation` run (vLLM venv)")
     fast = max(("hf", "vllm"), key=lambda s: g[s]["tokens_per_s"])
     be = g["vllm"].get("break_even_rows")
     return Target(name, "measured", f"{fast} is faster: vLLM {fmt(g['vllm']['tokens_per_s'])} vs HF "
