@@ -11,7 +11,8 @@ One entry point per bench, ``python -m bench.<name>`` from the repository root::
     filter_error  the opt-in gradient filter's error (fp64 simulation)
     report        bench/REPORT.md and its plots from bench/results/*.jsonl
 
-Shared tools live in :mod:`bench.lib`; the report
+Every bench checks its output paths before it measures anything (a clear message and exit 2, never a
+finished run lost to an unwritable ``--out``). Shared tools live in :mod:`bench.lib`; the report
 generator in :mod:`bench.report`; recorded results in ``bench/results/``. ``experiment_*`` and ``vllm_sampler`` are
 the experiments and the vLLM sampler check the README quotes.
 """

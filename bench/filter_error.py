@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+from bench.lib.outputs import output_problem
 
 V = 128256
 BLOCK_N = BLOCK_V = 128  # the sm90 backward tile
@@ -103,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--out", default="bench/results/filter-error.jsonl")
     args = ap.parse_args(argv)
+    problem = output_problem("python -m bench.filter_error", files={"--out": args.out})
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     cases = [("budget", 2.0**-10), ("budget", 2.0**-7), ("budget", 2.0**-4), ("per_entry_old", 2.0**-16)]
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     cmd = "python -m bench.filter_error " + " ".join(argv or [])

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from bench.lib.outputs import output_problem
 from bench.lib.shapes import MODEL_SHAPES, model_config
 from bench.step_cpu import bootstrap_median_ci
 from inpo.utils.record import append_jsonl, environment_info
@@ -234,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if problems:
         print("python -m bench.generation: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    problem = output_problem("python -m bench.generation", files={"--out": args.out})
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     records = run(args, argv)
     append_jsonl(args.out, records)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from bench.lib.outputs import output_problem
 from bench.lib.timing import is_oom, measure, release_memory
 from inpo._optional import available, require
 from inpo.utils.record import append_jsonl, device_slug, environment_info
@@ -406,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
         out = RESULTS_DIR / f"head-{device_slug()}.jsonl"
     if not 0.0 < args.grad_filter < 1.0:
         print(f"--grad-filter must be a budget in (0, 1), got {args.grad_filter}", file=sys.stderr)
+        return 2
+    problem = output_problem("python -m bench.head", files={"--out": out})
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     records = run(shapes, impls, args.inputs or list(INPUTS), dtype, device, smoke=smoke, out=out,
                   grad_filter=args.grad_filter)

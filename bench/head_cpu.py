@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from bench.lib.memory import peak_extra_rss
+from bench.lib.outputs import output_problem
 from bench.lib.timing import quantile
 from inpo.utils.record import append_jsonl, environment_info
 
@@ -279,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         print(json.dumps({"peak_mem_bytes": _mem_probe(args.mem_probe, shapes[0])}))
         return 0
+    problem = output_problem("python -m bench.head_cpu", files={"--out": args.out})
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     mem = args.mem or ("inprocess" if args.smoke else "subprocess")
     reps = 1 if args.smoke and args.reps == 3 else args.reps
     records = run(shapes, args.impls, reps=reps, warmup=args.warmup, threads=args.threads, mem=mem,

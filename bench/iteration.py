@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from bench.lib.nvml import NvmlMonitor
+from bench.lib.outputs import output_problem
 from bench.lib.shapes import BODIES, body
 from bench.lib.timing import peak_memory_bytes, reset_peak_memory, synchronize
 from inpo.data.packing import pack_sequences
@@ -329,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
                              "run `python -m bench.iteration --smoke` (or pass --model tiny-body / default)")
     except ValueError as exc:
         print(f"python -m bench.iteration: {exc}", file=sys.stderr)
+        return 2
+    problem = output_problem("python -m bench.iteration", files={"--out": cfg.out},
+                             folders={"--workdir": cfg.workdir, "the results folder": None if cfg.out else "bench/results"})
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     run(cfg)
     return 0

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from bench.lib.nvml import NvmlMonitor
+from bench.lib.outputs import output_problem
 from bench.lib.shapes import MODEL_SHAPES, model_config
 from bench.lib.sweep import oom_sweep
 from bench.lib.timing import (measure, measure_peak_flops, peak_memory_bytes, release_memory, reset_peak_memory,
@@ -88,6 +89,8 @@ class StepBenchConfig:
             raise ValueError(f"lengths must be one of {list(LENGTHS)}, got {self.lengths!r}")
         if self.attn not in ATTN_CHOICES:
             raise ValueError(f"attn must be one of {list(ATTN_CHOICES)}, got {self.attn!r}")
+        if self.trace is not None and not str(self.trace).endswith(".json"):
+            raise ValueError(f"trace must be a .json path (Chrome trace format), got {self.trace!r}")
         bad = [s for s in self.systems if s not in SYSTEMS]
         if bad or not self.systems:
             raise ValueError(f"systems must be a non-empty subset of {list(SYSTEMS)}, got {list(self.systems)}")
@@ -584,6 +587,11 @@ def main(argv: list[str] | None = None) -> int:
         _check_full_size_on_cpu(cfg)
     except ValueError as exc:
         print(f"python -m bench.step: {exc}", file=sys.stderr)
+        return 2
+    problem = output_problem("python -m bench.step", files={"--out": cfg.out, "--trace": cfg.trace},
+                             folders={"the results folder": None if cfg.out else "bench/results"})
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     run(cfg)
     return 0

@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 
 from bench.lib.memory import reset_peak_rss, status_kb
+from bench.lib.outputs import output_problem
 from bench.lib.shapes import MODEL_SHAPES
 from bench.step import StepBenchConfig, prepare, skip_reason
 from inpo.utils.record import append_jsonl, environment_info
@@ -248,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         _check(args)
     except ValueError as exc:
         print(f"python -m bench.step_cpu: {exc}", file=sys.stderr)
+        return 2
+    problem = None if args.mem_probe else output_problem("python -m bench.step_cpu", files={"--out": args.out})
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     if args.mem_probe:
         torch.set_num_threads(args.threads)

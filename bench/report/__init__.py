@@ -15,10 +15,10 @@ import os
 import sys
 from pathlib import Path
 
+from bench.lib.outputs import output_problem
 from bench.report.data import load_results
 from bench.report.markdown import render
 from bench.report.plots import make_plots
-from inpo.paths import check_writable_path
 from inpo.train.checkpoint import atomic_write_text
 
 
@@ -40,14 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="accepted for symmetry with the other benches (no-op)")
     args = ap.parse_args(argv)
     if Path(args.results).exists() and not Path(args.results).is_dir():
-        print(f"bench report: --results must be a folder of *.jsonl files, got file {args.results!r}", file=sys.stderr)
+        print(f"python -m bench.report: --results must be a folder of *.jsonl files, got file {args.results!r}", file=sys.stderr)
         return 2
-    try:
-        check_writable_path(args.out, "--out", folder=False)
-        if not args.no_plots:
-            check_writable_path(args.plots_dir or Path(args.results) / "plots", "--plots-dir", folder=True)
-    except ValueError as exc:
-        print(f"bench report: {exc}", file=sys.stderr)
+    problem = output_problem("python -m bench.report", files={"--out": args.out},
+                             folders={"--plots-dir": None if args.no_plots else args.plots_dir or Path(args.results) / "plots"})
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     path = build_report(args.results, args.out, plots_dir=args.plots_dir, plots=not args.no_plots)
     print(f"[bench report] wrote {path}")
