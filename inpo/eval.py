@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from inpo.data.tokenizer import resolve_tokenizer
+from inpo.models import resolve_model
 from inpo.utils.record import environment_info
 
 __all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "find_origin", "origin_record", "ORIGIN_FILE", "main"]
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.k is None:
         args.k = 8 if args.exploitability else 1
     try:
+        for name in ("policy", "baseline", "tokenizer"):  # a real-model name (smollm2) → its converted folder
+            setattr(args, name, resolve_model(getattr(args, name)))
         for name in ("k", "max_new_tokens", "n_bootstrap") + (("max_prompt_length",) if args.max_prompt_length
                                                               is not None else ()):
             if getattr(args, name) < 1:

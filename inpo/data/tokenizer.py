@@ -22,6 +22,7 @@ from pathlib import Path
 from inpo.data.chat import encode_prompt as _chat_encode_prompt
 from inpo.data.chat import stop_token_ids, use_plain_text
 from inpo.data.prompts import default_prompts, sft_examples, task_spec
+from inpo.models import resolve_model
 
 __all__ = ["default_tokenizer", "load_tokenizer", "resolve_tokenizer", "encode_prompt", "train_tokenizer",
            "default_cache_dir", "SPECIAL_TOKENS", "CHAT_TEMPLATE", "VOCAB_SIZE", "TOKENIZER_FILES"]
@@ -121,8 +122,9 @@ def default_tokenizer(cache_dir: str | os.PathLike | None = None):
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """A tokenizer saved with ``save_pretrained`` in a local directory (never the hub)."""
-    path = Path(path)
+    """A tokenizer saved with ``save_pretrained`` in a local directory (never the hub), or a real model's by name
+    (``smollm2``: :func:`inpo.models.resolve_model`)."""
+    path = Path(resolve_model(path))
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer directory not found: {str(path)!r}")
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
