@@ -116,7 +116,7 @@ ATTN_CHOICES = ("auto", "inpo_varlen", "sdpa", "flex_attention", "flash_attentio
 
 def attn_implementation(device: torch.device, choice: str = "auto") -> str:
     """``auto``: flash-attn varlen when it works on CUDA (packed documents without a mask), else ``inpo_varlen``
-    (one causal sdpa call per packed document, inpo/train/attention.py).
+    (one causal sdpa call per packed document, inpo/ops/attention.py).
     Why not plain sdpa for the packed systems (ours, naive head, Liger): transformers turns packed position_ids
     into a materialised [N, N] block-causal mask, so attention costs the full N² of the micro-batch (not Σ s_i²)
     and the mask grows with N² in the OOM sweep, while TRL's padded rows take sdpa's is_causal path (TRL keeps
@@ -124,7 +124,7 @@ def attn_implementation(device: torch.device, choice: str = "auto") -> str:
     mask-free choice; the chosen value is recorded as ``attn_implementation``."""
     if choice not in ATTN_CHOICES:
         raise ValueError(f"attn must be one of {ATTN_CHOICES}, got {choice!r}")
-    from inpo.train.attention import default_implementation, prepare
+    from inpo.ops.attention import default_implementation, prepare
 
     return default_implementation(device) if choice == "auto" else prepare(choice)
 

@@ -87,7 +87,7 @@ def run_tokenizer(cfg: TrainConfig):
 
 
 def _attn_impl(cfg: TrainConfig, device: torch.device) -> str:
-    from inpo.train.attention import default_implementation
+    from inpo.ops.attention import default_implementation
 
     return cfg.attn_implementation or default_implementation(device)
 
@@ -809,7 +809,7 @@ def run_offline(config: TrainConfig) -> list[dict]:
     device, tokenizer, ref, policy = _setup(cfg)
     records = load_pairs(cfg.data)
     n_records = len(records)
-    seqs, records = training_sequences(tokenizer, records, True, cfg)  # bad data fails here, before the run dir is touched
+    seqs, records = training_sequences(tokenizer, records, True, cfg)  # bad data fails here, before the run dir
     heldout = _heldout_pairs(cfg, tokenizer)  # so does a bad eval_data file
     if not seqs:
         raise ValueError(f"no pair of {cfg.data!r} is left after truncation to max_length={cfg.max_length} "
