@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     mem = args.mem or ("inprocess" if args.smoke else "subprocess")
     reps = 1 if args.smoke and args.reps == 3 else args.reps
     records = run(shapes, args.impls, reps=reps, warmup=args.warmup, threads=args.threads, mem=mem,
-                  note=args.note, smoke=args.smoke, command="python -m bench.head_cpu " + shlex.join(argv), out=args.out)
+                  note=args.note, smoke=args.smoke, command="python -m bench.head_cpu " + shlex.join(argv),
+                  out=args.out)
     print(f"[head-cpu] appended {len(records)} records to {args.out}")
     return 0
 

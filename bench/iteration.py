@@ -331,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"python -m bench.iteration: {exc}", file=sys.stderr)
         return 2
-    problem = output_problem("python -m bench.iteration", files={"--out": cfg.out},
-                             folders={"--workdir": cfg.workdir, "the results folder": None if cfg.out else "bench/results"})
+    folders = {"--workdir": cfg.workdir, "the results folder": None if cfg.out else "bench/results"}
+    problem = output_problem("python -m bench.iteration", files={"--out": cfg.out}, folders=folders)
     if problem:
         print(problem, file=sys.stderr)
         return 2

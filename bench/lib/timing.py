@@ -155,7 +155,8 @@ def release_memory(device: torch.device | str | None = None) -> None:
 
 def measure_peak_flops(device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
                        n: int | None = None, reps: int = 20) -> dict:
-    """Dense GEMM throughput on this device, the denominator of MFU.
+    """Dense GEMM throughput on this device: the peak a bench reports beside its numbers, and MFU's denominator where
+    the board has no datasheet peak (:func:`inpo.utils.mfu.peak_bf16_flops`; CPU, unknown GPUs).
 
     CUDA: an ``n×n @ n×n`` bf16 matmul (default n = 8192: large enough to saturate an H100's tensor cores).
     CPU: fp32 with n = 512 (a smoke-mode stand-in; the CPU number is only meaningful for the same run's ratios).

@@ -32,7 +32,8 @@ def build_report(results_dir: str | os.PathLike = "bench/results", out: str | os
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.report", description="bench/REPORT.md from bench/results/*.jsonl")
+    ap = argparse.ArgumentParser(prog="python -m bench.report",
+                                 description="bench/REPORT.md from bench/results/*.jsonl")
     ap.add_argument("--results", default="bench/results", help="folder of *.jsonl results (default bench/results)")
     ap.add_argument("--out", default="bench/REPORT.md", help="Markdown file to write (default bench/REPORT.md)")
     ap.add_argument("--plots-dir", default=None, help="where PNGs go (default <results>/plots)")
@@ -42,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if Path(args.results).exists() and not Path(args.results).is_dir():
         print(f"python -m bench.report: --results must be a folder of *.jsonl files, got file {args.results!r}", file=sys.stderr)
         return 2
-    problem = output_problem("python -m bench.report", files={"--out": args.out},
-                             folders={"--plots-dir": None if args.no_plots else args.plots_dir or Path(args.results) / "plots"})
+    plots_dir = None if args.no_plots else args.plots_dir or Path(args.results) / "plots"
+    problem = output_problem("python -m bench.report", files={"--out": args.out}, folders={"--plots-dir": plots_dir})
     if problem:
         print(problem, file=sys.stderr)
         return 2

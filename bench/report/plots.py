@@ -122,6 +122,13 @@ def _step_mfu(c: _Canvas, res: Results) -> None:
     c.finish(fig, ax, "step_mfu")
 
 
+def _pure_train_end(r: dict) -> float | None:
+    """Where the train segment would end if precompute + train cost only their pure fwd/bwd work."""
+    if r.get("pure_fwd_bwd_s") is None:
+        return None
+    return float(r.get("generate_s") or 0.0) + float(r.get("rank_s") or 0.0) + r["pure_fwd_bwd_s"]
+
+
 def _iteration_phases(c: _Canvas, res: Results) -> None:
     """Stacked phases per algorithm (latest per device/algorithm/model), with where train would end at pure
     fwd/bwd cost."""
@@ -135,12 +142,10 @@ def _iteration_phases(c: _Canvas, res: Results) -> None:
         vals = [float(r.get(f"{p}_s") or 0.0) for r in iters]
         ax.bar(range(len(iters)), vals, bottom=bottom, label=p, **({"color": "lightgray"} if p == "other" else {}))
         bottom = [b + v for b, v in zip(bottom, vals)]
-    # Where the train segment would end if precompute + train cost only their pure fwd/bwd work.
-    floors = [None if r.get("pure_fwd_bwd_s") is None else
-              float(r.get("generate_s") or 0.0) + float(r.get("rank_s") or 0.0) + r["pure_fwd_bwd_s"] for r in iters]
-    if any(f is not None for f in floors):
-        ax.scatter([i for i, f in enumerate(floors) if f is not None], [f for f in floors if f is not None],
-                   marker="_", s=900, linewidths=2.5, color="k", zorder=3, label="end of train with only pure fwd/bwd work")
+    floors = [(i, f) for i, f in enumerate(map(_pure_train_end, iters)) if f is not None]
+    if floors:
+        ax.scatter([i for i, _ in floors], [f for _, f in floors], marker="_", s=900, linewidths=2.5, color="k",
+                   zorder=3, label="end of train with only pure fwd/bwd work")
     ax.set_xticks(range(len(iters)), labels, fontsize=7)
     c.finish(fig, ax, "iteration_phases")
 
