@@ -23,6 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from inpo.data.chat import check_prompt, encode_prompt, normalize_pair
 from inpo.data.textio import utf8_open
 
 __all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
@@ -102,8 +103,6 @@ def load_prompts(path: str | os.PathLike, *, tokenizer=None) -> list:
     (:func:`inpo.data.chat.encode_prompt`): a chat template that fails on it, or a conversation under plain text, is
     a ValueError naming the file and line too.
     """
-    from inpo.data.chat import check_prompt, encode_prompt, normalize_pair
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {str(path)!r} (expected a .txt or .jsonl file)")

@@ -5,20 +5,16 @@ from __future__ import annotations
 import os
 import sys
 
+from inpo import _optional
 from inpo.generation.base import BACKENDS, Sampler
+from inpo.generation.cost import choose_backend, model_shape
 from inpo.generation.hf import HFSampler
 from inpo.generation.limits import SamplingPlan
+# VLLMSampler is importable without vllm; constructing it says what is missing
+from inpo.generation.vllm import UnsupportedArchitecture, VLLMSampler
 from inpo.models import resolve_model
 
 __all__ = ["Sampler", "HFSampler", "VLLMSampler", "make_sampler", "auto_backend", "BACKENDS", "SamplingPlan"]
-
-
-def __getattr__(name):  # VLLMSampler is importable without vllm; constructing it says what is missing
-    if name == "VLLMSampler":
-        from inpo.generation.vllm import VLLMSampler
-
-        return VLLMSampler
-    raise AttributeError(name)
 
 
 def _say(line: str) -> None:
@@ -29,13 +25,9 @@ def auto_backend(model=None, plan: SamplingPlan | None = None, *, batch_size: in
     """What ``sampler: auto`` picks, and why (one line): HF when vLLM is not importable; else the sampler the cost
     model (:mod:`inpo.generation.cost`, constants measured by ``python -m bench.sampler_cost``) predicts faster for
     this model (an in-memory transformers model) and this run's ``plan``, engine start included."""
-    from inpo._optional import available
-
-    if not available("vllm"):
+    if not _optional.available("vllm"):
         return "hf", "vLLM is not installed"
     import torch
-
-    from inpo.generation.cost import choose_backend, model_shape
 
     if not isinstance(model, torch.nn.Module):
         return ("vllm", "a model directory: no shape to weigh; vLLM") if torch.cuda.is_available() else \
@@ -61,8 +53,6 @@ def make_sampler(backend: str, model, tokenizer, *, dtype=None, plan: SamplingPl
         backend, why = auto_backend(model, plan, batch_size=kw.get("batch_size", 128))
         say(f"[inpo] sampler auto: {backend} ({why})")
     if backend == "vllm":
-        from inpo.generation.vllm import UnsupportedArchitecture, VLLMSampler
-
         try:
             return VLLMSampler(resolve_model(model), tokenizer, dtype=dtype, plan=plan, **kw, **(vllm_options or {}))
         except UnsupportedArchitecture as exc:

@@ -36,6 +36,9 @@ from collections.abc import Sequence
 
 import torch
 
+from inpo import _optional
+from inpo.data.chat import Truncation, encode_prompt, prompt_text, stop_token_ids
+from inpo.data.tokenizer import load_tokenizer
 from inpo.generation.base import DTYPES, Sampler, check_sample_args, check_sampling_args, row_seed
 from inpo.generation.limits import SamplingPlan, check_prompt_lengths, context_length, cpu_kv_cache_bytes, \
     kv_bytes_per_token
@@ -120,14 +123,11 @@ class VLLMSampler(Sampler):
                  dtype: str | torch.dtype | None = None, max_prompt_length: int | None = None,
                  max_model_len: int | None = None, kv_cache_memory_bytes: int | None = None,
                  plan: SamplingPlan | None = None, **llm_kwargs):
-        from inpo._optional import require
-
         check_sampling_args(max_new_tokens, temperature, top_p)
-        from inpo.data.chat import Truncation, stop_token_ids
 
         self.truncation = Truncation(max_prompt_length=max_prompt_length)
         dtype = resolve_dtype(model, dtype)
-        self._vllm = require("vllm")  # ImportError saying what to install
+        self._vllm = _optional.require("vllm")  # ImportError saying what to install
         self._export_dir = self.llm = None
         self.tokenizer = tokenizer
         if isinstance(model, (str, os.PathLike)):
@@ -144,8 +144,6 @@ class VLLMSampler(Sampler):
             raise TypeError("VLLMSampler needs a local model directory (vLLM loads weights from disk) or a "
                             f"transformers model to export, got {type(model).__name__}")
         if tokenizer is None:
-            from inpo.data.tokenizer import load_tokenizer
-
             self.tokenizer = load_tokenizer(path)
         self.dtype = dtype
         self.stop_ids = stop_token_ids(self.tokenizer)
@@ -234,8 +232,6 @@ class VLLMSampler(Sampler):
         self.weight_updates += 1
 
     def _encode(self, prompts: Sequence) -> list[list[int]]:
-        from inpo.data.chat import encode_prompt, prompt_text
-
         ids = [self.truncation.prompt(encode_prompt(self.tokenizer, p)) for p in prompts]  # TRL's: keeps the end
         check_prompt_lengths([len(x) for x in ids], self.max_new_tokens, self.max_model_len,
                              name=lambda i: f"prompt {i} ({prompt_text(prompts[i])[:40]!r})",
