@@ -40,6 +40,9 @@ from pathlib import Path
 
 import torch
 
+from bench.lib.outputs import output_problem
+from inpo.generation.cost import COSTS_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench" / "results" / "sampler-cost.jsonl"
 # (prompts, samples per prompt, max_new_tokens, prompt repeats)
@@ -189,8 +192,6 @@ def _start(args, model, tok) -> tuple[dict, dict]:
 
 
 def _store(args, rec: dict, shape, fits: dict, lifetime: dict) -> None:
-    from inpo.generation.cost import COSTS_FILE
-
     if set(fits) != {"hf", "vllm"}:
         raise SystemExit("bench.sampler_cost: --write-constants needs both samplers measured")
     entry = {"name": args.model, "shape": shape.__dict__,
@@ -263,8 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.reps = 1
     out = args.out or (None if args.smoke else str(DEFAULT_OUT))
-    if out is not None and not os.access(Path(out).resolve().parent, os.W_OK):
-        print(f"bench.sampler_cost: --out {out!r}: its folder is not writable", file=sys.stderr)
+    constants = args.constants or (str(COSTS_FILE) if args.write_constants else None)
+    problem = output_problem("bench.sampler_cost", files={"--out": out, "--constants": constants})
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     rec = run(args, argv)
     if out is not None:

@@ -43,7 +43,10 @@ from pathlib import Path
 
 import torch
 
+from inpo.data.chat import encode_prompt, prompt_text
 from inpo.data.tokenizer import resolve_tokenizer
+from inpo.generation import SamplingPlan
+from inpo.generation.limits import check_prompt_lengths, context_length
 from inpo.train.checkpoint import atomic_write_text, load_latest_good_checkpoint, save_checkpoint
 from inpo.train.config import TrainConfig, config_to_yaml
 from inpo.train.loop import (LOCK_NAME, RUN_MARKER, RunContext, RunDirError, StopRun, agreed_stop_signal,
@@ -333,10 +336,6 @@ def sampling_plan(cfg: TrainConfig, tokenizer, model):
     """What the run samples (:class:`~inpo.generation.SamplingPlan`: ``sampler: auto`` weighs it, the vLLM engine is
     sized by it), after checking -- before any engine starts -- that every training and held-out prompt, cut to
     max_prompt_length, plus max_new_tokens fits the model's context (one rule for both samplers)."""
-    from inpo.data.chat import encode_prompt, prompt_text
-    from inpo.generation import SamplingPlan
-    from inpo.generation.limits import check_prompt_lengths, context_length
-
     train, held_out = prompt_pools(cfg, tokenizer)
     held_out = held_out[:cfg.n_eval] if cfg.evaluate else []  # the ones evaluated (_eval_prompts)
     trunc, context = cfg.truncation(), context_length(model.config)

@@ -209,7 +209,7 @@ def test_auto_falls_back_to_hf_when_vllm_cannot_load_the_architecture(model, tok
                                          "sample with HF generate instead: --sampler hf")
 
     monkeypatch.setattr(inpo.generation, "auto_backend", lambda *a, **k: ("vllm", "predicted faster"))
-    monkeypatch.setattr(gv, "VLLMSampler", refuse)
+    monkeypatch.setattr(inpo.generation, "VLLMSampler", refuse)
     lines = []
     s = make_sampler("auto", model, tok, say=lines.append, max_new_tokens=4)
     assert isinstance(s, HFSampler)

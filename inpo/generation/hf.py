@@ -71,14 +71,19 @@ class HFSampler(Sampler):
         return GenerationConfig(max_new_tokens=self.max_new_tokens, eos_token_id=list(self.stop_ids),
                                 pad_token_id=self.pad_id, use_cache=True, **kw)
 
-    def sample(self, prompts: Sequence[str], k: int, *, seed: int = 0) -> list[list[str]]:
-        import torch
-
-        check_sample_args(prompts, k)
+    def _encode(self, prompts: Sequence) -> list[list[int]]:
+        """Prompt ids as generation starts from them (TRL's max_prompt_length keeps the end), checked to fit."""
         encoded = [self.truncation.prompt(encode_prompt(self.tokenizer, p)) for p in prompts]
         check_prompt_lengths([len(x) for x in encoded], self.max_new_tokens, self.context,
                              name=lambda i: f"prompt {i} ({prompt_text(prompts[i])[:40]!r})",
                              max_prompt_length=self.truncation.max_prompt_length)
+        return encoded
+
+    def sample(self, prompts: Sequence[str], k: int, *, seed: int = 0) -> list[list[str]]:
+        import torch
+
+        check_sample_args(prompts, k)
+        encoded = self._encode(prompts)
         rows = [ids for ids in encoded for _ in range(k)]
         device = next(self.model.parameters()).device
         stops = set(self.stop_ids)
