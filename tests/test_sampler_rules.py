@@ -139,6 +139,8 @@ def test_kv_cache_holds_the_largest_call_within_a_cap(monkeypatch):
     assert cpu_kv_cache_bytes(10, 46, _plan(30, rows=1000)) == 256 * 2 * block * 10  # vLLM runs <= 256 at once
     monkeypatch.setattr(limits, "_available_memory_bytes", lambda: 4 * 40 * block * 10)
     assert cpu_kv_cache_bytes(10, 46, _plan(30)) == 40 * block * 10  # a quarter of the available memory
+    with pytest.raises(ValueError, match="one 131072-token sequence needs .* lower vllm_max_model_length"):
+        cpu_kv_cache_bytes(10, 131072, _plan(30))
 
 
 def _costs(hf_token_s: float, vllm_start_s: float) -> dict:

@@ -141,7 +141,7 @@ def cpu_kv_cache_bytes(per_token: int, max_model_len: int, plan: SamplingPlan | 
     """The CPU engine's KV cache: room for every row of the run's largest call at once (up to vLLM's ``max_num_seqs``
     running sequences, each ``plan.longest_sequence`` tokens), at least one ``max_model_len`` sequence (vLLM refuses
     to start with less), at most ``fraction_of_available`` of the memory available now. Without a plan: room for
-    64 sequences of ``max_model_len``, within the same cap."""
+    64 sequences of ``max_model_len``, within the same cap. ValueError when one sequence does not fit at all."""
     block = CPU_KV_BLOCK_TOKENS
 
     def blocks(tokens: int) -> int:
@@ -154,5 +154,9 @@ def cpu_kv_cache_bytes(per_token: int, max_model_len: int, plan: SamplingPlan | 
     else:
         want = 64 * one
     available = _available_memory_bytes()
+    if available and one > available:
+        raise ValueError(f"the vLLM KV cache for one {max_model_len}-token sequence needs {one / 2**30:.1f} GiB, more "
+                         f"than the {available / 2**30:.1f} GiB available; lower vllm_max_model_length (or "
+                         f"max_prompt_length / max_new_tokens, which size it)")
     cap = int(available * fraction_of_available) if available else want
     return max(one, min(want, cap))
