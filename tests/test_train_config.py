@@ -39,7 +39,7 @@ def test_unknown_key_in_yaml_names_file(tmp_path):
 
 
 def test_bad_values():
-    with pytest.raises(ValueError, match="epochs expects int"):
+    with pytest.raises(ValueError, match="epochs expects float"):
         load_config(None, {"epochs": "two"})
     with pytest.raises(ValueError, match="eta must be"):
         load_config(None, {"eta": -1})
