@@ -144,3 +144,41 @@ def test_offline_training_equals_trl_dpotrainer_step_for_step(case, qwen2_dir, t
             assert b[k] == pytest.approx(a[k], rel=1e-5, abs=4e-7 * 0.1 * scale), (case, step, k, a[k], b[k])
         assert b["rewards/accuracies"] == a["rewards/accuracies"], (case, step)
     assert ours[-1]["loss"] != pytest.approx(ours[0]["loss"], rel=1e-3)  # the steps moved the model
+
+
+@pytest.mark.parametrize("kind, hf_name, floor", [("linear", "linear", 0.0), ("cosine", "cosine", 0.0),
+                                                  ("cosine", "cosine_with_min_lr", 0.1), ("constant", "constant", 0.0),
+                                                  ("constant_with_warmup", "constant_with_warmup", 0.0)])
+def test_schedules_are_transformers_formula_for_formula(kind, hf_name, floor):
+    """lr_scheduler_type names transformers' schedules: the same lr at every step, warm-up included (from 0)."""
+    from transformers.optimization import get_scheduler
+
+    from inpo.train.optim import lr_schedule
+
+    for total, warmup in ((10, 0), (10, 3), (7, 2), (1, 0)):
+        opts = [torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5) for _ in range(2)]
+        ours = lr_schedule(opts[0], kind=kind, total_steps=total, warmup=warmup, min_lr_ratio=floor)
+        theirs = get_scheduler(hf_name, opts[1], num_warmup_steps=warmup, num_training_steps=total,
+                               scheduler_specific_kwargs={"min_lr_rate": floor} if floor else None)
+        for step in range(total + 1):
+            assert ours.get_last_lr() == pytest.approx(theirs.get_last_lr(), rel=1e-12, abs=1e-15), (total, warmup, step)
+            for o in opts:
+                o.step()
+            ours.step()
+            theirs.step()
+
+
+def test_fractional_epochs_stop_part_way_like_trl(qwen2_dir, tmp_path):
+    """num_train_epochs 0.5 of 8 pairs in batches of 3 (3 steps per epoch, the last one short): ceil(0.5 · 3) = 2
+    optimiser steps, and the linear schedule decays over those 2 (HF Trainer's max_steps = ceil(num_train_epochs ·
+    steps per epoch))."""
+    rows, data = _pairs(tmp_path)
+    from inpo.train.cli import main
+
+    out = tmp_path / "half"
+    assert main(["--model", str(qwen2_dir), "--data", str(data), "--output", str(out), "--num_train_epochs", "0.5",
+                 "--per_device_train_batch_size", "3", "--loss_type", "sigmoid", "--threads", "1", "--progress",
+                 "false"]) == 0
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if r["kind"] == "step"]
+    assert [r["lr"] for r in steps] == pytest.approx([1e-6, 0.5e-6])
