@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from inpo.data.textio import read_utf8
+from inpo.models import resolve_model
 from inpo.objectives import OBJECTIVES, Objective, make_objective, objective_class
 from inpo.ops.checks import check_grad_filter
 from inpo.train.optim import SCHEDULES
@@ -196,6 +197,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         self._validate_objective()
+        self.model, self.tokenizer = resolve_model(self.model), resolve_model(self.tokenizer)  # smollm2 → its folder
         self.fill_defaults()
         self.make_objective()  # the objective validates its own parameters (η > 0, ratio in [0, 1], ...)
         self._validate_counts()
