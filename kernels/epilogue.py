@@ -121,6 +121,35 @@ def _softplus_neg_abs(z):
     return tl.where(e < 1e-4, e * (1.0 - 0.5 * e), tl.log(1.0 + e))
 
 
+@triton.jit
+def _loss_and_slope(z, scale, smoothing, LOSS_KIND: tl.constexpr):
+    """(ℓ, dℓ/du) of z = scale·u for the two loss shapes."""
+    if LOSS_KIND == 0:  # LOSS_SQUARED
+        loss = z * z
+        dloss = 2.0 * scale * z
+    else:  # LOSS_LOGSIGMOID: -logσ(z) = max(-z, 0) + log(1 + e^-|z|)
+        soft = _softplus_neg_abs(z)
+        loss = (1.0 - smoothing) * (tl.maximum(-z, 0.0) + soft) + smoothing * (tl.maximum(z, 0.0) + soft)
+        e = tl.exp(-tl.abs(z))
+        sig = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        dloss = scale * (sig - (1.0 - smoothing))
+    return loss, dloss
+
+
+@triton.jit
+def _mean_by_last_program(GroupLoss, Loss, Ticket, grp, loss, num_groups, BLOCK_G: tl.constexpr):
+    """Deterministic mean over groups in the same launch: the last program to finish sums GroupLoss in order."""
+    tl.store(GroupLoss + grp, loss)
+    tl.debug_barrier()  # every thread's store happens before the ticket (release is cumulative over the CTA)
+    ticket = tl.atomic_add(Ticket, 1, sem="acq_rel")
+    if ticket == num_groups - 1:
+        acc = tl.zeros((BLOCK_G,), tl.float32)
+        for g0 in range(0, num_groups, BLOCK_G):
+            offs = g0 + tl.arange(0, BLOCK_G)
+            acc += tl.load(GroupLoss + offs, mask=offs < num_groups, other=0.0, volatile=True)
+        tl.store(Loss, tl.sum(acc, axis=0) / num_groups.to(tl.float32))
+
+
 @triton.jit(do_not_specialize=["N", "SPLITS", "ignore_index", "num_groups"])
 def preference_epilogue_kernel(PartM, PartS, PartT, Labels, CuSeqlens, Ref, Anchor, Targets,
                                Lse, Gtok, Logps, GroupLoss, Loss, Ticket,
@@ -163,16 +192,7 @@ def preference_epilogue_kernel(PartM, PartS, PartT, Labels, CuSeqlens, Ref, Anch
     u = u - offset
     if USE_TARGETS:
         u = u - (tl.load(Targets + seq) - target_center) / target_div
-    z = scale * u
-    if LOSS_KIND == 0:  # LOSS_SQUARED
-        loss = z * z
-        dloss = 2.0 * scale * z
-    else:  # LOSS_LOGSIGMOID: -logσ(z) = max(-z, 0) + log(1 + e^-|z|)
-        soft = _softplus_neg_abs(z)
-        loss = (1.0 - smoothing) * (tl.maximum(-z, 0.0) + soft) + smoothing * (tl.maximum(z, 0.0) + soft)
-        e = tl.exp(-tl.abs(z))
-        sig = tl.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        dloss = scale * (sig - (1.0 - smoothing))
+    loss, dloss = _loss_and_slope(scale * u, scale, smoothing, LOSS_KIND)
     g = dloss / num_groups.to(tl.float32)
     g_first = g
     g_second = g
@@ -183,13 +203,4 @@ def preference_epilogue_kernel(PartM, PartS, PartT, Labels, CuSeqlens, Ref, Anch
     if PAIRWISE:
         _write_token_grads(Labels, Gtok, CuSeqlens, seq + 1, -g_second, ignore_index, BLOCK_T)
 
-    # Deterministic mean over groups in this same launch: the last program to finish sums GroupLoss in order.
-    tl.store(GroupLoss + grp, loss)
-    tl.debug_barrier()  # every thread's store happens before the ticket (release is cumulative over the CTA)
-    ticket = tl.atomic_add(Ticket, 1, sem="acq_rel")
-    if ticket == num_groups - 1:
-        acc = tl.zeros((BLOCK_G,), tl.float32)
-        for g0 in range(0, num_groups, BLOCK_G):
-            offs = g0 + tl.arange(0, BLOCK_G)
-            acc += tl.load(GroupLoss + offs, mask=offs < num_groups, other=0.0, volatile=True)
-        tl.store(Loss, tl.sum(acc, axis=0) / num_groups.to(tl.float32))
+    _mean_by_last_program(GroupLoss, Loss, Ticket, grp, loss, num_groups, BLOCK_G)

@@ -227,19 +227,24 @@ class TrainConfig:
         for key in self.objective_args:
             if key not in takes:
                 users = sorted(n for n, c in OBJECTIVES.items() if key in c.parameters())
+                also = f" ({key} is a parameter of {', '.join(users)})" if users else ""
                 raise ValueError(f"{key} is not used by objective {name!r}, which takes "
-                                 f"{', '.join(takes) or 'no parameters'}"
-                                 + (f" ({key} is a parameter of {', '.join(users)})" if users else ""))
+                                 f"{', '.join(takes) or 'no parameters'}{also}")
+        self._check_offline(cls)
+        if self.__dict__.get("_loss_type") == "sigmoid" and self.objective_args.get("label_smoothing"):
+            raise ValueError(f"loss_type: sigmoid with label_smoothing={self.objective_args['label_smoothing']}: "
+                             "TRL 1.16's sigmoid loss ignores label_smoothing; for conservative DPO (smoothing "
+                             "applied) write objective: dpo instead of loss_type, else drop label_smoothing")
+
+    def _check_offline(self, cls) -> None:
+        """Offline pairs (data=) feed objectives that train on pairs, without an auxiliary chain."""
+        name = cls.name
         if self.data is not None and (cls.samples != "pairs" or cls.aux_chain):
             why = ("trains an auxiliary chain every iteration" if cls.aux_chain else
                    f"needs K {cls.samples} samples per prompt from the policy")
             offline = sorted(n for n, c in OBJECTIVES.items() if c.samples == "pairs" and not c.aux_chain)
             raise ValueError(f"objective {name!r} {why}: online only, not with data= (offline pairs); offline, use "
                              f"{', '.join(offline)}")
-        if self.__dict__.get("_loss_type") == "sigmoid" and self.objective_args.get("label_smoothing"):
-            raise ValueError(f"loss_type: sigmoid with label_smoothing={self.objective_args['label_smoothing']}: "
-                             "TRL 1.16's sigmoid loss ignores label_smoothing; for conservative DPO (smoothing "
-                             "applied) write objective: dpo instead of loss_type, else drop label_smoothing")
 
     def _validate_counts(self) -> None:
         for name in ("iterations", "k", "epochs", "batch_pairs", "max_tokens", "max_new_tokens", "gen_batch_size",
@@ -345,18 +350,19 @@ def _base_type(key: str):
     return hint, False
 
 
+def _number(base, value):
+    """``value`` as an int or a float (not a bool, not a fractional int); ValueError otherwise."""
+    if isinstance(value, bool) or (base is int and isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    return base(value)
+
+
 def _cast(base, value, key: str, where: str):
     """``value`` as ``base`` (bool, int, float, list of floats, dict, str); TypeError/ValueError if it is not one."""
     if base is bool:
         return _coerce_bool(value, key, where)
-    if isinstance(value, bool) and base in (int, float):
-        raise ValueError
-    if base is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return int(value)
-    if base is float:
-        return float(value)
+    if base in (int, float):
+        return _number(base, value)
     origin = typing.get_origin(base)
     if (origin in (list, dict) or base in (list, dict)) and isinstance(value, str):
         value = yaml.safe_load(value)
