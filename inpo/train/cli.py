@@ -24,7 +24,8 @@ config keys (default):
 def _help() -> str:
     import dataclasses
 
-    from inpo.train.config import ALIASES, EMBEDDED_DEFAULTS, MODEL_DEFAULTS
+    from inpo.train.config import EMBEDDED_DEFAULTS, MODEL_DEFAULTS
+    from inpo.train.trl_names import trl_key_notes
 
     lines = [USAGE]
     for f in dataclasses.fields(TrainConfig):
@@ -37,7 +38,8 @@ def _help() -> str:
             shown = f"{EMBEDDED_DEFAULTS[f.name]!r}; with --model: {with_model}"
         lines.append(f"  --{f.name.replace('_', '-'):<26} {shown}")
     lines += ["", "  --no-chat-template           plain text for a base model (= --chat-template none)",
-              f"TRL / HF names accepted: {', '.join(sorted(ALIASES))}"]
+              "  objective parameters: --objective_args.NAME VALUE, or --NAME VALUE (e.g. --eta 0.1, --beta 0.1)",
+              f"TRL / HF names accepted: {trl_key_notes()}"]
     return "\n".join(lines)
 
 
