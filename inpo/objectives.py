@@ -272,6 +272,22 @@ class Objective:
 OBJECTIVES: dict[str, type[Objective]] = {}
 
 
+def _check_declarations(cls: type[Objective]) -> None:
+    """The class declarations the loop relies on (samples, sources, task defaults)."""
+    if cls.samples not in SAMPLE_KINDS:
+        raise ValueError(f"{cls.__name__}.samples must be one of {SAMPLE_KINDS}, got {cls.samples!r}")
+    if cls.pairwise != (cls.samples == "pairs"):  # the loop packs what it samples: pairs 2i/2i+1, or sequences
+        raise ValueError(f"{cls.__name__}: pairwise={cls.pairwise} with samples={cls.samples!r}; the loop feeds "
+                         f"pairs to pairwise objectives and scored samples to per-sequence ones")
+    for attr in ("ref_source", "anchor_source"):
+        if getattr(cls, attr) not in (None, *SOURCES):
+            raise ValueError(f"{cls.__name__}.{attr} must be None or one of {SOURCES}, got {getattr(cls, attr)!r}")
+    unknown = set(cls.task_defaults) - set(cls.parameters())
+    if unknown:
+        raise ValueError(f"{cls.__name__}.task_defaults names {sorted(unknown)}, which are not its parameters "
+                         f"{sorted(cls.parameters())}")
+
+
 def register_objective(cls: type[Objective]) -> type[Objective]:
     """Make ``cls`` available by its ``name`` (config ``objective:``, :func:`make_objective`); usable as a class
     decorator. Checks the declarations the loop relies on."""
@@ -282,15 +298,7 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
         raise ValueError(f"{cls.__name__}.name must be a lower-case identifier of its own, got {name!r}")
     if name in OBJECTIVES and OBJECTIVES[name] is not cls:
         raise ValueError(f"objective {name!r} is already registered ({OBJECTIVES[name].__name__})")
-    if cls.samples not in SAMPLE_KINDS:
-        raise ValueError(f"{cls.__name__}.samples must be one of {SAMPLE_KINDS}, got {cls.samples!r}")
-    for attr in ("ref_source", "anchor_source"):
-        if getattr(cls, attr) not in (None, *SOURCES):
-            raise ValueError(f"{cls.__name__}.{attr} must be None or one of {SOURCES}, got {getattr(cls, attr)!r}")
-    unknown = set(cls.task_defaults) - set(cls.parameters())
-    if unknown:
-        raise ValueError(f"{cls.__name__}.task_defaults names {sorted(unknown)}, which are not its parameters "
-                         f"{sorted(cls.parameters())}")
+    _check_declarations(cls)
     OBJECTIVES[name] = cls
     return cls
 

@@ -124,6 +124,9 @@ def test_register_objective_checks_the_declarations():
     with pytest.raises(ValueError, match="samples must be one of"):
         register_objective(dataclasses.make_dataclass("Bad", [], bases=(ToySimPO,), frozen=True,
                                                       namespace={"name": "bad_toy", "samples": "triples"}))
+    with pytest.raises(ValueError, match="pairwise=False with samples='pairs'"):
+        register_objective(dataclasses.make_dataclass("Bad3", [], bases=(ToySimPO,), frozen=True,
+                                                      namespace={"name": "bad_toy3", "pairwise": False}))
     with pytest.raises(ValueError, match="task_defaults names"):
         register_objective(dataclasses.make_dataclass("Bad2", [], bases=(ToySimPO,), frozen=True,
                                                       namespace={"name": "bad_toy2", "task_defaults": {"eta": 1}}))
