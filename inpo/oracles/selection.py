@@ -152,6 +152,25 @@ def select_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]], ora
     return pairs, stats
 
 
+def _reward_matrices(prompts, groups, oracle: RewardModelOracle) -> list[np.ndarray]:
+    """Per prompt the [K, K] Bradley–Terry matrix σ(r_i − r_j) of a reward model's K scores."""
+    flat = oracle.score([prompts[p] for p, g in enumerate(groups) for _ in g], [y for g in groups for y in g])
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    scores = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [1.0 / (1.0 + np.exp(-(r[:, None] - r[None, :]))) for r in scores]
+
+
+def _pairwise_matrices(prompts, groups, oracle: PreferenceOracle) -> list[np.ndarray]:
+    """Per prompt the [K, K] matrix of P(y_i ≻ y_j) from K(K−1)/2 queries (P(y_j ≻ y_i) = 1 − P(y_i ≻ y_j))."""
+    idx = [(p, i, j) for p, g in enumerate(groups) for i in range(len(g)) for j in range(i + 1, len(g))]
+    probs = oracle.prob_batch([prompts[p] for p, _, _ in idx], [groups[p][i] for p, i, _ in idx],
+                              [groups[p][j] for p, _, j in idx])
+    mats = [np.full((len(g), len(g)), 0.5) for g in groups]
+    for (p, i, j), v in zip(idx, probs):
+        mats[p][i, j], mats[p][j, i] = v, 1.0 - v
+    return mats
+
+
 def estimate_win_rates(prompts: Sequence[str], responses: Sequence[Sequence[str]],
                        oracle: PreferenceOracle) -> list[list[float]]:
     """P̂(y_k ≻ π_t) = mean over the other K − 1 samples of P(y_k ≻ y_j), per prompt (SPPO's targets).
@@ -160,24 +179,11 @@ def estimate_win_rates(prompts: Sequence[str], responses: Sequence[Sequence[str]
     a reward model scores K responses and uses Bradley–Terry.
     """
     _check(prompts, responses)
-    groups = [list(g) for g in responses]
-    mats = []
-    if isinstance(oracle, RewardModelOracle):
-        flat = oracle.score([prompts[p] for p, g in enumerate(groups) for _ in g], [y for g in groups for y in g])
-        start = 0
-        for g in groups:
-            r = flat[start:start + len(g)]
-            start += len(g)
-            mats.append(1.0 / (1.0 + np.exp(-(r[:, None] - r[None, :]))))
-    else:
-        idx = [(p, i, j) for p, g in enumerate(groups) for i in range(len(g)) for j in range(i + 1, len(g))]
-        probs = oracle.prob_batch([prompts[p] for p, _, _ in idx], [groups[p][i] for p, i, _ in idx],
-                                  [groups[p][j] for p, _, j in idx])
-        mats = [np.full((len(g), len(g)), 0.5) for g in groups]
-        for (p, i, j), v in zip(idx, probs):
-            mats[p][i, j], mats[p][j, i] = v, 1.0 - v
     out = []
-    for m in mats:
+    groups = [list(g) for g in responses]
+    matrices = (_reward_matrices if isinstance(oracle, RewardModelOracle) else _pairwise_matrices)(prompts, groups,
+                                                                                                   oracle)
+    for m in matrices:
         k = m.shape[0]
         out.append([float((m[i].sum() - m[i, i]) / (k - 1)) for i in range(k)])
     return out

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
-from inpo.train.config import TrainConfig, config_to_yaml, load_config, parse_overrides
+from inpo.train.config import EMBEDDED_DEFAULTS, MODEL_DEFAULTS, TrainConfig, config_to_yaml, load_config, parse_overrides
+from inpo.train.trl_names import trl_key_notes
 
 USAGE = """usage: inpo train [--config FILE.yaml] [--key value ...] --output DIR [--iterations T] [--max-steps N] [--resume]
 
@@ -23,9 +24,6 @@ config keys (default):
 
 def _help() -> str:
     import dataclasses
-
-    from inpo.train.config import EMBEDDED_DEFAULTS, MODEL_DEFAULTS
-    from inpo.train.trl_names import trl_key_notes
 
     lines = [USAGE]
     for f in dataclasses.fields(TrainConfig):

@@ -32,12 +32,15 @@ from pathlib import Path
 
 import yaml
 
+from inpo.data.chat import Truncation
 from inpo.data.textio import read_utf8
 from inpo.models import resolve_model
 from inpo.objectives import OBJECTIVES, Objective, make_objective, objective_class
 from inpo.ops.checks import check_grad_filter
 from inpo.train.optim import SCHEDULES
-from inpo.train.trl_names import ALIASES, HINTS, LOSS_TYPES, TRL_BATCH, translate, trl_key_notes
+from inpo.train.reporting import parse_report_to
+from inpo.train.trl_names import ALIASES, HINTS, TRL_BATCH, translate, trl_key_notes
+from inpo.utils.choices import SAMPLER_BACKENDS, SAMPLER_DTYPES
 
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "config_to_yaml", "ALIASES", "EMBEDDED_DEFAULTS",
            "MODEL_DEFAULTS"]
@@ -171,8 +174,6 @@ class TrainConfig:
 
     def truncation(self):
         """The :class:`inpo.data.chat.Truncation` of this config (max_length, max_prompt_length, ...)."""
-        from inpo.data.chat import Truncation
-
         return Truncation(max_length=self.max_length, max_prompt_length=self.max_prompt_length,
                           max_completion_length=self.max_completion_length, mode=self.truncation_mode)
 
@@ -262,10 +263,8 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be >= 0 or null (then warmup_ratio), got {self.warmup_steps!r}")
 
     def _validate_choices(self) -> None:
-        from inpo.generation.base import BACKENDS, DTYPES
-        from inpo.train.reporting import parse_report_to
-
-        for name, value, valid in (("sampler", self.sampler, BACKENDS), ("sampler_dtype", self.sampler_dtype, DTYPES),
+        for name, value, valid in (("sampler", self.sampler, SAMPLER_BACKENDS),
+                                   ("sampler_dtype", self.sampler_dtype, SAMPLER_DTYPES),
                                    ("lr_scheduler_type", self.lr_scheduler_type, SCHEDULES),
                                    ("pair_strategy", self.pair_strategy, ("best_worst", "random"))):
             if value not in valid:
