@@ -79,8 +79,8 @@ def test_the_context_rule_is_the_engines(sampler, policy, tok):
 def test_calls_far_past_the_step_budget_are_exact_and_reproducible(sampler, policy, tok):
     """Seeded requests whose prompts exceed the step budget (4096 tokens on CPU): with chunked prefill vLLM rewinds
     the seeded generator of a split prefill and the CPU engine dies ("CPU Generator does not use offset"). Here one
-    call holds ~27k prompt tokens, one prompt alone ~5000: it samples, its log-probs are the trainer's, and a row
-    is the same whatever else is in the call."""
+    call holds ~34k prompt tokens (13 prompts x 2 samples), one prompt alone ~5000: it samples, its log-probs are
+    the trainer's, and a row is the same whatever else is in the call."""
     from inpo.data.tokenizer import encode_prompt
 
     def long(text, tokens):  # the text repeated until its encoding has about ``tokens`` tokens
