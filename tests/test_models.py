@@ -152,3 +152,17 @@ def test_inpo_eval_resolves_policy_and_baseline(cached_name, tmp_path, capsys):
                "--prompts", "auto", "--json", str(tmp_path / "w.json")])
     assert rc == 0, capsys.readouterr()
     assert str(cached_name) in (tmp_path / "w.json").read_text()  # the record names the folder it evaluated
+
+
+def test_missing_gguf_says_what_to_install(monkeypatch, tmp_path):
+    import inpo._optional as optional_deps
+
+    monkeypatch.setenv("INPO_CACHE_DIR", str(tmp_path))
+    folder = cache_root() / models.REAL_MODELS["smollm2"].folder
+    folder.mkdir(parents=True)
+    (folder / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")  # fetched already: only the conversion is left
+    monkeypatch.setattr(optional_deps, "available", lambda module: module != "gguf")
+    with pytest.raises(ModelFetchError, match=r"model 'smollm2': optional dependency missing: gguf \(pip install "
+                                              r"inpo\[dev\]\): needed once to convert the real model"):
+        resolve_model("smollm2")
+    assert not (folder / "float32").exists() and not (folder / "bfloat16").exists()
