@@ -323,15 +323,22 @@ PHASES = ("generate_s", "rank_s", "precompute_s", "train_s")
 
 
 def iteration_worker(args) -> dict:
+    import shutil
     import tempfile
 
+    out = Path(tempfile.mkdtemp(prefix="inpo-bench-real-iter-"))
+    try:
+        return _iteration_run(args, out)
+    finally:
+        shutil.rmtree(out)  # this worker's own temp dir (checkpoints: GBs)
+
+
+def _iteration_run(args, out: Path) -> dict:
+    from inpo._optional import available
     from inpo.generation import auto_backend
 
-    out = Path(tempfile.mkdtemp(prefix="inpo-bench-real-iter-"))
     prompts = out / "prompts.txt"
     prompts.write_text("\n".join(_prompts(args.prompts)) + "\n")
-    n_train = args.prompts - int(round(0.2 * args.prompts))  # a prompts file keeps 20 % held out
-    planned = n_train * args.k * args.max_new_tokens
     cmd = [sys.executable, "-m", "inpo", "train", "--model", MODEL, "--prompts", str(prompts), "--iterations", "1",
            "--k", str(args.k), "--max-new-tokens", str(args.max_new_tokens), "--objective", "inpo",
            "--sampler", args.system, "--evaluate", "false", "--threads", str(args.threads), "--progress", "false",
@@ -343,10 +350,13 @@ def iteration_worker(args) -> dict:
         raise RuntimeError(f"{shlex.join(cmd)} failed:\n{res.stderr[-3000:]}")
     recs = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     it = next(r for r in recs if r.get("kind") == "iteration")
+    n_train = len((out / "run" / "iter_000" / "samples.jsonl").read_text().splitlines())  # the held-out 20 % aside
+    planned = n_train * args.k * args.max_new_tokens  # what sampler: auto weighs (iterations x prompts x k x new)
     phases = {k: it.get(k) for k in PHASES}
     phases["export_s"] = it["wall_s"] - sum(v or 0.0 for v in phases.values())  # checkpoint + iterate export
     return {"system": args.system, "wall_s": it["wall_s"], "process_s": total, **phases, "pairs": it.get("pairs"),
-            "planned_new_tokens": planned, "auto_picks": auto_backend(None, planned), "threads": args.threads}
+            "planned_new_tokens": planned, "auto_picks": auto_backend(None, planned), "threads": args.threads,
+            "vllm_importable": available("vllm")}
 
 
 def iteration_bench(args) -> int:

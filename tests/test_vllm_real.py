@@ -17,7 +17,7 @@ import torch
 
 pytestmark = [pytest.mark.vllm, pytest.mark.real]
 
-LOGP_ATOL = 2e-3  # nats per sequence: fp32 over 30 layers, vLLM's CPU kernels vs HF's (measured: see the report)
+LOGP_ATOL = 2e-3  # nats per sequence, fp32 over 30 layers, vLLM's CPU kernels vs HF's: measured 2.3e-4 (2026-12-03)
 MAX_NEW = 24
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
            "Explain in one sentence what a compiler does.", "List three fruits that are red.",
