@@ -14,7 +14,8 @@ The step's pairs are real chat pairs: 16 instruction prompts (bench/data/real_pr
 sampled from SmolLM2 itself (``pairs``; committed, so every run trains on the same tokens), rendered with the
 model's ChatML template, variable length. The step's FLOP floor: 6·P·T for the decoder body (P = parameters
 without the tied embedding, T = real tokens of the step) + 8·N·H·V for the head (N = response tokens, the
-recompute design's 4 GEMMs), at a fp32 GEMM peak measured in the same process on the body's own shapes.
+recompute design's 4 GEMMs), at the fp32 GEMM peak of the same process and threads
+(bench.lib.timing.measure_peak_flops on 1536 x 1536, the fastest of 5).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
 import statistics
 import subprocess
@@ -31,6 +31,10 @@ import time
 from pathlib import Path
 
 import torch
+
+from bench.lib.memory import status_kb
+from bench.lib.outputs import output_problem
+from bench.lib.timing import measure_peak_flops
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = HERE / "data" / "real_prompts.txt"
@@ -42,7 +46,7 @@ MODEL = "smollm2"
 # ---- shared -------------------------------------------------------------------------------------------------------
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    return (status_kb("VmHWM") or 0) * 1024  # this process's peak resident memory
 
 
 def _record(out: Path, rec: dict) -> None:
@@ -123,19 +127,6 @@ def make_pairs(args) -> int:
 
 
 # ---- (a) the training step --------------------------------------------------------------------------------------
-
-def gemm_peak_flops(shapes=((4096, 576, 1536), (4096, 1536, 576), (4096, 576, 576)), reps: int = 3) -> float:
-    """Best fp32 GEMM FLOP/s over the body's own shapes (M tokens x K -> N), this process, these threads."""
-    best = 0.0
-    for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        a @ b  # warm-up
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            a @ b
-            best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
-    return best
-
 
 def step_floor_flops(config, seqs) -> float:
     """6·P·T (the body's matmul parameters, inpo.utils.mfu's count without the head) + 8·N·H·V (the head over the
@@ -222,7 +213,7 @@ def step_worker(args) -> dict:
         model, step, info = _inpo_stepper(args, seqs)
         step_s = [step() for _ in range(n_steps)][1:]
     floor = step_floor_flops(model.config, seqs)
-    peak = gemm_peak_flops()
+    peak = measure_peak_flops("cpu", torch.float32, n=1536, reps=5)["peak_flops"]  # the fastest of 5, these threads
     tokens = sum(len(p) + len(r) for p, r in seqs)
     med = statistics.median(step_s)
     return {"system": args.system, "step_s": step_s, "tokens": tokens,
@@ -417,10 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "pairs":
         args.max_new_tokens = args.max_new_tokens or 320
         return make_pairs(args)
-    if args.out is not None:
-        from inpo.paths import check_writable_path
-
-        check_writable_path(args.out, "--out", folder=False)
+    problem = output_problem("python -m bench.real", files={"--out": args.out})
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     if args.worker:
         args.system = args.worker
         result = {"step": step_worker, "generation": generation_worker, "iteration": iteration_worker}[args.bench](args)
