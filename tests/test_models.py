@@ -127,7 +127,7 @@ def cached_name(monkeypatch, tmp_path):
 
 
 def test_the_name_works_wherever_a_model_folder_is_accepted(cached_name, tmp_path):
-    from inpo.data.tokenizer import load_tokenizer
+    from inpo.data.tokenizer import load_tokenizer, resolve_tokenizer
     from inpo.generation import HFSampler, make_sampler
     from inpo.oracles import make_oracle
     from inpo.train.config import TrainConfig
@@ -137,6 +137,7 @@ def test_the_name_works_wherever_a_model_folder_is_accepted(cached_name, tmp_pat
     assert (cfg.model, cfg.tokenizer) == (str(cached_name), str(cached_name))
     assert not cfg.embedded  # a user model's defaults, as for --model DIR
     tok = load_tokenizer("smollm2")
+    assert resolve_tokenizer(None, "smollm2").get_vocab() == tok.get_vocab()  # the model's own, not the default
     assert tok.get_vocab() == load_tokenizer(cached_name).get_vocab()
     model = load_policy("smollm2")
     assert model.config.num_hidden_layers == load_policy(cached_name).config.num_hidden_layers
