@@ -6,7 +6,7 @@ What makes the two comparable (each a TRL default or a documented inpo key):
   so data order inside a step cannot differ except in summation order;
 * TRL's precompute_ref_log_probs=True (the initial model, before training) = inpo's offline reference;
 * AdamW with betas (0.9, 0.999), eps 1e-8, no weight decay, foreach (TRL optim="adamw_torch", inpo's CPU path);
-  constant lr (TRL lr_scheduler_type="constant"; inpo warmup_ratio 0, min_lr_ratio 1); max_grad_norm 1 both
+  constant lr (lr_scheduler_type="constant" both, no warm-up); max_grad_norm 1 both
   (both log the norm before clipping); β = 0.1, sigmoid loss, no label smoothing.
 Measured here: every logged value within 2e-6 relative of TRL's over the 5 steps (loss 0.693 → 0.080).
 """
@@ -35,7 +35,7 @@ def _inpo_steps(model_dir, out: Path, **over) -> list[dict]:
     argv = ["--model", str(model_dir), "--data", str(PAIRS), "--objective", "dpo", "--output", str(out),
             "--epochs", str(s["steps"]), "--batch-pairs", str(s["pairs"]), "--lr", str(s["lr"]), "--beta",
             str(s["beta"]), "--betas", json.dumps(list(s["betas"])), "--max-grad-norm", str(s["max_grad_norm"]),
-            "--warmup-ratio", "0", "--min-lr-ratio", "1", "--weight-decay", "0", "--progress", "false"]
+            "--lr-scheduler-type", "constant", "--warmup-ratio", "0", "--weight-decay", "0", "--progress", "false"]
     assert main(argv) == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if r.get("kind") == "step"]
