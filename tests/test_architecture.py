@@ -4,6 +4,7 @@ how much measurement code the package carries. Each check is also shown to fail 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -87,3 +88,29 @@ def test_measurement_share_is_bounded(tree):
     (tree / "inpo" / "profiling").mkdir()
     (tree / "inpo" / "profiling" / "bench.py").write_text(lines)
     assert check_shape.measurement_share(tree / "inpo") > check_shape.MAX_MEASUREMENT_SHARE
+
+
+_PROBE_KERNELS = """
+import importlib.metadata, sys
+import transformers.integrations.hub_kernels  # transformers >= 5.25 imports the hub package `kernels` here
+import kernels
+try:
+    importlib.metadata.version("kernels")
+    installed = True
+except importlib.metadata.PackageNotFoundError:
+    installed = False
+from inpo.kernels import head
+print(installed, kernels.__file__, head.__file__)
+"""
+
+
+def test_the_kernels_folder_never_shadows_the_hub_package_from_the_repo_root():
+    """Run from the repository root (cwd first on sys.path, as `python -m pytest` and `python -m inpo` do), the
+    top-level name `kernels` is the installed hub package when there is one, never this repo's `kernels/` folder;
+    `inpo.kernels` still is the folder. CI's transformers 5.25 failed 30 tests on exactly this shadowing."""
+    out = subprocess.run([sys.executable, "-c", _PROBE_KERNELS], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    installed, top_file, head_file = out.stdout.split()
+    assert Path(head_file).resolve() == (ROOT / "kernels" / "head.py").resolve()
+    if installed == "True":
+        assert Path(top_file).resolve().parent != (ROOT / "kernels").resolve(), top_file
