@@ -45,7 +45,7 @@ def test_varlen_matches_masked_sdpa_values_and_grads(precomputed):
     def run(model):
         model.zero_grad()
         if precomputed:
-            hidden, _, _ = hidden_and_head(model, ids, pos)  # boundaries computed once, passed to every layer
+            hidden = hidden_and_head(model, ids, pos).hidden  # boundaries computed once, passed to every layer
         else:
             hidden = model.model(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state.reshape(-1, 32)
         (hidden * torch.linspace(-1, 1, hidden.numel()).view_as(hidden)).sum().backward()
