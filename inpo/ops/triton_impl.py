@@ -200,19 +200,21 @@ def _default_splits(n_blocks: int, v_tiles: int, device: torch.device, interpret
 
 
 # ---------------------------------------------------------------------------------------------- launchers
-def _launch_config(hidden: Tensor, override, backward: bool):
-    """(kernel module, interpreted?, config): ``override`` or the baked config of this GPU family and dtype."""
+def _launch_config(hidden: Tensor, override, backward: bool, transform: LogitTransform = IDENTITY):
+    """(kernel module, interpreted?, config): ``override`` or the baked config of this GPU family, dtype and
+    logit transform (a softcap needs smaller tiles on sm90)."""
     head, configs = _kernels(hidden.device)
     interpreted = _is_interpreted(head.head_fwd_kernel)  # all kernels of the module share one mode
     family = "interpreter" if interpreted else _family(hidden.device)
-    return head, interpreted, override or configs.baked(family, hidden.dtype == torch.float32)[int(backward)]
+    cfg = configs.baked(family, hidden.dtype == torch.float32, transform.softcap is not None)[int(backward)]
+    return head, interpreted, override or cfg
 
 
 def head_forward_partials(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, ignore_index: int,
                           params: HeadParams, transform: LogitTransform = IDENTITY) -> Tensor:
     """The forward kernel's [3, SPLITS, N] fp32 partials (m, s, t) of each vocabulary split (needs N > 0), over the
     transformed logits."""
-    head, interpreted, cfg = _launch_config(hidden, params.fwd_config, backward=False)
+    head, interpreted, cfg = _launch_config(hidden, params.fwd_config, backward=False, transform=transform)
     n, hd = hidden.shape
     v = weight.shape[0]
     splits = params.splits or _default_splits(_cdiv(n, cfg.block_n), _cdiv(v, cfg.block_v), hidden.device,
@@ -247,7 +249,7 @@ def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: T
                   ignore_index: int, params: HeadParams, need: tuple[bool, bool, bool],
                   transform: LogitTransform = IDENTITY):
     """fp32 gradients (dHidden, dWeight, dBias) -- None where not needed -- for per-token upstream ``g_tok``."""
-    head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True)
+    head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True, transform=transform)
     n, hd = hidden.shape
     v = weight.shape[0]
     dev = hidden.device
@@ -293,7 +295,7 @@ def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, l
     Returns fp32 dHidden (each token belongs to one chunk: one GEMM, no accumulation across chunks), dWeight
     (chunks added in order) and dBias (per-token-block partial rows, summed in order).
     """
-    head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True)
+    head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True, transform=transform)
     n, hd = hidden.shape
     v = weight.shape[0]
     dev = hidden.device
