@@ -162,13 +162,44 @@ def test_rule_rejects_broken_transforms(dtype, mutation):
     assert set(bad) == touched, bad
 
 
+@pytest.mark.skipif(torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="interpreter tier: run with the GPU hidden (CUDA_VISIBLE_DEVICES=)")
+def test_grad_filter_bound_carries_the_scale():
+    """The opt-in filter with a transform: it skips tiles by the transformed softmax mass, and the gradients move
+    by at most the documented per-row bound times logit_scale (sech² <= 1)."""
+    from inpo.kernels.configs import KernelConfig
+    from tests.test_head_exactness import _check_filter_bound, _spread_problem
+
+    prob = _spread_problem(torch.float32)
+    up = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    t = dict(transform=LogitTransform(logit_scale=1.5, softcap=20.0))
+    cfg = dict(bwd_config=KernelConfig(16, 256, 16, group_n=2), fwd_config=KernelConfig(16, 1024, 16))
+    exact, filt = {}, {}
+    out0, g0 = _grads_with(prob, up, dict(**t, **cfg, stats=exact))
+    out1, g1 = _grads_with(prob, up, dict(**t, **cfg, stats=filt, grad_filter=0.05))
+    assert exact["tiles_filtered"] == 0 and filt["tiles_filtered"] > 0
+    assert torch.equal(out0, out1)
+    _check_filter_bound(prob, up, 0.05 * 1.5, g0, g1)
+
+
+def _grads_with(prob, up, kw):
+    from inpo.ops import triton_impl
+
+    leaves = {k: prob[k].detach().clone().requires_grad_(True) for k in ("hidden", "weight", "bias")}
+    out = triton_impl.sequence_logps(leaves["hidden"], leaves["weight"], prob["labels"], prob["cu_seqlens"],
+                                     leaves["bias"], **kw)
+    (out * up.to(out.dtype)).sum().backward()
+    return out.detach(), {k: v.grad for k, v in leaves.items()}
+
+
 # ---- the transform's own math and its argument checks
 def test_transform_derivative_is_the_autograd_one():
     raw = torch.linspace(-40, 40, 2001, dtype=torch.float64, requires_grad=True)
     t = LogitTransform(logit_scale=0.7, softcap=3.0)
     t.apply(raw).sum().backward()
-    z, d = t.apply_with_grad(raw.detach())
+    z, d = t.apply_with_grad_(raw.detach().clone())
     torch.testing.assert_close(z, t.apply(raw.detach()))
+    torch.testing.assert_close(t.apply_(raw.detach().clone()), t.apply(raw.detach()))
     torch.testing.assert_close(d, raw.grad, rtol=1e-8, atol=0)  # autograd's 1 - tanh² cancels near saturation
     e = torch.exp(-2 * (raw.detach() * 0.7 / 3.0).abs())
     torch.testing.assert_close(d, 0.7 * 4 * e / (1 + e) ** 2, rtol=1e-13, atol=0)  # sech² without cancellation

@@ -54,7 +54,7 @@ class _ChunkedHead(torch.autograd.Function):
             s = torch.zeros(n1 - n0, device=hidden.device)
             for v0 in range(0, v, chunk_vocab):
                 v1 = min(v, v0 + chunk_vocab)
-                z = transform.apply(_logits(h, weight[v0:v1], None if bias is None else bias[v0:v1]))
+                z = transform.apply_(_logits(h, weight[v0:v1], None if bias is None else bias[v0:v1]))
                 m_new = torch.maximum(m, z.amax(dim=1))
                 # A row whose logits so far are all -inf (a -inf bias over the whole chunk: masked tokens) keeps
                 # m = -inf; shift by 0 there, or exp(-inf - -inf) = NaN. Its s stays 0 until a finite logit.
@@ -94,7 +94,7 @@ class _ChunkedHead(torch.autograd.Function):
             h, lab = hidden[n0:n1], labels[n0:n1]
             for v0 in range(0, v, chunk_vocab):
                 v1 = min(v, v0 + chunk_vocab)
-                z, dz_draw = ctx.transform.apply_with_grad(
+                z, dz_draw = ctx.transform.apply_with_grad_(
                     _logits(h, weight[v0:v1], None if bias is None else bias[v0:v1]))
                 # dlogp/dz = onehot(label) - softmax(z); scaled by the sequence's upstream gradient, then chained
                 # through the logit transform (dz/draw: the scale, times sech² under a softcap).

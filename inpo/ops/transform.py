@@ -66,16 +66,28 @@ class LogitTransform:
             z = torch.tanh(z / self.softcap) * self.softcap
         return z
 
-    def apply_with_grad(self, raw: Tensor) -> tuple[Tensor, Tensor | float]:
-        """(transformed logits, their derivative w.r.t. ``raw``) for an explicit backward (the torch path).
+    def apply_(self, raw: Tensor) -> Tensor:
+        """:meth:`apply` in place on a tile the caller owns (the torch path's forward): no extra [tile] buffers."""
+        if self.logit_scale != 1.0:
+            raw.mul_(self.logit_scale)
+        if self.softcap is not None:
+            raw.div_(self.softcap).tanh_().mul_(self.softcap)
+        return raw
+
+    def apply_with_grad_(self, raw: Tensor) -> tuple[Tensor, Tensor | float]:
+        """(transformed logits, in place of ``raw``; their derivative w.r.t. ``raw``) for an explicit backward.
 
         The derivative of the cap is sech²(u/c) = 1/cosh², accurate where tanh saturates (1 − tanh² would cancel);
         cosh overflows to inf for |u/c| > 89, giving the exact 0. Without a cap it is the Python float scale."""
-        u = raw if self.logit_scale == 1.0 else raw * self.logit_scale
+        if self.logit_scale != 1.0:
+            raw.mul_(self.logit_scale)
         if self.softcap is None:
-            return u, self.logit_scale
-        y = u / self.softcap
-        return torch.tanh(y) * self.softcap, torch.cosh(y).reciprocal_().square_().mul_(self.logit_scale)
+            return raw, self.logit_scale
+        y = raw.div_(self.softcap)
+        d = torch.cosh(y).reciprocal_().square_()
+        if self.logit_scale != 1.0:
+            d.mul_(self.logit_scale)
+        return y.tanh_().mul_(self.softcap), d
 
 
 IDENTITY = LogitTransform()
