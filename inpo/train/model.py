@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from inpo.models import resolve_model
 from inpo.ops.transform import LogitTransform
 from inpo.train.lm_head import logit_transform_of
 
@@ -68,6 +69,7 @@ def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_
     load (no/corrupt config.json or weights), naming the path, or for a model whose LM head the fused head cannot
     reproduce (:func:`check_head_matches_model`, run in fp32 before any cast).
     """
+    path_or_none = resolve_model(path_or_none)  # a real-model name (smollm2) → its converted folder
     if path_or_none is None or str(path_or_none) == "default":
         if tokenizer is None:
             from inpo.data.tokenizer import default_tokenizer
