@@ -22,7 +22,7 @@ from inpo.ops import preference_loss, sequence_logps
 from inpo.ops.transform import IDENTITY, LogitTransform
 from inpo.train import lm_head
 from inpo.train.lm_head import logit_transform_of
-from inpo.train.model import check_head_matches_model, hidden_and_head
+from inpo.train.model import check_head_matches_model, check_packing_isolates_documents, hidden_and_head
 from tests.test_head import CPU_IMPLS
 
 _BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -299,6 +299,19 @@ def test_probe_catches_a_head_that_is_not_lm_head_of_the_body():
     with pytest.raises(ValueError, match="DoubledLogits: the fused head's log-probs differ"):
         check_head_matches_model(model)
     check_head_matches_model(_llama())  # a plain Llama passes
+
+
+@pytest.mark.parametrize("model_type", ["xlstm", "recurrent_gemma", "falcon_h1", "granitemoehybrid"])
+def test_bodies_that_mix_packed_documents_are_refused(model_type):
+    """Recurrent / state-space bodies carry state from one packed document into the next (0.02-3 here): their
+    heads are right, but training on packed rows would not be, so loading refuses them."""
+    with pytest.raises(ValueError, match="a document packed after another gives other hidden states"):
+        check_packing_isolates_documents(tiny(model_type))
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "cohere", "granite", "minicpm3"])
+def test_attention_bodies_keep_packed_documents_apart(model_type):
+    assert check_packing_isolates_documents(tiny(model_type)) <= 1e-5
 
 
 # ---- the user's path: `inpo train --model DIR` -----------------------------------------------------------------

@@ -25,7 +25,8 @@ from inpo.ops.transform import LogitTransform
 from inpo.train.lm_head import logit_transform_of
 
 __all__ = ["tiny_llama_config", "load_policy", "build_default_policy", "hidden_and_head", "HeadInputs",
-           "FusedHeadPolicy", "check_head_matches_model", "default_cache_dir", "export_policy"]
+           "FusedHeadPolicy", "check_head_matches_model", "check_packing_isolates_documents", "default_cache_dir",
+           "export_policy"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,6 +84,7 @@ def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_
     else:
         model = _load_dir(Path(path_or_none), attn_implementation)
     check_head_matches_model(model)
+    check_packing_isolates_documents(model)
     if dtype is not None:
         model = model.to(dtype)
     return model.to(device)
@@ -300,6 +302,37 @@ def check_head_matches_model(model, *, n_tokens: int = 8, seed: int = 0) -> floa
         raise ValueError(f"{name}: the fused head's log-probs differ from the model's own logits by {err:.3g} "
                          f"(tolerance {tol:.3g}) on {n_tokens} probe tokens: this model transforms its logits in a way "
                          f"inpo does not reproduce (supported transforms: inpo/train/lm_head.py)")
+    return err
+
+
+@torch.no_grad()
+def check_packing_isolates_documents(model, *, seed: int = 0) -> float:
+    """The trainer packs documents into one row with position ids restarting at 0; an attention body then attends
+    within each document (eager/sdpa masks, ``inpo_varlen``, flash-attn varlen), but recurrent and state-space
+    layers (xLSTM, RecurrentGemma, Mamba hybrids such as Falcon-H1 and Granite-4) carry their state from one
+    document into the next. Compare the second of two packed documents with the same document run alone and
+    raise ValueError naming the class when they differ by more than 1e-4·(1 + max |hidden|); returns the
+    difference. Costs two forwards of ~12 tokens."""
+    was_training = model.training
+    model.eval()
+    try:
+        dev = model.get_output_embeddings().weight.device
+        vocab = model.get_input_embeddings().weight.shape[0]
+        g = torch.Generator().manual_seed(seed)
+        first, second = (torch.randint(0, vocab, (1, n), generator=g).to(dev) for n in (5, 7))
+        pos = torch.cat([torch.arange(5), torch.arange(7)]).to(dev)[None]
+        packed = hidden_and_head(model, torch.cat([first, second], dim=1), pos).hidden[5:]
+        alone = hidden_and_head(model, second, pos[:, 5:]).hidden
+    finally:
+        model.train(was_training)
+    err = (packed.double() - alone.double()).abs().max().item()
+    tol = 1e-4 * (1.0 + alone.abs().max().item())
+    if not err <= tol:  # NaN-safe
+        raise ValueError(f"{type(unwrap(model)).__name__}: a document packed after another gives other hidden states "
+                         f"than the same document alone (max difference {err:.3g}, tolerance {tol:.3g}): its layers "
+                         f"carry state across the packed documents (recurrent / state-space layers ignore the reset "
+                         f"position ids inpo packs with), so training would mix documents. inpo cannot train this "
+                         f"model yet")
     return err
 
 
