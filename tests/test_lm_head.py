@@ -386,3 +386,13 @@ def test_inpo_train_refuses_a_head_it_cannot_reproduce(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "LlamaForCausalLM: config.logits_mup_width_multiplier=4.0" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_probes_leave_nan_weights_to_the_nan_guards():
+    """A model with NaN weights has no logits to compare: the probes return NaN instead of blaming the head, so
+    the loaders' NaN checks name the weight (tests/test_faults.py)."""
+    model = _llama()
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    assert check_head_matches_model(model) != check_head_matches_model(model)  # NaN
+    assert check_packing_isolates_documents(model) != check_packing_isolates_documents(model)

@@ -274,8 +274,8 @@ def hidden_and_head(model, input_ids: Tensor, position_ids: Tensor) -> HeadInput
 def check_head_matches_model(model, *, n_tokens: int = 8, seed: int = 0) -> float:
     """Compare the fused head's inputs (:func:`hidden_and_head`, log-softmax in fp64) with the model's own
     ``log_softmax(model(ids).logits)`` on ``n_tokens`` fixed random tokens, in the model's dtype (fp32 when loaded
-    by :func:`load_policy`); returns the largest difference, or raises ValueError naming the class when it exceeds
-    1e-3·(1 + max |log-prob|) -- far above fp32 rounding, far below what any logit transform changes. It catches
+    by :func:`load_policy`); returns the largest difference (NaN, unchecked, when the model's own logits are not
+    finite), or raises ValueError naming the class when it exceeds 1e-3·(1 + max |log-prob|) -- far above fp32 rounding, far below what any logit transform changes. It catches
     what no attribute names (a head that is not ``lm_head(hidden)``: BERT-style prediction heads, Chameleon's
     image-token mask). Costs one forward over ``n_tokens`` tokens."""
     was_training = model.training
@@ -291,6 +291,8 @@ def check_head_matches_model(model, *, n_tokens: int = 8, seed: int = 0) -> floa
     finally:
         model.train(was_training)
     name = type(unwrap(model)).__name__
+    if not torch.isfinite(ref).all():  # NaN/inf weights: nothing to compare; the NaN guards name the weight
+        return float("nan")
     if ref.shape[-1] != h.weight.shape[0]:
         raise ValueError(f"{name}: its logits have {ref.shape[-1]} columns but get_output_embeddings() has "
                          f"{h.weight.shape[0]} rows: the fused head cannot reproduce this model's head")
@@ -325,6 +327,8 @@ def check_packing_isolates_documents(model, *, seed: int = 0) -> float:
         alone = hidden_and_head(model, second, pos[:, 5:]).hidden
     finally:
         model.train(was_training)
+    if not torch.isfinite(alone).all():  # NaN/inf weights: nothing to compare; the NaN guards name the weight
+        return float("nan")
     err = (packed.double() - alone.double()).abs().max().item()
     tol = 1e-4 * (1.0 + alone.abs().max().item())
     if not err <= tol:  # NaN-safe
