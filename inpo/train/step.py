@@ -91,7 +91,9 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     tokens = sum(mb.n_tokens for mb in micro_batches)
-    sum_sq_len = sum(float(mb.cu_seqlens.diff().double().square().sum()) for mb in micro_batches)  # attention FLOPs
+    # Attention FLOPs: Σ squared sequence lengths, kept a tensor (a float() here would be a host read of its own;
+    # the packed cu_seqlens live on the host, so this adds no device sync either way).
+    sum_sq_len = sum(mb.cu_seqlens.diff().double().square().sum() for mb in micro_batches)
     stop_requested = stop_requested() if callable(stop_requested) else stop_requested  # a signal during this step
     stats = torch.stack([torch.as_tensor(x, device=device, dtype=torch.float32).reshape(())
                          for x in (loss_sum, margin_sum, float(units), float(tokens), sum_sq_len, float(stop_requested))]
