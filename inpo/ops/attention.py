@@ -101,20 +101,25 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     if packed and bounds is None:
         pos = kwargs.get("position_ids")
         bounds = packed_boundaries(pos) if pos is not None else None
-    softcap, window = kwargs.get("softcap"), kwargs.get("sliding_window")
-    if packed and (softcap is not None or window is not None):  # Gemma-2/3 style layers: see _document_attention
-        bounds = bounds or [(0, query.shape[2])]
-        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-        training = dropout > 0 and module.training
-        outs = [_document_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], scaling, softcap, window,
-                                    dropout if training else 0.0) for s, e in bounds]
-        return torch.cat(outs, dim=1), None
+    if packed and (kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None):
+        return _capped_or_windowed(module, query, key, value, bounds, dropout, scaling, kwargs), None
     if not packed or bounds is None or len(bounds) <= 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     outs = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
                                    dropout=dropout, scaling=scaling, is_causal=True)[0] for s, e in bounds]
     return torch.cat(outs, dim=1), None
+
+
+def _capped_or_windowed(module, query, key, value, bounds, dropout: float, scaling, kwargs):
+    """A packed row of Gemma-2/3 style layers (an attention softcap or a sliding window): one
+    :func:`_document_attention` per document (the whole row when no boundaries are known)."""
+    bounds = bounds or [(0, query.shape[2])]
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    dropout = dropout if dropout > 0 and module.training else 0.0
+    softcap, window = kwargs.get("softcap"), kwargs.get("sliding_window")
+    return torch.cat([_document_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], scaling, softcap,
+                                          window, dropout) for s, e in bounds], dim=1)
 
 
 def _document_attention(query, key, value, scaling: float, softcap, window, dropout: float):
