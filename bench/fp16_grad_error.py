@@ -19,11 +19,13 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from bench.lib.outputs import output_problem
 from inpo.ops import torch_impl
 from inpo.ops.naive import sequence_logps_naive
 
@@ -92,9 +94,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.fp16_grad_error", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="bench/results/fp16-grad-error.jsonl")
     args = ap.parse_args(argv)
+    problem = output_problem("python -m bench.fp16_grad_error", files={"--out": args.out})
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     out = Path(args.out)
-    if out.exists() and not out.is_file():
-        raise SystemExit(f"--out {out} exists and is not a file")
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for lengths, h, v, seed in PROBLEMS:
