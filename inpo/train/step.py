@@ -77,10 +77,9 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     for mb in micro_batches:
         b, s = mb.to(device), gather_side(side, mb, device)
         with autocast(device):
-            head = hidden_and_head(model, b.input_ids, b.position_ids)
-            loss, logps = preference_loss(head.hidden, head.weight, b.labels, b.cu_seqlens, objective, impl=impl,
-                                          return_logps=True, check_values=False, **head.kwargs(), **s,
-                                          **(head_options or {}))
+            head = hidden_and_head(model, b.input_ids, b.position_ids)  # hidden, weight + bias, logit transform
+            loss, logps = preference_loss(*head[:2], b.labels, b.cu_seqlens, objective, impl=impl, return_logps=True,
+                                          check_values=False, **head.kwargs(), **s, **(head_options or {}))
         (loss * (mb.n_units * world / total)).backward()
         loss_sum += loss.detach() * mb.n_units
         lengths = response_lengths(b.labels, b.cu_seqlens) if objective.needs_lengths else None
