@@ -125,8 +125,9 @@ def pure_fwd_bwd_seconds(model, seqs, *, pairwise: bool, max_tokens: int, batch_
     def fwd_bwd(b):
         b = b.to(device)
         with autocast(device):
-            hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
-            logps = sequence_logps(hidden, weight, b.labels, b.cu_seqlens, bias=bias, impl=impl, check_values=False)
+            head = hidden_and_head(model, b.input_ids, b.position_ids)
+            logps = sequence_logps(head.hidden, head.weight, b.labels, b.cu_seqlens, impl=impl, check_values=False,
+                                   **head.kwargs())
         logps.float().sum().backward()
 
     def timed(fn, batches) -> float:

@@ -267,7 +267,9 @@ def _liger_train_step(model, micro_batches, objective, optimizer, scheduler, sid
     for mb in micro_batches:
         b, s = mb.to(device), gather_side(side, mb, device)
         with autocast(device):
-            hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
+            hidden, weight, bias, softcap, logit_scale = hidden_and_head(model, b.input_ids, b.position_ids)
+            if softcap is not None or logit_scale != 1.0:  # Liger's loss has no logit scale
+                raise ValueError("the Liger baseline supports models without a logit transform only")
             token_nll = flce(weight, hidden, b.labels, bias)
             logps = -segment_sum(token_nll.float(), b.cu_seqlens)
             loss = objective(logps, s.get("ref_logps"), s.get("anchor_logps"), s.get("targets"))

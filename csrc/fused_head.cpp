@@ -1,9 +1,16 @@
 // Native CPU fused LM head: per-sequence summed log-probs without an [N, V] logits buffer.
 //
 // Registered as torch ops (the Python glue in inpo/ops/native_impl.py adds autograd and fake kernels):
-//   inpo::head_forward(hidden, weight, bias?, labels, cu_seqlens, ignore_index) -> (logps[S] fp32, lse[N])
-//   inpo::head_backward(grad_logps, hidden, weight, bias?, labels, cu_seqlens, lse, ignore_index, output_mask)
+//   inpo::head_forward(hidden, weight, bias?, labels, cu_seqlens, ignore_index, logit_scale=1, softcap=None)
+//       -> (logps[S] fp32, lse[N])
+//   inpo::head_backward(grad_logps, hidden, weight, bias?, labels, cu_seqlens, lse, ignore_index, output_mask,
+//                       logit_scale=1, softcap=None)
 //       -> (dhidden, dweight, dbias)   (an empty [0] tensor for a gradient not asked for)
+//
+// Logit transform (inpo/ops/transform.py, the one definition): the softmax sees z = c*tanh(s*raw / c) (the cap c
+// only when softcap is given), raw = h W^T + bias; the backward chains dz/draw = s * sech^2(s*raw / c) into dz.
+// It is applied in the fused per-row pass right after the GEMM, so it costs nothing extra for the usual LM head
+// (s = 1, no cap: the same loops as without it) and one more exp per logit with a cap.
 //
 // Design (d log p(label) / d z = onehot(label) - softmax(z); logps[s] sums a sequence's valid tokens):
 // * Only tokens whose label is not ignore_index are computed ("compaction"): prompt tokens cost nothing.
@@ -88,6 +95,96 @@ static inline float fast_exp(float x_in) {
 
 // fp64 inputs are a reference/debug path: exactness over speed.
 static inline double fast_exp(double x) { return std::exp(x); }
+
+// tanh(y), and sech^2(y) = 1 - tanh^2(y) into *sech2, from one exp of -2|y| <= 0 (no overflow; saturates to +-1
+// and 0 without inf/inf), vectorisable like fast_exp. Below |y| = 1/8, where 1 - e would cancel, tanh is its odd
+// Taylor series to y^7 (truncation < 4e-9 relative). The same formula as kernels/head.py's _softcap.
+static inline float tanh_sech2(float y, float* sech2) {
+  const float a = std::fabs(y);
+  const float e = fast_exp(-2.0f * a);
+  const float y2 = y * y;
+  const float small = a * (1.0f + y2 * (-1.0f / 3.0f + y2 * (2.0f / 15.0f + y2 * (-17.0f / 315.0f))));
+  const float t = a < 0.125f ? small : (1.0f - e) / (1.0f + e);
+  *sech2 = 4.0f * e / ((1.0f + e) * (1.0f + e));
+  return y < 0.0f ? -t : t;
+}
+
+static inline double tanh_sech2(double y, double* sech2) {
+  const double e = std::exp(-2.0 * std::fabs(y));
+  *sech2 = 4.0 * e / ((1.0 + e) * (1.0 + e));
+  return std::tanh(y);
+}
+
+// The model's logit transform: scale s, cap c (0 = no cap).
+template <typename T>
+struct Transform {
+  T scale = 1, cap = 0;
+};
+
+template <typename T>
+Transform<T> make_transform(double logit_scale, const std::optional<double>& softcap) {
+  TORCH_CHECK(std::isfinite(logit_scale) && logit_scale > 0, "inpo::head: logit_scale must be finite and > 0, got ",
+              logit_scale);
+  TORCH_CHECK(!softcap.has_value() || (std::isfinite(*softcap) && *softcap > 0),
+              "inpo::head: softcap must be None or finite and > 0, got ", softcap.value_or(0.0));
+  return Transform<T>{static_cast<T>(logit_scale), static_cast<T>(softcap.value_or(0.0))};
+}
+
+// row[j] += bias[j]: its own pass, so that no vectorised loop below reads through a null bias pointer.
+template <typename T>
+inline void add_bias(T* row, const T* bt, int64_t cols) {
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) row[j] += bt[j];
+}
+
+// Forward's per-row pass: bias add (when bt), the transform in place, and the row's max.
+template <typename T>
+T transform_row(T* row, const T* bt, int64_t cols, const Transform<T>& tr) {
+  if (bt) add_bias(row, bt, cols);
+  T mx = -std::numeric_limits<T>::infinity();
+  const T s = tr.scale, c = tr.cap;
+  if (c > 0) {
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < cols; ++j) {
+      T unused;
+      row[j] = c * tanh_sech2(row[j] * s / c, &unused);
+      mx = row[j] > mx ? row[j] : mx;
+    }
+  } else if (s != T(1)) {
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < cols; ++j) {
+      row[j] *= s;
+      mx = row[j] > mx ? row[j] : mx;
+    }
+  } else {
+#pragma omp simd reduction(max : mx)
+    for (int64_t j = 0; j < cols; ++j) mx = row[j] > mx ? row[j] : mx;  // a select, not std::max's reference
+  }
+  return mx;
+}
+
+// Backward's per-row pass: row (raw logits, bias not yet added) becomes d logp / d raw times the token's upstream
+// gradient gi: gi * s * sech^2 * (onehot(label) - softmax(z)), z the transformed logits and li their lse.
+template <typename T>
+void grad_row(T* row, const T* bt, int64_t cols, T gi, T li, int64_t lab_col, const Transform<T>& tr) {
+  if (bt) add_bias(row, bt, cols);
+  const T gs = gi * tr.scale, s = tr.scale, c = tr.cap;
+  if (c > 0) {
+    T d_lab = 0;
+    if (lab_col >= 0) tanh_sech2(row[lab_col] * s / c, &d_lab);
+#pragma omp simd
+    for (int64_t j = 0; j < cols; ++j) {
+      T d;
+      const T t = tanh_sech2(row[j] * s / c, &d);
+      row[j] = -gs * d * fast_exp(c * t - li);
+    }
+    if (lab_col >= 0) row[lab_col] += gs * d_lab;
+    return;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) row[j] = -gs * fast_exp(row[j] * s - li);
+  if (lab_col >= 0) row[lab_col] += gs;
+}
 
 // Valid (non-ignored) tokens, compacted: the kernels only ever see these.
 struct Compacted {
@@ -175,7 +272,8 @@ struct ForwardState {  // online log-sum-exp state per valid token
 // Forward over tokens [n0, n1) x vocab [v0, v1) of the compacted problem.
 template <typename T>
 void forward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, const Compacted& c, int64_t n0,
-                       int64_t n1, int64_t v0, int64_t v1, bool vocab_outer, ForwardState<T> st) {
+                       int64_t n1, int64_t v0, int64_t v1, bool vocab_outer, ForwardState<T> st,
+                       const Transform<T>& tr) {
   const int64_t token_block = tile_sizes().tokens, vocab_tile = tile_sizes().vocab;
   at::Tensor buffer = at::empty({token_block * vocab_tile}, h.options());
   auto tile = [&](int64_t nb, int64_t vb) {
@@ -187,17 +285,7 @@ void forward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, 
     for (int64_t r = 0; r < rows; ++r) {
       T* row = zp + r * cols;
       const int64_t i = nb + r;
-      T mx = -std::numeric_limits<T>::infinity();
-      if (bt) {
-#pragma omp simd reduction(max : mx)
-        for (int64_t j = 0; j < cols; ++j) {
-          row[j] += bt[j];
-          mx = row[j] > mx ? row[j] : mx;  // a select, not std::max's reference: vectorises
-        }
-      } else {
-#pragma omp simd reduction(max : mx)
-        for (int64_t j = 0; j < cols; ++j) mx = row[j] > mx ? row[j] : mx;
-      }
+      const T mx = transform_row(row, bt, cols, tr);
       const T m_old = st.m[i];
       const T m_new = std::max(m_old, mx);
       // Every logit so far is -inf (a -inf bias over whole tiles: masked tokens): nothing to add, and
@@ -219,7 +307,8 @@ void forward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, 
 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> forward_typed(const at::Tensor& hidden, const at::Tensor& weight,
-                                                 const std::optional<at::Tensor>& bias, const Compacted& c) {
+                                                 const std::optional<at::Tensor>& bias, const Compacted& c,
+                                                 const Transform<T>& tr) {
   const at::ScalarType acc = acc_type(hidden.scalar_type());
   const int64_t nv = static_cast<int64_t>(c.rows.size()), vocab = weight.size(0);
   at::Tensor lse = at::zeros({c.n}, hidden.options().dtype(acc));
@@ -242,9 +331,11 @@ std::tuple<at::Tensor, at::Tensor> forward_typed(const at::Tensor& hidden, const
       const int64_t k = vocab_parallel ? p : 0;
       ForwardState<T> st{m.data() + k * nv, s.data() + k * nv, target.data()};
       if (vocab_parallel)
-        forward_partition<T>(h, w, bp, c, 0, nv, split_at(vocab, parts, p), split_at(vocab, parts, p + 1), true, st);
+        forward_partition<T>(h, w, bp, c, 0, nv, split_at(vocab, parts, p), split_at(vocab, parts, p + 1), true, st,
+                             tr);
       else
-        forward_partition<T>(h, w, bp, c, split_at(nv, parts, p), split_at(nv, parts, p + 1), 0, vocab, false, st);
+        forward_partition<T>(h, w, bp, c, split_at(nv, parts, p), split_at(nv, parts, p + 1), 0, vocab, false, st,
+                             tr);
     }
   });
 
@@ -273,7 +364,7 @@ struct BackwardTargets {
 template <typename T>
 void backward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias, const Compacted& c, const T* g,
                         const T* lse, int64_t n0, int64_t n1, int64_t v0, int64_t v1, bool vocab_outer,
-                        BackwardTargets out) {
+                        BackwardTargets out, const Transform<T>& tr) {
   const int64_t token_block = tile_sizes().tokens, vocab_tile = tile_sizes().vocab;
   at::Tensor buffer = at::empty({token_block * vocab_tile}, h.options());
   T* db = static_cast<T*>(out.db);
@@ -288,17 +379,9 @@ void backward_partition(const at::Tensor& h, const at::Tensor& w, const T* bias,
     for (int64_t r = 0; r < rows; ++r) {
       T* row = zp + r * cols;
       const int64_t i = nb + r;
-      const T gi = g[i], li = lse[i];
-      // d logp / dz = onehot(label) - softmax(z), scaled by the sequence's upstream gradient.
-      if (bt) {
-#pragma omp simd
-        for (int64_t j = 0; j < cols; ++j) row[j] = -gi * fast_exp(row[j] + bt[j] - li);
-      } else {
-#pragma omp simd
-        for (int64_t j = 0; j < cols; ++j) row[j] = -gi * fast_exp(row[j] - li);
-      }
+      // d logp / draw = dz/draw * (onehot(label) - softmax(z)), scaled by the sequence's upstream gradient.
       const int64_t lab = c.labels[i];
-      if (lab >= vb && lab < vb + cols) row[lab - vb] += gi;
+      grad_row(row, bt, cols, g[i], lse[i], lab >= vb && lab < vb + cols ? lab - vb : -1, tr);
       if (dbt) {
 #pragma omp simd
         for (int64_t j = 0; j < cols; ++j) dbt[j] += row[j];
@@ -314,7 +397,7 @@ template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_typed(
     const at::Tensor& grad_logps, const at::Tensor& hidden, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& lse_full, const Compacted& c,
-    std::array<bool, 3> mask) {
+    std::array<bool, 3> mask, const Transform<T>& tr) {
   const at::ScalarType acc = acc_type(hidden.scalar_type());
   const int64_t nv = static_cast<int64_t>(c.rows.size()), vocab = weight.size(0), dim = hidden.size(1);
   const bool need_h = mask[0], need_w = mask[1], need_b = mask[2] && bias.has_value();
@@ -356,14 +439,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_typed(
         if (vocab_parallel) {
           if (p > 0) t.dh = partial[p];
           backward_partition<T>(h, w, bp, c, g.data(), lse.data(), 0, nv, split_at(vocab, parts, p),
-                                split_at(vocab, parts, p + 1), true, t);
+                                split_at(vocab, parts, p + 1), true, t, tr);
         } else {
           if (p > 0) {
             if (need_w) t.dw = partial[p].narrow(0, 0, vocab * dim).view({vocab, dim});
             if (need_b) t.db = partial[p].data_ptr<T>() + (need_w ? vocab * dim : 0);
           }
           backward_partition<T>(h, w, bp, c, g.data(), lse.data(), split_at(nv, parts, p),
-                                split_at(nv, parts, p + 1), 0, vocab, false, t);
+                                split_at(nv, parts, p + 1), 0, vocab, false, t, tr);
         }
       }
     });
@@ -416,21 +499,24 @@ void check_common(const at::Tensor& hidden, const at::Tensor& weight, const std:
 
 std::tuple<at::Tensor, at::Tensor> head_forward_cpu(const at::Tensor& hidden, const at::Tensor& weight,
                                                     const std::optional<at::Tensor>& bias, const at::Tensor& labels,
-                                                    const at::Tensor& cu_seqlens, int64_t ignore_index) {
+                                                    const at::Tensor& cu_seqlens, int64_t ignore_index,
+                                                    double logit_scale, std::optional<double> softcap) {
   check_common(hidden, weight, bias, labels, cu_seqlens);
   // The GEMMs below run on plain buffers; nothing here is recorded for autograd.
   at::AutoDispatchBelowADInplaceOrView guard;
   const Compacted c = compact(labels, cu_seqlens, ignore_index, weight.size(0));
   // Detached views: OpenMP worker threads do not inherit the guard's thread-local dispatch state.
   const std::optional<at::Tensor> b = bias.has_value() ? std::optional<at::Tensor>(bias->detach()) : std::nullopt;
-  if (hidden.scalar_type() == at::kDouble) return forward_typed<double>(hidden.detach(), weight.detach(), b, c);
-  return forward_typed<float>(hidden.detach(), weight.detach(), b, c);
+  if (hidden.scalar_type() == at::kDouble)
+    return forward_typed<double>(hidden.detach(), weight.detach(), b, c, make_transform<double>(logit_scale, softcap));
+  return forward_typed<float>(hidden.detach(), weight.detach(), b, c, make_transform<float>(logit_scale, softcap));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> head_backward_cpu(
     const at::Tensor& grad_logps, const at::Tensor& hidden, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& labels, const at::Tensor& cu_seqlens,
-    const at::Tensor& lse, int64_t ignore_index, std::array<bool, 3> output_mask) {
+    const at::Tensor& lse, int64_t ignore_index, std::array<bool, 3> output_mask, double logit_scale,
+    std::optional<double> softcap) {
   check_common(hidden, weight, bias, labels, cu_seqlens);
   TORCH_CHECK(grad_logps.dim() == 1 && grad_logps.size(0) == cu_seqlens.size(0) - 1,
               "inpo::head_backward: grad_logps must be [S], got ", grad_logps.sizes());
@@ -441,9 +527,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> head_backward_cpu(
   const std::optional<at::Tensor> b = bias.has_value() ? std::optional<at::Tensor>(bias->detach()) : std::nullopt;
   if (hidden.scalar_type() == at::kDouble)
     return backward_typed<double>(grad_logps.detach(), hidden.detach(), weight.detach(), b, lse.detach(), c,
-                                  output_mask);
+                                  output_mask, make_transform<double>(logit_scale, softcap));
   return backward_typed<float>(grad_logps.detach(), hidden.detach(), weight.detach(), b, lse.detach(), c,
-                               output_mask);
+                               output_mask, make_transform<float>(logit_scale, softcap));
 }
 
 }  // namespace
@@ -454,9 +540,10 @@ TORCH_LIBRARY(inpo, m) {
   // FakeTensor trace that meets these ops before it was imported can find them.
   m.set_python_module("inpo.ops.native_impl");
   m.def("head_forward(Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, Tensor cu_seqlens, "
-        "int ignore_index) -> (Tensor, Tensor)");
+        "int ignore_index, float logit_scale=1., float? softcap=None) -> (Tensor, Tensor)");
   m.def("head_backward(Tensor grad_logps, Tensor hidden, Tensor weight, Tensor? bias, Tensor labels, "
-        "Tensor cu_seqlens, Tensor lse, int ignore_index, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+        "Tensor cu_seqlens, Tensor lse, int ignore_index, bool[3] output_mask, float logit_scale=1., "
+        "float? softcap=None) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(inpo, CPU, m) {

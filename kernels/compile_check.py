@@ -24,7 +24,7 @@ _PTRS = {"Labels": "*i64", "PartM": "*fp32", "PartS": "*fp32", "PartT": "*fp32",
          "DX": "*fp32", "DW": "*fp32", "DB": "*fp32", "Skipped": "*i32"}
 _UNIT = ("stride_xh", "stride_wh")  # contiguous rows: the JIT turns ints equal to 1 into constants
 _DIV16 = ("V", "Hd", "stride_xn", "stride_wv", "stride_dzn")
-_FLOATS = ("grad_filter",)
+_FLOATS = ("grad_filter", "logit_scale", "softcap")
 
 
 def _resources(cubin: bytes) -> dict:
@@ -69,15 +69,15 @@ def compile_kernel(fn, constexprs: dict, arch: int, dtype: str, num_warps: int, 
     return {"shared_bytes": int(kernel.metadata.shared), **_resources(kernel.asm["cubin"])}
 
 
-def report(arch: int, dtype: str = "bf16", bias: bool = False) -> list[dict]:
+def report(arch: int, dtype: str = "bf16", bias: bool = False, softcap: bool = False) -> list[dict]:
     """Compile the forward, fused-backward (exact ``bwd`` and filtered ``bwdf``) and dz kernels with the baked
-    config of ``arch``'s family."""
+    config of ``arch``'s family (``softcap``: the variants with a model's tanh cap on the logits)."""
     from inpo.kernels import head
     from inpo.kernels.configs import baked, device_family
 
-    fwd, bwd = baked(device_family((arch // 10, arch % 10)), fp32=dtype == "fp32")
+    fwd, bwd = baked(device_family((arch // 10, arch % 10)), fp32=dtype == "fp32", softcap=softcap)
     prec = "ieee" if dtype == "fp32" else "tf32"
-    common = dict(DOT_FP32=False, DOT_PRECISION=prec, HAS_BIAS=bias)
+    common = dict(DOT_FP32=False, DOT_PRECISION=prec, HAS_BIAS=bias, SOFTCAP=softcap)
     jobs = [
         ("fwd", head.head_fwd_kernel, fwd, dict(BLOCK_N=fwd.block_n, BLOCK_V=fwd.block_v, BLOCK_H=fwd.block_h)),
         # The default (exact) backward and the opt-in filtered one (grad_filter) are two specialisations.
@@ -91,7 +91,7 @@ def report(arch: int, dtype: str = "bf16", bias: bool = False) -> list[dict]:
     rows = []
     for name, fn, cfg, meta in jobs:
         res = compile_kernel(fn, {**common, **meta}, arch, dtype, cfg.num_warps, cfg.num_stages)
-        rows.append(dict(kernel=name, arch=arch, dtype=dtype, bias=bias, block_n=cfg.block_n, block_v=cfg.block_v,
+        rows.append(dict(kernel=name, arch=arch, dtype=dtype, bias=bias, softcap=softcap, block_n=cfg.block_n, block_v=cfg.block_v,
                          block_h=cfg.block_h, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **res))
     return rows
 
@@ -101,12 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", type=int, action="append", help="SM version, e.g. 90 or 80 (repeatable; default both)")
     ap.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     ap.add_argument("--bias", action="store_true", help="compile the with-bias variants")
+    ap.add_argument("--softcap", action="store_true", help="compile the variants with a logit softcap")
     ap.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("compile_check: unset TRITON_INTERPRET (the kernels must be built for the GPU)", file=sys.stderr)
         return 2
-    rows = [r for arch in (args.arch or [90, 80]) for r in report(arch, args.dtype, args.bias)]
+    rows = [r for arch in (args.arch or [90, 80]) for r in report(arch, args.dtype, args.bias, args.softcap)]
     if args.json:
         print(json.dumps(rows))
     else:

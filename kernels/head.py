@@ -40,6 +40,13 @@ Chunked backward (``head_dz_kernel``, the deterministic mode): the same recomput
     given GPU is an empirical question; ``python -m bench.head`` times both (inpo-triton vs
     inpo-triton-chunked).
 
+Logit transform (``inpo/ops/transform.py``: a model's ``logit_scale`` and ``softcap``): every kernel applies it to
+    each fp32 logits tile right after the GEMM and bias, ``z = softcap·tanh(logit_scale·raw / softcap)`` (the cap only
+    when ``SOFTCAP``), so the forward's log-sum-exp and target pick, and the backward's softmax, see the model's
+    logits; the backward multiplies dz by ``dz/draw = logit_scale·sech²(·)`` before its GEMMs and dBias. tanh and
+    sech² come from one exp (``_softcap``: no libdevice, which the interpreter lacks). The filter's bounds above then
+    carry a factor ``logit_scale`` (sech² <= 1). Cost with a cap: one more exp and a division per logit.
+
 ``DOT_FP32`` upcasts tiles to fp32 before ``tl.dot``: the Triton interpreter computes bf16 dots wrongly, so
 the launcher sets it for bf16 under the interpreter only. ``DOT_PRECISION`` is "ieee" for fp32 inputs
 (no silent TF32) and "tf32" otherwise (ignored for 16-bit inputs).
@@ -78,10 +85,33 @@ def _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_
     return acc
 
 
+@triton.jit
+def _softcap(u, cap):
+    """(cap·tanh(u/cap), sech²(u/cap)) in fp32 from one exp of -2|y| <= 0 (no overflow; saturates to ±cap and 0).
+    Below |y| = 1/8, where 1 - e would cancel, tanh is its odd Taylor series to y^7 (truncation < 4e-9 relative)."""
+    y = u / cap
+    a = tl.abs(y)
+    e = tl.exp(-2.0 * a)
+    y2 = y * y
+    small = a * (1.0 + y2 * (-1.0 / 3.0 + y2 * (2.0 / 15.0 + y2 * (-17.0 / 315.0))))
+    t = tl.where(a < 0.125, small, (1.0 - e) / (1.0 + e))
+    t = tl.where(y < 0, -t, t)
+    return cap * t, 4.0 * e / ((1.0 + e) * (1.0 + e))
+
+
+@triton.jit
+def _transformed(raw, logit_scale, softcap, SOFTCAP: tl.constexpr):
+    """The model's logits from the raw tile (inpo/ops/transform.py), for the forward."""
+    u = raw * logit_scale
+    if SOFTCAP:
+        u, _ = _softcap(u, softcap)
+    return u
+
+
 @triton.jit(do_not_specialize=["N", "ignore_index", "SPLITS"])
 def head_fwd_kernel(X, W, B, Labels, PartM, PartS, PartT,
-                    N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, ignore_index, SPLITS,
-                    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                    N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, ignore_index, SPLITS, logit_scale, softcap,
+                    HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                     DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Partial online log-sum-exp (m, s) and target logit t of one token block over one vocabulary split."""
     pid_n = tl.program_id(0)
@@ -105,7 +135,7 @@ def head_fwd_kernel(X, W, B, Labels, PartM, PartS, PartT,
             mask_v = offs_v < v_end
             z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
                              stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
-            z = tl.where(mask_v[None, :], z, float("-inf"))
+            z = tl.where(mask_v[None, :], _transformed(z, logit_scale, softcap, SOFTCAP), float("-inf"))
             m_new = tl.maximum(m, tl.max(z, axis=1))
             # m_new is -inf while a row has seen only -inf logits (a -inf bias over whole tiles: masked tokens);
             # shift by 0 there, since exp(-inf - -inf) is NaN. Such a row keeps s = 0 until a finite logit.
@@ -121,20 +151,27 @@ def head_fwd_kernel(X, W, B, Labels, PartM, PartS, PartT,
 
 @triton.jit
 def _softmax_grad_tile(X, W, B, Labels, Lse, DB, g, live, offs_n, offs_v, mask_n, mask_v, Hd, ignore_index,
-                       stride_xn, stride_xh, stride_wv, stride_wh, HAS_BIAS: tl.constexpr, COMPUTE_DB: tl.constexpr,
+                       stride_xn, stride_xh, stride_wv, stride_wh, logit_scale, softcap, HAS_BIAS: tl.constexpr,
+                       SOFTCAP: tl.constexpr, COMPUTE_DB: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                        DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Recompute one logits tile and return (dz, p, is_target): dz = g · (onehot − softmax) in fp32, zero on
-    dead rows and masked columns; dBias is accumulated here (fp32 atomics) when COMPUTE_DB."""
+    """Recompute one logits tile and return (dz, p, is_target): dz = g · (onehot − softmax) · dz/draw in fp32 (the
+    gradient w.r.t. the raw GEMM output, through the logit transform), zero on dead rows and masked columns; dBias
+    is accumulated here (fp32 atomics) when COMPUTE_DB."""
     lab = tl.load(Labels + offs_n, mask=mask_n, other=ignore_index).to(tl.int32)
     lse = tl.load(Lse + offs_n, mask=mask_n, other=0.0)
     z = _logits_tile(X, W, B, offs_n, offs_v, mask_n, mask_v, Hd, stride_xn, stride_xh, stride_wv,
                      stride_wh, HAS_BIAS, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
+    z = z * logit_scale
+    if SOFTCAP:
+        z, sech2 = _softcap(z, softcap)
     active = live[:, None] & mask_v[None, :]
     # Rows with g = 0 may carry a placeholder lse; `where` keeps their exp() (possibly inf) out of dz.
     p = tl.where(active, tl.exp(z - lse[:, None]), 0.0)
     is_target = (offs_v[None, :] == lab[:, None]) & active
-    dz = tl.where(active, g[:, None] * (is_target.to(tl.float32) - p), 0.0)
+    dz = tl.where(active, (g * logit_scale)[:, None] * (is_target.to(tl.float32) - p), 0.0)
+    if SOFTCAP:
+        dz = dz * sech2
     if COMPUTE_DB:
         tl.atomic_add(DB + offs_v, tl.sum(dz, axis=0), mask=mask_v, sem="relaxed")
     return dz, p, is_target
@@ -166,8 +203,8 @@ def _backward_tile(pid, Gtok, N, V, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr
 
 @triton.jit(do_not_specialize=["N", "ignore_index"])
 def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
-                    N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, ignore_index, grad_filter,
-                    HAS_BIAS: tl.constexpr, COMPUTE_DX: tl.constexpr, COMPUTE_DW: tl.constexpr,
+                    N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, ignore_index, grad_filter, logit_scale,
+                    softcap, HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, COMPUTE_DX: tl.constexpr, COMPUTE_DW: tl.constexpr,
                     COMPUTE_DB: tl.constexpr, FILTER: tl.constexpr, COUNT_SKIPS: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
                     DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -182,8 +219,9 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
             tl.atomic_add(Skipped + 1, 1)
     else:
         dz, p, is_target = _softmax_grad_tile(X, W, B, Labels, Lse, DB, g, live, offs_n, offs_v, mask_n, mask_v, Hd,
-                                              ignore_index, stride_xn, stride_xh, stride_wv, stride_wh, HAS_BIAS,
-                                              COMPUTE_DB, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
+                                              ignore_index, stride_xn, stride_xh, stride_wv, stride_wh, logit_scale,
+                                              softcap, HAS_BIAS, SOFTCAP, COMPUTE_DB, BLOCK_N, BLOCK_V, BLOCK_H,
+                                              DOT_FP32, DOT_PRECISION)
         skip = False
         if FILTER:
             # Per-row budget: each of the T vocabulary tiles may drop at most grad_filter / T of a row's mass.
@@ -227,8 +265,8 @@ def head_bwd_kernel(X, W, B, Labels, Lse, Gtok, DX, DW, DB, Skipped,
 
 @triton.jit(do_not_specialize=["N", "ignore_index"])
 def head_dz_kernel(X, W, B, Labels, Lse, Gtok, DZ, DB,
-                   N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, stride_dzn, ignore_index,
-                   HAS_BIAS: tl.constexpr, COMPUTE_DB: tl.constexpr,
+                   N, V, Hd, stride_xn, stride_xh, stride_wv, stride_wh, stride_dzn, ignore_index, logit_scale, softcap,
+                   HAS_BIAS: tl.constexpr, SOFTCAP: tl.constexpr, COMPUTE_DB: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_N: tl.constexpr,
                    DOT_FP32: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """dz = g · (onehot − softmax) of one recomputed tile, stored in the input dtype (the "chunked" backward).
@@ -241,8 +279,9 @@ def head_dz_kernel(X, W, B, Labels, Lse, Gtok, DZ, DB,
     dz = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     if tl.sum(live.to(tl.int32), axis=0) > 0:
         dz, p, is_target = _softmax_grad_tile(X, W, B, Labels, Lse, DB, g, live, offs_n, offs_v, mask_n, mask_v, Hd,
-                                              ignore_index, stride_xn, stride_xh, stride_wv, stride_wh, HAS_BIAS,
-                                              False, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32, DOT_PRECISION)
+                                              ignore_index, stride_xn, stride_xh, stride_wv, stride_wh, logit_scale,
+                                              softcap, HAS_BIAS, SOFTCAP, False, BLOCK_N, BLOCK_V, BLOCK_H, DOT_FP32,
+                                              DOT_PRECISION)
     # Always store: the buffers are reused across chunks, so all-ignored tiles must be written as zeros.
     dz_ptrs = DZ + offs_n.to(tl.int64)[:, None] * stride_dzn + offs_v[None, :]
     tl.store(dz_ptrs, dz.to(DZ.dtype.element_ty), mask=mask_n[:, None] & mask_v[None, :])

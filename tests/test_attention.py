@@ -45,7 +45,7 @@ def test_varlen_matches_masked_sdpa_values_and_grads(precomputed):
     def run(model):
         model.zero_grad()
         if precomputed:
-            hidden, _, _ = hidden_and_head(model, ids, pos)  # boundaries computed once, passed to every layer
+            hidden = hidden_and_head(model, ids, pos).hidden  # boundaries computed once, passed to every layer
         else:
             hidden = model.model(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state.reshape(-1, 32)
         (hidden * torch.linspace(-1, 1, hidden.numel()).view_as(hidden)).sum().backward()
@@ -117,3 +117,37 @@ def test_without_flash_attn_packed_rows_use_varlen(monkeypatch):
     assert _attn_impl(TrainConfig(), torch.device("cuda")) == VARLEN
     assert _attn_impl(TrainConfig(), torch.device("cpu")) == VARLEN
     assert _attn_impl(TrainConfig(attn_implementation="eager"), torch.device("cuda")) == "eager"
+
+
+@pytest.mark.parametrize("model_type, extra", [
+    ("gemma3_text", dict(sliding_window=4, layer_types=["sliding_attention", "full_attention"])),
+    ("gemma2", dict(sliding_window=4, attn_logit_softcapping=0.5, query_pre_attn_scalar=8)),
+])
+def test_varlen_keeps_sliding_windows_and_attention_softcaps(model_type, extra):
+    """Gemma-2/3 layers: packed documents longer than the sliding window, and Gemma-2's tanh cap on the scores,
+    give eager's values and gradients (per-document causal sdpa alone ignored the window by 2.8 and dropped the
+    cap, or refused a one-document row)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from inpo.train.model import hidden_and_head
+
+    cfg = AutoConfig.for_model(model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=97, **extra)
+    torch.manual_seed(0)
+    eager = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    varlen = copy.deepcopy(eager)
+    varlen.set_attn_implementation(register())
+    for lens in ([11], [9, 1, 12, 5]):
+        ids, pos = _packed(lens, seed=len(lens))
+        out = []
+        for model in (eager, varlen):
+            model.zero_grad()
+            hidden = hidden_and_head(model, ids, pos).hidden
+            (hidden * torch.linspace(-1, 1, hidden.numel()).view_as(hidden)).sum().backward()
+            out.append((hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        (h_a, g_a), (h_b, g_b) = out
+        torch.testing.assert_close(h_b, h_a, rtol=1e-5, atol=1e-5)
+        assert g_a.keys() == g_b.keys()
+        for name in g_a:  # gradients reach ~400 here: fp32 reordering noise is ~1e-7 of that
+            torch.testing.assert_close(g_b[name], g_a[name], rtol=1e-4, atol=1e-6 * g_a[name].abs().max().item(),
+                                       msg=name)

@@ -17,6 +17,7 @@ BENCHES = [
     ("bench.generation", "run", ["--samplers", "hf"]),
     ("bench.iteration", "run", ["--smoke"]),
     ("bench.filter_error", "measure", []),
+    ("bench.fp16_grad_error", "measure", []),
     ("bench.report", "build_report", []),
 ]
 

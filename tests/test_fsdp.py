@@ -104,8 +104,8 @@ def _grads_of(model, root, inp, pos, labels, cu) -> dict:
     from inpo.ops import sequence_logps
     from inpo.train.model import hidden_and_head
 
-    hidden, weight, bias = hidden_and_head(root, inp, pos)
-    logps = sequence_logps(hidden, weight, labels, cu, bias=bias, impl="torch")
+    head = hidden_and_head(root, inp, pos)
+    logps = sequence_logps(head.hidden, head.weight, labels, cu, impl="torch", **head.kwargs())
     # A loss that uses every sequence differently (so a dropped or doubled rank shows): mean of w_i·logp_i.
     (logps * torch.linspace(0.5, 1.5, len(logps))).mean().backward()
     out = {}

@@ -77,8 +77,8 @@ def test_packed_equals_unpacked_logits_and_logps():
     model = LlamaForCausalLM(cfg).eval()
     seqs = _seqs(6, seed=3)
     (packed,) = pack_sequences(seqs, max_tokens=1000)
-    hidden, weight, bias = hidden_and_head(model, packed.input_ids, packed.position_ids)
-    logps = sequence_logps(hidden, weight, packed.labels, packed.cu_seqlens, bias=bias, impl="torch")
+    hidden, weight, _, _, _ = head = hidden_and_head(model, packed.input_ids, packed.position_ids)
+    logps = sequence_logps(hidden, weight, packed.labels, packed.cu_seqlens, impl="torch", **head.kwargs())
     cu = packed.cu_seqlens.tolist()
     for s, (p, r) in enumerate(seqs):
         ids = torch.tensor([p + r])

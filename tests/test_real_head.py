@@ -62,7 +62,8 @@ def case(request, smollm2_dir):
     model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=dtype).eval()
     ids, pos, labels, response, cu = _packed(load_tokenizer(smollm2_dir))
     with torch.no_grad():
-        hidden, weight, _ = hidden_and_head(model, ids, pos)
+        hidden, weight, _, softcap, logit_scale = hidden_and_head(model, ids, pos)
+        assert softcap is None and logit_scale == 1.0  # a Llama head: no logit transform
         hf = []
         for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):  # each document alone, as a user would run it
             hf.append(torch.log_softmax(model(ids[:, a:b]).logits[0], dim=-1))

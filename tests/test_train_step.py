@@ -81,7 +81,7 @@ def test_per_sequence_objective_and_logps_of():
     (batch,) = pack_sequences(seqs, max_tokens=10_000, pairwise=False)
     lp = sequence_logps_of(model, batch, impl="torch")
     assert lp.shape == (6,) and (lp < 0).all() and not lp.requires_grad
-    hidden, weight, _ = hidden_and_head(model, batch.input_ids, batch.position_ids)
+    hidden, weight = hidden_and_head(model, batch.input_ids, batch.position_ids)[:2]
     assert hidden.shape == (batch.n_tokens, 32) and weight.shape == (64, 32)
     targets = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.6, 0.4])
     stats = _run(model, seqs, SPPO(eta=1.0), {"anchor_logps": lp.clone(), "targets": targets}, steps=10,
@@ -143,12 +143,13 @@ def test_hidden_and_head_follow_autocast_dtype():
     model = tiny_model(True, seed=6)
     (batch,) = pack_sequences(pair_seqs(2, seed=6), max_tokens=10_000, pairwise=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        hidden, weight, bias = hidden_and_head(model, batch.input_ids, batch.position_ids)
+        hidden, weight, bias, softcap, logit_scale = hidden_and_head(model, batch.input_ids, batch.position_ids)
     assert hidden.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and bias is None
+    assert softcap is None and logit_scale == 1.0  # a Llama head: no logit transform
     (hidden.float().sum() + weight.float().sum()).backward()
     assert model.lm_head.weight.dtype == torch.float32 and model.lm_head.weight.grad is not None
     assert model.model.layers[0].mlp.down_proj.weight.grad is not None  # through the hidden cast into the body
-    hidden, weight, _ = hidden_and_head(model, batch.input_ids, batch.position_ids)  # no autocast: fp32 stays
+    hidden, weight = hidden_and_head(model, batch.input_ids, batch.position_ids)[:2]  # no autocast: fp32 stays
     assert hidden.dtype == weight.dtype == torch.float32
 
 

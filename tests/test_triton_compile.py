@@ -40,6 +40,8 @@ def test_baked_hopper_kernels_compile_without_spills():
     (("--arch", "80"), A100_SHARED, 256),  # sm80 bwd spills 160 B at 255 registers: tolerated, documented
     (("--arch", "90", "--dtype", "fp32"), H100_SHARED, 0),
     (("--arch", "90", "--dtype", "fp16", "--bias"), H100_SHARED, 256),
+    (("--arch", "90", "--softcap"), H100_SHARED, 0),  # a model's logit softcap: its own sm90 tiles, spill-free
+    (("--arch", "80", "--softcap"), A100_SHARED, 512),  # sm80 filtered backward: 456 B, as the plain one spills
 ])
 def test_other_variants_compile(args, shared, max_spill):
     for r in _report(*args):

@@ -101,12 +101,46 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
     if packed and bounds is None:
         pos = kwargs.get("position_ids")
         bounds = packed_boundaries(pos) if pos is not None else None
+    if packed and (kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None):
+        return _capped_or_windowed(module, query, key, value, bounds, dropout, scaling, kwargs), None
     if not packed or bounds is None or len(bounds) <= 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     outs = [sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None,
                                    dropout=dropout, scaling=scaling, is_causal=True)[0] for s, e in bounds]
     return torch.cat(outs, dim=1), None
+
+
+def _capped_or_windowed(module, query, key, value, bounds, dropout: float, scaling, kwargs):
+    """A packed row of Gemma-2/3 style layers (an attention softcap or a sliding window): one
+    :func:`_document_attention` per document (the whole row when no boundaries are known)."""
+    bounds = bounds or [(0, query.shape[2])]
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    dropout = dropout if dropout > 0 and module.training else 0.0
+    softcap, window = kwargs.get("softcap"), kwargs.get("sliding_window")
+    return torch.cat([_document_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], scaling, softcap,
+                                          window, dropout) for s, e in bounds], dim=1)
+
+
+def _document_attention(query, key, value, scaling: float, softcap, window, dropout: float):
+    """Causal attention of one document for layers sdpa's causal kernel cannot express exactly: a tanh cap on the
+    scores (Gemma-2 ``attn_logit_softcapping``) and a sliding window (each query sees its last ``window`` keys,
+    itself included, as transformers' sliding-window mask). The math of transformers' eager path for these
+    layers (fp32 softmax); [B, Hq, L, D] inputs, [B, L, Hq, D] output. Without this, a document longer than
+    the window attended to all of it, and the cap was dropped (or sdpa refused it)."""
+    if key.shape[1] != query.shape[1]:  # grouped-query attention
+        key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
+        value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    i = torch.arange(query.shape[2], device=query.device)
+    allowed = i[:, None] >= i[None, :]
+    if window is not None:
+        allowed = allowed & (i[:, None] - i[None, :] < window)
+    probs = torch.softmax(scores.float().masked_fill(~allowed, float("-inf")), dim=-1).to(query.dtype)
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=dropout > 0)
+    return torch.matmul(probs, value).transpose(1, 2)
 
 
 @contextmanager

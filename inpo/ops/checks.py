@@ -34,6 +34,8 @@ def check_head_inputs(
     for name, t in (("hidden", hidden), ("weight", weight), ("labels", labels), ("cu_seqlens", cu_seqlens)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_ignore_index(ignore_index)
+    check_flag("check_values", check_values)
     if hidden.dim() != 2:
         raise ValueError(f"hidden must be 2-D [N, H] (packed tokens), got shape {tuple(hidden.shape)}")
     if weight.dim() != 2:
@@ -64,6 +66,8 @@ def check_head_inputs(
             raise TypeError(f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
         if bias.shape != (v,):
             raise ValueError(f"bias must be 1-D [V] with V={v}, got shape {tuple(bias.shape)}")
+        if bias.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"bias must be a floating tensor (fp32/fp16/bf16/fp64), got dtype {bias.dtype}")
         if bias.device != hidden.device:
             raise ValueError(f"bias is on {bias.device} but hidden is on {hidden.device}")
     check_values_on_device(labels, cu_seqlens, n, v, ignore_index=ignore_index, sync=check_values)
@@ -216,8 +220,23 @@ def check_unit_interval(name: str, t: Tensor, *, sync: bool = False) -> None:
 
 
 def check_impl(impl: str) -> None:
+    if not isinstance(impl, str):
+        raise TypeError(f"impl must be a str, one of {IMPLS}, got {type(impl).__name__} {impl!r}")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
+def check_flag(name: str, value) -> None:
+    """A boolean switch (``check_values``, ``return_logps``): True or False, nothing truthy."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def check_ignore_index(ignore_index) -> None:
+    """``ignore_index``: a Python int (the label value of tokens that carry no log-prob, -100 by default)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int (the label of tokens to skip, default -100), got "
+                        f"{type(ignore_index).__name__} {ignore_index!r}")
 
 
 def check_side_input(name: str, t: Tensor | None, s: int, device: torch.device) -> Tensor | None:
@@ -228,6 +247,8 @@ def check_side_input(name: str, t: Tensor | None, s: int, device: torch.device) 
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(t).__name__}")
     if t.shape != (s,):
         raise ValueError(f"{name} must be 1-D [S] with S={s} (one value per sequence), got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor (one value per sequence), got dtype {t.dtype}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but hidden is on {device}")
     return t.detach().float()

@@ -1,7 +1,8 @@
 """Public entry points of the fused head: ``sequence_logps`` and ``preference_loss``.
 
 Argument checks and ``impl`` dispatch live here; each implementation module exposes
-``sequence_logps(hidden, weight, labels, cu_seqlens, bias, *, ignore_index)``. The objective's loss math
+``sequence_logps(hidden, weight, labels, cu_seqlens, bias, *, ignore_index, transform, ...)``, ``transform`` being
+the model's logit transform (:mod:`inpo.ops.transform`). The objective's loss math
 comes from :mod:`inpo.objectives` (the one source), applied to the [S] per-sequence log-probs.
 """
 
@@ -14,8 +15,9 @@ import torch
 from torch import Tensor
 
 from inpo.objectives import Objective
-from inpo.ops.checks import (check_grad_filter, check_head_inputs, check_impl, check_side_input,
+from inpo.ops.checks import (check_flag, check_grad_filter, check_head_inputs, check_impl, check_side_input,
                              check_unit_interval, resolve_deterministic)
+from inpo.ops.transform import logit_transform
 
 _IMPL_MODULES = {
     "naive": "inpo.ops.naive",
@@ -54,8 +56,9 @@ def _impl_fn(impl: str):
     return mod.sequence_logps_naive if impl == "naive" else mod.sequence_logps
 
 
-def _exactness_options(impl: str, grad_filter, deterministic) -> dict:
-    """The keyword arguments each impl takes for ``grad_filter`` / ``deterministic`` (checked here, once).
+def _impl_options(impl: str, grad_filter, deterministic, transform) -> dict:
+    """The keyword arguments each impl takes for ``grad_filter`` / ``deterministic`` / the logit transform (checked
+    here, once).
 
     Only the Triton atomic backward filters; every other path computes exact gradients whatever ``grad_filter``
     says (its bound then holds with zero error). The native op has no atomics (fixed partitions per thread count)
@@ -64,16 +67,17 @@ def _exactness_options(impl: str, grad_filter, deterministic) -> dict:
     grad_filter = check_grad_filter(grad_filter)
     deterministic = resolve_deterministic(deterministic)
     if impl == "native":
-        return {}
+        return dict(transform=transform)
     if impl == "triton":
-        return dict(grad_filter=grad_filter, deterministic=deterministic)
-    return dict(deterministic=deterministic)
+        return dict(grad_filter=grad_filter, deterministic=deterministic, transform=transform)
+    return dict(deterministic=deterministic, transform=transform)
 
 
 def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, *,
                    bias: Tensor | None = None, ignore_index: int = -100, impl: str = "auto",
                    check_values: bool = True, grad_filter: float | None = None,
-                   deterministic: bool | None = None) -> Tensor:
+                   deterministic: bool | None = None, softcap: float | None = None,
+                   logit_scale: float = 1.0) -> Tensor:
     """Summed response log-probs per packed sequence, without materialising [N, V] logits.
 
     Args:
@@ -82,7 +86,7 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
         labels: [N] int64, already shifted: ``labels[i]`` is the token ``hidden[i]`` predicts;
             ``ignore_index`` for prompt and padding tokens.
         cu_seqlens: [S+1] int32 sequence boundaries, from 0 to N.
-        bias: optional [V] LM-head bias.
+        bias: optional [V] LM-head bias (floating, same device).
         impl: ``"triton"`` | ``"torch"`` | ``"naive"`` | ``"native"`` | ``"auto"``.
         check_values: label range and cu_seqlens boundaries are checked on every call; ``True`` raises at once
             (one host sync on CUDA), ``False`` keeps CUDA calls sync-free and raises the ValueError at a later
@@ -95,14 +99,19 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
         deterministic: ``None`` (default) = follow ``torch.are_deterministic_algorithms_enabled()``; ``True``
             selects a backward with a fixed reduction order (Triton: the chunked backward, no atomics) and an
             order-fixed per-sequence sum, so two runs are bitwise equal; ``False`` the fastest backward.
+        softcap, logit_scale: the model's transform of the logits (:mod:`inpo.ops.transform`):
+            ``z = softcap·tanh(logit_scale·(hidden @ weight.T + bias) / softcap)``; ``softcap=None`` = no cap (Gemma-2/3
+            ``final_logit_softcapping``), ``logit_scale`` a positive multiplier (Cohere ``logit_scale``, Granite
+            ``1 / logits_scaling``). :func:`inpo.train.model.hidden_and_head` reads both from a transformers model.
 
     Returns:
         [S] fp32 (fp64 for fp64 inputs under ``naive``): each sequence's summed token log-probs,
         0 for a sequence whose labels are all ignored. Differentiable w.r.t. hidden, weight, bias.
     """
     check_head_inputs(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index, check_values=check_values)
+    transform = logit_transform(softcap, logit_scale)
     impl = resolve_impl(impl, hidden.device)
-    options = _exactness_options(impl, grad_filter, deterministic)
+    options = _impl_options(impl, grad_filter, deterministic, transform)
     return _impl_fn(impl)(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index, **options)
 
 
@@ -110,43 +119,41 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
                     ref_logps: Tensor | None = None, anchor_logps: Tensor | None = None,
                     targets: Tensor | None = None, bias: Tensor | None = None, ignore_index: int = -100,
                     impl: str = "auto", return_logps: bool = False, check_values: bool = True,
-                    grad_filter: float | None = None, deterministic: bool | None = None):
+                    grad_filter: float | None = None, deterministic: bool | None = None,
+                    softcap: float | None = None, logit_scale: float = 1.0):
     """Mean preference loss over pairs (sequences 2i / 2i+1 = pair i's chosen / rejected).
 
     ``ref_logps`` = π_ref's [S] log-probs, ``anchor_logps`` = π_t's (π'_t for ONPO), ``targets`` = SPPO's
-    per-sequence win-rate estimates. ``grad_filter`` and ``deterministic`` as in :func:`sequence_logps`.
-    With ``impl="triton"`` an objective with a kernel spec runs in the fused epilogue; one without
-    (``kernel_spec()`` None) gets the Triton head's log-probs and its Python loss, as every other impl does.
-    Returns a 0-dim loss, or ``(loss, logps.detach())`` with ``return_logps=True``.
+    per-sequence win-rate estimates. ``grad_filter``, ``deterministic``, ``softcap`` and ``logit_scale`` as in
+    :func:`sequence_logps`. With ``impl="triton"`` an objective with a kernel spec runs in the fused epilogue; one
+    without (``kernel_spec()`` None) gets the Triton head's log-probs and its Python loss, as every other impl does.
+    Returns a 0-dim loss, or ``(loss, logps.detach())`` with ``return_logps=True``. Every argument is checked before
+    any work: TypeError/ValueError naming it, its value or shape, and what was expected.
     """
     if not isinstance(objective, Objective):
-        raise TypeError(
-            f"objective must be an inpo.objectives.Objective (INPO, ONPO, IPO, DPO, SPPO), got {type(objective).__name__}"
-        )
-    if not isinstance(cu_seqlens, Tensor):
-        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+        raise TypeError(f"objective must be an inpo.objectives.Objective (INPO, ONPO, IPO, DPO, SPPO), got "
+                        f"{type(objective).__name__}")
+    check_head_inputs(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index, check_values=check_values)
+    check_flag("return_logps", return_logps)
+    transform = logit_transform(softcap, logit_scale)
     s = cu_seqlens.shape[0] - 1
-    ref = check_side_input("ref_logps", ref_logps, s, hidden.device)
-    anchor = check_side_input("anchor_logps", anchor_logps, s, hidden.device)
-    tgt = check_side_input("targets", targets, s, hidden.device)
-    check_grad_filter(grad_filter)
-    resolve_deterministic(deterministic)
+    ref, anchor, tgt = (check_side_input(name, t, s, hidden.device) for name, t in
+                        (("ref_logps", ref_logps), ("anchor_logps", anchor_logps), ("targets", targets)))
     if tgt is not None:
         check_unit_interval("targets", tgt, sync=check_values)  # win rates; CUDA: deferred, no host sync
     # Validate the objective's needs before the expensive head runs (the lengths are counted from the labels).
     meta = torch.empty(s, device="meta")
     objective.check_inputs(meta, *(None if t is None else t.to("meta") for t in (ref, anchor, tgt)),
                            lengths=meta if objective.needs_lengths else None)
-    if resolve_impl(impl, hidden.device) == "triton" and objective.kernel_spec() is not None:
+    impl = resolve_impl(impl, hidden.device)
+    options = _impl_options(impl, grad_filter, deterministic, transform)
+    if impl == "triton" and objective.kernel_spec() is not None:
         # The fused epilogue: split merge, sequence sums, objective, per-token gradient and mean in one kernel.
-        check_head_inputs(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index,
-                          check_values=check_values)
         loss, logps = _import(_IMPL_MODULES["triton"]).preference_loss(
             hidden, weight, labels, cu_seqlens, objective, ref_logps=ref, anchor_logps=anchor, targets=tgt, bias=bias,
-            ignore_index=ignore_index, **_exactness_options("triton", grad_filter, deterministic))
+            ignore_index=ignore_index, **options)
         return (loss, logps) if return_logps else loss
-    logps = sequence_logps(hidden, weight, labels, cu_seqlens, bias=bias, ignore_index=ignore_index, impl=impl,
-                           check_values=check_values, grad_filter=grad_filter, deterministic=deterministic)
+    logps = _impl_fn(impl)(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index, **options)
     ref, anchor, tgt = (None if t is None else t.to(logps.dtype) for t in (ref, anchor, tgt))
     lengths = response_lengths(labels, cu_seqlens, ignore_index) if objective.needs_lengths else None
     loss = objective(logps, ref, anchor, tgt, lengths)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from inpo.ops.gemm import LOW_PRECISION, mm_fp32
+from inpo.ops.transform import IDENTITY, LogitTransform
 
 
 def segment_ids(cu_seqlens: Tensor, n: int) -> Tensor:
@@ -64,13 +65,14 @@ class _Fp32Logits(torch.autograd.Function):
 
 
 def token_logps_naive(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None = None,
-                      *, ignore_index: int = -100) -> Tensor:
-    """Per-token log-probs [N] (0 where the label is ignored), via materialised logits."""
+                      *, ignore_index: int = -100, transform: LogitTransform = IDENTITY) -> Tensor:
+    """Per-token log-probs [N] (0 where the label is ignored), via materialised logits (``transform`` applied to
+    them in the accumulation dtype, differentiated by autograd: :mod:`inpo.ops.transform`)."""
     acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     logits = _Fp32Logits.apply(hidden, weight) if hidden.dtype in LOW_PRECISION else hidden @ weight.t()
     if bias is not None:
         logits = logits + bias.to(acc)
-    logprobs = torch.log_softmax(logits.to(acc), dim=-1)
+    logprobs = torch.log_softmax(transform.apply(logits.to(acc)), dim=-1)
     valid = labels != ignore_index
     # Clamped: an out-of-range label whose check is pending on the device must not index out of bounds.
     safe = torch.where(valid, labels, torch.zeros_like(labels)).long().clamp(0, logits.shape[1] - 1)
@@ -80,11 +82,11 @@ def token_logps_naive(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tens
 
 def sequence_logps_naive(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor,
                          bias: Tensor | None = None, *, ignore_index: int = -100, grad_filter: float | None = None,
-                         deterministic: bool = False) -> Tensor:
+                         deterministic: bool = False, transform: LogitTransform = IDENTITY) -> Tensor:
     """[S] summed log-probs (fp32, or fp64 for fp64 inputs); differentiable through plain autograd.
 
     ``grad_filter`` is accepted and ignored (no filter: exact gradients); ``deterministic=True`` sums each
     sequence in a fixed order (:func:`segment_sum_ordered`; autograd's own backward ops are deterministic only
     under ``torch.use_deterministic_algorithms``)."""
-    tok = token_logps_naive(hidden, weight, labels, bias, ignore_index=ignore_index)
+    tok = token_logps_naive(hidden, weight, labels, bias, ignore_index=ignore_index, transform=transform)
     return segment_sum_ordered(tok, cu_seqlens) if deterministic else segment_sum(tok, cu_seqlens)

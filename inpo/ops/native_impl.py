@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from inpo.ops.native_build import CFLAGS, JIT_PREFIX, LDFLAGS, PREBUILT_PREFIX, SOURCE_NAMES, build_key
+from inpo.ops.transform import IDENTITY, LogitTransform
 
 _PKG = Path(__file__).resolve().parents[1]  # the installed inpo package (holds the prebuilt library)
 _REPO = _PKG.parent
@@ -246,13 +247,14 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _head_forward_fake(hidden, weight, bias, labels, cu_seqlens, ignore_index):
+def _head_forward_fake(hidden, weight, bias, labels, cu_seqlens, ignore_index, logit_scale=1.0, softcap=None):
     s = cu_seqlens.shape[0] - 1
     return (hidden.new_empty((s,), dtype=torch.float32),
             hidden.new_empty((hidden.shape[0],), dtype=_acc_dtype(hidden.dtype)))
 
 
-def _head_backward_fake(grad_logps, hidden, weight, bias, labels, cu_seqlens, lse, ignore_index, output_mask):
+def _head_backward_fake(grad_logps, hidden, weight, bias, labels, cu_seqlens, lse, ignore_index, output_mask,
+                        logit_scale=1.0, softcap=None):
     need_h, need_w, need_b = output_mask
 
     def like(t, wanted):  # a fresh [0] tensor per unwanted gradient: outputs must not alias each other
@@ -262,9 +264,9 @@ def _head_backward_fake(grad_logps, hidden, weight, bias, labels, cu_seqlens, ls
 
 
 def _setup_context(ctx, inputs, output):
-    hidden, weight, bias, labels, cu_seqlens, ignore_index = inputs
+    hidden, weight, bias, labels, cu_seqlens, ignore_index, logit_scale, softcap = inputs
     ctx.save_for_backward(hidden, weight, bias, labels, cu_seqlens, output[1])
-    ctx.ignore_index = ignore_index
+    ctx.ignore_index, ctx.logit_scale, ctx.softcap = ignore_index, logit_scale, softcap
     ctx.has_bias = bias is not None
     ctx.mark_non_differentiable(output[1])  # lse is a by-product saved for backward, not an output to train
 
@@ -274,8 +276,8 @@ def _backward(ctx, grad_logps, _grad_lse):
     need_h, need_w, need_b = ctx.needs_input_grad[:3]
     mask = [bool(need_h), bool(need_w), bool(need_b and ctx.has_bias)]
     dh, dw, db = torch.ops.inpo.head_backward(grad_logps, hidden, weight, bias, labels, cu_seqlens, lse,
-                                              ctx.ignore_index, mask)
-    return (dh if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None, None, None)
+                                              ctx.ignore_index, mask, ctx.logit_scale, ctx.softcap)
+    return (dh if mask[0] else None, dw if mask[1] else None, db if mask[2] else None, None, None, None, None, None)
 
 
 def _register_python_kernels() -> None:
@@ -289,10 +291,11 @@ def _register_python_kernels() -> None:
 
 
 def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, bias: Tensor | None = None,
-                   *, ignore_index: int = -100) -> Tensor:
+                   *, ignore_index: int = -100, transform: LogitTransform = IDENTITY) -> Tensor:
     """[S] fp32 summed log-probs per packed sequence through the native op (differentiable).
 
-    Arguments as in :func:`inpo.ops.sequence_logps` (already checked by the dispatcher). Raises
+    Arguments as in :func:`inpo.ops.sequence_logps` (already checked by the dispatcher; ``transform`` the model's
+    logit transform, passed to the op as ``logit_scale`` and ``softcap``). Raises
     RuntimeError with the build error when the native head cannot be built here.
     """
     if not is_available():
@@ -300,4 +303,5 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
     if hidden.device.type != "cpu":
         raise ValueError(f"impl='native' runs on CPU tensors only, got hidden on {hidden.device}; "
                          "use impl='triton' or 'torch' on GPU")
-    return torch.ops.inpo.head_forward(hidden, weight, bias, labels, cu_seqlens, ignore_index)[0]
+    return torch.ops.inpo.head_forward(hidden, weight, bias, labels, cu_seqlens, ignore_index, transform.logit_scale,
+                                       transform.softcap)[0]

@@ -9,7 +9,8 @@ fp16/bf16 inputs accumulate in fp32 end to end (:mod:`inpo.ops.gemm`): each logi
 fp32-output GEMM (CUDA) or an fp32 GEMM on upcast operands (CPU), and each chunk's dHidden/dW product is added
 into the fp32 accumulators without being rounded to the input dtype first. The only roundings are the final
 casts of the gradients (and, on CUDA, dz to the input dtype before its tensor-core GEMM, as in the Triton
-kernels). The backward's reduction order is fixed (chunk loops), so it is deterministic;
+kernels). A model's logit transform (scale, softcap: :mod:`inpo.ops.transform`) is applied to each tile in fp32
+and its derivative chained into dz. The backward's reduction order is fixed (chunk loops), so it is deterministic;
 ``deterministic=True`` also makes the forward's per-sequence sum order-fixed (see ``segment_sum_ordered``).
 """
 
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from inpo.ops.gemm import addmm_fp32, mm_fp32
 from inpo.ops.naive import segment_ids, segment_sum_ordered
+from inpo.ops.transform import IDENTITY, LogitTransform
 
 # One fp32 logits tile of at most this many elements (64 Mi elements = 256 MiB on GPU; 8 Mi on CPU).
 _TILE_ELEMS = {"cuda": 64 * 2**20, "cpu": 8 * 2**20}
@@ -39,7 +41,8 @@ def _logits(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
 
 class _ChunkedHead(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ignore_index, chunk_tokens, chunk_vocab, deterministic):
+    def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ignore_index, chunk_tokens, chunk_vocab, deterministic,
+                transform):
         n, v = hidden.shape[0], weight.shape[0]
         valid = labels != ignore_index
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
@@ -51,7 +54,7 @@ class _ChunkedHead(torch.autograd.Function):
             s = torch.zeros(n1 - n0, device=hidden.device)
             for v0 in range(0, v, chunk_vocab):
                 v1 = min(v, v0 + chunk_vocab)
-                z = _logits(h, weight[v0:v1], None if bias is None else bias[v0:v1])
+                z = transform.apply_(_logits(h, weight[v0:v1], None if bias is None else bias[v0:v1]))
                 m_new = torch.maximum(m, z.amax(dim=1))
                 # A row whose logits so far are all -inf (a -inf bias over the whole chunk: masked tokens) keeps
                 # m = -inf; shift by 0 there, or exp(-inf - -inf) = NaN. Its s stays 0 until a finite logit.
@@ -69,7 +72,7 @@ class _ChunkedHead(torch.autograd.Function):
         else:
             out = torch.zeros(cu_seqlens.numel() - 1, dtype=torch.float32, device=hidden.device).index_add_(0, seg, tok)
         ctx.save_for_backward(hidden, weight, bias, labels, seg, lse)
-        ctx.ignore_index, ctx.chunks = ignore_index, (chunk_tokens, chunk_vocab)
+        ctx.ignore_index, ctx.chunks, ctx.transform = ignore_index, (chunk_tokens, chunk_vocab), transform
         return out
 
     @staticmethod
@@ -91,11 +94,15 @@ class _ChunkedHead(torch.autograd.Function):
             h, lab = hidden[n0:n1], labels[n0:n1]
             for v0 in range(0, v, chunk_vocab):
                 v1 = min(v, v0 + chunk_vocab)
-                z = _logits(h, weight[v0:v1], None if bias is None else bias[v0:v1])
-                # dlogp/dz = onehot(label) - softmax(z); scaled by the sequence's upstream gradient.
+                z, dz_draw = ctx.transform.apply_with_grad_(
+                    _logits(h, weight[v0:v1], None if bias is None else bias[v0:v1]))
+                # dlogp/dz = onehot(label) - softmax(z); scaled by the sequence's upstream gradient, then chained
+                # through the logit transform (dz/draw: the scale, times sech² under a softcap).
                 dz = torch.exp(z - lse[n0:n1, None]).mul_(-g[:, None])
                 inside = ((lab >= v0) & (lab < v1)).nonzero().squeeze(1)
                 dz[inside, lab[inside] - v0] += g[inside]
+                if not isinstance(dz_draw, float) or dz_draw != 1.0:
+                    dz.mul_(dz_draw)
                 if need_h:
                     addmm_fp32(d_hidden[n0:n1], dz, weight[v0:v1])
                 if need_w:
@@ -104,13 +111,13 @@ class _ChunkedHead(torch.autograd.Function):
                     d_bias[v0:v1] += dz.sum(dim=0)
         cast = lambda t, like: None if t is None else t.to(like.dtype)  # noqa: E731
         return (cast(d_hidden, hidden), cast(d_weight, weight), cast(d_bias, bias if bias is not None else hidden),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, bias: Tensor | None = None,
                    *, ignore_index: int = -100, chunk_tokens: int | None = None,
                    chunk_vocab: int | None = None, grad_filter: float | None = None,
-                   deterministic: bool | None = None) -> Tensor:
+                   deterministic: bool | None = None, transform: LogitTransform = IDENTITY) -> Tensor:
     """``grad_filter`` is accepted and ignored: this path has no filter, its gradients are exact (the
     filter's bound holds with zero error). ``deterministic`` (None = ``torch.are_deterministic_algorithms_enabled()``)
     only changes the forward's per-sequence sum; the backward is deterministic anyway."""
@@ -118,4 +125,4 @@ def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: T
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     return _ChunkedHead.apply(hidden, weight, bias, labels, cu_seqlens, ignore_index,
-                              chunk_tokens or dn, chunk_vocab or dv, bool(deterministic))
+                              chunk_tokens or dn, chunk_vocab or dv, bool(deterministic), transform)

@@ -56,6 +56,7 @@ from torch import Tensor
 from inpo.ops.checks import check_deterministic, check_grad_filter, check_head_inputs, check_side_input
 from inpo.ops.gemm import addmm_fp32, mm_fp32
 from inpo.ops.naive import segment_ids, segment_sum_ordered
+from inpo.ops.transform import IDENTITY, LogitTransform
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BWD_MODES = ("atomic", "chunked")
@@ -185,6 +186,11 @@ def _dot_flags(dtype: torch.dtype, interpreted: bool) -> dict:
                 DOT_PRECISION="ieee" if dtype == torch.float32 or (interpreted and dtype == torch.bfloat16) else "tf32")
 
 
+def _transform_args(transform: LogitTransform) -> tuple[tuple[float, float], dict]:
+    """The kernels' (logit_scale, softcap) runtime arguments and SOFTCAP flag (softcap 1.0 is unread when off)."""
+    return (transform.logit_scale, transform.softcap or 1.0), dict(SOFTCAP=transform.softcap is not None)
+
+
 def _default_splits(n_blocks: int, v_tiles: int, device: torch.device, interpreted: bool) -> int:
     if interpreted or device.type != "cuda":
         return 1
@@ -194,27 +200,32 @@ def _default_splits(n_blocks: int, v_tiles: int, device: torch.device, interpret
 
 
 # ---------------------------------------------------------------------------------------------- launchers
-def _launch_config(hidden: Tensor, override, backward: bool):
-    """(kernel module, interpreted?, config): ``override`` or the baked config of this GPU family and dtype."""
+def _launch_config(hidden: Tensor, override, backward: bool, transform: LogitTransform = IDENTITY):
+    """(kernel module, interpreted?, config): ``override`` or the baked config of this GPU family, dtype and
+    logit transform (a softcap needs smaller tiles on sm90)."""
     head, configs = _kernels(hidden.device)
     interpreted = _is_interpreted(head.head_fwd_kernel)  # all kernels of the module share one mode
     family = "interpreter" if interpreted else _family(hidden.device)
-    return head, interpreted, override or configs.baked(family, hidden.dtype == torch.float32)[int(backward)]
+    cfg = configs.baked(family, hidden.dtype == torch.float32, transform.softcap is not None)[int(backward)]
+    return head, interpreted, override or cfg
 
 
 def head_forward_partials(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, ignore_index: int,
-                          params: HeadParams) -> Tensor:
-    """The forward kernel's [3, SPLITS, N] fp32 partials (m, s, t) of each vocabulary split (needs N > 0)."""
-    head, interpreted, cfg = _launch_config(hidden, params.fwd_config, backward=False)
+                          params: HeadParams, transform: LogitTransform = IDENTITY) -> Tensor:
+    """The forward kernel's [3, SPLITS, N] fp32 partials (m, s, t) of each vocabulary split (needs N > 0), over the
+    transformed logits."""
+    head, interpreted, cfg = _launch_config(hidden, params.fwd_config, backward=False, transform=transform)
     n, hd = hidden.shape
     v = weight.shape[0]
     splits = params.splits or _default_splits(_cdiv(n, cfg.block_n), _cdiv(v, cfg.block_v), hidden.device,
                                               interpreted)
     new = _poisoned if _flag("INPO_POISON_OUTPUTS") else torch.empty
     part = new((3, splits, n), dtype=torch.float32, device=hidden.device)
+    targs, tflags = _transform_args(transform)
     args = (hidden, weight, bias if bias is not None else hidden, labels, part[0], part[1], part[2],
-            n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, splits)
-    flags = dict(HAS_BIAS=bias is not None, **_dot_flags(hidden.dtype, interpreted))
+            n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, splits,
+            *targs)
+    flags = dict(HAS_BIAS=bias is not None, **tflags, **_dot_flags(hidden.dtype, interpreted))
     with _on_device(hidden.device):
         if _flag("INPO_AUTOTUNE") and not interpreted and params.fwd_config is None:
             _autotuned(head.head_fwd_kernel, False)[lambda meta: (_cdiv(n, meta["BLOCK_N"]), splits)](*args, **flags)
@@ -224,9 +235,9 @@ def head_forward_partials(hidden: Tensor, weight: Tensor, bias: Tensor | None, l
 
 
 def head_forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, ignore_index: int,
-                 params: HeadParams) -> tuple[Tensor, Tensor]:
+                 params: HeadParams, transform: LogitTransform = IDENTITY) -> tuple[Tensor, Tensor]:
     """Per-token log-probs [N] fp32 (0 where ignored) and log-sum-exp [N] fp32 (0 where ignored)."""
-    part_m, part_s, part_t = head_forward_partials(hidden, weight, bias, labels, ignore_index, params)
+    part_m, part_s, part_t = head_forward_partials(hidden, weight, bias, labels, ignore_index, params, transform)
     valid = labels != ignore_index
     # Merge the splits; an empty split (or an all-ignored block) has m = -inf, s = 0 and drops out.
     lse = torch.where(valid, torch.logsumexp(part_m + part_s.log(), dim=0), 0.0)
@@ -235,9 +246,10 @@ def head_forward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Te
 
 
 def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, lse: Tensor, g_tok: Tensor,
-                  ignore_index: int, params: HeadParams, need: tuple[bool, bool, bool]):
+                  ignore_index: int, params: HeadParams, need: tuple[bool, bool, bool],
+                  transform: LogitTransform = IDENTITY):
     """fp32 gradients (dHidden, dWeight, dBias) -- None where not needed -- for per-token upstream ``g_tok``."""
-    head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True)
+    head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True, transform=transform)
     n, hd = hidden.shape
     v = weight.shape[0]
     dev = hidden.device
@@ -248,10 +260,12 @@ def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: T
     skipped = torch.zeros(2, dtype=torch.int32, device=dev)
     budget = float(params.grad_filter or 0.0)
     dummy = lambda: torch.zeros(1, dtype=torch.float32, device=dev)  # noqa: E731 -- never read (constexpr off)
+    targs, tflags = _transform_args(transform)
     args = (hidden, weight, bias if bias is not None else hidden, labels, lse, g_tok,
             dx if need_x else dummy(), dw if need_w else dummy(), db if need_b else dummy(), skipped,
-            n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, budget)
-    flags = dict(HAS_BIAS=bias is not None, COMPUTE_DX=need_x, COMPUTE_DW=need_w, COMPUTE_DB=need_b,
+            n, v, hd, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), ignore_index, budget,
+            *targs)
+    flags = dict(HAS_BIAS=bias is not None, **tflags, COMPUTE_DX=need_x, COMPUTE_DW=need_w, COMPUTE_DB=need_b,
                  FILTER=budget > 0, COUNT_SKIPS=params.stats is not None, **_dot_flags(hidden.dtype, interpreted))
     with _on_device(dev):
         if _flag("INPO_AUTOTUNE") and not interpreted and params.bwd_config is None:
@@ -273,14 +287,15 @@ def head_backward(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: T
 
 
 def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, lse: Tensor,
-                          g_tok: Tensor, ignore_index: int, params: HeadParams, need: tuple[bool, bool, bool]):
+                          g_tok: Tensor, ignore_index: int, params: HeadParams, need: tuple[bool, bool, bool],
+                          transform: LogitTransform = IDENTITY):
     """Like :func:`head_backward` (``bwd_mode="chunked"``, the deterministic backward): dz per token chunk, then
     fp32-accumulating GEMMs (:mod:`inpo.ops.gemm`); no atomics, so the result is bitwise reproducible.
 
     Returns fp32 dHidden (each token belongs to one chunk: one GEMM, no accumulation across chunks), dWeight
     (chunks added in order) and dBias (per-token-block partial rows, summed in order).
     """
-    head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True)
+    head, interpreted, cfg = _launch_config(hidden, params.bwd_config, backward=True, transform=transform)
     n, hd = hidden.shape
     v = weight.shape[0]
     dev = hidden.device
@@ -294,7 +309,8 @@ def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, l
     dw = torch.zeros(v, hd, dtype=torch.float32, device=dev) if need_w else None
     db = torch.zeros(v, dtype=torch.float32, device=dev) if need_b else None
     db_part = new((_cdiv(chunk, cfg.block_n), v), dtype=torch.float32, device=dev) if need_b else None
-    flags = dict(HAS_BIAS=bias is not None, COMPUTE_DB=need_b, **_dot_flags(hidden.dtype, interpreted))
+    targs, tflags = _transform_args(transform)
+    flags = dict(HAS_BIAS=bias is not None, COMPUTE_DB=need_b, **tflags, **_dot_flags(hidden.dtype, interpreted))
     meta = cfg.meta(backward=True)
     for c0 in range(0, n, chunk):
         c1 = min(n, c0 + chunk)
@@ -304,7 +320,7 @@ def head_backward_chunked(hidden: Tensor, weight: Tensor, bias: Tensor | None, l
             head.head_dz_kernel[grid](x, weight, bias if bias is not None else hidden, labels[c0:c1], lse[c0:c1],
                                       g_tok[c0:c1], dz, db_part if need_b else lse, c1 - c0, v, hd, x.stride(0),
                                       x.stride(1), weight.stride(0), weight.stride(1), dz.stride(0), ignore_index,
-                                      **flags, **meta)
+                                      *targs, **flags, **meta)
         if need_x:
             dx[c0:c1] = mm_fp32(dz, weight)
         if need_w:
@@ -368,7 +384,8 @@ def _input_grads(ctx, hidden, weight, bias, labels, lse, g_tok):
                       for t, k in zip((hidden, weight, bias), need))
     else:
         backward = head_backward_chunked if ctx.params.bwd_mode == "chunked" else head_backward
-        dx, dw, db = backward(hidden, weight, bias, labels, lse, g_tok, ctx.ignore_index, ctx.params, need)
+        dx, dw, db = backward(hidden, weight, bias, labels, lse, g_tok, ctx.ignore_index, ctx.params, need,
+                              ctx.transform)
     # Rebinding frees each fp32 accumulator before the next cast: the peak holds one fp32 + one low-precision copy.
     dx = None if dx is None else dx.to(hidden.dtype)
     dw = None if dw is None else dw.to(weight.dtype)
@@ -380,7 +397,7 @@ class TritonHeadFunction(torch.autograd.Function):
     """[S] summed log-probs; backward recomputes logits tiles (8NHV FLOPs in all)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ignore_index, params):
+    def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ignore_index, params, transform):
         params = params.resolved()  # idempotent; fixes deterministic/bwd_mode for callers that pass raw params
         n = hidden.shape[0]
         s = cu_seqlens.numel() - 1
@@ -389,13 +406,13 @@ class TritonHeadFunction(torch.autograd.Function):
             lse = torch.zeros(0, dtype=torch.float32, device=hidden.device)
             out = torch.zeros(s, dtype=torch.float32, device=hidden.device)
         else:
-            tok, lse = head_forward(hidden, weight, bias, labels, ignore_index, params)
+            tok, lse = head_forward(hidden, weight, bias, labels, ignore_index, params, transform)
             if params.deterministic:
                 out = segment_sum_ordered(tok, cu_seqlens)
             else:
                 out = torch.zeros(s, dtype=torch.float32, device=hidden.device).index_add_(0, seg, tok)
         ctx.save_for_backward(hidden, weight, bias, labels, seg, lse)
-        ctx.ignore_index, ctx.params = ignore_index, params
+        ctx.ignore_index, ctx.params, ctx.transform = ignore_index, params, transform
         return out
 
     @staticmethod
@@ -404,7 +421,7 @@ class TritonHeadFunction(torch.autograd.Function):
         g_tok = None
         if hidden.shape[0] > 0:
             g_tok = torch.where(labels != ctx.ignore_index, grad_out.float()[seg], 0.0).contiguous()
-        return *_input_grads(ctx, hidden, weight, bias, labels, lse, g_tok), None, None, None, None
+        return *_input_grads(ctx, hidden, weight, bias, labels, lse, g_tok), None, None, None, None, None
 
 
 class TritonPreferenceLossFunction(torch.autograd.Function):
@@ -416,17 +433,18 @@ class TritonPreferenceLossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ref, anchor, targets, spec, ignore_index, params):
+    def forward(ctx, hidden, weight, bias, labels, cu_seqlens, ref, anchor, targets, spec, ignore_index, params,
+                transform):
         params = params.resolved()  # as TritonHeadFunction: deterministic/bwd_mode fixed for the backward
         n = hidden.shape[0]
         if n == 0:
             part = torch.empty(3, 1, 0, dtype=torch.float32, device=hidden.device)
         else:
-            part = head_forward_partials(hidden, weight, bias, labels, ignore_index, params)
+            part = head_forward_partials(hidden, weight, bias, labels, ignore_index, params, transform)
         loss, logps, lse, g_tok = preference_epilogue(part, labels, cu_seqlens, spec, ref, anchor, targets,
                                                       ignore_index)
         ctx.save_for_backward(hidden, weight, bias, labels, lse, g_tok)
-        ctx.ignore_index, ctx.params = ignore_index, params
+        ctx.ignore_index, ctx.params, ctx.transform = ignore_index, params, transform
         ctx.mark_non_differentiable(logps)
         return loss, logps
 
@@ -434,26 +452,28 @@ class TritonPreferenceLossFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_logps):
         hidden, weight, bias, labels, lse, g_tok = ctx.saved_tensors
         g_tok = g_tok * grad_loss.float()  # not in place: a second backward (retain_graph) reuses the saved g_tok
-        return (*_input_grads(ctx, hidden, weight, bias, labels, lse, g_tok),) + (None,) * 8
+        return (*_input_grads(ctx, hidden, weight, bias, labels, lse, g_tok),) + (None,) * 9
 
 
 # -------------------------------------------------------------------------------------------- public API
 def sequence_logps(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, bias: Tensor | None = None,
-                   *, ignore_index: int = -100, params: HeadParams | None = None, **options) -> Tensor:
+                   *, ignore_index: int = -100, transform: LogitTransform = IDENTITY, params: HeadParams | None = None,
+                   **options) -> Tensor:
     """[S] fp32 summed log-probs of packed sequences with the fused Triton head.
 
-    Same contract as :func:`inpo.ops.sequence_logps` (shapes, ``ignore_index``, differentiable w.r.t.
-    hidden, weight, bias); ``options`` are :class:`HeadParams` fields (``grad_filter``, ``deterministic``,
+    Same contract as :func:`inpo.ops.sequence_logps` (shapes, ``ignore_index``, the model's logit ``transform``,
+    differentiable w.r.t. hidden, weight, bias); ``options`` are :class:`HeadParams` fields (``grad_filter``, ``deterministic``,
     ``fwd_config``, ``bwd_config``, ``splits``, ``bwd_mode``, ``chunk_tokens``, ``stats``) and override ``params``.
     """
     params, labels, bias = _prepare(hidden, weight, labels, cu_seqlens, bias, ignore_index, params, options)
-    return TritonHeadFunction.apply(hidden, weight, bias, labels, cu_seqlens, int(ignore_index), params)
+    return TritonHeadFunction.apply(hidden, weight, bias, labels, cu_seqlens, int(ignore_index), params, transform)
 
 
 def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: Tensor, objective, *,
                     ref_logps: Tensor | None = None, anchor_logps: Tensor | None = None,
                     targets: Tensor | None = None, bias: Tensor | None = None, ignore_index: int = -100,
-                    params: HeadParams | None = None, **options) -> tuple[Tensor, Tensor]:
+                    transform: LogitTransform = IDENTITY, params: HeadParams | None = None,
+                    **options) -> tuple[Tensor, Tensor]:
     """(0-dim fp32 mean loss, [S] fp32 log-probs, not differentiable) of ``objective`` with the fused head.
 
     Three kernel launches per forward + backward, whatever the objective: the head's forward, the epilogue
@@ -477,7 +497,7 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
                            lengths=meta if objective.needs_lengths else None)
     side = [None if t is None else t.contiguous() for t in side]
     return TritonPreferenceLossFunction.apply(hidden, weight, bias, labels, cu_seqlens.contiguous(), *side,
-                                              spec, int(ignore_index), params)
+                                              spec, int(ignore_index), params, transform)
 
 
 def _prepare(hidden, weight, labels, cu_seqlens, bias, ignore_index, params, options):

@@ -1,5 +1,6 @@
 """Policies: load a local transformers causal LM, or build the embedded default (a tiny Llama with a short SFT
-warm start, cached on disk), and split a model into decoder body + LM-head weight for the fused head.
+warm start, cached on disk), and split a model into decoder body + LM-head inputs for the fused head (weight, bias
+and the model's logit transform, :mod:`inpo.train.lm_head`), checked against the model's own logits at load.
 
 Precision: fp32 weights everywhere; on CUDA the trainer runs the body under bf16 autocast (fp32 master
 weights and fp32 AdamW states -- simple and exact enough; the fused head accumulates in fp32).
@@ -14,6 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -25,9 +27,12 @@ from inpo.data.tokenizer import default_tokenizer
 from inpo.models import resolve_model
 from inpo.ops import sequence_logps
 from inpo.ops.attention import body_kwargs, prepare
+from inpo.ops.transform import LogitTransform
+from inpo.train.lm_head import logit_transform_of
 
-__all__ = ["tiny_llama_config", "load_policy", "build_default_policy", "hidden_and_head", "FusedHeadPolicy",
-           "default_cache_dir", "export_policy"]
+__all__ = ["tiny_llama_config", "load_policy", "build_default_policy", "hidden_and_head", "HeadInputs",
+           "FusedHeadPolicy", "check_head_matches_model", "check_packing_isolates_documents", "default_cache_dir",
+           "export_policy"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +73,8 @@ def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_
     (built from ``default_seed``: its random init and SFT data order).
 
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for a directory transformers cannot
-    load (no/corrupt config.json or weights), naming the path.
+    load (no/corrupt config.json or weights), naming the path, or for a model whose LM head the fused head cannot
+    reproduce (:func:`check_head_matches_model`, run in fp32 before any cast).
     """
     path_or_none = resolve_model(path_or_none)  # a real-model name (smollm2) → its converted folder
     if path_or_none is None or str(path_or_none) == "default":
@@ -79,6 +85,8 @@ def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_
             model.set_attn_implementation(prepare(attn_implementation))
     else:
         model = _load_dir(Path(path_or_none), attn_implementation)
+    check_head_matches_model(model)
+    check_packing_isolates_documents(model)
     if dtype is not None:
         model = model.to(dtype)
     return model.to(device)
@@ -172,11 +180,11 @@ def _sft_warm_start(model, tokenizer, examples, *, seed, steps, lr, batch_size, 
         chosen = [seqs[i] for i in order[pos:pos + batch_size]]
         pos += batch_size
         (batch,) = pack_sequences(chosen, max_tokens=10**9, pairwise=False)
-        hidden, weight, bias = hidden_and_head(model, batch.input_ids, batch.position_ids)
+        head = hidden_and_head(model, batch.input_ids, batch.position_ids)
         # The chunked torch head: the tested reference path, so the cached π_ref never depends on which
         # optional CPU backend happens to be built on this machine.
-        logps = sequence_logps(hidden, weight, batch.labels, batch.cu_seqlens, bias=bias, impl="torch",
-                               check_values=False)
+        logps = sequence_logps(head.hidden, head.weight, batch.labels, batch.cu_seqlens, impl="torch",
+                               check_values=False, **head.kwargs())
         loss = -logps.sum() / (batch.labels != -100).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -216,9 +224,26 @@ def _body_and_head(model, input_ids, position_ids):
     return hidden, head.weight, getattr(head, "bias", None)  # [B, T, H]: hidden_and_head flattens it
 
 
-def hidden_and_head(model, input_ids: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Decoder body only (``use_cache=False``: packed documents would mix otherwise) → hidden ``[N, H]``,
-    LM-head weight ``[V, H]`` (the embedding itself when tied) and bias (``None`` for most models).
+class HeadInputs(NamedTuple):
+    """What the fused head needs from a model for one packed batch: ``hidden`` [N, H], ``weight`` [V, H] (the
+    embedding itself when tied), ``bias`` (None for most models) and the model's logit transform (``softcap``,
+    ``logit_scale``: :mod:`inpo.train.lm_head`). ``kwargs()`` are the keyword arguments of
+    :func:`inpo.ops.sequence_logps` / :func:`inpo.ops.preference_loss` besides hidden and weight."""
+
+    hidden: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    softcap: float | None = None
+    logit_scale: float = 1.0
+
+    def kwargs(self) -> dict:
+        return dict(bias=self.bias, softcap=self.softcap, logit_scale=self.logit_scale)
+
+
+def hidden_and_head(model, input_ids: Tensor, position_ids: Tensor) -> HeadInputs:
+    """Decoder body only (``use_cache=False``: packed documents would mix otherwise) → :class:`HeadInputs`: hidden
+    ``[N, H]``, LM-head weight ``[V, H]``, bias, and the model's logit transform (read from the model here, the one
+    place the trainer, the precompute and the benches take it from; ValueError for a head inpo cannot reproduce).
 
     Under autocast the hidden states are cast to the autocast dtype (bf16 on CUDA) -- a Llama body's output is
     *fp32* even under autocast, since the residual stream adds bf16 sublayer outputs to the fp32 embeddings and
@@ -228,6 +253,7 @@ def hidden_and_head(model, input_ids: Tensor, position_ids: Tensor) -> tuple[Ten
         hidden, weight, bias = model(input_ids, position_ids)
     else:
         hidden, weight, bias = _body_and_head(model, input_ids, position_ids)
+    transform = logit_transform_of(unwrap(model))
     hidden = hidden.reshape(-1, hidden.shape[-1])
     dev = hidden.device.type
     if hidden.dtype == torch.float32 and torch.is_autocast_enabled(dev):
@@ -235,7 +261,77 @@ def hidden_and_head(model, input_ids: Tensor, position_ids: Tensor) -> tuple[Ten
     if weight.dtype != hidden.dtype:
         weight = weight.to(hidden.dtype)
         bias = None if bias is None else bias.to(hidden.dtype)
-    return hidden, weight, bias
+    return HeadInputs(hidden, weight, bias, transform.softcap, transform.logit_scale)
+
+
+@torch.no_grad()
+def check_head_matches_model(model, *, n_tokens: int = 8, seed: int = 0) -> float:
+    """Compare the fused head's inputs (:func:`hidden_and_head`, log-softmax in fp64) with the model's own
+    ``log_softmax(model(ids).logits)`` on ``n_tokens`` fixed random tokens, in the model's dtype (fp32 when loaded
+    by :func:`load_policy`); returns the largest difference (NaN, unchecked, when the model's own logits are not
+    finite), or raises ValueError naming the class when it exceeds 1e-3·(1 + max |log-prob|) -- far above fp32 rounding, far below what any logit transform changes. It catches
+    what no attribute names (a head that is not ``lm_head(hidden)``: BERT-style prediction heads, Chameleon's
+    image-token mask). Costs one forward over ``n_tokens`` tokens."""
+    was_training = model.training
+    model.eval()
+    try:
+        head = model.get_output_embeddings()
+        vocab = min(head.weight.shape[0], model.get_input_embeddings().weight.shape[0])
+        dev = head.weight.device
+        ids = torch.randint(0, vocab, (1, n_tokens), generator=torch.Generator().manual_seed(seed)).to(dev)
+        pos = torch.arange(n_tokens, device=dev)[None]
+        ref = torch.log_softmax(model(input_ids=ids, position_ids=pos, use_cache=False).logits[0].double(), dim=-1)
+        h = hidden_and_head(model, ids, pos)
+    finally:
+        model.train(was_training)
+    name = type(unwrap(model)).__name__
+    if not torch.isfinite(ref).all():  # NaN/inf weights: nothing to compare; the NaN guards name the weight
+        return float("nan")
+    if ref.shape[-1] != h.weight.shape[0]:
+        raise ValueError(f"{name}: its logits have {ref.shape[-1]} columns but get_output_embeddings() has "
+                         f"{h.weight.shape[0]} rows: the fused head cannot reproduce this model's head")
+    raw = h.hidden.double() @ h.weight.double().t() + (0.0 if h.bias is None else h.bias.double())
+    ours = torch.log_softmax(LogitTransform(logit_scale=h.logit_scale, softcap=h.softcap).apply(raw), dim=-1)
+    err = (ours.double() - ref).abs().max().item()
+    tol = 1e-3 * (1.0 + ref.abs().max().item())
+    if not err <= tol:  # NaN-safe
+        raise ValueError(f"{name}: the fused head's log-probs differ from the model's own logits by {err:.3g} "
+                         f"(tolerance {tol:.3g}) on {n_tokens} probe tokens: this model transforms its logits in a way "
+                         f"inpo does not reproduce (supported transforms: inpo/train/lm_head.py)")
+    return err
+
+
+@torch.no_grad()
+def check_packing_isolates_documents(model, *, seed: int = 0) -> float:
+    """The trainer packs documents into one row with position ids restarting at 0; an attention body then attends
+    within each document (eager/sdpa masks, ``inpo_varlen``, flash-attn varlen), but recurrent and state-space
+    layers (xLSTM, RecurrentGemma, Mamba hybrids such as Falcon-H1 and Granite-4) carry their state from one
+    document into the next. Compare the second of two packed documents with the same document run alone and
+    raise ValueError naming the class when they differ by more than 1e-4·(1 + max |hidden|); returns the
+    difference. Costs two forwards of ~12 tokens."""
+    was_training = model.training
+    model.eval()
+    try:
+        dev = model.get_output_embeddings().weight.device
+        vocab = model.get_input_embeddings().weight.shape[0]
+        g = torch.Generator().manual_seed(seed)
+        first, second = (torch.randint(0, vocab, (1, n), generator=g).to(dev) for n in (5, 7))
+        pos = torch.cat([torch.arange(5), torch.arange(7)]).to(dev)[None]
+        packed = hidden_and_head(model, torch.cat([first, second], dim=1), pos).hidden[5:]
+        alone = hidden_and_head(model, second, pos[:, 5:]).hidden
+    finally:
+        model.train(was_training)
+    if not torch.isfinite(alone).all():  # NaN/inf weights: nothing to compare; the NaN guards name the weight
+        return float("nan")
+    err = (packed.double() - alone.double()).abs().max().item()
+    tol = 1e-4 * (1.0 + alone.abs().max().item())
+    if not err <= tol:  # NaN-safe
+        raise ValueError(f"{type(unwrap(model)).__name__}: a document packed after another gives other hidden states "
+                         f"than the same document alone (max difference {err:.3g}, tolerance {tol:.3g}): its layers "
+                         f"carry state across the packed documents (recurrent / state-space layers ignore the reset "
+                         f"position ids inpo packs with), so training would mix documents. inpo cannot train this "
+                         f"model yet")
+    return err
 
 
 def unwrap(model) -> nn.Module:

@@ -42,9 +42,9 @@ def sequence_logps_of(model, batch: PackedBatch, *, impl: str = "auto", head_opt
     device = _device_of(model)
     b = batch.to(device)
     with autocast(device):
-        hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
-        return sequence_logps(hidden, weight, b.labels, b.cu_seqlens, bias=bias, impl=impl, check_values=False,
-                              **(head_options or {})).float()
+        head = hidden_and_head(model, b.input_ids, b.position_ids)
+        return sequence_logps(head.hidden, head.weight, b.labels, b.cu_seqlens, impl=impl, check_values=False,
+                              **head.kwargs(), **(head_options or {})).float()
 
 
 def gather_side(side: dict, batch: PackedBatch, device) -> dict:
@@ -77,9 +77,9 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     for mb in micro_batches:
         b, s = mb.to(device), gather_side(side, mb, device)
         with autocast(device):
-            hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
-            loss, logps = preference_loss(hidden, weight, b.labels, b.cu_seqlens, objective, bias=bias, impl=impl,
-                                          return_logps=True, check_values=False, **s, **(head_options or {}))
+            head = hidden_and_head(model, b.input_ids, b.position_ids)  # hidden, weight + bias, logit transform
+            loss, logps = preference_loss(*head[:2], b.labels, b.cu_seqlens, objective, impl=impl, return_logps=True,
+                                          check_values=False, **head.kwargs(), **s, **(head_options or {}))
         (loss * (mb.n_units * world / total)).backward()
         loss_sum += loss.detach() * mb.n_units
         lengths = response_lengths(b.labels, b.cu_seqlens) if objective.needs_lengths else None
