@@ -101,7 +101,7 @@ def test_output_dot_never_deletes_user_files(model_dir, tmp_path, monkeypatch, c
 
 
 def test_clear_run_dir_refuses_an_unmarked_directory(tmp_path):
-    from inpo.train.loop import RunDirError, clear_run_dir
+    from inpo.train.rundir import RunDirError, clear_run_dir
 
     (tmp_path / "final").mkdir()
     (tmp_path / "config.yaml").write_text("mine")
@@ -133,7 +133,7 @@ def test_read_only_output(tmp_path, capsys):
 
 
 def test_second_trainer_on_one_output_fails_at_once(model_dir, pairs, tmp_path, capsys):
-    from inpo.train.loop import RunLock
+    from inpo.train.rundir import RunLock
 
     out = tmp_path / "run"
     out.mkdir()

@@ -23,7 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from inpo.data.textio import utf8_open
+from inpo.utils.io import check_input_file, read_utf8
 
 __all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
            "SPLITS", "EVAL_FRACTION"]
@@ -102,43 +102,40 @@ def load_prompts(path: str | os.PathLike) -> list:
     """
     from inpo.data.chat import check_prompt, normalize_pair
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file not found: {str(path)!r} (expected a .txt or .jsonl file)")
+    path = check_input_file(path, "prompts file", "a .txt or .jsonl file")
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise ValueError(f"prompts file {str(path)!r}: unsupported extension {suffix!r}; use .txt or .jsonl")
     prompts: list = []
-    with utf8_open(path, what="prompts file") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if suffix == ".txt":
-                prompts.append(line)
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
-            if "prompt" in record and not ("chosen" in record and "rejected" in record):
-                prompt = check_prompt(record["prompt"], f"{where}: 'prompt'")
-            elif "chosen" in record and "rejected" in record:
-                prompt = normalize_pair(record, where)["prompt"]
-            elif "messages" in record:
-                msgs = check_prompt(record["messages"], f"{where}: 'messages'")
-                while msgs and msgs[-1]["role"] == "assistant":
-                    msgs = msgs[:-1]
-                if not msgs:
-                    raise ValueError(f"{where}: 'messages' has no turn before the assistant's")
-                prompt = msgs
-            else:
-                raise ValueError(f"{where}: record has no 'prompt' field (nor 'chosen'/'rejected' or 'messages'; "
-                                 f"keys: {sorted(record)})")
-            prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
+    for lineno, line in enumerate(read_utf8(path, what="prompts file").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if suffix == ".txt":
+            prompts.append(line)
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
+        if "prompt" in record and not ("chosen" in record and "rejected" in record):
+            prompt = check_prompt(record["prompt"], f"{where}: 'prompt'")
+        elif "chosen" in record and "rejected" in record:
+            prompt = normalize_pair(record, where)["prompt"]
+        elif "messages" in record:
+            msgs = check_prompt(record["messages"], f"{where}: 'messages'")
+            while msgs and msgs[-1]["role"] == "assistant":
+                msgs = msgs[:-1]
+            if not msgs:
+                raise ValueError(f"{where}: 'messages' has no turn before the assistant's")
+            prompt = msgs
+        else:
+            raise ValueError(f"{where}: record has no 'prompt' field (nor 'chosen'/'rejected' or 'messages'; "
+                             f"keys: {sorted(record)})")
+        prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} contains no prompts")
     return prompts
