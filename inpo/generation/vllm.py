@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from inpo.generation.base import DTYPES, Sampler, check_sample_args, check_sampling_args, row_seed
+from inpo.utils.model_folder import save_model
 
 __all__ = ["VLLMSampler", "DTYPES", "resolve_dtype"]
 
@@ -110,10 +111,9 @@ class VLLMSampler(Sampler):
         self.startup_s = time.perf_counter() - t0
 
     def _export(self, model) -> str:
-        """Write ``model``'s current weights (and the tokenizer) into the sampler's own directory."""
-        from inpo.train.model import export_policy
-
-        return str(export_policy(model, self.tokenizer, self._export_dir.name))
+        """Write ``model``'s current weights (and the tokenizer) into the sampler's own directory (the one
+        model-folder writer: NaN guard, atomic publish)."""
+        return str(save_model(model, self._export_dir.name, self.tokenizer))
 
     def set_policy(self, model) -> None:
         """Load ``model``'s current weights into the running engine (in place, no restart)."""

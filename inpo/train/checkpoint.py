@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from inpo.train.rundir import record_entry
-from inpo.utils.io import atomic_write_text
+from inpo.utils.io import DiskFullError, atomic_write_text
 from inpo.utils.model_folder import NonFiniteWeights, first_non_finite, tensor_bytes, write_model_folder
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "restore_training_state", "CheckpointError",
@@ -198,9 +198,21 @@ def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: di
                                    what=f"checkpoint {name}")
     except NonFiniteWeights as exc:
         raise _refused(state, f"weight {exc.weight!r} is not finite (NaN/inf)") from None
+    except DiskFullError as exc:
+        raise DiskFullError(exc.errno, f"{exc}; {_what_is_kept(run_dir)}") from None
     atomic_write_text(root / "latest", name + "\n")
     _rotate(root, keep, name)
     return final
+
+
+def _what_is_kept(run_dir) -> str:
+    try:
+        previous = latest_checkpoint(run_dir)
+    except CheckpointError:
+        previous = None
+    if previous is None:
+        return "no earlier checkpoint exists"
+    return f"the previous checkpoint, {previous.name}, is intact: --resume continues from it"
 
 
 def _write_state(tmp: Path, state: dict, extras: dict, prefixes: dict, ometa, scheduler) -> None:

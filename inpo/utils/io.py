@@ -35,7 +35,11 @@ _FULL_TEXTS = ("No space left on device", "File too large", "Disk quota exceeded
 
 
 class DiskFullError(OSError):
-    """A write failed for lack of space or over the file-size limit; nothing half-written was left in place."""
+    """A write failed for lack of space or over the file-size limit; nothing half-written was left in place.
+    ``str()`` is the message alone (no ``[Errno N]`` prefix): it is what the command line prints."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _free_bytes(path: Path) -> int | None:
@@ -115,10 +119,10 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600
@@ -155,24 +159,33 @@ def append_jsonl(path, records: list[dict] | dict) -> Path:
     if isinstance(records, dict):
         records = [records]
     data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records).encode("utf-8")
-    with open(path, "ab") as fh:
-        start = fh.tell()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            _write_all(fd, data)
         except BaseException as exc:
-            _truncate(fh, start)
+            _truncate(fd, start)
             full = as_disk_full(exc, path, len(data))
             if full is not None:
                 raise full from None
             raise
+    finally:
+        os.close(fd)
     return path
 
 
-def _truncate(fh, size: int) -> None:
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte of ``data`` to ``fd``, then fsync; unbuffered, so a failure leaves nothing queued for a close."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def _truncate(fd: int, size: int) -> None:
     try:
-        os.ftruncate(fh.fileno(), size)
+        os.ftruncate(fd, size)
     except OSError:
         pass
 
