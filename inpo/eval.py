@@ -231,6 +231,18 @@ def _resolve_prompts(spec: str, n: int, seed: int, origin: dict | None = None) -
     return pool
 
 
+def _check_resources(args) -> None:
+    """What the evaluation will use, before anything loads: the device, the model folders, the bootstrap's memory."""
+    from inpo.train.config import bootstrap_bytes
+    from inpo.train.loop import resolve_device
+
+    args.device = str(resolve_device(args.device, "--device"))
+    _check_model_dir(None if args.policy == "default" else args.policy, "--policy")
+    _check_model_dir(args.baseline, "--baseline")
+    check_fits(bootstrap_bytes(args.n_bootstrap, args.n, args.k), f"--n-bootstrap {args.n_bootstrap} (x --n "
+               f"{args.n} prompts, --k {args.k})", "lower --n-bootstrap (the default is 1000)")
+
+
 def _check_model_dir(path, what: str) -> None:
     if path is None:
         return
@@ -256,15 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             from inpo.paths import check_writable_path
 
             check_writable_path(args.json_out, "--json", folder=False)
-        from inpo.train.config import bootstrap_bytes
-        from inpo.train.loop import resolve_device
-
-        args.device = str(resolve_device(args.device, "--device"))
+        _check_resources(args)
         policy_path = None if args.policy == "default" else args.policy
-        _check_model_dir(policy_path, "--policy")
-        _check_model_dir(args.baseline, "--baseline")
-        check_fits(bootstrap_bytes(args.n_bootstrap, args.n, args.k), f"--n-bootstrap {args.n_bootstrap} (x --n "
-                   f"{args.n} prompts, --k {args.k})", "lower --n-bootstrap (the default is 1000)")
         origin = find_origin(policy_path) if policy_path else None
         if args.baseline:
             baseline_path = args.baseline

@@ -23,6 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from inpo.data.chat import check_prompt, normalize_pair
 from inpo.utils.io import check_input_file, read_utf8
 
 __all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
@@ -100,8 +101,6 @@ def load_prompts(path: str | os.PathLike) -> list:
     assistant turn(s). Raises FileNotFoundError for a missing file and ValueError naming the file and line for
     malformed content (bad JSON, no usable prompt, no prompts at all).
     """
-    from inpo.data.chat import check_prompt, normalize_pair
-
     path = check_input_file(path, "prompts file", "a .txt or .jsonl file")
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
@@ -114,31 +113,34 @@ def load_prompts(path: str | os.PathLike) -> list:
         if suffix == ".txt":
             prompts.append(line)
             continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
-        if "prompt" in record and not ("chosen" in record and "rejected" in record):
-            prompt = check_prompt(record["prompt"], f"{where}: 'prompt'")
-        elif "chosen" in record and "rejected" in record:
-            prompt = normalize_pair(record, where)["prompt"]
-        elif "messages" in record:
-            msgs = check_prompt(record["messages"], f"{where}: 'messages'")
-            while msgs and msgs[-1]["role"] == "assistant":
-                msgs = msgs[:-1]
-            if not msgs:
-                raise ValueError(f"{where}: 'messages' has no turn before the assistant's")
-            prompt = msgs
-        else:
-            raise ValueError(f"{where}: record has no 'prompt' field (nor 'chosen'/'rejected' or 'messages'; "
-                             f"keys: {sorted(record)})")
+        prompt = _jsonl_prompt(line, f"{path}:{lineno}")
         prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} contains no prompts")
     return prompts
+
+
+def _jsonl_prompt(line: str, where: str):
+    """The prompt of one JSONL record in any of the formats :func:`load_prompts` reads."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
+    if "prompt" in record and not ("chosen" in record and "rejected" in record):
+        return check_prompt(record["prompt"], f"{where}: 'prompt'")
+    if "chosen" in record and "rejected" in record:
+        return normalize_pair(record, where)["prompt"]
+    if "messages" in record:
+        msgs = check_prompt(record["messages"], f"{where}: 'messages'")
+        while msgs and msgs[-1]["role"] == "assistant":
+            msgs = msgs[:-1]
+        if not msgs:
+            raise ValueError(f"{where}: 'messages' has no turn before the assistant's")
+        return msgs
+    raise ValueError(f"{where}: record has no 'prompt' field (nor 'chosen'/'rejected' or 'messages'; "
+                     f"keys: {sorted(record)})")
 
 
 def split_prompts(pool: list, split: str, *, eval_fraction: float = EVAL_FRACTION) -> list:

@@ -8,7 +8,7 @@
   ``<run>/diverged.json`` records the stop, and a ``--resume`` from that same checkpoint may change ``lr`` and
   ``max_grad_norm`` (the change is recorded in ``diverged.json`` and in ``config.yaml``).
 
-Hashing reads every weight file once per run start (about 1-2 GB/s: seconds for a 1B model, a minute for 70B).
+Hashing reads every weight file once at each run start (its cost at real model sizes is not yet measured).
 """
 
 from __future__ import annotations
