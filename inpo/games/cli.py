@@ -17,6 +17,7 @@ from pathlib import Path
 from inpo.paths import check_writable_path
 from inpo.utils.manifest import add_to_manifest, read_manifest, unrecorded, write_manifest
 from inpo.utils.memory import check_fits
+from inpo.utils.record import environment_info
 
 from .core import GAMES
 from .report import checkpoints, fmt_ci, md_table, plot_gap_curves, write_json, write_text
@@ -125,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
     specs = _check_args(ap, args)
-    from inpo.profiling.record import environment_info
-
     total = len(specs) * args.seeds
     print(f"inpo game: {total} trajectories ({len(specs)} algorithm(s) x {args.seeds} seed(s)) of {args.iters} "
           f"iterations, mode {args.mode}", file=sys.stderr, flush=True)

@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from inpo.train.rundir import record_entry
+from inpo.utils.dist import get_rank, get_world_size, is_distributed
 from inpo.utils.io import DiskFullError, atomic_write_text
 from inpo.utils.model_folder import NonFiniteWeights, first_non_finite, tensor_bytes, write_model_folder
 
@@ -43,14 +44,6 @@ __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "restore_t
 
 class CheckpointError(ValueError):
     """A checkpoint that exists but cannot be read (truncated, corrupt or from an incompatible run)."""
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 # -- state dicts --------------------------------------------------------------------------------------------
@@ -146,9 +139,9 @@ def _write_model_files(path: Path, model, tokenizer) -> None:
 def _agree_finite(msd: dict, extras: dict, state: dict) -> None:
     """The NaN guard, agreed by every rank under FSDP (rank 0 checks the full tensors and broadcasts), so that all
     ranks refuse together and none is left waiting in a collective."""
-    if not (dist.is_available() and dist.is_initialized() and _world_size() > 1):
+    if not is_distributed():
         return
-    box = [first_non_finite(msd, *extras.values()) if _rank() == 0 else None]
+    box = [first_non_finite(msd, *extras.values()) if get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     if box[0] is not None:
         raise _refused(state, f"weight {box[0]!r} is not finite (NaN/inf)")
@@ -176,7 +169,7 @@ def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: di
     msd, osd = _full_state(model, optimizer)
     extras = {name: _full_state(m)[0] for name, m in (extra_models or {}).items()}
     _agree_finite(msd, extras, state)
-    if _rank() != 0:
+    if get_rank() != 0:
         return None
     root = record_entry(run_dir, "checkpoints")  # in the run's manifest (a claimed run directory) before writing
     name = _checkpoint_name(state)
@@ -218,7 +211,7 @@ def _what_is_kept(run_dir) -> str:
 def _write_state(tmp: Path, state: dict, extras: dict, prefixes: dict, ometa, scheduler) -> None:
     """rng.safetensors and state.json (the data position, scheduler, RNG and every file's sha256)."""
     # The world size is part of the data position: it decides each rank's share of a step and of the prompts.
-    meta = {"state": state, "extra_models": sorted(extras), "format": 1, "world_size": _world_size(),
+    meta = {"state": state, "extra_models": sorted(extras), "format": 1, "world_size": get_world_size(),
             "key_prefix": prefixes}
     if ometa is not None:
         meta["optimizer"] = ometa
