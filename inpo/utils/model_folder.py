@@ -55,6 +55,12 @@ def tensor_bytes(*state_dicts: Mapping) -> int:
     return sum(t.numel() * t.element_size() for sd in state_dicts for t in sd.values() if isinstance(t, torch.Tensor))
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for name in files:
@@ -97,6 +103,7 @@ def write_model_folder(dest, write: Callable[[Path], None], *, tensors: Iterable
     check_free_space(dest.parent, need, f"writing {what} into")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a published folder gets what mkdir would give
         write(tmp)
         _fsync_tree(tmp)
         return publish_dir(tmp, dest, replace=replace)
