@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from inpo.train.rundir import record_entry
 from inpo.utils.dist import get_rank, get_world_size, is_distributed
-from inpo.utils.io import DiskFullError, atomic_write_text
+from inpo.utils.io import DiskFullError, atomic_write_text, sha256_file
 from inpo.utils.model_folder import NonFiniteWeights, first_non_finite, tensor_bytes, write_model_folder
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "restore_training_state", "CheckpointError",
@@ -95,14 +95,6 @@ def _set_rng_state(tensors: dict, meta: dict) -> None:
 
 
 # -- integrity -------------------------------------------------------------------------------------------------
-
-def _sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _meta_digest(meta: dict) -> str:
     body = {k: v for k, v in meta.items() if k != "meta_sha256"}
@@ -219,7 +211,7 @@ def _write_state(tmp: Path, state: dict, extras: dict, prefixes: dict, ometa, sc
         meta["scheduler"] = scheduler.state_dict()
     rng_t, meta["rng"] = _rng_state()
     save_file(rng_t, tmp / "rng.safetensors")
-    meta["checksums"] = {f.name: _sha256_file(f) for f in sorted(tmp.iterdir()) if f.suffix == ".safetensors"}
+    meta["checksums"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.suffix == ".safetensors"}
     meta = json.loads(json.dumps(meta, default=float))  # the JSON form, so that the digest below reads back equal
     meta["meta_sha256"] = _meta_digest(meta)
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
@@ -319,7 +311,7 @@ def load_checkpoint(path) -> dict:
         if fname not in sums:
             raise CheckpointError(f"checkpoint file {str(f)!r} has no recorded checksum: it cannot be verified, so "
                                   f"it is not trusted")
-        if _sha256_file(f) != sums[fname]:
+        if sha256_file(f) != sums[fname]:
             raise CheckpointError(f"checkpoint file {str(f)!r} is corrupt or truncated: its sha256 differs from the "
                                   f"one recorded when it was written")
         try:

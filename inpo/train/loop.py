@@ -157,6 +157,7 @@ class RunContext:
         if self.reporter is None:
             self.reporter = Reporter(self.cfg, self.out, self.is_main)
     fingerprint: dict = field(default_factory=dict)  # config + data hashes, stored in every checkpoint's state
+    owned: set = field(default_factory=set)  # top-level entries already recorded in the run's manifest
 
     @property
     def is_main(self) -> bool:
@@ -169,7 +170,10 @@ class RunContext:
     def own(self, name: str) -> Path:
         """``out / name``, a top-level entry this run writes, recorded in the run directory's manifest first (rank
         0), so that a later ``--overwrite`` deletes it and nothing else (:mod:`inpo.train.rundir`)."""
-        return record_entry(self.out, name) if self.is_main else self.out / name
+        if self.is_main and name not in self.owned:
+            record_entry(self.out, name)
+            self.owned.add(name)
+        return self.out / name
 
     def log(self, record: dict) -> None:
         self.records.append(record)

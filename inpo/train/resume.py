@@ -13,7 +13,6 @@ Hashing reads every weight file once at each run start (its cost at real model s
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import yaml
 
 from inpo.train.checkpoint import CheckpointError, latest_checkpoint
 from inpo.train.rundir import record_entry
-from inpo.utils.io import atomic_write_json, read_utf8
+from inpo.utils.io import atomic_write_json, read_utf8, sha256_file
 
 __all__ = ["TrainingDiverged", "run_fingerprint", "check_resume", "diverged", "DIVERGED_FILE", "RESUME_FREE"]
 
@@ -46,20 +45,12 @@ class TrainingDiverged(RuntimeError):
     """A non-finite loss or gradient norm: the run stops at that step; the last good checkpoint is kept."""
 
 
-def _sha256(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _folder_digest(folder, names: tuple, suffixes: tuple = ()) -> dict[str, str]:
     """sha256 of each file of ``folder`` named in ``names`` or ending in one of ``suffixes`` (top level only)."""
     if not folder or not Path(folder).is_dir():
         return {}
     files = sorted(p for p in Path(folder).iterdir() if p.is_file() and (p.name in names or p.suffix in suffixes))
-    return {p.name: _sha256(p) for p in files}
+    return {p.name: sha256_file(p) for p in files}
 
 
 def run_fingerprint(cfg) -> dict:
@@ -69,7 +60,7 @@ def run_fingerprint(cfg) -> dict:
     for key in _FINGERPRINT_FILES:
         value = getattr(cfg, key)
         if value and value != "default" and Path(value).is_file():
-            files[key] = _sha256(Path(value))
+            files[key] = sha256_file(Path(value))
     tokenizer_dir = cfg.tokenizer or cfg.model
     return {"config": config, "files": files,
             "model": _folder_digest(cfg.model, _MODEL_FILES, _WEIGHT_SUFFIXES),

@@ -17,6 +17,7 @@ Imports nothing from inpo.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import resource
@@ -25,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["DiskFullError", "as_disk_full", "check_free_space", "fsync_dir", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "write_jsonl", "append_jsonl", "check_input_file", "read_utf8", "iter_jsonl", "read_jsonl", "BOM"]
+           "atomic_write_json", "write_jsonl", "append_jsonl", "sha256_file", "check_input_file", "read_utf8", "iter_jsonl", "read_jsonl", "BOM"]
 
 BOM = "\ufeff"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -188,6 +189,15 @@ def _truncate(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
     except OSError:
         pass
+
+
+def sha256_file(path, chunk: int = 1 << 24) -> str:
+    """The sha256 of a file's bytes, read in chunks (a model's weights never sit in memory twice)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def check_input_file(path, what: str, expected: str) -> Path:
