@@ -566,6 +566,22 @@ def test_overwrite_deletes_only_what_the_run_wrote(model_dir, finished_online, t
     assert "iter_007" in err and "not written by the run" in err and snapshot(out) == before
 
 
+def test_an_edited_manifest_deletes_nothing_outside_the_run(tmp_path):
+    from inpo.train.rundir import RUN_MARKER, claim_run_dir, clear_run_dir, record_entry, release_run_locks
+
+    out, outside = tmp_path / "run", tmp_path / "precious"
+    outside.mkdir()
+    (outside / "data.txt").write_text("keep")
+    claim_run_dir(out, resume=False, overwrite=False)
+    release_run_locks()
+    (record_entry(out, "metrics.jsonl")).write_text("{}\n")
+    with open(out / RUN_MARKER, "a") as fh:  # hand-edited entries that leave the directory, and the marker itself
+        for bad in ("../precious", str(outside), "..", ".", RUN_MARKER, "a/../../precious"):
+            fh.write(json.dumps({"path": bad}) + "\n")
+    assert clear_run_dir(out) == ["metrics.jsonl"]
+    assert (outside / "data.txt").read_text() == "keep" and (out / RUN_MARKER).is_file()
+
+
 def test_a_run_from_before_manifests_is_not_cleared(model_dir, finished_online, tmp_path, capsys):
     out = tmp_path / "run"
     shutil.copytree(finished_online, out)

@@ -97,6 +97,8 @@ def clear_run_dir(out: Path) -> list[str]:
     removed = []
     for name in entries:
         p = out / name
+        if name in _OWN_FILES:
+            continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():

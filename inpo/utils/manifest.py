@@ -19,8 +19,9 @@ __all__ = ["read_manifest", "write_manifest", "add_to_manifest", "unrecorded"]
 
 
 def read_manifest(path, kind: str) -> list[str] | None:
-    """The entries recorded in the manifest file ``path``, in order without repeats; None when there is no such
-    file, or it is not a manifest of ``kind`` (e.g. an older plain-text marker)."""
+    """The entries recorded in the manifest file ``path``, in order without repeats (plain names only: an entry
+    that is a path is ignored); None when there is no such file, or it is not a manifest of ``kind`` (e.g. an older
+    plain-text marker)."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
         records = [json.loads(line) for line in lines if line.strip()]
@@ -28,8 +29,13 @@ def read_manifest(path, kind: str) -> list[str] | None:
         return None
     if not records or not isinstance(records[0], dict) or records[0].get("kind") != kind:
         return None
-    names = [r["path"] for r in records[1:] if isinstance(r, dict) and isinstance(r.get("path"), str)]
+    names = [r["path"] for r in records[1:] if isinstance(r, dict) and _plain_name(r.get("path"))]
     return list(dict.fromkeys(names))
+
+
+def _plain_name(name) -> bool:
+    """One entry directly in the folder: never a path that could leave it (an edited manifest deletes nothing else)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
 
 
 def write_manifest(path, kind: str, about: str, entries: list[str] = ()) -> Path:
