@@ -33,6 +33,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from inpo.train.model import FusedHeadPolicy, unwrap
 from inpo.train.rundir import record_entry
 from inpo.utils.dist import get_rank, get_world_size, is_distributed
 from inpo.utils.io import DiskFullError, atomic_write_text, sha256_file
@@ -105,7 +106,6 @@ def _meta_digest(meta: dict) -> str:
 
 def _key_prefix(model) -> str:
     """The prefix the FSDP root wrapper adds to transformers' key names ('' for a plain model)."""
-    from inpo.train.model import FusedHeadPolicy
 
     return "model." if isinstance(model, FusedHeadPolicy) else ""
 
@@ -117,7 +117,6 @@ def _hf_tensors(sd: dict, prefix: str) -> dict:
 
 def _write_model_files(path: Path, model, tokenizer) -> None:
     """config.json (+ generation_config.json) and the tokenizer beside model.safetensors: a loadable model folder."""
-    from inpo.train.model import unwrap
 
     inner = unwrap(model)
     if getattr(inner, "config", None) is not None:

@@ -23,8 +23,10 @@ import torch
 import torch.distributed as dist
 
 from inpo.data.packing import pack_sequences
-from inpo.train.checkpoint import save_checkpoint
+from inpo.train.checkpoint import restore_training_state, save_checkpoint
+from inpo.train.model import unwrap
 from inpo.train.optim import cosine_schedule, make_optimizer
+from inpo.train.reporting import Reporter, step_line
 from inpo.train.resume import TrainingDiverged, diverged
 from inpo.train.rundir import record_entry
 from inpo.train.step import sequence_logps_of, train_step
@@ -152,8 +154,6 @@ class RunContext:
     reporter: object = None  # TensorBoard / W&B (inpo.train.reporting.Reporter), made on first use
 
     def __post_init__(self):
-        from inpo.train.reporting import Reporter
-
         if self.reporter is None:
             self.reporter = Reporter(self.cfg, self.out, self.is_main)
     fingerprint: dict = field(default_factory=dict)  # config + data hashes, stored in every checkpoint's state
@@ -184,7 +184,6 @@ class RunContext:
     def progress_line(self, record: dict, total: int) -> None:
         """Without progress bars (stdout not a terminal, or progress: false): a plain line every
         ``logging_steps`` steps and at a phase's last step."""
-        from inpo.train.reporting import step_line
 
         every = getattr(self.cfg, "logging_steps", 10) or 10
         if self.progress is None and (record["iter_step"] % every == 0 or record["iter_step"] == total):
@@ -262,7 +261,6 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
     sequence) with fresh AdamW + cosine schedule, logging a metrics line per step and checkpointing every
     ``cfg.checkpoint_every`` steps. ``start_step``/``resume_ckpt`` resume mid-phase. Raises :class:`StopRun`
     at ``cfg.max_steps`` (after a checkpoint). Returns a summary (steps, wall time, last loss)."""
-    from inpo.train.checkpoint import restore_training_state
 
     cfg = run.cfg
     rank, world = rank_world()
@@ -352,8 +350,6 @@ def export_final(run: RunContext, model, tokenizer, dest: Path | None = None, me
     (NaN guard, free space, atomic publish); ``meta`` is written into it as ``inpo_export.json``. Collective under
     FSDP (every rank calls it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from inpo.train.model import unwrap
 
     inner = unwrap(model)
     full = None
