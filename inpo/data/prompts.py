@@ -23,7 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from inpo.data.chat import check_prompt, normalize_pair
+from inpo.data.chat import check_prompt, encode_prompt, normalize_pair
 from inpo.utils.io import check_input_file, read_utf8
 
 __all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
@@ -92,31 +92,34 @@ def default_prompts(split: str = "train", n: int | None = None, seed: int = 0) -
     return [pool[i] for i in keep]
 
 
-def load_prompts(path: str | os.PathLike) -> list:
+def load_prompts(path: str | os.PathLike, *, tokenizer=None) -> list:
     """Prompts from a local file: ``.txt`` (one per non-empty line) or ``.jsonl`` in TRL's formats.
 
     A JSONL record gives its ``"prompt"`` (a string, or a conversation: a list of ``{"role", "content"}``
     messages with any system turns and earlier turns), or -- a preference dataset's row -- the prompt shared by
     its ``"chosen"`` / ``"rejected"`` (explicit or implicit), or a ``"messages"`` conversation without its final
     assistant turn(s). Raises FileNotFoundError for a missing file and ValueError naming the file and line for
-    malformed content (bad JSON, no usable prompt, no prompts at all).
+    malformed content (bad JSON, no usable prompt, no prompts at all). With ``tokenizer``, each prompt is also encoded
+    (:func:`inpo.data.chat.encode_prompt`): a chat template that fails on it, or a conversation under plain text, is
+    a ValueError naming the file and line too.
     """
     path = check_input_file(path, "prompts file", "a .txt or .jsonl file")
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise ValueError(f"prompts file {str(path)!r}: unsupported extension {suffix!r}; use .txt or .jsonl")
     prompts: list = []
+    wheres: list[str] = []
     for lineno, line in enumerate(read_utf8(path, what="prompts file").splitlines(), 1):
         line = line.strip()
         if not line:
             continue
-        if suffix == ".txt":
-            prompts.append(line)
-            continue
-        prompt = _jsonl_prompt(line, f"{path}:{lineno}")
+        wheres.append(f"{path}:{lineno}")
+        prompt = line if suffix == ".txt" else _jsonl_prompt(line, wheres[-1])
         prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} contains no prompts")
+    for prompt, where in zip(prompts, wheres if tokenizer is not None else []):
+        encode_prompt(tokenizer, prompt, where=where)  # a failing template, a conversation under plain text
     return prompts
 
 
