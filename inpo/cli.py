@@ -25,7 +25,9 @@ MOVED = {
 
 
 def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str], *, noun: str = "command") -> int:
-    """Run ``commands[argv[0]]``'s module ``main(argv[1:])``; usage on ``-h``; a near-miss hint on a typo.
+    """Run ``commands[argv[0]]``'s module ``main(argv[1:])``; usage on ``-h``; a near-miss hint on a typo; Ctrl-C
+    (KeyboardInterrupt) → one line and exit 130 (``inpo train`` stops at a step boundary with a checkpoint instead,
+    once training has started).
 
     ``commands`` maps a name to ``(module, one-line help)``; a name in :data:`MOVED` says where it went.
     """
@@ -46,8 +48,12 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str], *
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         print(f"{prog}: unknown {noun} {name!r}{hint}\n\n{usage}", file=sys.stderr)
         return 2
-    module = importlib.import_module(commands[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(commands[name][0])
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:  # Ctrl-C before a command installs its own handling (imports, model loading...)
+        print(f"\n{prog} {name}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,11 @@ import numpy as np
 
 from inpo.data.tokenizer import resolve_tokenizer
 from inpo.models import resolve_model
+from inpo.train.config import bootstrap_bytes
+from inpo.train.loop import resolve_device
+from inpo.utils.io import atomic_write_json
+from inpo.utils.memory import check_fits
+from inpo.utils.model_folder import first_non_finite
 from inpo.utils.record import environment_info
 
 __all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "find_origin", "origin_record", "ORIGIN_FILE", "main"]
@@ -232,19 +236,23 @@ def _resolve_prompts(spec: str, n: int, seed: int, origin: dict | None = None) -
     return pool
 
 
-def _atomic_write_json(path: str | os.PathLike, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _check_resources(args) -> None:
+    """What the evaluation will use, before anything loads: the device, the model folders, the bootstrap's memory."""
+    args.device = str(resolve_device(args.device, "--device"))
+    _check_model_dir(None if args.policy == "default" else args.policy, "--policy")
+    _check_model_dir(args.baseline, "--baseline")
+    check_fits(bootstrap_bytes(args.n_bootstrap, args.n, args.k), f"--n-bootstrap {args.n_bootstrap} (x --n "
+               f"{args.n} prompts, --k {args.k})", "lower --n-bootstrap (the default is 1000)")
+
+
+def _check_model_dir(path, what: str) -> None:
+    if path is None:
+        return
+    if Path(path).is_file():
+        raise ValueError(f"{what} {path!r} is a file; expected a model directory (save_pretrained: config.json and "
+                         f"weights)")
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{what}: model directory {path!r} does not exist")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,9 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             from inpo.paths import check_writable_path
 
             check_writable_path(args.json_out, "--json", folder=False)
+        _check_resources(args)
         policy_path = None if args.policy == "default" else args.policy
-        if policy_path is not None and not Path(policy_path).is_dir():
-            raise FileNotFoundError(f"--policy: model directory {policy_path!r} does not exist")
         origin = find_origin(policy_path) if policy_path else None
         if args.baseline:
             baseline_path = args.baseline
@@ -297,11 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         # an embedded run's π_ref is the default built from that run's sft_seed
         baseline = load_policy(baseline_path, tokenizer=tokenizer, device=args.device,
                                default_seed=int((origin or {}).get("sft_seed") or 0))
-        import torch
-
         for role, model, where in (("policy", policy, args.policy), ("baseline", baseline, baseline_name)):
-            bad = next((n for n, t in model.state_dict().items()
-                        if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+            bad = first_non_finite(model.state_dict())
             if bad is not None:
                 raise ValueError(f"--{role} {where!r}: weight {bad!r} holds NaN/inf values; it cannot be sampled "
                                  f"(a diverged training run?)")
@@ -341,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                   "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                   "exploitability": {e.kind: asdict(e) for e in exploit}, "environment": environment_info()}
         try:
-            _atomic_write_json(args.json_out, record)
+            atomic_write_json(args.json_out, record, indent=2, default=str)
         except OSError as exc:  # the result is computed: never lose it to an unwritable path
             print(json.dumps(record, indent=2, default=str))
             print(f"inpo eval: error: could not write --json {args.json_out!r} ({exc.strerror or exc}); the result "

@@ -47,30 +47,25 @@ from inpo.data.chat import encode_prompt, prompt_text
 from inpo.data.tokenizer import resolve_tokenizer
 from inpo.generation import SamplingPlan
 from inpo.generation.limits import check_prompt_lengths, context_length
-from inpo.train.checkpoint import atomic_write_text, load_latest_good_checkpoint, save_checkpoint
+from inpo.train.checkpoint import load_latest_good_checkpoint, save_checkpoint
 from inpo.train.config import TrainConfig, config_to_yaml
-from inpo.train.loop import (LOCK_NAME, RUN_MARKER, RunContext, RunDirError, StopRun, agreed_stop_signal,
-                             check_output_dir, claim_run_dir, export_final, graceful_stop, interrupted,
-                             precompute_logps, probe_run_lock, release_run_locks, resolve_device, train_phase)
+from inpo.train.loop import (RunContext, StopRun, agreed_stop_signal, export_final, graceful_stop, interrupted,
+                             precompute_logps, resolve_device, train_phase)
+from inpo.train.resume import check_resume, run_fingerprint
+from inpo.train.rundir import (RunDirError, check_output_dir, claim_run_dir, probe_run_lock, release_run_locks,
+                               write_run_file)
 from inpo.utils.dist import get_rank, get_world_size, is_distributed, rank_world
+from inpo.utils.io import atomic_write_bytes, atomic_write_text
+from inpo.utils.io import read_jsonl as _read_jsonl
+from inpo.utils.io import write_jsonl as _write_jsonl
 
 __all__ = ["run_online", "run_offline", "run_training", "run_tokenizer", "training_sequences"]
 
 
 # -- small file helpers ----------------------------------------------------------------------------------------
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def _save_tensors(path: Path, tensors: dict) -> None:
     from safetensors.torch import save
-
-    from inpo.train.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, save({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}))
 
@@ -149,10 +144,9 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
     run.fingerprint = run_fingerprint(cfg)
 
     def claim():
-        previous = out.is_dir() and any(p.name not in (RUN_MARKER, LOCK_NAME) for p in out.iterdir())
-        claim_run_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
-        if previous and not cfg.resume:
-            run.print(f"[inpo] starting fresh in {out} (the previous run's files were replaced)")
+        cleared = claim_run_dir(out, resume=cfg.resume, overwrite=cfg.overwrite)
+        if cleared:
+            run.print(f"[inpo] starting fresh in {out} (removed what the previous run wrote: {', '.join(cleared)})")
 
     _on_main(claim)
     ckpt = None
@@ -162,10 +156,7 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
             raise FileNotFoundError(f"--resume: no checkpoint under {out / 'checkpoints'} (nothing to resume; "
                                     f"run without --resume to start fresh)")
         path = ckpt["path"]
-        if "fingerprint" in ckpt["state"]:
-            _check_resume_fingerprint(ckpt["state"]["fingerprint"], run.fingerprint, path)
-        else:  # a checkpoint from before fingerprints: the saved config.yaml is all there is to compare
-            _check_resume_config(cfg, out)
+        check_resume(ckpt, cfg, out, run.fingerprint, warn=run.print, is_main=run.is_main)
         run.global_step = int(ckpt["state"]["global_step"])
         st = ckpt["state"]
         keep_iters = st["iteration"] + (1 if st["phase"] == "done" else 0)
@@ -177,7 +168,7 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
                              f"has {get_world_size()}; resume with the same number of processes (it decides each "
                              f"rank's share of the prompts and of every step)")
     if run.is_main:
-        atomic_write_text(out / "config.yaml", config_to_yaml(cfg))
+        write_run_file(out, "config.yaml", config_to_yaml(cfg))
     if is_distributed():
         import torch.distributed as dist
 
@@ -211,56 +202,6 @@ def _main_sees(path: Path) -> bool:
 
         dist.broadcast_object_list(seen, src=0)
     return bool(seen[0])
-
-
-# Keys a resumed run may change: where/how it runs and how far it goes, not what it computes.
-_RESUME_FREE = {"resume", "max_steps", "iterations", "progress", "threads", "output", "device", "checkpoint_every",
-                "keep_checkpoints", "evaluate", "n_bootstrap", "gen_batch_size", "overwrite",
-                "keep_iterates", "report_to", "logging_steps"}
-# File-valued keys whose content (not only their path) a resumed run must share.
-_FINGERPRINT_FILES = ("data", "prompts", "eval_prompts")
-
-
-def run_fingerprint(cfg: TrainConfig) -> dict:
-    """What a checkpoint must share with the run that resumes it: every config key that decides what is computed
-    and the sha256 of the data / prompt files (stored in every checkpoint's state)."""
-    import hashlib
-
-    config = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
-    files = {}
-    for key in _FINGERPRINT_FILES:
-        value = getattr(cfg, key)
-        if value and value != "default" and Path(value).is_file():
-            files[key] = hashlib.sha256(Path(value).read_bytes()).hexdigest()
-    return {"config": config, "files": files}
-
-
-def _check_resume_fingerprint(saved: dict, now: dict, path: Path) -> None:
-    changed = [f"{k}: {saved['config'][k]!r} -> {v!r}" for k, v in sorted(now["config"].items())
-               if k in saved.get("config", {}) and saved["config"][k] != v]
-    for key in sorted(set(saved.get("files", {})) | set(now["files"])):
-        a, b = saved.get("files", {}).get(key), now["files"].get(key)
-        if a != b:
-            changed.append(f"the content of {key} file {now['config'].get(key)!r} "
-                           f"(sha256 {str(a)[:12]} -> {str(b)[:12]})")
-    if changed:
-        raise ValueError(f"--resume: {path.name} was written with other settings or data ({'; '.join(changed)}); "
-                         f"resume with the same settings and files, or start a new run in another --output")
-
-
-def _check_resume_config(cfg: TrainConfig, out: Path) -> None:
-    import yaml
-
-    saved_path = out / "config.yaml"
-    if not saved_path.is_file():
-        return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    now = cfg.to_dict()
-    diff = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in sorted(now) if k in saved and k not in _RESUME_FREE
-            and saved[k] != now[k]]
-    if diff:
-        raise ValueError(f"--resume with a config that differs from the run in {out} ({'; '.join(diff)}); "
-                         f"resume with the same settings, or start a new run in another --output")
 
 
 def _progress(cfg: TrainConfig):
@@ -385,7 +326,7 @@ class _RunSampler:
 
 def _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times: dict, sampler) -> tuple[list[dict], dict]:
     """iter_t/samples.jsonl (K responses per prompt) and iter_t/data.jsonl (pairs, or SPPO's scored samples)."""
-    d = run.out / f"iter_{t:03d}"
+    d = run.own(f"iter_{t:03d}")
     samples_path, data_path = d / "samples.jsonl", d / "data.jsonl"
     if data_path.is_file():
         meta = json.loads((d / "rank_stats.json").read_text())
@@ -458,7 +399,7 @@ def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times:
     gathered in rank (= prompt) order so every rank holds the same data. Rank 0 writes the iteration's files."""
     import torch.distributed as dist
 
-    d = run.out / f"iter_{t:03d}"
+    d = run.own(f"iter_{t:03d}")
     if _main_sees(d / "data.jsonl"):  # a resumed iteration: its pairs were gathered and written before the crash
         return _read_jsonl(d / "data.jsonl"), json.loads((d / "rank_stats.json").read_text())
     rank, world = rank_world()
@@ -534,7 +475,7 @@ def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle, sampler) -> dict:
     from inpo.eval import win_rate
 
     prompts = _eval_prompts(cfg)
-    base_path = run.out / "eval_ref_responses.jsonl"
+    base_path = run.own("eval_ref_responses.jsonl")
     if base_path.is_file():
         base = [r["responses"] for r in _read_jsonl(base_path)]
     else:  # π_ref never changes: its responses are sampled once per run, with the same seed as the policy's
@@ -837,7 +778,7 @@ def run_offline(config: TrainConfig) -> list[dict]:
     if len(records) < n_records:
         run.print(f"[inpo] dropped {n_records - len(records)} of {n_records} pairs whose prompt alone fills "
                   f"max_length={cfg.max_length} (truncation_mode=keep_start, as TRL)")
-    logps_path = run.out / "iter_000" / "logps.safetensors"
+    logps_path = run.own("iter_000") / "logps.safetensors"
     t0 = time.perf_counter()
     if logps_path.is_file():
         logps = _load_tensors(logps_path)

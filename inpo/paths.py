@@ -1,4 +1,5 @@
-"""Output paths checked before a long run writes to them: one message for "a file", "under a file", "read-only"."""
+"""Output paths checked before a long run writes to them: one message each for "a file", "under a file",
+"read-only" and "a dangling link"."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ def check_writable_path(path: str | os.PathLike, what: str, *, folder: bool) -> 
     (a file where a folder is wanted, or the reverse), it lies under a file, or we may not write in its nearest
     existing parent. Writes nothing."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"{what} {str(path)!r} is a symbolic link to {os.readlink(path)!r}, which does not exist; "
+                         f"create its target or pass another path")
     if path.exists() and path.is_dir() != folder:
         kind, want = ("a file", "a directory") if folder else ("a folder", "a file path")
         raise ValueError(f"{what} {str(path)!r} is {kind}, not {want}")

@@ -38,7 +38,6 @@ FUNCTION_IMPORTS: dict[str, tuple[int, str]] = {
     "inpo.online": (21, "the online helper splits it into inpo/online/ by phase"),
     "inpo.eval": (8, "the online helper's eval rework"),
     "inpo.train.cli": (6, "the online helper moves the training command line into inpo/cli"),
-    "inpo.generation.vllm": (1, "export_policy: faults' one model-folder writer in inpo/utils replaces it"),
     "inpo.models": (1, "fetch imports inpo.models back (a cycle): real's inpo.models"),
     "inpo.models.fetch": (1, "convert needs gguf + transformers, heavy: real's inpo.models"),
 }
@@ -47,18 +46,14 @@ FUNCTION_IMPORTS: dict[str, tuple[int, str]] = {
 ALLOWED: dict[str, str] = {
     "inpo/data/chat.py:normalize_pair": "one branch per TRL dataset format (standard/conversational, prompt in or out)",
     "inpo/data/packing.py:pack_sequences": "argument checks + the packing loop; vllm/online helpers touch it",
-    "inpo/data/prompts.py:load_prompts": "one branch per prompt-file format; left to the data owner",
     "inpo/eval.py:main": "the online helper reworks inpo eval (configured sampler)",
-    "inpo/games/cli.py:main": "argument checks of inpo game; nash helper's area",
     "inpo/games/report.py:plot_gap_curves": "one figure, many series options; nash helper's area",
     "inpo/games/sweep.py:sweep_report": "a report writer, straight-line prose; nash helper's area",
     "inpo/online.py:run_offline": "the online helper splits inpo/online.py by phase",
     "inpo/online.py:run_online": "the online helper splits inpo/online.py by phase",
     "inpo/ops/checks.py:check_head_inputs": "one check per argument of the fused head, each with its own message",
     "inpo/oracles/synthetic.py:SyntheticIntransitiveOracle._features": "one feature per style rule of the oracle",
-    "inpo/train/checkpoint.py:save_checkpoint": "faults helper moves the writer to inpo/utils",
     "inpo/train/cli.py:_run": "the online helper moves the training command line",
-    "inpo/train/loop.py:check_output_dir": "faults helper moves the run directory out of train/loop.py",
     "inpo/train/loop.py:train_phase": "the online helper: one step loop",
     "inpo/train/reporting.py:parse_report_to": "one branch per report_to spelling TRL accepts",
 }

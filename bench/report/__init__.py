@@ -19,7 +19,7 @@ from bench.lib.outputs import output_problem
 from bench.report.data import load_results
 from bench.report.markdown import render
 from bench.report.plots import make_plots
-from inpo.train.checkpoint import atomic_write_text
+from inpo.utils.io import atomic_write_text
 
 
 def build_report(results_dir: str | os.PathLike = "bench/results", out: str | os.PathLike = "bench/REPORT.md", *,

@@ -12,38 +12,46 @@ are encoded with :func:`inpo.data.chat.encode_pair`.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
+import sys
 
 from inpo.data.chat import normalize_pair
-from inpo.data.textio import utf8_open
+from inpo.utils.io import check_input_file, iter_jsonl
 
 __all__ = ["load_pairs", "REQUIRED_FIELDS"]
 
 REQUIRED_FIELDS = ("chosen", "rejected")  # plus "prompt" unless chosen/rejected carry it
 
 
-def load_pairs(path: str | os.PathLike) -> list[dict]:
+def _text(value) -> str:
+    return value if isinstance(value, str) else "".join(str(m.get("content", "")) for m in value)
+
+
+def load_pairs(path: str | os.PathLike, *, report=None) -> list[dict]:
     """Read and validate a JSONL file of preference pairs → ``[{"prompt", "chosen", "rejected"}, ...]``.
 
+    A pair whose chosen and rejected responses are the same (both empty included) carries no preference: it is
+    dropped, and ``report`` (default: a line on stderr) says how many. Pairs with one empty response are kept (the
+    empty one is still scored on its end-of-turn token) and counted in the same line.
+
     Raises FileNotFoundError for a missing file and ValueError naming ``file:line`` for invalid JSON, a record
-    missing a field, a field of the wrong type, or a file with no records.
+    missing a field, a field of the wrong type, a folder, a file with no records, or one with no pair left.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pairs file not found: {str(path)!r} (expected JSONL with prompt/chosen/rejected)")
-    out = []
-    with utf8_open(path, what="pairs file") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
-            out.append(normalize_pair(rec, where))
+    path = check_input_file(path, "pairs file", "JSONL with prompt/chosen/rejected")
+    out = [normalize_pair(rec, where) for where, rec in iter_jsonl(path, what="pairs file")]
     if not out:
         raise ValueError(f"pairs file {str(path)!r} has no records")
-    return out
+    kept = [r for r in out if r["chosen"] != r["rejected"]]
+    empty = sum(1 for r in kept if not _text(r["chosen"]).strip() or not _text(r["rejected"]).strip())
+    notes = []
+    if len(kept) < len(out):
+        notes.append(f"dropped {len(out) - len(kept)} of {len(out)} pairs whose chosen and rejected responses are "
+                     f"the same (no preference to learn)")
+    if empty:
+        notes.append(f"{empty} pair(s) have an empty chosen or rejected response (kept)")
+    if not kept:
+        raise ValueError(f"pairs file {str(path)!r}: every one of its {len(out)} pairs has chosen == rejected; "
+                         f"nothing to train on")
+    if notes:
+        (report or (lambda m: print(m, file=sys.stderr, flush=True)))(f"[inpo] pairs file {path}: " + "; ".join(notes))
+    return kept

@@ -24,7 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from inpo.data.chat import check_prompt, encode_prompt, normalize_pair
-from inpo.data.textio import utf8_open
+from inpo.utils.io import check_input_file, read_utf8
 
 __all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
            "SPLITS", "EVAL_FRACTION"]
@@ -103,50 +103,47 @@ def load_prompts(path: str | os.PathLike, *, tokenizer=None) -> list:
     (:func:`inpo.data.chat.encode_prompt`): a chat template that fails on it, or a conversation under plain text, is
     a ValueError naming the file and line too.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file not found: {str(path)!r} (expected a .txt or .jsonl file)")
+    path = check_input_file(path, "prompts file", "a .txt or .jsonl file")
     suffix = path.suffix.lower()
     if suffix not in (".txt", ".jsonl"):
         raise ValueError(f"prompts file {str(path)!r}: unsupported extension {suffix!r}; use .txt or .jsonl")
     prompts: list = []
     wheres: list[str] = []
-    with utf8_open(path, what="prompts file") as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            where = f"{path}:{lineno}"
-            wheres.append(where)
-            if suffix == ".txt":
-                prompts.append(line)
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
-            if "prompt" in record and not ("chosen" in record and "rejected" in record):
-                prompt = check_prompt(record["prompt"], f"{where}: 'prompt'")
-            elif "chosen" in record and "rejected" in record:
-                prompt = normalize_pair(record, where)["prompt"]
-            elif "messages" in record:
-                msgs = check_prompt(record["messages"], f"{where}: 'messages'")
-                while msgs and msgs[-1]["role"] == "assistant":
-                    msgs = msgs[:-1]
-                if not msgs:
-                    raise ValueError(f"{where}: 'messages' has no turn before the assistant's")
-                prompt = msgs
-            else:
-                raise ValueError(f"{where}: record has no 'prompt' field (nor 'chosen'/'rejected' or 'messages'; "
-                                 f"keys: {sorted(record)})")
-            prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
+    for lineno, line in enumerate(read_utf8(path, what="prompts file").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        wheres.append(f"{path}:{lineno}")
+        prompt = line if suffix == ".txt" else _jsonl_prompt(line, wheres[-1])
+        prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} contains no prompts")
     for prompt, where in zip(prompts, wheres if tokenizer is not None else []):
         encode_prompt(tokenizer, prompt, where=where)  # a failing template, a conversation under plain text
     return prompts
+
+
+def _jsonl_prompt(line: str, where: str):
+    """The prompt of one JSONL record in any of the formats :func:`load_prompts` reads."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: invalid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: each line must be a JSON object, got {type(record).__name__}")
+    if "prompt" in record and not ("chosen" in record and "rejected" in record):
+        return check_prompt(record["prompt"], f"{where}: 'prompt'")
+    if "chosen" in record and "rejected" in record:
+        return normalize_pair(record, where)["prompt"]
+    if "messages" in record:
+        msgs = check_prompt(record["messages"], f"{where}: 'messages'")
+        while msgs and msgs[-1]["role"] == "assistant":
+            msgs = msgs[:-1]
+        if not msgs:
+            raise ValueError(f"{where}: 'messages' has no turn before the assistant's")
+        return msgs
+    raise ValueError(f"{where}: record has no 'prompt' field (nor 'chosen'/'rejected' or 'messages'; "
+                     f"keys: {sorted(record)})")
 
 
 def split_prompts(pool: list, split: str, *, eval_fraction: float = EVAL_FRACTION) -> list:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from inpo.data.chat import encode_prompt as _chat_encode_prompt
 from inpo.data.chat import stop_token_ids, use_plain_text
 from inpo.data.prompts import default_prompts, sft_examples, task_spec
 from inpo.models import resolve_model
+from inpo.utils.model_folder import write_model_folder
 
 __all__ = ["default_tokenizer", "load_tokenizer", "resolve_tokenizer", "encode_prompt", "train_tokenizer",
            "default_cache_dir", "SPECIAL_TOKENS", "CHAT_TEMPLATE", "VOCAB_SIZE", "TOKENIZER_FILES"]
@@ -106,16 +105,9 @@ def default_tokenizer(cache_dir: str | os.PathLike | None = None):
         except (OSError, ValueError):
             pass  # a corrupt cache entry: retrain below and try to replace it
     tok = train_tokenizer(lines)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=root))
-        tok.save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.replace(tmp, final)  # atomic: readers see a complete directory or none
-        except OSError:  # another process won the race: its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+    try:  # atomic: readers see a complete directory or none (a corrupt entry is replaced)
+        write_model_folder(final, lambda tmp: tok.save_pretrained(str(tmp)), replace=final.exists(),
+                           what=f"tokenizer cache {final}")
     except OSError:
         pass  # read-only cache location: the in-memory tokenizer is just as good
     return tok

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 from inpo.paths import check_writable_path
+from inpo.utils.manifest import add_to_manifest, read_manifest, unrecorded, write_manifest
+from inpo.utils.memory import check_fits
 from inpo.utils.record import environment_info
 
 from .core import GAMES
-from .report import fmt_ci, md_table, plot_gap_curves, write_json, write_text
+from .report import checkpoints, fmt_ci, md_table, plot_gap_curves, write_json, write_text
 from .solvers import ALGORITHMS, MODES, SCHEDULES
 from .sweep import convergence, make_specs, summarize
 
@@ -43,31 +44,23 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _memory_estimate(args) -> int:
+_OUTPUTS = ("results.json", "gap_vs_iteration.png", "report.md")
+_MANIFEST, _KIND = ".inpo-game", "inpo-game"  # what `inpo game` wrote in --out: the files a rerun may replace
+_PROGRESS_EVERY_S = 5.0
+
+
+def _memory_estimate(args, n_specs: int) -> int:
     """Bytes the sweep holds at once (float64): the game ([C,] n, n) with the working copies a mixture needs,
-    and every iterate of one trajectory (T+1 policies over [C,] n)."""
+    every iterate of one trajectory (T+1 policies over [C,] n), and the stored gap curves (3 per spec and seed at
+    the log-spaced checkpoints)."""
     n = 3 if args.game == "rps" else args.n
     c = args.contexts or 1
-    return 8 * c * (3 * n * n + 2 * (args.iters + 1) * n)
+    curves = 3 * n_specs * args.seeds * len(checkpoints(args.iters))
+    return 8 * (c * (3 * n * n + 2 * (args.iters + 1) * n) + curves)
 
 
-def _available_memory() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = _parser()
-    args = ap.parse_args(argv)
+def _check_args(ap, args) -> list:
+    """Every argument checked before any work (argparse's exit 2 with a message); returns the algorithm specs."""
     for name, low in (("iters", 1), ("seeds", 1), ("n", 2)):
         if getattr(args, name) < low:
             ap.error(f"--{name} must be an int >= {low}, got {getattr(args, name)}")
@@ -79,30 +72,81 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--tau-ratio must be in [0, 1], got {args.tau_ratio}")
     try:
         check_writable_path(args.out, "--out", folder=True)
-    except ValueError as exc:
-        ap.error(str(exc))
-    need, have = _memory_estimate(args), _available_memory()
-    if have is not None and need > 0.8 * have:
-        ap.error(f"--game {args.game} --n {args.n}{f' --contexts {args.contexts}' if args.contexts else ''} --iters "
-                 f"{args.iters} needs about {need / 2**30:.1f} GiB (the n x n game matrix and the iterates), more "
-                 f"than 80% of the {have / 2**30:.1f} GiB available; lower --n, --contexts or --iters")
-    try:
         specs = make_specs([a for a in args.algos.split(",") if a.strip()], step=args.step,
                            tau_ratio=args.tau_ratio, schedule=args.schedule)
+        if not specs:
+            raise ValueError("--algos is empty")
+        check_fits(_memory_estimate(args, len(specs)),
+                   f"--game {args.game} --n {args.n}{f' --contexts {args.contexts}' if args.contexts else ''} "
+                   f"--iters {args.iters} --seeds {args.seeds} (the n x n game matrix, the iterates and the gap "
+                   f"curves)", "lower --n, --contexts, --iters or --seeds")
+        _check_out(args.out)
     except ValueError as exc:
         ap.error(str(exc))
-    if not specs:
-        ap.error("--algos is empty")
+    return specs
 
+
+def _check_out(out: Path) -> None:
+    """--out may hold anything, but a file `inpo game` would write must be one it wrote there before."""
+    foreign = unrecorded(out, _OUTPUTS, read_manifest(out / _MANIFEST, _KIND)) if out.is_dir() else []
+    if foreign:
+        raise ValueError(f"--out {str(out)!r} already holds {', '.join(foreign)}, not written by `inpo game`; "
+                         f"refusing to overwrite: choose another --out or move them away")
+
+
+def _progress(total: int):
+    """A progress line on stderr every few seconds (and the estimated time left), for long sweeps."""
+    t0 = last = time.perf_counter()
+    done = 0
+
+    def report(label: str, seed: int) -> None:
+        nonlocal done, last
+        done += 1
+        now = time.perf_counter()
+        if now - last >= _PROGRESS_EVERY_S or done == total:
+            left = (now - t0) / done * (total - done)
+            print(f"inpo game: {done}/{total} trajectories ({label}, seed {seed}), {now - t0:.0f} s, about "
+                  f"{left:.0f} s left", file=sys.stderr, flush=True)
+            last = now
+
+    return report
+
+
+def _write(out: Path, name: str, write):
+    """Record ``name`` in --out's manifest, then write it (a rerun may replace it; a user's file never)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if read_manifest(out / _MANIFEST, _KIND) is None:
+        write_manifest(out / _MANIFEST, _KIND, "files `inpo game` wrote here; a rerun replaces only these")
+    if name not in read_manifest(out / _MANIFEST, _KIND):
+        add_to_manifest(out / _MANIFEST, name)
+    return write(out / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    specs = _check_args(ap, args)
+    total = len(specs) * args.seeds
+    print(f"inpo game: {total} trajectories ({len(specs)} algorithm(s) x {args.seeds} seed(s)) of {args.iters} "
+          f"iterations, mode {args.mode}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     conv = convergence(args.game, specs, iters=args.iters, seeds=args.seeds, n=args.n, contexts=args.contexts,
-                       mode=args.mode)
+                       mode=args.mode, progress=_progress(total))
     conv["summary"] = summarize(conv)
     runtime = time.perf_counter() - t0
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    write_json(args.out / "results.json", {"env": environment_info(), "args": cfg, "runtime_s": runtime, **conv})
-    png = plot_gap_curves(args.out / "gap_vs_iteration.png", [{"game": args.game, "t": conv["t"], "curves": conv["curves"]}],
-                          title=f"{args.game}: mean over {args.seeds} seeds, 95% CI")
+    _write(args.out, "results.json",
+           lambda p: write_json(p, {"env": environment_info(), "args": cfg, "runtime_s": runtime, **conv}))
+    png = _write(args.out, "gap_vs_iteration.png", lambda p: plot_gap_curves(
+        p, [{"game": args.game, "t": conv["t"], "curves": conv["curves"]}],
+        title=f"{args.game}: mean over {args.seeds} seeds, 95% CI"))
+    _write(args.out, "report.md", lambda p: write_text(p, _report(args, conv, runtime, png)))
+    print(f"inpo game: wrote {args.out}/results.json, report.md{', gap_vs_iteration.png' if png else ''} "
+          f"({runtime:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def _report(args, conv: dict, runtime: float, png) -> str:
     rows = [[r["label"], fmt_ci(r["avg_gap_T"]), fmt_ci(r["avg_slope"], sci=False, digits=2), fmt_ci(r["last_gap_T"]),
              fmt_ci(r["last_slope"], sci=False, digits=2)] for r in conv["summary"]]
     lines = [f"# `inpo game --game {args.game}`", "",
@@ -114,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
              md_table(["algorithm", "avg-iterate gap at T", "slope (avg)", "last-iterate gap at T", "slope (last)"], rows), ""]
     if png is not None:
         lines += ["![duality gap](gap_vs_iteration.png)", ""]
-    write_text(args.out / "report.md", "\n".join(lines))
-    print(f"inpo game: wrote {args.out}/results.json, report.md{', gap_vs_iteration.png' if png else ''} "
-          f"({runtime:.1f} s)", file=sys.stderr)
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@ atomic file writes."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from inpo import _optional
+from inpo.utils.io import atomic_write_bytes
 
 __all__ = ["mean_ci", "loglog_slope", "slope_ci", "checkpoints", "write_json", "write_text",
            "plot_gap_curves", "md_table", "fmt_ci"]
@@ -77,23 +77,10 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 
 def _atomic_write(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """``write(file)`` into memory, then the one atomic writer (:func:`inpo.utils.io.atomic_write_bytes`)."""
+    buf = io.BytesIO()
+    write(buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _jsonable(obj):

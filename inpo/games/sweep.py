@@ -65,11 +65,12 @@ def start_policy(n: int, seed: int, contexts: int | None = None) -> np.ndarray:
 
 def convergence(game: str, specs: list[AlgoSpec], *, iters: int, seeds: int, n: int = 10,
                 contexts: int | None = None, mode: str = "closed_form", reg_tau: float | None = None,
-                **run_kw) -> dict:
+                progress=None, **run_kw) -> dict:
     """Duality gap of the average and last iterate at log-spaced checkpoints for every spec and seed.
     Seed s draws the game (random / bt / mixture) and π_0 = π_ref. Also the last iterate's gap in the
     τ-regularised game (the one a τ > 0 last iterate converges in): τ = the spec's own τ, or ``reg_tau``
-    for τ = 0 specs when given (a like-for-like column)."""
+    for τ = 0 specs when given (a like-for-like column). ``progress(label, seed)`` is called after each
+    trajectory."""
     t = checkpoints(iters)
     out = {"game": game, "n": n, "contexts": contexts, "iters": iters, "seeds": seeds, "mode": mode,
            "t": t, "specs": [asdict(s) for s in specs], "curves": {}, "seconds": {}}
@@ -86,6 +87,8 @@ def convergence(game: str, specs: list[AlgoSpec], *, iters: int, seeds: int, n: 
             tau_reg = spec.tau if spec.tau > 0 else reg_tau
             if tau_reg:
                 reg.append(gap_curve(P, traj.policies[t], tau=tau_reg, pi_ref=pi0))
+            if progress is not None:
+                progress(spec.label, seed)
         curves = {"avg": np.array(avg), "last": np.array(last)}
         if reg:
             curves["last_regularized"] = np.array(reg)

@@ -42,6 +42,7 @@ from inpo.data.tokenizer import load_tokenizer
 from inpo.generation.base import DTYPES, Sampler, check_sample_args, check_sampling_args, row_seed
 from inpo.generation.limits import SamplingPlan, check_prompt_lengths, context_length, cpu_kv_cache_bytes, \
     kv_bytes_per_token
+from inpo.utils.model_folder import save_model
 
 __all__ = ["VLLMSampler", "DTYPES", "resolve_dtype", "UnsupportedArchitecture"]
 
@@ -213,10 +214,9 @@ class VLLMSampler(Sampler):
                 f"(config.architectures); sample with HF generate instead: --sampler hf") from None
 
     def _export(self, model) -> str:
-        """Write ``model``'s current weights (and the tokenizer) into the sampler's own directory."""
-        from inpo.train.model import export_policy
-
-        return str(export_policy(model, self.tokenizer, self._export_dir.name))
+        """Write ``model``'s current weights (and the tokenizer) into the sampler's own directory (the one
+        model-folder writer: NaN guard, atomic publish)."""
+        return str(save_model(model, self._export_dir.name, self.tokenizer))
 
     def set_policy(self, model) -> None:
         """Load ``model``'s current weights into the running engine (in place, no restart)."""

@@ -10,9 +10,12 @@ Each checkpoint is also a model folder: ``model.safetensors`` holds the policy u
 (the FSDP root wrapper's ``model.`` prefix is stripped; ``state.json`` records it for resume) beside its
 ``config.json`` and the run's tokenizer, so ``AutoModelForCausalLM.from_pretrained(ckpt)`` loads π at that step.
 
-A checkpoint is written into a temporary directory, every file fsynced, then published with one
-``os.replace`` and only then named in ``latest`` (itself replaced atomically): a crash at any point leaves
-the previous checkpoint intact and ``latest`` pointing at a complete one. State dicts go through
+A checkpoint is written by the one model-folder writer (:func:`inpo.utils.model_folder.write_model_folder`: no
+NaN/inf weight, room on the disk, a temporary directory, every file fsynced, one ``os.replace``) and only then named
+in ``latest`` (itself replaced atomically): a crash, a full disk or Ctrl-C at any point leaves the previous
+checkpoint intact and ``latest`` pointing at a complete one. ``state.json`` records every file's sha256 and its own;
+a checkpoint without them cannot be verified and is not trusted (resume falls back to the previous one). A lost
+``latest`` is not a lost run: the newest checkpoint folder that verifies is used. State dicts go through
 ``torch.distributed.checkpoint.state_dict`` with full (unsharded) tensors, so the same files serve a
 single process and FSDP2; only rank 0 writes.
 """
@@ -21,10 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,48 +34,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from inpo.train.model import FusedHeadPolicy, unwrap
+from inpo.train.rundir import record_entry
 from inpo.utils.dist import get_rank, get_world_size, is_distributed
+from inpo.utils.io import DiskFullError, atomic_write_text, sha256_file
+from inpo.utils.model_folder import NonFiniteWeights, first_non_finite, tensor_bytes, write_model_folder
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "restore_training_state", "atomic_write_text",
-           "atomic_write_bytes", "CheckpointError", "load_latest_good_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "restore_training_state", "CheckpointError",
+           "load_latest_good_checkpoint", "list_checkpoints"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that exists but cannot be read (truncated, corrupt or from an incompatible run)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems / platforms do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``path`` via ``path.tmp`` + fsync + ``os.replace``: readers see the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
 
 
 # -- state dicts --------------------------------------------------------------------------------------------
@@ -127,26 +97,9 @@ def _set_rng_state(tensors: dict, meta: dict) -> None:
 
 # -- integrity -------------------------------------------------------------------------------------------------
 
-def _sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _meta_digest(meta: dict) -> str:
     body = {k: v for k, v in meta.items() if k != "meta_sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _first_non_finite(*state_dicts: dict) -> str | None:
-    """The name of the first floating tensor holding a NaN/inf, or None when every one is finite."""
-    for sd in state_dicts:
-        for k, v in sd.items():
-            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
-                return k
-    return None
 
 
 # -- save / load --------------------------------------------------------------------------------------------
@@ -174,76 +127,120 @@ def _write_model_files(path: Path, model, tokenizer) -> None:
         tokenizer.save_pretrained(str(path))
 
 
+def _agree_finite(msd: dict, extras: dict, state: dict) -> None:
+    """The NaN guard, agreed by every rank under FSDP (rank 0 checks the full tensors and broadcasts), so that all
+    ranks refuse together and none is left waiting in a collective."""
+    if not is_distributed():
+        return
+    box = [first_non_finite(msd, *extras.values()) if get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise _refused(state, f"weight {box[0]!r} is not finite (NaN/inf)")
+
+
+def _refused(state: dict, why: str) -> CheckpointError:
+    where = ", ".join(f"{k} {state[k]}" for k in ("iteration", "phase", "global_step") if k in state)
+    return CheckpointError(f"refusing to write a checkpoint ({where}): {why}; the previous checkpoints are kept")
+
+
+def _checkpoint_name(state: dict) -> str:
+    return f"ckpt-{int(state.get('global_step', 0)):06d}-i{int(state.get('iteration', 0))}-{state.get('phase', 'x')}"
+
+
 def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: dict, extra_models: dict | None = None,
                     keep: int = 2, tokenizer=None) -> Path | None:
     """Write a checkpoint of ``model`` (+ optimizer/scheduler/RNG/``state``) and point ``latest`` at it.
 
     ``state`` is the data position (iteration, phase, step...) as JSON-able data. ``extra_models`` maps a name
     to another model to store beside (e.g. ONPO's auxiliary chain π'). Collective under FSDP (every rank must
-    call it); rank 0 writes. Returns the checkpoint directory (None on other ranks). Keeps the newest ``keep``.
+    call it); rank 0 writes, through the one model-folder writer (NaN guard, free space, atomic publish).
+    Returns the checkpoint directory (None on other ranks). Keeps the newest ``keep``.
     The directory is also a transformers model folder of ``model`` (config.json, ``tokenizer`` when given).
     """
     msd, osd = _full_state(model, optimizer)
     extras = {name: _full_state(m)[0] for name, m in (extra_models or {}).items()}
-    bad = _first_non_finite(msd, *extras.values()) if get_rank() == 0 else None
-    if is_distributed():
-        box = [bad]
-        dist.broadcast_object_list(box, src=0)  # every rank refuses together (no rank left in a collective)
-        bad = box[0]
-    if bad is not None:
-        where = ", ".join(f"{k} {state[k]}" for k in ("iteration", "phase", "global_step") if k in state)
-        raise CheckpointError(f"refusing to write a checkpoint ({where}): weight {bad!r} is not finite (NaN/inf); "
-                              f"the previous checkpoints are kept")
+    _agree_finite(msd, extras, state)
     if get_rank() != 0:
         return None
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"ckpt-{int(state.get('global_step', 0)):06d}-i{int(state.get('iteration', 0))}-{state.get('phase', 'x')}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-" + name, dir=root))
+    root = record_entry(run_dir, "checkpoints")  # in the run's manifest (a claimed run directory) before writing
+    name = _checkpoint_name(state)
     prefixes = {"model": _key_prefix(model), **{n: _key_prefix(m) for n, m in (extra_models or {}).items()}}
-    save_file(_hf_tensors(msd, prefixes["model"]), tmp / "model.safetensors", metadata={"format": "pt"})
-    for ename, esd in extras.items():
-        save_file(_hf_tensors(esd, prefixes[ename]), tmp / f"{ename}.safetensors")
-    _write_model_files(tmp, model, tokenizer)
+    otensors, ometa = _flatten_optimizer(osd) if osd is not None else ({}, None)
+
+    def write(tmp: Path) -> None:
+        save_file(_hf_tensors(msd, prefixes["model"]), tmp / "model.safetensors", metadata={"format": "pt"})
+        for ename, esd in extras.items():
+            save_file(_hf_tensors(esd, prefixes[ename]), tmp / f"{ename}.safetensors")
+        _write_model_files(tmp, model, tokenizer)
+        if ometa is not None:
+            save_file(otensors, tmp / "optimizer.safetensors")
+        _write_state(tmp, state, extras, prefixes, ometa, scheduler)
+
+    try:
+        final = write_model_folder(root / name, write, tensors=[msd, *extras.values()],
+                                   need_bytes=tensor_bytes(msd, *extras.values(), otensors),
+                                   what=f"checkpoint {name}")
+    except NonFiniteWeights as exc:
+        raise _refused(state, f"weight {exc.weight!r} is not finite (NaN/inf)") from None
+    except DiskFullError as exc:
+        raise DiskFullError(exc.errno, f"{exc}; {_what_is_kept(run_dir)}") from None
+    atomic_write_text(root / "latest", name + "\n")
+    _rotate(root, keep, name)
+    return final
+
+
+def _what_is_kept(run_dir) -> str:
+    try:
+        previous = latest_checkpoint(run_dir)
+    except CheckpointError:
+        previous = None
+    if previous is None:
+        return "no earlier checkpoint exists"
+    return f"the previous checkpoint, {previous.name}, is intact: --resume continues from it"
+
+
+def _write_state(tmp: Path, state: dict, extras: dict, prefixes: dict, ometa, scheduler) -> None:
+    """rng.safetensors and state.json (the data position, scheduler, RNG and every file's sha256)."""
     # The world size is part of the data position: it decides each rank's share of a step and of the prompts.
     meta = {"state": state, "extra_models": sorted(extras), "format": 1, "world_size": get_world_size(),
             "key_prefix": prefixes}
-    if osd is not None:
-        otensors, ometa = _flatten_optimizer(osd)
-        save_file(otensors, tmp / "optimizer.safetensors")
+    if ometa is not None:
         meta["optimizer"] = ometa
     if scheduler is not None:
         meta["scheduler"] = scheduler.state_dict()
     rng_t, meta["rng"] = _rng_state()
     save_file(rng_t, tmp / "rng.safetensors")
-    meta["checksums"] = {f.name: _sha256_file(f) for f in sorted(tmp.iterdir()) if f.suffix == ".safetensors"}
+    meta["checksums"] = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.suffix == ".safetensors"}
     meta = json.loads(json.dumps(meta, default=float))  # the JSON form, so that the digest below reads back equal
     meta["meta_sha256"] = _meta_digest(meta)
     (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    for f in tmp.iterdir():
-        _fsync_file(f)
-    final = root / name
-    if final.exists():  # the same step written again (e.g. a resumed run re-reaching it): replace
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    atomic_write_text(root / "latest", name + "\n")
-    ckpts = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
-    for old in ckpts[:-keep]:
-        if old.name != name:
+
+
+def _rotate(root: Path, keep: int, newest: str) -> None:
+    """Keep the newest ``keep`` checkpoints (never ``newest``) and drop the leftovers of a crash mid-write."""
+    for old in list_checkpoints(root.parent)[:-keep]:
+        if old.name != newest:
             shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-*"):  # leftovers of a crash mid-write
-        if stale != tmp:
-            shutil.rmtree(stale, ignore_errors=True)
-    return final
+    for stale in [*root.glob(".tmp-*"), *root.glob(".ckpt-*.tmp"), *root.glob(".ckpt-*.old")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """The run's checkpoint folders (complete or not), oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("ckpt-"))
 
 
 def latest_checkpoint(run_dir) -> Path | None:
-    """The newest complete checkpoint of a run, or None when it has none."""
+    """The newest complete checkpoint of a run, or None when it has none: the one ``latest`` names, else (the
+    pointer lost) the newest folder holding a state.json."""
     root = Path(run_dir) / "checkpoints"
     pointer = root / "latest"
     if not pointer.is_file():
-        return None
+        complete = [p for p in list_checkpoints(run_dir) if (p / "state.json").is_file()]
+        return complete[-1] if complete else None
     path = root / pointer.read_text().strip()
     if not (path / "state.json").is_file():
         raise CheckpointError(f"{pointer} names {path.name!r} but {path} is missing or incomplete (no state.json)")
@@ -251,16 +248,18 @@ def latest_checkpoint(run_dir) -> Path | None:
 
 
 def load_latest_good_checkpoint(run_dir, warn=print) -> dict | None:
-    """The newest checkpoint of a run that loads and verifies: ``latest`` first, then the older ones, newest
-    first, each failure reported through ``warn``. None when the run has no checkpoint; CheckpointError when
-    none of them is readable."""
+    """The newest checkpoint of a run that loads and verifies: the one ``latest`` names first, then every other
+    checkpoint folder, newest first (also when ``latest`` itself is lost), each failure reported through ``warn``.
+    None when the run has no checkpoint folder; CheckpointError when none of them is usable."""
     root = Path(run_dir) / "checkpoints"
     pointer = root / "latest"
-    if not pointer.is_file():
+    named = pointer.read_text(errors="replace").strip() if pointer.is_file() else ""
+    others = [p for p in reversed(list_checkpoints(run_dir)) if p.name != named]
+    if not named and not others:
         return None
-    named = pointer.read_text(errors="replace").strip()
-    others = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("ckpt-") and p.name != named),
-                    reverse=True)
+    if not named:
+        warn(f"[inpo] warning: {pointer} is missing; looking for the newest usable checkpoint among "
+             f"{len(others)} folder(s)")
     candidates = ([root / named] if named else []) + others
     problems = []
     for path in candidates:
@@ -274,29 +273,44 @@ def load_latest_good_checkpoint(run_dir, warn=print) -> dict | None:
     raise CheckpointError(f"no usable checkpoint under {root}: " + "; ".join(problems))
 
 
+def _read_meta(path: Path) -> dict:
+    """state.json, verified: its own digest and the checksums of every file (a checkpoint without them cannot be
+    verified and is not trusted)."""
+    f = path / "state.json"
+    try:
+        meta = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint file {str(f)!r} is missing or corrupt ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint file {str(f)!r} is corrupt (not a JSON object)")
+    if "meta_sha256" not in meta or not isinstance(meta.get("checksums"), dict):
+        raise CheckpointError(f"checkpoint file {str(f)!r} has no checksums: its files cannot be verified, so it is "
+                              f"not trusted")
+    if meta["meta_sha256"] != _meta_digest(meta):
+        raise CheckpointError(f"checkpoint file {str(f)!r} is corrupt (checksum mismatch)")
+    return meta
+
+
 def load_checkpoint(path) -> dict:
     """Read a checkpoint directory → dict(state, model, optimizer, scheduler, rng, extra_models, world_size), all on
-    CPU (``world_size`` is that of the run that wrote it; 1 for checkpoints older than the field).
+    CPU (``world_size`` is that of the run that wrote it).
 
     Raises FileNotFoundError when it does not exist and :class:`CheckpointError` naming the file when a part
-    is truncated or corrupt."""
+    is truncated, corrupt or cannot be verified (no checksum recorded for it)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-
-    try:
-        meta = json.loads((path / "state.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint file {str(path / 'state.json')!r} is missing or corrupt ({exc})") from exc
-    if not isinstance(meta, dict) or ("meta_sha256" in meta and meta["meta_sha256"] != _meta_digest(meta)):
-        raise CheckpointError(f"checkpoint file {str(path / 'state.json')!r} is corrupt (checksum mismatch)")
-    sums = meta.get("checksums", {})  # absent in checkpoints written before checksums existed
+    meta = _read_meta(path)
+    sums = meta["checksums"]
 
     def read(fname):
         f = path / fname
         if not f.is_file():
             raise CheckpointError(f"checkpoint file {str(f)!r} is missing")
-        if fname in sums and _sha256_file(f) != sums[fname]:
+        if fname not in sums:
+            raise CheckpointError(f"checkpoint file {str(f)!r} has no recorded checksum: it cannot be verified, so "
+                                  f"it is not trusted")
+        if sha256_file(f) != sums[fname]:
             raise CheckpointError(f"checkpoint file {str(f)!r} is corrupt or truncated: its sha256 differs from the "
                                   f"one recorded when it was written")
         try:
@@ -326,8 +340,11 @@ def load_model_weights(model, tensors: dict) -> None:
     set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True, strict=True))
 
 
-def restore_training_state(ckpt: dict, *, model, optimizer=None, scheduler=None) -> dict:
-    """Put a loaded checkpoint back into live objects (model, optimizer, scheduler, RNG); returns its ``state``."""
+def restore_training_state(ckpt: dict, *, model, optimizer=None, scheduler=None, lr: float | None = None) -> dict:
+    """Put a loaded checkpoint back into live objects (model, optimizer, scheduler, RNG); returns its ``state``.
+
+    ``lr``: the run's peak learning rate, when a resume may change it (after a non-finite stop): the schedule
+    keeps its position and shape, scaled to the new peak."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     opts = StateDictOptions(full_state_dict=True, strict=True)
@@ -338,5 +355,17 @@ def restore_training_state(ckpt: dict, *, model, optimizer=None, scheduler=None)
         load_model_weights(model, ckpt["model"])
     if scheduler is not None and ckpt["scheduler"] is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
+        if lr is not None and optimizer is not None:
+            _rescale_lr(optimizer, scheduler, lr)
     _set_rng_state(*ckpt["rng"])
     return ckpt["state"]
+
+
+def _rescale_lr(optimizer, scheduler, lr: float) -> None:
+    """A restored schedule continued at peak ``lr`` instead of the checkpoint's (no-op when they are equal)."""
+    for i, (group, base) in enumerate(zip(optimizer.param_groups, scheduler.base_lrs)):
+        if base != lr and base > 0:
+            group["lr"] = group["lr"] / base * lr
+            group["initial_lr"] = lr
+            scheduler.base_lrs[i] = lr
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]

@@ -33,7 +33,7 @@ from pathlib import Path
 import yaml
 
 from inpo.data.chat import Truncation
-from inpo.data.textio import read_utf8
+from inpo.data.prompts import default_prompts
 from inpo.models import resolve_model
 from inpo.objectives import OBJECTIVES, Objective, make_objective, objective_class
 from inpo.ops.checks import check_grad_filter
@@ -41,6 +41,8 @@ from inpo.train.optim import SCHEDULES
 from inpo.train.reporting import parse_report_to
 from inpo.train.trl_names import ALIASES, HINTS, TRL_BATCH, translate, trl_key_notes
 from inpo.utils.choices import SAMPLER_BACKENDS, SAMPLER_DTYPES
+from inpo.utils.io import read_utf8
+from inpo.utils.memory import check_fits
 
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "config_to_yaml", "ALIASES", "EMBEDDED_DEFAULTS",
            "MODEL_DEFAULTS"]
@@ -208,6 +210,8 @@ class TrainConfig:
         self.make_objective()  # the objective validates its own parameters (η > 0, ratio in [0, 1], ...)
         self._validate_counts()
         self._validate_ranges()
+        for check in (_check_seeds, _check_online_sampling, _check_bootstrap_memory):
+            check(self)
         self._validate_choices()
         self._validate_vllm()
         self.truncation()  # validates max_length / max_prompt_length / max_completion_length / truncation_mode
@@ -346,6 +350,52 @@ class TrainConfig:
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 _VLLM_MODEL_IMPLS = ("auto", "vllm", "transformers")
+
+_SEED_KEYS = ("seed", "sft_seed", "eval_seed")
+_SEED_LIMIT = 2**63  # torch.manual_seed, numpy and the derived per-iteration seeds all accept [0, 2**63)
+
+
+def _check_seeds(cfg: TrainConfig) -> None:
+    """Seeds are ints in [0, 2**63): numpy refuses a negative one, much later (after the model has loaded)."""
+    for key in _SEED_KEYS:
+        v = getattr(cfg, key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < _SEED_LIMIT:
+            raise ValueError(f"{key} must be an int in [0, 2**63), got {v!r}")
+
+
+def _check_online_sampling(cfg: TrainConfig) -> None:
+    """Online training needs K *different* responses per prompt: greedy decoding (temperature 0) samples K copies
+    of one response, which the oracle ties and drops, leaving no pairs -- found only after a whole generation."""
+    if cfg.data is None and cfg.temperature == 0:
+        raise ValueError("temperature must be > 0 for online training: temperature 0 (greedy) samples the same "
+                         f"response k={cfg.k} times per prompt, the oracle ties them, and no pair is left to train on; "
+                         "use e.g. temperature: 1.0 (evaluation alone may be greedy: `inpo eval --temperature 0`)")
+
+
+def _eval_prompt_count(cfg: TrainConfig) -> int:
+    """Held-out prompts an evaluation scores: n_eval, the embedded task's eval split, or 1 (a user's file, not read
+    at config time: the estimate below is then a lower bound)."""
+    if cfg.n_eval is not None:
+        return cfg.n_eval
+    if cfg.prompts == "default" and cfg.eval_prompts == "default":
+        return len(default_prompts("eval"))
+    return 1
+
+
+def bootstrap_bytes(n_bootstrap: int, n_prompts: int, k: int) -> int:
+    """Peak bytes of the bootstrap CIs of one evaluation: the two-level exploitability bootstrap holds int64 index
+    and float64 value arrays of n_bootstrap x (3 n_prompts + k) (inpo.exploitability.bootstrap_exploitability)."""
+    return 8 * n_bootstrap * (3 * n_prompts + k)
+
+
+def _check_bootstrap_memory(cfg: TrainConfig) -> None:
+    """n_bootstrap bounded by the memory its replicates take (found only after an iteration's training, else)."""
+    if not cfg.evaluate:
+        return
+    n = _eval_prompt_count(cfg)
+    check_fits(bootstrap_bytes(cfg.n_bootstrap, n, cfg.eval_k),
+               f"n_bootstrap={cfg.n_bootstrap} (x {n} held-out prompt(s), eval_k={cfg.eval_k})",
+               "lower n_bootstrap (the default is 1000)")
 
 
 def _objective_param_names() -> set:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,15 +23,17 @@ import torch
 import torch.distributed as dist
 
 from inpo.data.packing import pack_sequences
-from inpo.paths import check_writable_path
-from inpo.train.checkpoint import atomic_write_text, restore_training_state, save_checkpoint
-from inpo.train.model import export_policy, unwrap
+from inpo.train.checkpoint import restore_training_state, save_checkpoint
+from inpo.train.model import unwrap
 from inpo.train.optim import lr_schedule, make_optimizer, warmup_steps_of
 from inpo.train.reporting import Reporter, step_line
+from inpo.train.resume import TrainingDiverged, diverged
+from inpo.train.rundir import record_entry
 from inpo.train.step import sequence_logps_of, train_step
 from inpo.utils.dist import is_distributed, is_main, rank_world
+from inpo.utils.io import append_jsonl, atomic_write_text
 from inpo.utils.mfu import step_mfu
-from inpo.utils.record import append_jsonl
+from inpo.utils.model_folder import NonFiniteWeights, save_model
 
 __all__ = ["RunContext", "train_phase", "precompute_logps", "StopRun", "Interrupted", "TrainingDiverged",
            "graceful_stop", "peak_memory_bytes", "resolve_device"]
@@ -50,10 +50,6 @@ class Interrupted(StopRun):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + int(signum)
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss or gradient norm: the run stops at that step; the last good checkpoint is kept."""
 
 
 # -- graceful stop on SIGINT / SIGTERM -----------------------------------------------------------------------
@@ -81,7 +77,9 @@ def agreed_stop_signal(device) -> int | None:
 def graceful_stop():
     """Within this block SIGINT and SIGTERM do not kill the run: they ask it to stop at the next step boundary
     (the training loop writes a checkpoint and raises :class:`Interrupted`). A second SIGINT aborts at once
-    (KeyboardInterrupt). A no-op outside the main thread, where Python cannot install signal handlers."""
+    (KeyboardInterrupt). A signal the process inherited as ignored stays ignored (``nohup``, a background job of a
+    script: ``cmd &`` starts with SIGINT ignored), as the user who started it that way asked. The handlers in place
+    before are restored on the way out. A no-op outside the main thread, where Python cannot install handlers."""
     import signal
     import threading
 
@@ -98,12 +96,15 @@ def graceful_stop():
         _SIGNALS.append(signum)
 
     _SIGNALS.clear()
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, h in previous.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, handler)
     try:
         yield
     finally:
         for s, h in previous.items():
-            signal.signal(s, h)
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
         _SIGNALS.clear()
 
 
@@ -114,12 +115,18 @@ def interrupted(where: str) -> Interrupted:
     return Interrupted(f"stopped by {signal.Signals(sig).name} {where}", sig)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "device") -> torch.device:
+    """``auto`` → CUDA when available, else the CPU; ``cpu``; ``cuda`` / ``cuda:N`` when that device exists here.
+    Anything else is a ValueError naming ``what`` and the value."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"{what} must be auto, cpu, cuda or cuda:N, got {name!r}")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
+        raise ValueError(f"{what}={name!r} but CUDA is not available here; use {what}=cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{what}={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -150,6 +157,7 @@ class RunContext:
         if self.reporter is None:
             self.reporter = Reporter(self.cfg, self.out, self.is_main)
     fingerprint: dict = field(default_factory=dict)  # config + data hashes, stored in every checkpoint's state
+    owned: set = field(default_factory=set)  # top-level entries already recorded in the run's manifest
 
     @property
     def is_main(self) -> bool:
@@ -159,10 +167,18 @@ class RunContext:
     def metrics_path(self) -> Path:
         return self.out / "metrics.jsonl"
 
+    def own(self, name: str) -> Path:
+        """``out / name``, a top-level entry this run writes, recorded in the run directory's manifest first (rank
+        0), so that a later ``--overwrite`` deletes it and nothing else (:mod:`inpo.train.rundir`)."""
+        if self.is_main and name not in self.owned:
+            record_entry(self.out, name)
+            self.owned.add(name)
+        return self.out / name
+
     def log(self, record: dict) -> None:
         self.records.append(record)
         if self.is_main:
-            append_jsonl(self.metrics_path, record)
+            append_jsonl(self.own("metrics.jsonl"), record)
             self.reporter.log(record)
 
     def progress_line(self, record: dict, total: int) -> None:
@@ -261,7 +277,7 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
     scheduler = lr_schedule(optimizer, kind=cfg.lr_scheduler_type, total_steps=total, warmup=warmup,
                             min_lr_ratio=cfg.min_lr_ratio)
     if resume_ckpt is not None:
-        restore_training_state(resume_ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        restore_training_state(resume_ckpt, model=model, optimizer=optimizer, scheduler=scheduler, lr=cfg.lr)
     task = None
     if run.progress is not None and run.is_main:
         task = run.progress.add_task(f"iter {iteration} {phase}", total=total, completed=start_step)
@@ -295,11 +311,8 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
         run.log(rec)
         last = rec
         if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
-            raise TrainingDiverged(
-                f"non-finite training at step {run.global_step} (iteration {iteration} {phase}, step {s + 1}/{total}): "
-                f"loss {stats['loss']}, grad norm {stats['grad_norm']}, lr {stats['lr']:.3g}; stopped without "
-                f"writing a checkpoint (the last good one is kept: --resume continues from it). Lower lr or "
-                f"max_grad_norm, or check the data")
+            raise diverged(run.out, where=f"at step {run.global_step} (iteration {iteration} {phase}, step {s + 1}/"
+                                          f"{total})", stats=stats, lr=cfg.lr, is_main=run.is_main)
         if task is not None:
             run.progress.update(task, advance=1, description=f"iter {iteration} {phase} loss {stats['loss']:.3f}")
         else:
@@ -333,148 +346,10 @@ def _pack_units(seqs, units: list[int], max_tokens: int, pairwise: bool):
     return batches
 
 
-# -- the run directory: ownership marker, exclusive lock, clearing ---------------------------------------------
-
-RUN_MARKER = ".inpo-run"  # written into every run directory: only a directory holding it is ever cleared
-LOCK_NAME = ".inpo.lock"  # flock'ed by the trainer that owns the directory, for as long as it runs
-_OWN_FILES = (RUN_MARKER, LOCK_NAME)
-
-
-class RunDirError(ValueError):
-    """The output directory cannot be used as asked (a file, not writable, not an inpo run, in use...)."""
-
-
-def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse, before anything is written, an output that cannot hold a run or whose files a fresh start would
-    destroy: a file, a path under a file, a folder we may not write, a non-empty folder that is not an inpo run
-    (no marker: e.g. ``--output .``), and a previous run with checkpoints or ``final/`` unless ``overwrite``."""
-
-    try:
-        check_writable_path(out, "output", folder=True)
-    except ValueError as exc:
-        raise RunDirError(str(exc)) from None
-    if resume or not out.is_dir():
-        return
-    entries = [p for p in out.iterdir() if p.name not in _OWN_FILES]
-    if not entries:
-        return
-    if not (out / RUN_MARKER).is_file():
-        shown = ", ".join(sorted(p.name for p in entries)[:5]) + (", ..." if len(entries) > 5 else "")
-        raise RunDirError(f"output {str(out)!r} is not empty ({shown}) and is not an inpo run directory (no "
-                          f"{RUN_MARKER} marker); refusing to delete anything in it: pass a new or empty --output")
-    trained = [n for n in ("final", "checkpoints") if (out / n).is_dir() and any((out / n).iterdir())]
-    if trained and not overwrite:
-        raise RunDirError(f"output {str(out)!r} holds a previous run ({' and '.join(n + '/' for n in trained)}); "
-                          f"continue it with --resume, pass --overwrite to replace it, or choose another --output")
-
-
-class RunLock:
-    """An exclusive ``flock`` on ``<run>/.inpo.lock``: one trainer per run directory. The kernel drops the lock
-    when the process dies (kill -9 included), so a lock file left behind is never stale; the file only says who
-    held it last (pid, host). ``flock`` works on local filesystems and on NFS (as a POSIX lock since Linux 2.6.12)."""
-
-    _held: list["RunLock"] = []  # this process's locks, released by release_run_locks()
-
-    def __init__(self, path: Path, fd: int):
-        self.path, self.fd = path, fd
-
-    @classmethod
-    def acquire(cls, out: Path) -> "RunLock":
-        import fcntl
-        import socket
-
-        path = out / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            error = _in_use(out, fd)
-            os.close(fd)
-            raise error from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        lock = cls(path, fd)
-        cls._held.append(lock)
-        return lock
-
-    def release(self) -> None:
-        import fcntl
-
-        if self.fd >= 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
-        if self in RunLock._held:
-            RunLock._held.remove(self)
-
-
-def release_run_locks() -> None:
-    """Release every run-directory lock this process holds (the end of ``run_training``, error or not)."""
-    for lock in list(RunLock._held):
-        lock.release()
-
-
-def _in_use(out: Path, fd: int) -> RunDirError:
-    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
-    return RunDirError(f"output {str(out)!r} is in use by another inpo train ({holder}); wait for it to finish or "
-                       f"choose another --output")
-
-
-def probe_run_lock(out: Path) -> None:
-    """Fail at once, before any model loads, when another trainer holds ``out``'s lock (creates nothing)."""
-    import fcntl
-
-    path = out / LOCK_NAME
-    if not path.is_file():
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        raise _in_use(out, fd) from None
-    finally:
-        os.close(fd)  # closing drops the probe's shared lock
-
-
-def claim_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Rank 0: create ``out``, lock it, check it again under the lock, clear a previous run on a fresh start and
-    write the marker. Raises :class:`RunDirError` with nothing deleted when the directory is not ours to use."""
-    check_output_dir(out, resume=resume, overwrite=overwrite)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        RunLock.acquire(out)
-    except OSError as exc:
-        raise RunDirError(f"output {str(out)!r}: cannot create or lock it ({exc.strerror or exc})") from None
-    check_output_dir(out, resume=resume, overwrite=overwrite)  # another process may have written in between
-    if not resume and (out / RUN_MARKER).is_file():
-        clear_run_dir(out)
-    if not (out / RUN_MARKER).is_file():
-        atomic_write_text(out / RUN_MARKER, "inpo run directory: `inpo train` may replace its contents\n")
-
-
-def clear_run_dir(out: Path) -> None:
-    """Remove a previous run's artefacts (a fresh start without --resume); leaves unrelated files alone.
-    Only for a directory marked as an inpo run (``check_output_dir`` / ``claim_run_dir`` decide)."""
-    if not (out / RUN_MARKER).is_file():
-        raise RunDirError(f"refusing to clear {str(out)!r}: not an inpo run directory (no {RUN_MARKER} marker)")
-    for name in ("checkpoints", "final", "metrics.jsonl", "eval_ref_responses.jsonl", "config.yaml", "summary.json",
-                 "tensorboard"):
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-    for p in out.glob("iter_*"):
-        if p.is_dir():
-            shutil.rmtree(p)
-
-
 def export_final(run: RunContext, model, tokenizer, dest: Path | None = None, meta: dict | None = None) -> Path:
-    """``save_pretrained`` + tokenizer into ``dest`` (default ``<out>/final``), published atomically (tmp dir +
-    rename); ``meta`` is written into it as ``inpo_export.json``. Collective under FSDP (every rank calls it)."""
+    """``save_pretrained`` + tokenizer into ``dest`` (default ``<out>/final``) through the one model-folder writer
+    (NaN guard, free space, atomic publish); ``meta`` is written into it as ``inpo_export.json``. Collective under
+    FSDP (every rank calls it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     inner = unwrap(model)
@@ -484,32 +359,22 @@ def export_final(run: RunContext, model, tokenizer, dest: Path | None = None, me
     final = Path(dest) if dest is not None else run.out / "final"
     if not run.is_main:
         return final
-    bad = next((n for n, p in (full or dict(inner.named_parameters())).items()
-                if p.is_floating_point() and not bool(torch.isfinite(p).all())), None)
-    if bad is not None:
-        raise TrainingDiverged(f"the trained policy's weight {bad!r} is not finite (NaN/inf): {final} is not written; "
-                               f"the checkpoints hold the last good weights")
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if full is None:
-        export_policy(inner, tokenizer, tmp)
-    else:
+    if final.absolute().is_relative_to(run.out.absolute()):
+        run.own(final.absolute().relative_to(run.out.absolute()).parts[0])
+    if full is not None:
         # A plain (unsharded) twin built on the meta device takes the gathered tensors by assignment, so the
         # export costs no second copy of the weights and transformers handles tied embeddings as usual.
         with torch.device("meta"):
             plain = type(inner)(inner.config)
         plain.load_state_dict({k.removeprefix("model."): v for k, v in full.items()}, assign=True, strict=False)
         plain.tie_weights()
-        export_policy(plain, tokenizer, tmp)
-    if meta is not None:
-        (tmp / "inpo_export.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+        inner = plain
+    files = {"inpo_export.json": json.dumps(meta, indent=1, sort_keys=True)} if meta is not None else None
+    try:
+        return save_model(inner, final, tokenizer, files=files)
+    except NonFiniteWeights as exc:
+        raise TrainingDiverged(f"the trained policy's weight {exc.weight!r} is not finite (NaN/inf): {final} is not "
+                               f"written; the checkpoints hold the last good weights") from None
 
 
 def ceil_div(a: int, b: int) -> int:

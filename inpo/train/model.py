@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -29,6 +28,7 @@ from inpo.ops import sequence_logps
 from inpo.ops.attention import body_kwargs, prepare
 from inpo.ops.transform import LogitTransform
 from inpo.train.lm_head import logit_transform_of
+from inpo.utils.model_folder import save_model
 
 __all__ = ["tiny_llama_config", "load_policy", "build_default_policy", "hidden_and_head", "HeadInputs",
            "FusedHeadPolicy", "check_head_matches_model", "check_packing_isolates_documents", "default_cache_dir",
@@ -152,13 +152,10 @@ def build_default_policy(tokenizer, *, seed: int = 0, cache_dir=None, sft: dict 
     if verbose:
         print(f"[inpo] built the default policy ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, "
               f"SFT {sft['steps']} steps in {time.perf_counter() - t0:.1f} s); cached at {target}")
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=cache))
-        export_policy(model, tokenizer, tmp)
-        os.replace(tmp, target)  # atomic publish; a concurrent builder's identical copy may win the race
-    except OSError:
-        shutil.rmtree(locals().get("tmp", target.with_suffix(".none")), ignore_errors=True)
+    try:  # published atomically; a concurrent builder's identical copy may have won the race (kept)
+        save_model(model, target, tokenizer, replace=False)
+    except OSError:  # a read-only or full cache: the model is built in memory all the same
+        pass
     return model
 
 
@@ -346,10 +343,6 @@ def unwrap(model) -> nn.Module:
 
 
 def export_policy(model, tokenizer, path) -> Path:
-    """``save_pretrained`` (safetensors) + the tokenizer into ``path``; transformers loads it back."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    unwrap(model).save_pretrained(str(path), safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(path))
-    return path
+    """``save_pretrained`` (safetensors) + the tokenizer as the model folder ``path`` (the one model-folder writer:
+    NaN guard, free space, atomic publish); transformers loads it back."""
+    return save_model(unwrap(model), path, tokenizer)

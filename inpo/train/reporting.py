@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from inpo.train.rundir import record_entry
+
 __all__ = ["REPORTERS", "parse_report_to", "TRL_PAIR_KEYS", "pair_metric_sums", "trl_metrics", "Reporter",
            "step_line", "run_summary"]
 
@@ -202,6 +204,8 @@ class Reporter:
         if not self.names:
             return
         if self.sinks is None:
+            for name in self.names:  # the folder each writes (tensorboard/, wandb/) is the run's own
+                record_entry(self.out, name)
             self.sinks = [_SINKS[n](self.cfg, self.out) for n in self.names]
             atexit.register(self.close)
         scalars, step = _scalars(rec)

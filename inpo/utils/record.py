@@ -1,15 +1,17 @@
 """Records and the environment they came from: every metrics / result / benchmark record carries where and with
-what it was measured (device, driver, versions, commit); ``append_jsonl`` writes them a whole line at a time."""
+what it was measured (device, driver, versions, commit); ``append_jsonl`` (:mod:`inpo.utils.io`) writes them a whole
+line at a time."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+
+from inpo.utils.io import append_jsonl  # noqa: F401  (re-exported: records are appended through the one writer)
 
 
 @lru_cache(maxsize=1)
@@ -83,17 +85,3 @@ def environment_info(device=None) -> dict:
         except Exception:
             info[mod] = None
     return info
-
-
-def append_jsonl(path: str | os.PathLike, records: list[dict] | dict) -> Path:
-    """Append records as JSON lines; one write + fsync so a crash never leaves half a line."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(records, dict):
-        records = [records]
-    data = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return path
