@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from inpo.train.cli import main as train_main
+from inpo.online.cli import main as train_main
 from inpo.train.checkpoint import (CheckpointError, atomic_write_text, latest_checkpoint, load_checkpoint,
                                    restore_training_state, save_checkpoint)
 from tests.test_online import _pairs_file, micro_args, model_dir, read_metrics  # noqa: F401  (fixture)

@@ -192,7 +192,7 @@ def test_auto_backend_rule(monkeypatch):
 
 
 def test_planned_tokens_of_a_run():
-    from inpo.online import _planned_new_tokens
+    from inpo.online import planned_new_tokens as _planned_new_tokens
     from inpo.train.config import TrainConfig
 
     cfg = TrainConfig(iterations=3, n_prompts=10, k=8, max_new_tokens=24)
