@@ -35,8 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-__all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "find_origin", "origin_record", "ORIGIN_FILE", "main"]
+from inpo.generation import BACKENDS, make_sampler
+
+__all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "find_origin", "run_config", "origin_record", "ORIGIN_FILE",
+           "main"]
 
 
 @dataclass(frozen=True)
@@ -116,19 +120,24 @@ def win_rate(prompts: Sequence[str], policy_responses: Sequence, baseline_respon
 
 def evaluate(policy_model, baseline_model, tokenizer, prompts: Sequence, oracle, *, max_new_tokens: int = 32,
              temperature: float = 1.0, seed: int = 0, n_bootstrap: int = 1000, k: int = 1, batch_size: int = 64,
-             hard: bool = False, return_responses: bool = False, max_prompt_length: int | None = None):
+             hard: bool = False, return_responses: bool = False, max_prompt_length: int | None = None,
+             sampler: str = "auto", sampler_dtype: str = "policy"):
     """Sample ``k`` responses per prompt from each model (same seed) and score them with :func:`win_rate`.
 
-    With ``return_responses=True`` returns ``(WinRate, policy_responses, baseline_responses)``.
+    ``sampler`` is the backend (``hf`` | ``vllm`` | ``auto``, :func:`inpo.generation.make_sampler`): one sampler
+    (one vLLM engine) samples the policy, then is pointed at the baseline. With ``return_responses=True`` returns
+    ``(WinRate, policy_responses, baseline_responses)``.
     """
-    from inpo.generation import HFSampler
-
     if not prompts:
         raise ValueError("prompts is empty: nothing to evaluate")
+    prompts = list(prompts)
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
               max_prompt_length=max_prompt_length)
-    ours = HFSampler(policy_model, tokenizer, **kw).sample(list(prompts), k, seed=seed)
-    theirs = HFSampler(baseline_model, tokenizer, **kw).sample(list(prompts), k, seed=seed)
+    planned = 2 * len(prompts) * k * max_new_tokens  # what `auto` weighs: both models' new tokens
+    with make_sampler(sampler, policy_model, tokenizer, dtype=sampler_dtype, planned_tokens=planned, **kw) as s:
+        ours = s.sample(prompts, k, seed=seed)
+        s.set_policy(baseline_model)
+        theirs = s.sample(prompts, k, seed=seed)
     result = win_rate(prompts, ours, theirs, oracle, n_bootstrap=n_bootstrap, seed=seed, hard=hard)
     return (result, ours, theirs) if return_responses else result
 
@@ -161,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--hard", action="store_true", help="score oracle decisions (ties ½) instead of probabilities")
     ap.add_argument("--tokenizer", help="tokenizer directory (default: the policy's, else the default tokenizer)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sampler", choices=BACKENDS, default=None,
+                    help="sampling backend (default: the policy's run's `sampler` setting, else auto: "
+                         "inpo.generation.auto_backend, the faster one as measured)")
     ap.add_argument("--exploitability", action="store_true",
                     help="also estimate the policy's exploitability (pool of both models' samples; synthetic "
                          "oracle: whole feature space and style-only part) with a bootstrap CI")
@@ -189,20 +201,27 @@ def find_origin(policy: str | os.PathLike) -> dict | None:
     path = Path(policy).resolve()
     if (path / ORIGIN_FILE).is_file():
         return json.loads((path / ORIGIN_FILE).read_text())
-    for parent in list(path.parents)[:3]:
+    saved = run_config(path)
+    if saved is None:
+        return None
+    from inpo.train.config import TrainConfig
+
+    known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+    return origin_record(TrainConfig(**known))
+
+
+def run_config(policy: str | os.PathLike) -> dict | None:
+    """The ``config.yaml`` of the run that wrote the policy directory ``policy`` (one to three levels up:
+    ``final/``, ``iter_k/policy``, ``checkpoints/step_k``), or None."""
+    for parent in list(Path(policy).resolve().parents)[:3]:
         cfg_path = parent / "config.yaml"
         if cfg_path.is_file():
-            import yaml
-
             try:
                 saved = yaml.safe_load(cfg_path.read_text()) or {}
             except yaml.YAMLError:
                 continue
             if isinstance(saved, dict) and {"objective", "model", "prompts"} <= set(saved):
-                from inpo.train.config import TrainConfig
-
-                known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
-                return origin_record(TrainConfig(**known))
+                return saved
     return None
 
 
@@ -314,10 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inpo eval: error: {exc}", file=sys.stderr)
         return 2
 
+    sampler = args.sampler or (run_config(policy_path) or {} if policy_path else {}).get("sampler", "auto")
     result, ours, theirs = evaluate(policy, baseline, tokenizer, prompts, oracle, max_new_tokens=args.max_new_tokens,
                                     temperature=args.temperature, seed=args.seed, n_bootstrap=args.n_bootstrap,
                                     k=args.k, hard=args.hard, return_responses=True,
-                                    max_prompt_length=max_prompt_length)
+                                    max_prompt_length=max_prompt_length, sampler=sampler)
     exploit = _exploitability_rows(oracle, prompts, ours, theirs, args) if args.exploitability else []
     from rich.console import Console
     from rich.table import Table
@@ -342,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
 
         record = {**asdict(result), "policy": args.policy, "baseline": baseline_name, "oracle": args.oracle,
                   "prompts": args.prompts, "prompts_n": len(prompts), "k": args.k, "seed": args.seed, "hard": args.hard,
+                  "sampler": sampler,
                   "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                   "exploitability": {e.kind: asdict(e) for e in exploit}, "environment": environment_info()}
         try:
