@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import torch.distributed as dist
 
-from inpo.train.loop import run_rank, run_world_size
+from inpo.utils.dist import rank_world
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ class Shard:
     @classmethod
     def current(cls) -> Shard:
         """This process's shard (``Shard(0, 1)`` without torchrun)."""
-        return cls(run_rank(), run_world_size())
+        return cls(*rank_world())
 
     @property
     def is_main(self) -> bool:
