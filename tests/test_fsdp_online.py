@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from inpo.train.attention import register
+from inpo.ops.attention import register
 from tests.test_fsdp import _free_port, _worker
 from tests.test_online import model_dir, read_metrics  # noqa: F401  (fixture)
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from inpo._optional import require
-from inpo.data.chat import stop_token_ids, use_plain_text
-from inpo.data.tokenizer import default_tokenizer, load_tokenizer
+from inpo.data.tokenizer import resolve_tokenizer
+from inpo.ops.attention import default_implementation
 from inpo.online.shard import Shard
-from inpo.train.attention import default_implementation
 from inpo.train.config import TrainConfig
 from inpo.train.distributed import shard_policy
 from inpo.train.loop import resolve_device
@@ -22,20 +20,9 @@ from inpo.train.model import load_policy
 
 
 def run_tokenizer(cfg: TrainConfig):
-    """The run's tokenizer, set up for its encoding (chat template, or plain text with chat_template: none);
-    a tokenizer without a template and without the opt-in is refused here, before anything is written."""
-    if cfg.tokenizer is not None:
-        tok = load_tokenizer(cfg.tokenizer)
-    elif cfg.model is not None and any((Path(cfg.model) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        tok = load_tokenizer(cfg.model)
-    elif cfg.model is not None and Path(cfg.model).exists():
-        raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass tokenizer=DIR")
-    else:
-        tok = default_tokenizer()
-    if cfg.chat_template == "none":
-        use_plain_text(tok)
-    stop_token_ids(tok)  # raises the clear "no chat_template" error
-    return tok
+    """The run's tokenizer (:func:`inpo.data.tokenizer.resolve_tokenizer` from ``tokenizer`` / ``model`` /
+    ``chat_template``), refused here, before anything is written, when it cannot encode the run's data."""
+    return resolve_tokenizer(cfg.tokenizer, cfg.model, plain_text=cfg.chat_template == "none")
 
 
 def attn_impl(cfg: TrainConfig, device: torch.device) -> str:

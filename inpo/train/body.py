@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from inpo.train.attention import body_kwargs
+from inpo.ops.attention import body_kwargs
 
 __all__ = ["FusedHeadPolicy", "hidden_and_head", "unwrap"]
 

@@ -17,12 +17,15 @@ import time
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from inpo.models import resolve_model
 from inpo.data.chat import encode_completion
 from inpo.data.packing import pack_sequences
+from inpo.data.prompts import sft_examples
+from inpo.data.tokenizer import default_tokenizer
+from inpo.models import resolve_model
 from inpo.ops import sequence_logps
+from inpo.ops.attention import prepare
 from inpo.train.body import FusedHeadPolicy, hidden_and_head, unwrap  # noqa: F401 - re-exported (older imports)
 from inpo.train.step import train_step
 
@@ -72,13 +75,9 @@ def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_
     path_or_none = resolve_model(path_or_none)  # a real-model name (smollm2) → its converted folder
     if path_or_none is None or str(path_or_none) == "default":
         if tokenizer is None:
-            from inpo.data.tokenizer import default_tokenizer
-
             tokenizer = default_tokenizer()
         model = build_default_policy(tokenizer, seed=default_seed)
         if attn_implementation:
-            from inpo.train.attention import prepare
-
             model.set_attn_implementation(prepare(attn_implementation))
     else:
         model = _load_dir(Path(path_or_none), attn_implementation)
@@ -95,7 +94,6 @@ def _load_dir(path: Path, attn_implementation=None):
                                 f"directory with config.json and *.safetensors; models are never downloaded)")
     if not (path / "config.json").is_file():
         raise ValueError(f"model path {str(path)!r} has no config.json: not a transformers model directory")
-    from inpo.train.attention import prepare
 
     kw = {"attn_implementation": prepare(attn_implementation)} if attn_implementation else {}
     try:
@@ -120,7 +118,6 @@ def build_default_policy(tokenizer, *, seed: int = 0, cache_dir=None, sft: dict 
     ``<repo>/.cache/policy``), keyed by the config, the tokenizer, the SFT data and settings and the seed;
     later calls load it in well under a second. A read-only cache dir just means building in memory.
     """
-    from inpo.data.prompts import sft_examples
 
     sft = {**SFT_DEFAULTS, **(sft or {})}
     config = tiny_llama_config(len(tokenizer), bos_token_id=tokenizer.bos_token_id,

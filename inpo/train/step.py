@@ -19,10 +19,11 @@ from inpo.train.body import hidden_and_head
 from inpo.train.reporting import TRL_PAIR_KEYS, pair_metric_sums, trl_metrics
 from inpo.utils.dist import get_world_size
 
-__all__ = ["train_step", "fused_head_loss", "sequence_logps_of", "gather_side"]
+__all__ = ["train_step", "fused_head_loss", "sequence_logps_of", "gather_side", "autocast"]
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """The trainer's precision policy for a forward: bf16 autocast on CUDA, plain fp32 on CPU."""
     # bf16 body on GPU (fp32 master weights); CPU stays fp32 so that runs are exact and resumable bit for bit.
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -40,7 +41,7 @@ def sequence_logps_of(model, batch: PackedBatch, *, impl: str = "auto", head_opt
     ``head_options``: ``grad_filter`` / ``deterministic`` of the fused head (``TrainConfig.head_options()``)."""
     device = _device_of(model)
     b = batch.to(device)
-    with _autocast(device):
+    with autocast(device):
         hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
         return sequence_logps(hidden, weight, b.labels, b.cu_seqlens, bias=bias, impl=impl, check_values=False,
                               **(head_options or {})).float()
@@ -86,7 +87,7 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective | N
     model.train()
     for mb in micro_batches:
         b, s = mb.to(device), gather_side(side, mb, device)
-        with _autocast(device):
+        with autocast(device):
             hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
             loss, logps = head_loss(hidden, weight, bias, b, s)
         (loss * (mb.n_units * world / total)).backward()
