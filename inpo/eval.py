@@ -37,9 +37,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from inpo.data.prompts import default_prompts, load_prompts, split_prompts
 from inpo.data.tokenizer import resolve_tokenizer
+from inpo.exploitability import exploitability
 from inpo.generation import BACKENDS, make_sampler
 from inpo.models import resolve_model
+from inpo.oracles import TIE, PreferenceOracle, make_oracle
+from inpo.paths import check_writable_path
+from inpo.train.config import TrainConfig
+from inpo.train.model import load_policy
 from inpo.utils.record import environment_info
 
 __all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "find_origin", "run_config", "origin_record", "ORIGIN_FILE",
@@ -89,7 +95,6 @@ def win_rate(prompts: Sequence[str], policy_responses: Sequence, baseline_respon
     responses for ``prompts[i]`` (compared position by position, averaged per prompt). ``hard=True``
     scores the oracle's decision (ties count ½) instead of its probability.
     """
-    from inpo.oracles import TIE, PreferenceOracle
 
     if not isinstance(oracle, PreferenceOracle):
         raise TypeError(f"oracle must be a PreferenceOracle, got {type(oracle).__name__}")
@@ -207,7 +212,6 @@ def find_origin(policy: str | os.PathLike) -> dict | None:
     saved = run_config(path)
     if saved is None:
         return None
-    from inpo.train.config import TrainConfig
 
     known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
     return origin_record(TrainConfig(**known))
@@ -229,8 +233,6 @@ def run_config(policy: str | os.PathLike) -> dict | None:
 
 
 def _resolve_prompts(spec: str, n: int, seed: int, origin: dict | None = None) -> list:
-    from inpo.data.prompts import default_prompts, load_prompts, split_prompts
-
     if spec == "auto":
         if origin and origin.get("eval_prompts") not in (None, "default"):
             pool = load_prompts(origin["eval_prompts"])
@@ -279,8 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         if not math.isfinite(args.temperature) or args.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
         if args.json_out:
-            from inpo.paths import check_writable_path
-
             check_writable_path(args.json_out, "--json", folder=False)
         policy_path = None if args.policy == "default" else args.policy
         if policy_path is not None and not Path(policy_path).is_dir():
@@ -296,11 +296,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--policy {policy_path!r} has no recorded starting model (no inpo_origin.json beside "
                              f"it, no run config.yaml above it): pass --baseline DIR (e.g. the model you trained "
                              f"from) or --baseline-default (the embedded default π_ref)")
-        from inpo.oracles import make_oracle
 
         oracle = make_oracle(args.oracle, device=args.device, seed=args.seed)
         prompts = _resolve_prompts(args.prompts, args.n, args.seed, origin)
-        from inpo.train.model import load_policy
 
         # a tokenizer without a template (and no --no-chat-template) fails here
         tokenizer = resolve_tokenizer(args.tokenizer or None, policy_path, model_arg="--policy",
@@ -371,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exploitability_rows(oracle, prompts, ours, theirs, args) -> list:
-    from inpo.exploitability import exploitability
-
     kw = dict(n_bootstrap=args.n_bootstrap, seed=args.seed)
     pools = [list(a) + list(b) for a, b in zip(ours, theirs)]
     rows = [exploitability(oracle, prompts, ours, kind="pool", pools=pools, **kw)]
