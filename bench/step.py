@@ -233,13 +233,12 @@ def _ours(cfg: StepBenchConfig, device: torch.device, micro_tokens: int, *, impl
         side.pop("anchor_logps")
     elif cfg.objective == "onpo":
         side.pop("ref_logps")
-    if head == "liger":
-        step_fn = _liger_train_step
-    else:
-        from inpo.train.step import train_step as step_fn
+    from inpo.train.step import train_step
+
+    head_loss = _liger_head_loss(objective) if head == "liger" else None  # None: the fused head
 
     def step():
-        return step_fn(model, batches, objective, optimizer, scheduler, side, impl=impl)
+        return train_step(model, batches, objective, optimizer, scheduler, side, impl=impl, head_loss=head_loss)
 
     def cleanup():
         nonlocal model, optimizer
@@ -251,35 +250,21 @@ def _ours(cfg: StepBenchConfig, device: torch.device, micro_tokens: int, *, impl
     return Prepared(step, sum(b.n_tokens for b in batches), [len(s[0]) + len(s[1]) for s in seqs], cleanup, info)
 
 
-def _liger_train_step(model, micro_batches, objective, optimizer, scheduler, side, *, impl="auto",
-                      max_grad_norm: float = 1.0) -> dict:
-    """``train_step``'s loop with Liger's fused linear CE as the head: Liger returns per-token NLL, so a sequence's
-    log-prob is minus its segment sum; the loss math stays ``inpo.objectives``'."""
+def _liger_head_loss(objective):
+    """Liger's fused linear cross-entropy as the step's head (:func:`inpo.train.step.train_step`'s ``head_loss``):
+    Liger returns per-token NLL, so a sequence's log-prob is minus its segment sum; the loss math stays
+    ``inpo.objectives``'."""
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
     from inpo.ops.naive import segment_sum
-    from inpo.train.model import hidden_and_head
-    from inpo.train.step import autocast, gather_side
 
-    device = next(model.parameters()).device
     flce = LigerFusedLinearCrossEntropyLoss(reduction="none", ignore_index=-100)
-    units = sum(mb.n_units for mb in micro_batches)
-    model.train()
-    loss_sum = 0.0
-    for mb in micro_batches:
-        b, s = mb.to(device), gather_side(side, mb, device)
-        with autocast(device):
-            hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
-            token_nll = flce(weight, hidden, b.labels, bias)
-            logps = -segment_sum(token_nll.float(), b.cu_seqlens)
-            loss = objective(logps, s.get("ref_logps"), s.get("anchor_logps"), s.get("targets"))
-        (loss * (mb.n_units / units)).backward()
-        loss_sum += loss.detach() * mb.n_units
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {"loss": float(loss_sum) / max(units, 1)}
+
+    def head_loss(hidden, weight, bias, batch, side):
+        logps = -segment_sum(flce(weight, hidden, batch.labels, bias).float(), batch.cu_seqlens)
+        return objective(logps, side.get("ref_logps"), side.get("anchor_logps"), side.get("targets")), logps
+
+    return head_loss
 
 
 def _trl(cfg: StepBenchConfig, device: torch.device, micro_tokens: int) -> Prepared:
