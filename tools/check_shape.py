@@ -59,7 +59,6 @@ ALLOWED: dict[str, str] = {
     "inpo/train/config.py:_apply": "objectives helper: TRL aliases",
     "inpo/train/config.py:_coerce": "one branch per config field type",
     "inpo/train/loop.py:check_output_dir": "faults helper moves the run directory out of train/loop.py",
-    "inpo/train/loop.py:train_phase": "the online helper: one step loop",
     "inpo/train/reporting.py:parse_report_to": "one branch per report_to spelling TRL accepts",
 }
 
