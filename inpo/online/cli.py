@@ -12,11 +12,11 @@ from pathlib import Path
 
 from inpo.online.loop import run_training
 from inpo.train.checkpoint import CheckpointError
-from inpo.train.config import (ALIASES, EMBEDDED_DEFAULTS, MODEL_DEFAULTS, TrainConfig, config_to_yaml, load_config,
-                               parse_overrides)
+from inpo.train.config import EMBEDDED_DEFAULTS, MODEL_DEFAULTS, TrainConfig, config_to_yaml, load_config, parse_overrides
 from inpo.train.distributed import distributed_session
 from inpo.train.loop import Interrupted, StopRun, TrainingDiverged
 from inpo.train.reporting import run_summary
+from inpo.train.trl_names import trl_key_notes
 
 USAGE = """usage: inpo train [--config FILE.yaml] [--key value ...] --output DIR [--iterations T] [--max-steps N] [--resume]
 
@@ -43,7 +43,8 @@ def _help() -> str:
             shown = f"{EMBEDDED_DEFAULTS[f.name]!r}; with --model: {with_model}"
         lines.append(f"  --{f.name.replace('_', '-'):<26} {shown}")
     lines += ["", "  --no-chat-template           plain text for a base model (= --chat-template none)",
-              f"TRL / HF names accepted: {', '.join(sorted(ALIASES))}"]
+              "  objective parameters: --objective_args.NAME VALUE, or --NAME VALUE (e.g. --eta 0.1, --beta 0.1)",
+              f"TRL / HF names accepted: {trl_key_notes()}"]
     return "\n".join(lines)
 
 

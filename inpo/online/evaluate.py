@@ -3,10 +3,11 @@ where the oracle allows, exploitability) online; TRL's eval metrics on held-out 
 
 from __future__ import annotations
 
+import torch
+
 from inpo.eval import win_rate
 from inpo.exploitability import exploitability
 from inpo.online.cache import JSONL, cached_phase, write_jsonl
-from inpo.online.needs import side_inputs
 from inpo.online.prompts import eval_prompts
 from inpo.online.run import OnlineRun
 from inpo.online.shard import Shard
@@ -58,7 +59,8 @@ def heldout_pair_metrics(ctx: OnlineRun, seqs, held: list[dict]) -> dict:
     cfg, objective = ctx.cfg, ctx.objective
     ref_l = precompute_logps(ctx.models.ref, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
     pol_l = precompute_logps(ctx.models.policy, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
-    side = side_inputs(objective, {"ref": ref_l, "iterate": ref_l}, held)
-    loss = objective.losses(pol_l, side.get("ref_logps"), side.get("anchor_logps")).mean()
+    side = objective.side_inputs({"ref": ref_l, "iterate": ref_l}, held)
+    lengths = torch.tensor([float(len(y)) for _, y in seqs]) if objective.needs_lengths else None
+    loss = objective(pol_l, side.get("ref_logps"), side.get("anchor_logps"), lengths=lengths)
     trl = trl_metrics(pair_metric_sums(objective, pol_l, side).tolist(), len(held))
     return {"eval_loss": float(loss), "eval_pairs": len(held), **{f"eval_{k}": v for k, v in trl.items()}}

@@ -13,7 +13,6 @@ from pathlib import Path
 from inpo.online.export import export_model, keep_iterate
 from inpo.online.generate import RunSampler
 from inpo.online.models import Models, setup
-from inpo.online.needs import aux_chain
 from inpo.online.precompute import precomputed_logps
 from inpo.online.resume import begin_run
 from inpo.online.run import OnlineRun
@@ -72,7 +71,7 @@ def _run(cfg: TrainConfig, make_source) -> list[dict]:
     device, tokenizer, ref, policy = setup(cfg)
     source = make_source(cfg, tokenizer, device)  # every input is checked before the output directory is touched
     objective = cfg.make_objective()
-    models = Models.build(ref, policy, shard, aux_chain=aux_chain(objective), twin=source.iterates)
+    models = Models.build(ref, policy, shard, aux_chain=objective.aux_chain, twin=source.iterates)
     run, ckpt = begin_run(cfg, device, shard)
     run.print(f"[inpo] {cfg.default_notes()}")
     run.n_params = sum(p.numel() for p in models.policy.parameters())

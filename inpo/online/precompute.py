@@ -48,10 +48,11 @@ def dropped_line(dropped: int, total: int, pairwise: bool, cfg: TrainConfig) -> 
 
 
 def precomputed_logps(ctx: OnlineRun, t: int, seqs, model_t, times: dict) -> dict:
-    """``{"ref", "iterate"[, "aux"]}``: every sequence's log-prob under π_ref, π_t (``model_t``; π_0 = π_ref, so
-    iteration 0 takes the reference's) and π'_t when the run trains an auxiliary chain. Collective under torchrun
-    (every rank scores every sequence; sharded models gather their weights)."""
+    """Every sequence's log-prob under each source the run reads (``ctx.source.logp_sources``): ``ref`` = π_ref,
+    ``iterate`` = π_t (``model_t``; π_0 = π_ref, so iteration 0 takes the reference's), ``aux`` = π'_t. Collective
+    under torchrun (every rank scores every sequence; sharded models gather their weights)."""
     cfg, models = ctx.cfg, ctx.models
+    need = ctx.source.logp_sources(ctx.objective)
 
     def logps_of(model):
         return precompute_logps(model, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl,
@@ -59,9 +60,12 @@ def precomputed_logps(ctx: OnlineRun, t: int, seqs, model_t, times: dict) -> dic
 
     def precompute() -> dict:
         t0 = time.perf_counter()
-        logps = {"ref": logps_of(models.ref)}
-        logps["iterate"] = logps["ref"].clone() if t == 0 else logps_of(model_t)
-        if models.aux is not None:
+        logps = {}
+        if "ref" in need or (t == 0 and "iterate" in need):
+            logps["ref"] = logps_of(models.ref)
+        if "iterate" in need:
+            logps["iterate"] = logps["ref"].clone() if t == 0 else logps_of(model_t)
+        if "aux" in need:
             logps["aux"] = logps_of(models.aux)
         times["precompute_s"] = time.perf_counter() - t0
         return logps

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from inpo.online.cache import Codec, cached_phase, read_jsonl, write_jsonl
 from inpo.online.generate import sample_responses
-from inpo.online.needs import scored_samples
 from inpo.online.run import OnlineRun
 from inpo.online.shard import Shard
 from inpo.oracles import estimate_win_rates, select_pairs
@@ -39,7 +38,7 @@ def rank_stats(ctx: OnlineRun, t: int) -> dict:
 
 def rank_responses(objective, cfg, prompts, responses, oracle, *, seed: int) -> tuple[list[dict], dict]:
     """Pairs (or SPPO's scored samples) for ``prompts`` from the oracle, in prompt order, and their stats."""
-    if scored_samples(objective):
+    if objective.samples == "scored":  # K scored responses per prompt (SPPO) instead of pairs
         q0 = oracle.queries
         rates = estimate_win_rates(prompts, responses, oracle)
         data = [{"prompt": p, "response": y, "target": float(w)}

@@ -44,6 +44,10 @@ class OnlineSource:
             raise RuntimeError(f"iteration {t}: the oracle left no pairs (all ties); raise k or temperature")
         return data, seqs, stats
 
+    def logp_sources(self, objective) -> frozenset:
+        """The log-prob sources to precompute: the objective's (``Objective.sources``)."""
+        return objective.sources
+
     def stats(self, ctx: OnlineRun, t: int) -> dict:
         return rank_stats(ctx, t)
 
@@ -80,6 +84,11 @@ class PairsSource:
         if self.dropped:
             ctx.run.print(dropped_line(self.dropped, self.n_records, True, ctx.cfg))
         return self.records, self.seqs, self.stats(ctx, t)
+
+    def logp_sources(self, objective) -> frozenset:
+        """The objective's sources, and π_ref's log-probs cached as both ``ref`` and ``iterate`` whatever it reads
+        (π_t = π_ref offline): the offline cache file has always held both."""
+        return objective.sources | {"ref", "iterate"}
 
     def stats(self, ctx: OnlineRun, t: int) -> dict:
         return {"pairs": len(self.records)}

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 
 from inpo.online.cache import TENSORS, cached_phase
-from inpo.online.needs import aux_chain, side_inputs
 from inpo.online.run import OnlineRun
 from inpo.train.checkpoint import load_model_weights, save_checkpoint
 from inpo.train.loop import precompute_logps, train_phase
@@ -43,8 +42,8 @@ class ResumePoint:
 
 def training_phases(ctx: OnlineRun, t: int, seqs, data: list[dict], logps: dict) -> list[TrainingPhase]:
     m, objective = ctx.models, ctx.objective
-    if not aux_chain(objective):
-        return [TrainingPhase("train", m.policy, lambda: side_inputs(objective, logps, data))]
+    if not objective.aux_chain:
+        return [TrainingPhase("train", m.policy, lambda: objective.side_inputs(logps, data))]
 
     def next_aux() -> dict:  # π'_{t+1}'s log-probs (under torchrun a collective pass with the sharded π')
         cfg = ctx.cfg

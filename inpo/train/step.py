@@ -14,7 +14,7 @@ from torch import Tensor
 
 from inpo.data.packing import PackedBatch
 from inpo.objectives import Objective
-from inpo.ops import preference_loss, raise_pending_value_errors, sequence_logps
+from inpo.ops import preference_loss, raise_pending_value_errors, response_lengths, sequence_logps
 from inpo.train.body import hidden_and_head
 from inpo.train.reporting import TRL_PAIR_KEYS, pair_metric_sums, trl_metrics
 from inpo.utils.dist import get_world_size
@@ -91,7 +91,7 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective | N
             hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
             loss, logps = head_loss(hidden, weight, bias, b, s)
         (loss * (mb.n_units * world / total)).backward()
-        sums.add(loss, logps, s, mb)
+        sums.add(loss, logps, s, b)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
@@ -114,16 +114,19 @@ class _StepSums:
         self.sum_sq_len = 0.0
         self.trl = torch.zeros(len(TRL_PAIR_KEYS), device=device)  # TRL's rewards/* and logps/* sums (pairwise)
 
-    def add(self, loss: Tensor, logps: Tensor, side: dict, mb: PackedBatch) -> None:
-        self.loss += loss.detach() * mb.n_units
-        if self.objective is not None:
-            self.margin += self.objective.margin(logps, side.get("ref_logps"), side.get("anchor_logps")).sum()
+    def add(self, loss: Tensor, logps: Tensor, side: dict, batch: PackedBatch) -> None:
+        objective = self.objective
+        self.loss += loss.detach() * batch.n_units
+        if objective is not None:
+            lengths = response_lengths(batch.labels, batch.cu_seqlens) if objective.needs_lengths else None
+            self.margin += objective.margin(logps, side.get("ref_logps"), side.get("anchor_logps"),
+                                            lengths=lengths).sum()
         if self.pairwise:
-            self.trl += pair_metric_sums(self.objective, logps.detach(), side)
-        self.units += mb.n_units
-        self.tokens += mb.n_tokens
-        # attention FLOPs; a CPU tensor summed in fp64, read with the step's other sums (not a host read of its own)
-        self.sum_sq_len += mb.cu_seqlens.diff().double().square().sum()
+            self.trl += pair_metric_sums(objective, logps.detach(), side)
+        self.units += batch.n_units
+        self.tokens += batch.n_tokens
+        # attention FLOPs; a tensor summed in fp64, read with the step's other sums (not a host read of its own)
+        self.sum_sq_len += batch.cu_seqlens.diff().double().square().sum()
 
     def reduce(self, grad_norm: Tensor, lr: float, stop_requested: bool, world: int) -> dict:
         device = self.device
