@@ -80,6 +80,8 @@ def _run(cfg: TrainConfig, make_source) -> list[dict]:
     at = resume_point(ctx, ckpt)
     if banner := source.banner(objective, device):
         run.print(banner)
+    if at.iteration >= source.iterations:
+        run.print(f"[inpo] the run is complete ({source.iterations} iteration(s)); exporting the final model again")
     records = [r for r in run.records if r.get("kind") == "iteration"]
     with RunSampler(cfg, tokenizer) as ctx.sampler, _progress(cfg) as run.progress:  # one sampler (engine) per run
         for t in range(at.iteration, source.iterations):
