@@ -66,7 +66,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue from output/checkpoints/latest
     # -- model --
-    model: str | None = None  # local transformers dir; None = the embedded tiny default (built + cached)
+    model: str | None = None  # local transformers dir or a real-model name (smollm2); None = the embedded default
     tokenizer: str | None = None  # local tokenizer dir; None = the model dir's, or the embedded default
     chat_template: str = "auto"  # auto: the tokenizer's template | none: plain text (a base model; TRL's standard format)
     sft_seed: int = 0  # the embedded default π_ref's init + SFT seed (ignored with model)
