@@ -37,10 +37,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from inpo.data.chat import Truncation, encode_prompt
 from inpo.data.prompts import default_prompts, load_prompts, split_prompts
 from inpo.data.tokenizer import resolve_tokenizer
 from inpo.exploitability import exploitability
-from inpo.generation import BACKENDS, make_sampler
+from inpo.generation import BACKENDS, SamplingPlan, make_sampler
 from inpo.models import resolve_model
 from inpo.oracles import TIE, PreferenceOracle, make_oracle
 from inpo.paths import check_writable_path
@@ -141,8 +142,10 @@ def evaluate(policy_model, baseline_model, tokenizer, prompts: Sequence, oracle,
     prompts = list(prompts)
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
               max_prompt_length=max_prompt_length)
-    planned = 2 * len(prompts) * k * max_new_tokens  # what `auto` weighs: both models' new tokens
-    with make_sampler(sampler, policy_model, tokenizer, dtype=sampler_dtype, planned_tokens=planned, **kw) as s:
+    lengths = [len(Truncation(max_prompt_length=max_prompt_length).prompt(encode_prompt(tokenizer, p)))
+               for p in prompts]
+    plan = SamplingPlan.of([(lengths, k), (lengths, k)], max_new_tokens, weight_updates=1)  # what `auto` weighs
+    with make_sampler(sampler, policy_model, tokenizer, dtype=sampler_dtype, plan=plan, **kw) as s:
         ours = s.sample(prompts, k, seed=seed)
         s.set_policy(baseline_model)
         theirs = s.sample(prompts, k, seed=seed)

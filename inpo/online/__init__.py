@@ -34,10 +34,11 @@ from inpo.online.export import prune_iterates
 from inpo.online.loop import run_offline, run_online, run_training
 from inpo.online.models import attn_impl, run_tokenizer
 from inpo.online.precompute import training_sequences
-from inpo.online.prompts import planned_new_tokens, prompt_pools
+from inpo.online.generate import sampling_plan
+from inpo.online.prompts import prompt_pools
 
 __all__ = ["run_online", "run_offline", "run_training", "prune_iterates", "prompt_pools", "run_tokenizer",
-           "training_sequences", "attn_impl", "planned_new_tokens"]
+           "training_sequences", "attn_impl", "sampling_plan"]
 
 # The names benches and older scripts import (bench/iteration.py: the loop's own tokenizer and encoder).
 _load_tokenizer = run_tokenizer

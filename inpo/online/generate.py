@@ -5,20 +5,44 @@ from __future__ import annotations
 
 import time
 
-from inpo.generation import make_sampler
+from inpo.data.chat import encode_prompt, prompt_text
+from inpo.generation import SamplingPlan, make_sampler
+from inpo.generation.limits import check_prompt_lengths, context_length
 from inpo.online.cache import JSONL, cached_phase
-from inpo.online.prompts import encode_checked, planned_new_tokens, prompt_set
+from inpo.online.prompts import encode_checked, prompt_pools, prompt_set
 from inpo.online.run import OnlineRun
 from inpo.train.config import TrainConfig
+
+
+def sampling_plan(cfg: TrainConfig, tokenizer, model) -> SamplingPlan:
+    """What the run samples (:class:`~inpo.generation.SamplingPlan`: ``sampler: auto`` weighs it, the vLLM engine is
+    sized by it), after checking -- before any engine starts -- that every training and held-out prompt, cut to
+    max_prompt_length, plus max_new_tokens fits the model's context (one rule for both samplers)."""
+    train, held_out = prompt_pools(cfg, tokenizer)
+    held_out = held_out[:cfg.n_eval] if cfg.evaluate else []  # the ones evaluated (prompts.eval_prompts)
+    trunc, context = cfg.truncation(), context_length(model.config)
+    lengths = {}
+    for what, pool in (("training prompt", train), ("held-out prompt", held_out)):
+        lengths[what] = [len(trunc.prompt(encode_prompt(tokenizer, p))) for p in pool]
+        check_prompt_lengths(lengths[what], cfg.max_new_tokens, context, max_prompt_length=cfg.max_prompt_length,
+                             name=lambda i, what=what, pool=pool: f"{what} {i} ({prompt_text(pool[i])[:40]!r})")
+    n = min(cfg.n_prompts or len(train), len(train))
+    mean = sum(lengths["training prompt"]) / max(len(train), 1)
+    calls = [(n * cfg.k, round(mean * n * cfg.k))] * cfg.iterations  # each iteration's generation
+    if held_out:  # π_ref once, then each π_{t+1}
+        calls += [(len(held_out) * cfg.eval_k, sum(lengths["held-out prompt"]) * cfg.eval_k)] * (cfg.iterations + 1)
+    longest = max(lengths["training prompt"] + lengths["held-out prompt"], default=0)
+    return SamplingPlan(tuple(calls), cfg.max_new_tokens, longest, weight_updates=len(calls) - 1)
 
 
 class RunSampler:
     """The run's one sampler, built on first use; ``sampler(model)`` points it at ``model``'s current weights
     (π_t, π_{t+1}, π_ref) and returns it. With vLLM that is one engine for the whole run whose weights are reloaded
-    in place; ``close()`` (the ``with`` block's end) shuts it down."""
+    in place; ``close()`` (the ``with`` block's end) shuts it down. ``plan``: what the run samples; ``say``: where
+    the sampler's choice is announced."""
 
-    def __init__(self, cfg: TrainConfig, tokenizer):
-        self.cfg, self.tokenizer, self.sampler = cfg, tokenizer, None
+    def __init__(self, cfg: TrainConfig, tokenizer, plan: SamplingPlan | None = None, say=print):
+        self.cfg, self.tokenizer, self.sampler, self.plan, self.say = cfg, tokenizer, None, plan, say
 
     def __call__(self, model):
         cfg = self.cfg
@@ -26,7 +50,7 @@ class RunSampler:
             self.sampler = make_sampler(cfg.sampler, model, self.tokenizer, max_new_tokens=cfg.max_new_tokens,
                                         temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size,
                                         dtype=cfg.sampler_dtype, max_prompt_length=cfg.max_prompt_length,
-                                        planned_tokens=planned_new_tokens(cfg))
+                                        plan=self.plan, vllm_options=cfg.vllm_options(), say=self.say)
         else:
             self.sampler.set_policy(model)
         return self.sampler

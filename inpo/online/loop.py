@@ -56,20 +56,20 @@ def _releasing_run_locks(fn):
 @_releasing_run_locks
 def run_online(config: TrainConfig) -> list[dict]:
     """The T-iteration online loop. Returns the per-iteration records (also in ``<out>/metrics.jsonl``)."""
-    return _run(config, lambda cfg, tokenizer, device: OnlineSource(cfg, tokenizer, device))
+    return _run(config, lambda cfg, tokenizer, device, ref: OnlineSource(cfg, tokenizer, device, ref))
 
 
 @_releasing_run_locks
 def run_offline(config: TrainConfig) -> list[dict]:
     """Train on a JSONL file of TRL-style ``{"prompt", "chosen", "rejected"}`` records (one pass of
     ``epochs`` epochs). INPO runs with π_t = π_ref; DPO/IPO use π_ref as the reference."""
-    return _run(config, lambda cfg, tokenizer, device: PairsSource(cfg, tokenizer))
+    return _run(config, lambda cfg, tokenizer, device, ref: PairsSource(cfg, tokenizer))
 
 
 def _run(cfg: TrainConfig, make_source) -> list[dict]:
     shard = Shard.current()
     device, tokenizer, ref, policy = setup(cfg)
-    source = make_source(cfg, tokenizer, device)  # every input is checked before the output directory is touched
+    source = make_source(cfg, tokenizer, device, ref)  # every input is checked before the output dir is touched
     objective = cfg.make_objective()
     models = Models.build(ref, policy, shard, aux_chain=objective.aux_chain, twin=source.iterates)
     run, ckpt = begin_run(cfg, device, shard)
@@ -83,7 +83,8 @@ def _run(cfg: TrainConfig, make_source) -> list[dict]:
     if at.iteration >= source.iterations:
         run.print(f"[inpo] the run is complete ({source.iterations} iteration(s)); exporting the final model again")
     records = [r for r in run.records if r.get("kind") == "iteration"]
-    with RunSampler(cfg, tokenizer) as ctx.sampler, _progress(cfg) as run.progress:  # one sampler (engine) per run
+    # one sampler (one engine) per run
+    with RunSampler(cfg, tokenizer, source.plan, run.print) as ctx.sampler, _progress(cfg) as run.progress:
         for t in range(at.iteration, source.iterations):
             _check_stop(ctx, t, at)
             rec = run_iteration(ctx, t, at)

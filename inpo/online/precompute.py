@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from inpo.data.chat import encode_completion, encode_prompt, prompt_key, prompt_text
+from inpo.data.chat import encode_prompt, encode_responses, prompt_key, prompt_text, record_origin
 from inpo.online.cache import TENSORS, cached_phase
 from inpo.online.run import OnlineRun
 from inpo.train.config import TrainConfig
@@ -20,14 +20,14 @@ def training_sequences(tokenizer, data: list[dict], pairwise: bool, cfg: TrainCo
     trunc = cfg.truncation()
     prompt_ids: dict = {}
     seqs, kept = [], []
+    fields = ("chosen", "rejected") if pairwise else ("response",)
     for r in data:
-        key = prompt_key(r["prompt"])
+        key, where = prompt_key(r["prompt"]), record_origin(r)  # where: file:line of an offline pair
         if key not in prompt_ids:  # the whole conversation is rendered, then cut: ids before truncation
-            prompt_ids[key] = encode_prompt(tokenizer, r["prompt"])
-        parts = []
-        for field in (("chosen", "rejected") if pairwise else ("response",)):
-            p, y = encode_completion(tokenizer, r["prompt"], r[field], prompt_ids=prompt_ids[key])
-            parts.append(trunc.apply(p, y) if trunc.active else (p, y))
+            prompt_ids[key] = encode_prompt(tokenizer, r["prompt"], where=where)
+        p, ys = encode_responses(tokenizer, r["prompt"], [r[f] for f in fields], prompt_ids=prompt_ids[key],
+                                 where=where)  # a pair shares TRL's prompt/response split
+        parts = [trunc.apply(p, y) if trunc.active else (p, y) for y in ys]
         if any(part is None for part in parts):
             continue
         size = sum(len(p) + len(y) for p, y in parts)

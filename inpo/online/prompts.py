@@ -10,21 +10,22 @@ from inpo.data.prompts import default_prompts, load_prompts, split_prompts
 from inpo.train.config import TrainConfig
 
 
-def prompt_pools(cfg: TrainConfig) -> tuple[list, list]:
+def prompt_pools(cfg: TrainConfig, tokenizer=None) -> tuple[list, list]:
     """(train, eval) prompt pools. ``prompts: default`` → the embedded task's fixed splits; a user's prompts
     file → its own fixed held-out split (:func:`~inpo.data.prompts.split_prompts`), disjoint from training,
-    unless ``eval_prompts`` names a file (then all of ``prompts`` trains)."""
+    unless ``eval_prompts`` names a file (then all of ``prompts`` trains). With ``tokenizer``, every prompt of a
+    file is encoded once: a template or format error names file:line."""
     if cfg.prompts == "default":
         train = default_prompts("train")
         held_out = default_prompts("eval")
     else:
-        pool = load_prompts(cfg.prompts)
+        pool = load_prompts(cfg.prompts, tokenizer=tokenizer)
         if cfg.eval_prompts == "default":  # whether or not this run evaluates: the same training prompts
             train, held_out = split_prompts(pool, "train"), split_prompts(pool, "eval")
         else:
             train, held_out = pool, []
     if cfg.eval_prompts != "default":
-        held_out = load_prompts(cfg.eval_prompts)
+        held_out = load_prompts(cfg.eval_prompts, tokenizer=tokenizer)
     return train, held_out
 
 
@@ -41,12 +42,6 @@ def prompt_set(cfg: TrainConfig, iteration: int) -> list:
 def eval_prompts(cfg: TrainConfig) -> list:
     pool = prompt_pools(cfg)[1]
     return pool if cfg.n_eval is None else pool[: cfg.n_eval]
-
-
-def planned_new_tokens(cfg: TrainConfig) -> int:
-    """At most how many new tokens the run samples for training (what ``sampler: auto`` weighs)."""
-    n = cfg.n_prompts or len(prompt_pools(cfg)[0])
-    return cfg.iterations * n * cfg.k * cfg.max_new_tokens
 
 
 def encode_checked(tokenizer, prompts: list, cfg: TrainConfig) -> dict[str, list[int]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from inpo._optional import require
 from inpo.data.pairs import load_pairs
 from inpo.online.evaluate import heldout_pair_metrics, win_rate_record
+from inpo.online.generate import sampling_plan
 from inpo.online.precompute import dropped_line, training_sequences
 from inpo.online.prompts import encode_checked, prompt_pools, prompt_set
 from inpo.online.rank import rank_stats, ranked_data
@@ -22,12 +23,13 @@ class OnlineSource:
 
     iterates = True  # each iteration's π_{t+1} is kept as a model folder
 
-    def __init__(self, cfg: TrainConfig, tokenizer, device):
+    def __init__(self, cfg: TrainConfig, tokenizer, device, ref):
         train_pool, held_out = prompt_pools(cfg)  # a bad prompts file fails before the run dir is touched
         if not train_pool or (cfg.evaluate and not held_out):
             raise ValueError(f"prompts {cfg.prompts!r}: no {'training' if not train_pool else 'held-out'} prompts left")
         self.cfg, self.iterations = cfg, cfg.iterations
         self.oracle = make_oracle(cfg.oracle, device=str(device), seed=cfg.seed)
+        self.plan = sampling_plan(cfg, tokenizer, ref)  # every prompt fits the model's context with max_new_tokens
         encode_checked(tokenizer, prompt_set(cfg, 0), cfg)  # iteration 0's prompts fit the token budget
         if cfg.sampler == "vllm":
             require("vllm")
@@ -65,6 +67,7 @@ class PairsSource:
 
     iterates = False
     iterations = 1
+    plan = None  # it samples nothing
 
     def __init__(self, cfg: TrainConfig, tokenizer):
         records = load_pairs(cfg.data)
