@@ -231,13 +231,12 @@ def _ours(cfg: StepBenchConfig, device: torch.device, micro_tokens: int, *, impl
             "anchor_logps": -n_tok * (1 + torch.rand(len(seqs), generator=g))}
     objective = _objective(cfg)
     side = {k: v for k, v in side.items() if (objective.needs_ref if k == "ref_logps" else objective.needs_anchor)}
-    if head == "liger":
-        step_fn = _liger_train_step
-    else:
-        from inpo.train.step import train_step as step_fn
+    from inpo.train.step import train_step
+
+    head_loss = _liger_head_loss(objective) if head == "liger" else None  # None: the fused head
 
     def step():
-        return step_fn(model, batches, objective, optimizer, scheduler, side, impl=impl)
+        return train_step(model, batches, objective, optimizer, scheduler, side, impl=impl, head_loss=head_loss)
 
     def cleanup():
         nonlocal model, optimizer
@@ -249,37 +248,26 @@ def _ours(cfg: StepBenchConfig, device: torch.device, micro_tokens: int, *, impl
     return Prepared(step, sum(b.n_tokens for b in batches), [len(s[0]) + len(s[1]) for s in seqs], cleanup, info)
 
 
-def _liger_train_step(model, micro_batches, objective, optimizer, scheduler, side, *, impl="auto",
-                      max_grad_norm: float = 1.0) -> dict:
-    """``train_step``'s loop with Liger's fused linear CE as the head: Liger returns per-token NLL, so a sequence's
-    log-prob is minus its segment sum; the loss math stays ``inpo.objectives``'."""
+def _liger_head_loss(objective):
+    """Liger's fused linear cross-entropy as the step's head (:func:`inpo.train.step.train_step`'s ``head_loss``):
+    Liger returns per-token NLL, so a sequence's log-prob is minus its segment sum; the loss math stays
+    ``inpo.objectives``'."""
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
+    from inpo.ops import response_lengths
     from inpo.ops.naive import segment_sum
-    from inpo.train.model import hidden_and_head
-    from inpo.train.step import autocast, gather_side
 
-    device = next(model.parameters()).device
     flce = LigerFusedLinearCrossEntropyLoss(reduction="none", ignore_index=-100)
-    units = sum(mb.n_units for mb in micro_batches)
-    model.train()
-    loss_sum = 0.0
-    for mb in micro_batches:
-        b, s = mb.to(device), gather_side(side, mb, device)
-        with autocast(device):
-            hidden, weight, bias, softcap, logit_scale = hidden_and_head(model, b.input_ids, b.position_ids)
-            if softcap is not None or logit_scale != 1.0:  # Liger's loss has no logit scale
-                raise ValueError("the Liger baseline supports models without a logit transform only")
-            token_nll = flce(weight, hidden, b.labels, bias)
-            logps = -segment_sum(token_nll.float(), b.cu_seqlens)
-            loss = objective(logps, s.get("ref_logps"), s.get("anchor_logps"), s.get("targets"))
-        (loss * (mb.n_units / units)).backward()
-        loss_sum += loss.detach() * mb.n_units
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {"loss": float(loss_sum) / max(units, 1)}
+
+    def head_loss(head, batch, side):
+        if head.softcap is not None or head.logit_scale != 1.0:  # Liger's loss has no logit transform
+            raise ValueError("the Liger baseline supports models without a logit transform only")
+        logps = -segment_sum(flce(head.weight, head.hidden, batch.labels, head.bias).float(), batch.cu_seqlens)
+        lengths = response_lengths(batch.labels, batch.cu_seqlens) if objective.needs_lengths else None
+        loss = objective(logps, side.get("ref_logps"), side.get("anchor_logps"), side.get("targets"), lengths=lengths)
+        return loss, logps
+
+    return head_loss
 
 
 def _trl(cfg: StepBenchConfig, device: torch.device, micro_tokens: int) -> Prepared:

@@ -10,7 +10,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "train": ("inpo.train.cli", "train a policy: online INPO/ONPO/DPO/IPO/SPPO iterations or offline on JSONL pairs"),
+    "train": ("inpo.online.cli", "train a policy: online INPO/ONPO/DPO/IPO/SPPO iterations or offline on JSONL pairs"),
     "eval": ("inpo.eval", "win-rate of a policy against a baseline under a preference oracle, with a bootstrap CI"),
     "game": ("inpo.games.cli", "exact tabular preference games: duality gap of INPO, ONPO and baselines"),
     "fetch-model": ("inpo.models.cli", "fetch + convert a named real model once (smollm2), print its folder"),

@@ -34,17 +34,26 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from inpo.data.chat import Truncation, encode_prompt
+from inpo.data.prompts import default_prompts, load_prompts, split_prompts
 from inpo.data.tokenizer import resolve_tokenizer
+from inpo.exploitability import exploitability
+from inpo.generation import BACKENDS, SamplingPlan, make_sampler
 from inpo.models import resolve_model
-from inpo.train.config import bootstrap_bytes
+from inpo.oracles import TIE, PreferenceOracle, make_oracle
+from inpo.paths import check_writable_path
+from inpo.train.config import TrainConfig, bootstrap_bytes
 from inpo.train.loop import resolve_device
+from inpo.train.model import load_policy
 from inpo.utils.io import atomic_write_json
 from inpo.utils.memory import check_fits
 from inpo.utils.model_folder import first_non_finite
 from inpo.utils.record import environment_info
 
-__all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "find_origin", "origin_record", "ORIGIN_FILE", "main"]
+__all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "find_origin", "run_config", "origin_record", "ORIGIN_FILE",
+           "main"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,6 @@ def win_rate(prompts: Sequence[str], policy_responses: Sequence, baseline_respon
     responses for ``prompts[i]`` (compared position by position, averaged per prompt). ``hard=True``
     scores the oracle's decision (ties count ½) instead of its probability.
     """
-    from inpo.oracles import TIE, PreferenceOracle
 
     if not isinstance(oracle, PreferenceOracle):
         raise TypeError(f"oracle must be a PreferenceOracle, got {type(oracle).__name__}")
@@ -124,19 +132,26 @@ def win_rate(prompts: Sequence[str], policy_responses: Sequence, baseline_respon
 
 def evaluate(policy_model, baseline_model, tokenizer, prompts: Sequence, oracle, *, max_new_tokens: int = 32,
              temperature: float = 1.0, seed: int = 0, n_bootstrap: int = 1000, k: int = 1, batch_size: int = 64,
-             hard: bool = False, return_responses: bool = False, max_prompt_length: int | None = None):
+             hard: bool = False, return_responses: bool = False, max_prompt_length: int | None = None,
+             sampler: str = "auto", sampler_dtype: str = "policy"):
     """Sample ``k`` responses per prompt from each model (same seed) and score them with :func:`win_rate`.
 
-    With ``return_responses=True`` returns ``(WinRate, policy_responses, baseline_responses)``.
+    ``sampler`` is the backend (``hf`` | ``vllm`` | ``auto``, :func:`inpo.generation.make_sampler`): one sampler
+    (one vLLM engine) samples the policy, then is pointed at the baseline. With ``return_responses=True`` returns
+    ``(WinRate, policy_responses, baseline_responses)``.
     """
-    from inpo.generation import HFSampler
-
     if not prompts:
         raise ValueError("prompts is empty: nothing to evaluate")
+    prompts = list(prompts)
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size,
               max_prompt_length=max_prompt_length)
-    ours = HFSampler(policy_model, tokenizer, **kw).sample(list(prompts), k, seed=seed)
-    theirs = HFSampler(baseline_model, tokenizer, **kw).sample(list(prompts), k, seed=seed)
+    lengths = [len(Truncation(max_prompt_length=max_prompt_length).prompt(encode_prompt(tokenizer, p)))
+               for p in prompts]
+    plan = SamplingPlan.of([(lengths, k), (lengths, k)], max_new_tokens, weight_updates=1)  # what `auto` weighs
+    with make_sampler(sampler, policy_model, tokenizer, dtype=sampler_dtype, plan=plan, **kw) as s:
+        ours = s.sample(prompts, k, seed=seed)
+        s.set_policy(baseline_model)
+        theirs = s.sample(prompts, k, seed=seed)
     result = win_rate(prompts, ours, theirs, oracle, n_bootstrap=n_bootstrap, seed=seed, hard=hard)
     return (result, ours, theirs) if return_responses else result
 
@@ -169,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--hard", action="store_true", help="score oracle decisions (ties ½) instead of probabilities")
     ap.add_argument("--tokenizer", help="tokenizer directory (default: the policy's, else the default tokenizer)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sampler", choices=BACKENDS, default=None,
+                    help="sampling backend (default: the policy's run's `sampler` setting, else auto: "
+                         "inpo.generation.auto_backend, the faster one as measured)")
     ap.add_argument("--exploitability", action="store_true",
                     help="also estimate the policy's exploitability (pool of both models' samples; synthetic "
                          "oracle: whole feature space and style-only part) with a bootstrap CI")
@@ -197,26 +215,30 @@ def find_origin(policy: str | os.PathLike) -> dict | None:
     path = Path(policy).resolve()
     if (path / ORIGIN_FILE).is_file():
         return json.loads((path / ORIGIN_FILE).read_text())
-    for parent in list(path.parents)[:3]:
+    saved = run_config(path)
+    if saved is None:
+        return None
+
+    known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+    return origin_record(TrainConfig(**known))
+
+
+def run_config(policy: str | os.PathLike) -> dict | None:
+    """The ``config.yaml`` of the run that wrote the policy directory ``policy`` (one to three levels up:
+    ``final/``, ``iter_k/policy``, ``checkpoints/step_k``), or None."""
+    for parent in list(Path(policy).resolve().parents)[:3]:
         cfg_path = parent / "config.yaml"
         if cfg_path.is_file():
-            import yaml
-
             try:
                 saved = yaml.safe_load(cfg_path.read_text()) or {}
             except yaml.YAMLError:
                 continue
             if isinstance(saved, dict) and {"objective", "model", "prompts"} <= set(saved):
-                from inpo.train.config import TrainConfig
-
-                known = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
-                return origin_record(TrainConfig(**known))
+                return saved
     return None
 
 
 def _resolve_prompts(spec: str, n: int, seed: int, origin: dict | None = None) -> list:
-    from inpo.data.prompts import default_prompts, load_prompts, split_prompts
-
     if spec == "auto":
         if origin and origin.get("eval_prompts") not in (None, "default"):
             pool = load_prompts(origin["eval_prompts"])
@@ -269,8 +291,6 @@ def main(argv: list[str] | None = None) -> int:
         if not math.isfinite(args.temperature) or args.temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
         if args.json_out:
-            from inpo.paths import check_writable_path
-
             check_writable_path(args.json_out, "--json", folder=False)
         _check_resources(args)
         policy_path = None if args.policy == "default" else args.policy
@@ -285,11 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--policy {policy_path!r} has no recorded starting model (no inpo_origin.json beside "
                              f"it, no run config.yaml above it): pass --baseline DIR (e.g. the model you trained "
                              f"from) or --baseline-default (the embedded default π_ref)")
-        from inpo.oracles import make_oracle
 
         oracle = make_oracle(args.oracle, device=args.device, seed=args.seed)
         prompts = _resolve_prompts(args.prompts, args.n, args.seed, origin)
-        from inpo.train.model import load_policy
 
         # a tokenizer without a template (and no --no-chat-template) fails here
         tokenizer = resolve_tokenizer(args.tokenizer or None, policy_path, model_arg="--policy",
@@ -316,10 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inpo eval: error: {exc}", file=sys.stderr)
         return 2
 
+    sampler = args.sampler or (run_config(policy_path) or {} if policy_path else {}).get("sampler", "auto")
     result, ours, theirs = evaluate(policy, baseline, tokenizer, prompts, oracle, max_new_tokens=args.max_new_tokens,
                                     temperature=args.temperature, seed=args.seed, n_bootstrap=args.n_bootstrap,
                                     k=args.k, hard=args.hard, return_responses=True,
-                                    max_prompt_length=max_prompt_length)
+                                    max_prompt_length=max_prompt_length, sampler=sampler)
     exploit = _exploitability_rows(oracle, prompts, ours, theirs, args) if args.exploitability else []
     from rich.console import Console
     from rich.table import Table
@@ -342,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         record = {**asdict(result), "policy": args.policy, "baseline": baseline_name, "oracle": args.oracle,
                   "prompts": args.prompts, "prompts_n": len(prompts), "k": args.k, "seed": args.seed, "hard": args.hard,
+                  "sampler": sampler,
                   "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
                   "exploitability": {e.kind: asdict(e) for e in exploit}, "environment": environment_info()}
         try:
@@ -355,8 +375,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exploitability_rows(oracle, prompts, ours, theirs, args) -> list:
-    from inpo.exploitability import exploitability
-
     kw = dict(n_bootstrap=args.n_bootstrap, seed=args.seed)
     pools = [list(a) + list(b) for a, b in zip(ours, theirs)]
     rows = [exploitability(oracle, prompts, ours, kind="pool", pools=pools, **kw)]

@@ -110,7 +110,7 @@ def test_body_kwargs_only_for_an_uncompiled_varlen_body():
 
 def test_without_flash_attn_packed_rows_use_varlen(monkeypatch):
     import inpo._optional as optional
-    from inpo.online import _attn_impl
+    from inpo.online import attn_impl as _attn_impl
     from inpo.train.config import TrainConfig
 
     monkeypatch.setattr(optional, "available", lambda name: False)

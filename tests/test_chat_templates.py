@@ -101,7 +101,7 @@ def test_sampled_responses_keep_every_token(template):
 
 def test_a_template_that_raises_names_the_file_and_line(tmp_path, capsys):
     """A role the template does not know: one line naming data.jsonl:2 and the template's message, exit 2."""
-    from inpo.train.cli import main as train_main
+    from inpo.online.cli import main as train_main
 
     model = save_qwen2(tmp_path / "model", _tok(STRICT))
     good = {"prompt": [{"role": "user", "content": "Describe the sea."}],
@@ -124,7 +124,7 @@ def test_a_template_that_raises_names_the_file_and_line(tmp_path, capsys):
 
 
 def test_conversational_rows_under_plain_text_name_the_file_and_line(tmp_path, capsys):
-    from inpo.train.cli import main as train_main
+    from inpo.online.cli import main as train_main
 
     model = save_qwen2(tmp_path / "model", chatml_tokenizer())
     conv = {"prompt": [{"role": "user", "content": "Describe the sea."}],

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from inpo.train.cli import main as train_main
+from inpo.online.cli import main as train_main
 from inpo.train.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, restore_training_state,
                                    save_checkpoint)
 from inpo.utils.io import atomic_write_text

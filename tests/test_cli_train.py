@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from inpo.train.cli import main
+from inpo.online.cli import main
 
 
 def test_python_dash_m_inpo_train_help():

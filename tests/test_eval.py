@@ -130,6 +130,38 @@ def test_cli_writes_table_and_json(saved_model, tmp_path, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["wr.json"]  # no temp file left
 
 
+def test_cli_samples_with_the_configured_backend(saved_model, tmp_path, monkeypatch):
+    """`inpo eval` samples with inpo.generation.make_sampler's backend: --sampler, else the policy's run's `sampler`
+    setting (its config.yaml), else auto -- one sampler for both models, pointed at the baseline after the policy."""
+    import shutil
+
+    import yaml
+
+    import inpo.eval as ev
+
+    seen, real = [], ev.make_sampler
+
+    def spy(backend, model, tokenizer, **kw):
+        seen.append(backend)
+        sampler = real("hf", model, tokenizer, **kw)  # no vLLM here: the HF backend stands in for every choice
+        sampler.set_policy = lambda m, set_policy=sampler.set_policy: (seen.append("set_policy"), set_policy(m))
+        return sampler
+
+    monkeypatch.setattr(ev, "make_sampler", spy)
+    _, _, path = saved_model
+    run = tmp_path / "run"
+    shutil.copytree(path, run / "final")
+    (run / "config.yaml").write_text(yaml.safe_dump({"objective": "inpo", "model": None, "prompts": "default",
+                                                     "sampler": "hf"}))
+    out = tmp_path / "wr.json"
+    args = ["--baseline", str(path), "--n", "2", "--max-new-tokens", "2"]
+    assert main(["--policy", str(path), *args]) == 0  # no run around it: auto
+    assert main(["--policy", str(path), "--sampler", "vllm", *args]) == 0
+    assert main(["--policy", str(run / "final"), *args, "--json", str(out)]) == 0  # its run said hf
+    assert seen == ["auto", "set_policy", "vllm", "set_policy", "hf", "set_policy"]
+    assert json.loads(out.read_text())["sampler"] == "hf"
+
+
 @pytest.mark.parametrize("args,match", [
     (["--policy", "/nonexistent/model", "--baseline", "{m}"], "does not exist"),
     (["--policy", "{m}", "--baseline", "{m}", "--oracle", "judge"], "valid: synthetic"),

@@ -27,7 +27,7 @@ def _worker(rank: int, world: int, port: int, args: list[str], errfile: str) -> 
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
-        from inpo.train.cli import main
+        from inpo.online.cli import main
 
         rc = main(args)
         if rc != 0:
@@ -44,7 +44,7 @@ def _args(model_dir, data, out):
 
 
 def test_fsdp2_two_processes_match_single_process(model_dir, tmp_path):
-    from inpo.train.cli import main
+    from inpo.online.cli import main
 
     data = _pairs_file(tmp_path / "pairs.jsonl", n=12)
     assert main(_args(model_dir, data, tmp_path / "single")) == 0

@@ -184,7 +184,7 @@ def test_onpo_under_torchrun_trains_both_chains(model_dir, tmp_path):
 def test_resume_with_another_world_size_is_refused(model_dir, tmp_path):
     """A checkpoint records the world size that wrote it; resuming with another one fails before any work."""
     from inpo.train.checkpoint import latest_checkpoint
-    from inpo.train.cli import main as train_main
+    from inpo.online.cli import main as train_main
     from tests.test_online import micro_args
 
     out = tmp_path / "run"

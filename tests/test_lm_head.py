@@ -339,7 +339,7 @@ def test_inpo_train_on_a_gemma2_uses_its_softcapped_log_probs(tmp_path):
 
     from inpo.data.chat import encode_pair
     from inpo.data.pairs import load_pairs
-    from inpo.train.cli import main as train_main
+    from inpo.online.cli import main as train_main
     from tests.hf_fixtures import chatml_tokenizer, write_jsonl
 
     tok = chatml_tokenizer()
@@ -373,7 +373,7 @@ def test_inpo_train_on_a_gemma2_uses_its_softcapped_log_probs(tmp_path):
 def test_inpo_train_refuses_a_head_it_cannot_reproduce(tmp_path, capsys):
     """A checkpoint whose config carries a logit transform of an unverified family: exit 2 with one line naming
     the attribute, before the output directory exists."""
-    from inpo.train.cli import main as train_main
+    from inpo.online.cli import main as train_main
     from tests.hf_fixtures import chatml_tokenizer, write_jsonl
 
     tok = chatml_tokenizer()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from inpo.train.cli import main as train_main
+from inpo.online.cli import main as train_main
 from tests.test_online import _pairs_file, micro_args, model_dir, read_metrics  # noqa: F401  (fixture)
 
 

@@ -16,7 +16,7 @@ def test_checkpoint_of_a_user_model_loads_as_that_model(request, tmp_path, fixtu
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from inpo.train.cli import main
+    from inpo.online.cli import main
 
     model_dir = request.getfixturevalue(fixture)
     data = _pairs_file(tmp_path / "pairs.jsonl", n=4)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from inpo.objectives import OBJECTIVES, KernelSpec, Objective, pair_margin, per_token, register_objective
-from inpo.train.cli import main as train_main
+from inpo.online.cli import main as train_main
 from tests.helpers import make_problem
 from tests.test_online import _pairs_file, micro_args, model_dir, read_metrics  # noqa: F401  (fixture)
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from inpo.train.cli import main as train_main
+from inpo.online.cli import main as train_main
 
 STEP_KEYS = {"step", "iteration", "loss", "margin", "lr", "grad_norm", "tokens_per_s", "peak_mem_bytes"}
 ITER_KEYS = {"iteration", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "oracle_queries", "generate_s", "rank_s",

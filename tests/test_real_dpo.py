@@ -29,7 +29,7 @@ RTOL, ATOL = 2e-5, 1e-7  # ~10x the largest difference measured (2e-6 relative);
 
 
 def _inpo_steps(model_dir, out: Path, **over) -> list[dict]:
-    from inpo.train.cli import main
+    from inpo.online.cli import main
 
     s = {**SETTINGS, **over}
     argv = ["--model", str(model_dir), "--data", str(PAIRS), "--objective", "dpo", "--output", str(out),

@@ -36,7 +36,7 @@ def test_report_to_parsing_and_missing_package_errors(monkeypatch):
 
 
 def test_report_to_missing_package_is_a_cli_error_before_the_run(monkeypatch, tmp_path, capsys):
-    from inpo.train.cli import main
+    from inpo.online.cli import main
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a))
@@ -75,7 +75,7 @@ def test_offline_run_logs_trl_metrics_progress_lines_summary_and_tensorboard(mod
     all six pairs). TensorBoard holds the same numbers under HF Trainer's train/ names."""
     from safetensors.torch import load_file
 
-    from inpo.train.cli import main
+    from inpo.online.cli import main
 
     pytest.importorskip("tensorboard")
     data = _pairs_file(tmp_path / "pairs.jsonl", n=6)
@@ -111,7 +111,7 @@ def test_offline_run_logs_trl_metrics_progress_lines_summary_and_tensorboard(mod
 
 def test_wandb_offline_run_records_the_metrics(model_dir, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from inpo.train.cli import main
+    from inpo.online.cli import main
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -135,7 +135,7 @@ def test_wandb_offline_run_records_the_metrics(model_dir, tmp_path, monkeypatch)
 def test_closing_table_numbers_iterations_like_the_folders():
     from rich.console import Console
 
-    from inpo.train.cli import _table
+    from inpo.online.cli import _table
 
     console = Console(record=True, width=120)
     _table([{"iteration": 0, "win_rate": 0.6, "win_rate_ci_low": 0.5, "win_rate_ci_high": 0.7, "pairs": 3,
@@ -149,7 +149,7 @@ def test_offline_heldout_pairs_give_trl_eval_metrics_in_the_summary(model_dir, t
     held-out pairs, in the iteration record and the closing summary. The chosen answers are what training pushes
     up, so the held-out reward accuracy is high; eval_loss is the objective's loss recomputed from the files."""
     from inpo.objectives import make_objective
-    from inpo.train.cli import main
+    from inpo.online.cli import main
 
     data = _pairs_file(tmp_path / "pairs.jsonl", n=12)
     lines = data.read_text().splitlines()

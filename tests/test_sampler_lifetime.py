@@ -4,6 +4,7 @@
 import pytest
 
 import inpo.generation
+import inpo.online.generate
 from tests.test_online import micro_args, model_dir  # noqa: F401 - the module fixture
 
 
@@ -34,12 +35,12 @@ def recorder(monkeypatch):
         sampler.set_policy, sampler.close = _set, _close
         return sampler
 
-    monkeypatch.setattr(inpo.generation, "make_sampler", make)
+    monkeypatch.setattr(inpo.online.generate, "make_sampler", make)
     return rec
 
 
 def test_one_sampler_per_run_pointed_at_each_model(model_dir, tmp_path, recorder):  # noqa: F811
-    from inpo.train.cli import main as train_main
+    from inpo.online.cli import main as train_main
 
     assert train_main(micro_args(model_dir, tmp_path / "run", "--iterations", "2")) == 0
     assert recorder.built == 1 and recorder.closed == 1
@@ -50,13 +51,13 @@ def test_one_sampler_per_run_pointed_at_each_model(model_dir, tmp_path, recorder
 
 
 def test_the_sampler_is_closed_when_the_run_fails(model_dir, tmp_path, recorder, monkeypatch):  # noqa: F811
-    import inpo.online
-    from inpo.train.cli import main as train_main
+    import inpo.online.rank
+    from inpo.online.cli import main as train_main
 
     def boom(*a, **k):
         raise RuntimeError("oracle down")
 
-    monkeypatch.setattr(inpo.online, "_rank_responses", boom)
+    monkeypatch.setattr(inpo.online.rank, "rank_responses", boom)
     with pytest.raises(RuntimeError, match="oracle down"):
         train_main(micro_args(model_dir, tmp_path / "run"))
     assert recorder.built == 1 and recorder.closed == 1

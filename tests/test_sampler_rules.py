@@ -273,7 +273,7 @@ def test_a_run_refuses_a_prompt_over_the_context_before_anything_starts(tok, tmp
 
     from inpo.data.prompts import load_prompts, split_prompts
     from inpo.online import sampling_plan
-    from inpo.train.cli import main as train_main
+    from inpo.online.cli import main as train_main
     from inpo.train.config import load_config
     from inpo.train.model import export_policy, tiny_llama_config
     from tests.test_online import micro_args

@@ -55,7 +55,7 @@ def test_bad_values():
 
 
 def test_cli_reports_errors(capsys):
-    from inpo.train.cli import main
+    from inpo.online.cli import main
 
     assert main(["--output", "x", "--epochz", "1"]) == 2
     assert "did you mean 'epochs'" in capsys.readouterr().err

@@ -160,7 +160,7 @@ def test_flash_attention_only_when_it_imports(monkeypatch):
     import transformers.utils
 
     import inpo._optional
-    from inpo.online import _attn_impl
+    from inpo.online import attn_impl as _attn_impl
     from inpo.train.config import TrainConfig
 
     cfg, cuda = TrainConfig(), torch.device("cuda", 0)

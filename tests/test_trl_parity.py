@@ -109,7 +109,7 @@ def _trl_steps(model_dir, rows, loss_type, lr, out) -> list[dict]:
 
 
 def _our_steps(model_dir, data, trl_key, lr, out) -> list[dict]:
-    from inpo.train.cli import main
+    from inpo.online.cli import main
 
     key, value = trl_key
     assert main(["--model", str(model_dir), "--data", str(data), "--output", str(out), f"--{key}", value,
@@ -173,7 +173,7 @@ def test_fractional_epochs_stop_part_way_like_trl(qwen2_dir, tmp_path):
     optimiser steps, and the linear schedule decays over those 2 (HF Trainer's max_steps = ceil(num_train_epochs ·
     steps per epoch))."""
     rows, data = _pairs(tmp_path)
-    from inpo.train.cli import main
+    from inpo.online.cli import main
 
     out = tmp_path / "half"
     assert main(["--model", str(qwen2_dir), "--data", str(data), "--output", str(out), "--num_train_epochs", "0.5",

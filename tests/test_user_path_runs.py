@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from inpo.train.cli import main as train_main
+from inpo.online.cli import main as train_main
 from tests.hf_fixtures import (llama3_dir, qwen2_dir, qwen2_pairwise_dir, qwen2_reward_dir,  # noqa: F401 (fixtures)
                                write_jsonl)
 

@@ -35,9 +35,6 @@ MEASUREMENT = ("inpo/profiling", "inpo/utils/record.py", "inpo/utils/mfu.py")  #
 FUNCTION_IMPORTS: dict[str, tuple[int, str]] = {
     "inpo.ops.triton_impl": (4, "inpo.kernels imports triton: loaded only when impl=triton runs"),
     # Today's offenders, left to the helpers rewriting these files (issue 22); the lead shrinks this list.
-    "inpo.online": (21, "the online helper splits it into inpo/online/ by phase"),
-    "inpo.eval": (8, "the online helper's eval rework"),
-    "inpo.train.cli": (6, "the online helper moves the training command line into inpo/cli"),
     "inpo.models": (1, "fetch imports inpo.models back (a cycle): real's inpo.models"),
     "inpo.models.fetch": (1, "convert needs gguf + transformers, heavy: real's inpo.models"),
 }
@@ -49,12 +46,8 @@ ALLOWED: dict[str, str] = {
     "inpo/eval.py:main": "the online helper reworks inpo eval (configured sampler)",
     "inpo/games/report.py:plot_gap_curves": "one figure, many series options; nash helper's area",
     "inpo/games/sweep.py:sweep_report": "a report writer, straight-line prose; nash helper's area",
-    "inpo/online.py:run_offline": "the online helper splits inpo/online.py by phase",
-    "inpo/online.py:run_online": "the online helper splits inpo/online.py by phase",
     "inpo/ops/checks.py:check_head_inputs": "one check per argument of the fused head, each with its own message",
     "inpo/oracles/synthetic.py:SyntheticIntransitiveOracle._features": "one feature per style rule of the oracle",
-    "inpo/train/cli.py:_run": "the online helper moves the training command line",
-    "inpo/train/loop.py:train_phase": "the online helper: one step loop",
     "inpo/train/reporting.py:parse_report_to": "one branch per report_to spelling TRL accepts",
 }
 

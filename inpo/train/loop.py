@@ -261,78 +261,148 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
     sequence) with fresh AdamW + cosine schedule, logging a metrics line per step and checkpointing every
     ``cfg.checkpoint_every`` steps. ``start_step``/``resume_ckpt`` resume mid-phase. Raises :class:`StopRun`
     at ``cfg.max_steps`` (after a checkpoint). Returns a summary (steps, wall time, last loss)."""
-
     cfg = run.cfg
-    rank, world = rank_world()
-    pairwise = objective.pairwise
-    n_units = len(seqs) // 2 if pairwise else len(seqs)
-    spe = _steps_of(n_units, cfg.batch_pairs, world)
-    if spe == 0:
-        raise ValueError(f"no training data: {n_units} {'pairs' if pairwise else 'sequences'} for "
-                         f"{world} rank(s); lower batch_pairs or add prompts")
-    total = math.ceil(spe * cfg.epochs)  # a fractional epoch stops part-way through the data (TRL's rule)
+    plan = _PhasePlan.of(cfg, objective, len(seqs), iteration, phase)
     reshard(model)  # the optimizer must hold the sharded parameters, whatever ran on the model before
     optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.adam_epsilon)
-    warmup = warmup_steps_of(total, warmup_ratio=cfg.warmup_ratio, warmup_steps=cfg.warmup_steps)
-    scheduler = lr_schedule(optimizer, kind=cfg.lr_scheduler_type, total_steps=total, warmup=warmup,
+    warmup = warmup_steps_of(plan.total, warmup_ratio=cfg.warmup_ratio, warmup_steps=cfg.warmup_steps)
+    scheduler = lr_schedule(optimizer, kind=cfg.lr_scheduler_type, total_steps=plan.total, warmup=warmup,
                             min_lr_ratio=cfg.min_lr_ratio)
     if resume_ckpt is not None:
         restore_training_state(resume_ckpt, model=model, optimizer=optimizer, scheduler=scheduler, lr=cfg.lr)
-    task = None
-    if run.progress is not None and run.is_main:
-        task = run.progress.add_task(f"iter {iteration} {phase}", total=total, completed=start_step)
+    at = _Where(run, iteration, phase, plan.total)
+    task = at.start_task(start_step)
     t_phase, last = time.perf_counter(), {}
-    perms: dict[int, list[int]] = {}
-    for s in range(start_step, total):
-        epoch, j = divmod(s, spe)
-        if epoch not in perms:
-            g = torch.Generator().manual_seed(_phase_seed(cfg.seed, iteration, phase, epoch))
-            perms[epoch] = torch.randperm(n_units, generator=g).tolist()
-        units = perms[epoch][j * cfg.batch_pairs:(j + 1) * cfg.batch_pairs]
-        mine = units[rank::world]
-        micro = _pack_units(seqs, mine, cfg.max_tokens, pairwise)
-        if run.device.type == "cuda":  # the step's own peak, not the sampler's / precompute's before it
-            torch.cuda.reset_peak_memory_stats(run.device)
-        t0 = time.perf_counter()
-        stats = train_step(model, micro, objective, optimizer, scheduler, side, max_grad_norm=cfg.max_grad_norm,
-                           impl=cfg.impl, global_units=len(units), head_options=cfg.head_options(),
-                           stop_requested=lambda: stop_signal() is not None)
-        dt = time.perf_counter() - t0
+    for s in range(start_step, plan.total):
+        epoch, units = plan.step_units(s)
+        micro = _pack_units(seqs, units[plan.rank::plan.world], cfg.max_tokens, plan.pairwise)
+        stats, dt = _timed_step(run, model, micro, objective, optimizer, scheduler, side, global_units=len(units))
         run.global_step += 1
-        rec = {"kind": "step", "step": run.global_step, "iteration": iteration, "phase": phase, "epoch": epoch,
-               "iter_step": s + 1, "loss": stats["loss"], "margin": stats["margin"], "lr": stats["lr"],
-               "grad_norm": stats["grad_norm"], "tokens": stats["tokens"], "tokens_per_s": stats["tokens"] / dt,
-               "step_time_s": dt, "peak_mem_bytes": peak_memory_bytes(run.device), **stats.get("trl", {})}
-        if run.device.type == "cuda":
-            util = step_mfu(getattr(model, "config", None), tokens=stats["tokens"], sum_sq=stats["sum_sq_len"],
-                            seconds=dt, device_name=torch.cuda.get_device_name(run.device), world=world)
-            if util is not None:
-                rec["mfu"] = util
-        run.log(rec)
-        last = rec
-        if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
-            raise diverged(run.out, where=f"at step {run.global_step} (iteration {iteration} {phase}, step {s + 1}/"
-                                          f"{total})", stats=stats, lr=cfg.lr, is_main=run.is_main)
-        if task is not None:
-            run.progress.update(task, advance=1, description=f"iter {iteration} {phase} loss {stats['loss']:.3f}")
-        else:
-            run.progress_line(rec, total)
-        state = {"iteration": iteration, "phase": phase, "iter_step": s + 1, "global_step": run.global_step,
-                 "fingerprint": run.fingerprint}
-        stop = cfg.max_steps is not None and run.global_step >= cfg.max_steps
-        signalled = stats["stop"] and s + 1 < total  # at a phase's end the caller's "done" checkpoint comes first
-        if s + 1 < total and (stop or signalled or
-                              (cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0)):
-            save_checkpoint(run.out, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
-                            extra_models=extra_models, keep=cfg.keep_checkpoints, tokenizer=run.tokenizer)
-        if signalled:
-            raise interrupted(f"at step {run.global_step} (iteration {iteration} {phase}, step {s + 1}/{total})")
-        if stop and s + 1 < total:
-            raise StopRun(f"max_steps={cfg.max_steps} reached at iteration {iteration}, step {s + 1}/{total}")
+        last = _step_record(run, model, stats, dt, iteration=iteration, phase=phase, epoch=epoch, iter_step=s + 1)
+        run.log(last)
+        at.check_finite(stats, s + 1)
+        at.show(task, last, stats)
+        at.checkpoint_or_stop(stats, s + 1, model=model, optimizer=optimizer, scheduler=scheduler,
+                              extra_models=extra_models)
     if task is not None:
         run.progress.remove_task(task)
-    return {"steps": total - start_step, "train_s": time.perf_counter() - t_phase, "last": last,
+    return {"steps": plan.total - start_step, "train_s": time.perf_counter() - t_phase, "last": last,
             "stop": cfg.max_steps is not None and run.global_step >= cfg.max_steps}
+
+
+@dataclass
+class _PhasePlan:
+    """Which units (pairs, or sequences) each step of a phase trains on: step ``s`` takes epoch
+    ``s // steps_per_epoch``'s seeded permutation of the units, slice ``s % steps_per_epoch`` of ``batch`` units;
+    each rank takes every ``world``-th of them."""
+
+    n_units: int
+    batch: int
+    steps_per_epoch: int
+    total: int
+    pairwise: bool
+    rank: int
+    world: int
+    seed: int
+    iteration: int
+    phase: str
+    perms: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg, objective, n_seqs: int, iteration: int, phase: str) -> _PhasePlan:
+        rank, world = rank_world()
+        pairwise = objective.pairwise
+        n_units = n_seqs // 2 if pairwise else n_seqs
+        spe = _steps_of(n_units, cfg.batch_pairs, world)
+        if spe == 0:
+            raise ValueError(f"no training data: {n_units} {'pairs' if pairwise else 'sequences'} for "
+                             f"{world} rank(s); lower batch_pairs or add prompts")
+        total = math.ceil(spe * cfg.epochs)  # a fractional epoch stops part-way through the data (TRL's rule)
+        return cls(n_units, cfg.batch_pairs, spe, total, pairwise, rank, world, cfg.seed, iteration, phase)
+
+    def step_units(self, s: int) -> tuple[int, list[int]]:
+        """``(epoch, units)`` of step ``s``: the step's units over all ranks."""
+        epoch, j = divmod(s, self.steps_per_epoch)
+        if epoch not in self.perms:
+            g = torch.Generator().manual_seed(_phase_seed(self.seed, self.iteration, self.phase, epoch))
+            self.perms[epoch] = torch.randperm(self.n_units, generator=g).tolist()
+        return epoch, self.perms[epoch][j * self.batch:(j + 1) * self.batch]
+
+
+def _timed_step(run: RunContext, model, micro, objective, optimizer, scheduler, side: dict, *,
+                global_units: int) -> tuple[dict, float]:
+    cfg = run.cfg
+    if run.device.type == "cuda":  # the step's own peak, not the sampler's / precompute's before it
+        torch.cuda.reset_peak_memory_stats(run.device)
+    t0 = time.perf_counter()
+    stats = train_step(model, micro, objective, optimizer, scheduler, side, max_grad_norm=cfg.max_grad_norm,
+                       impl=cfg.impl, global_units=global_units, head_options=cfg.head_options(),
+                       stop_requested=lambda: stop_signal() is not None)
+    return stats, time.perf_counter() - t0
+
+
+def _step_record(run: RunContext, model, stats: dict, dt: float, **where) -> dict:
+    """The step's metrics line (``where``: iteration, phase, epoch, iter_step)."""
+    rec = {"kind": "step", "step": run.global_step, **where, "loss": stats["loss"], "margin": stats["margin"],
+           "lr": stats["lr"], "grad_norm": stats["grad_norm"], "tokens": stats["tokens"],
+           "tokens_per_s": stats["tokens"] / dt, "step_time_s": dt, "peak_mem_bytes": peak_memory_bytes(run.device),
+           **stats.get("trl", {})}
+    if run.device.type == "cuda":
+        util = step_mfu(getattr(model, "config", None), tokens=stats["tokens"], sum_sq=stats["sum_sq_len"],
+                        seconds=dt, device_name=torch.cuda.get_device_name(run.device), world=rank_world()[1])
+        if util is not None:
+            rec["mfu"] = util
+    return rec
+
+
+@dataclass
+class _Where:
+    """A phase's position for its progress display, its messages and its checkpoints' state."""
+
+    run: RunContext
+    iteration: int
+    phase: str
+    total: int
+
+    def text(self, step: int) -> str:
+        return f"iteration {self.iteration} {self.phase}, step {step}/{self.total}"
+
+    def start_task(self, start_step: int):
+        run = self.run
+        if run.progress is None or not run.is_main:
+            return None
+        return run.progress.add_task(f"iter {self.iteration} {self.phase}", total=self.total, completed=start_step)
+
+    def show(self, task, rec: dict, stats: dict) -> None:
+        if task is not None:
+            self.run.progress.update(task, advance=1,
+                                     description=f"iter {self.iteration} {self.phase} loss {stats['loss']:.3f}")
+        else:
+            self.run.progress_line(rec, self.total)
+
+    def check_finite(self, stats: dict, step: int) -> None:
+        if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
+            run = self.run
+            raise diverged(run.out, where=f"at step {run.global_step} ({self.text(step)})", stats=stats,
+                           lr=run.cfg.lr, is_main=run.is_main)
+
+    def checkpoint_or_stop(self, stats: dict, step: int, *, model, optimizer, scheduler, extra_models) -> None:
+        """After a step inside the phase: a checkpoint every ``checkpoint_every`` steps and before stopping at
+        ``max_steps`` or on a signal, then the stop (at the phase's end the caller's "done" checkpoint comes first)."""
+        run, cfg = self.run, self.run.cfg
+        if step == self.total:
+            return
+        stop = cfg.max_steps is not None and run.global_step >= cfg.max_steps
+        periodic = cfg.checkpoint_every and run.global_step % cfg.checkpoint_every == 0
+        if stop or stats["stop"] or periodic:
+            state = {"iteration": self.iteration, "phase": self.phase, "iter_step": step,
+                     "global_step": run.global_step, "fingerprint": run.fingerprint}
+            save_checkpoint(run.out, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
+                            extra_models=extra_models, keep=cfg.keep_checkpoints, tokenizer=run.tokenizer)
+        if stats["stop"]:
+            raise interrupted(f"at step {run.global_step} ({self.text(step)})")
+        if stop:
+            raise StopRun(f"max_steps={cfg.max_steps} reached at iteration {self.iteration}, step {step}/{self.total}")
 
 
 def _pack_units(seqs, units: list[int], max_tokens: int, pairwise: bool):

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from inpo.data.chat import encode_completion
 from inpo.data.packing import pack_sequences
@@ -25,9 +25,10 @@ from inpo.data.prompts import sft_examples
 from inpo.data.tokenizer import default_tokenizer
 from inpo.models import resolve_model
 from inpo.ops import sequence_logps
-from inpo.ops.attention import body_kwargs, prepare
+from inpo.ops.attention import prepare
 from inpo.ops.transform import LogitTransform
-from inpo.train.lm_head import logit_transform_of
+from inpo.train.body import FusedHeadPolicy, HeadInputs, hidden_and_head, unwrap  # noqa: F401 - re-exported
+from inpo.train.step import train_step
 from inpo.utils.model_folder import save_model
 
 __all__ = ["tiny_llama_config", "load_policy", "build_default_policy", "hidden_and_head", "HeadInputs",
@@ -160,15 +161,13 @@ def build_default_policy(tokenizer, *, seed: int = 0, cache_dir=None, sft: dict 
 
 
 def _sft_warm_start(model, tokenizer, examples, *, seed, steps, lr, batch_size, warmup):
-    """Token-mean NLL on (prompt, response) demonstrations, through the fused head."""
-    import math
-
+    """Token-mean NLL on (prompt, response) demonstrations, through the fused head: the trainer's own step with
+    the NLL as its head loss, one packed batch per step."""
     seqs = [encode_completion(tokenizer, p, r) for p, r in examples]
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    model.train()
     order = torch.randperm(len(seqs), generator=g).tolist()
     pos = 0
     for _ in range(steps):
@@ -176,89 +175,17 @@ def _sft_warm_start(model, tokenizer, examples, *, seed, steps, lr, batch_size, 
             order, pos = torch.randperm(len(seqs), generator=g).tolist(), 0
         chosen = [seqs[i] for i in order[pos:pos + batch_size]]
         pos += batch_size
-        (batch,) = pack_sequences(chosen, max_tokens=10**9, pairwise=False)
-        head = hidden_and_head(model, batch.input_ids, batch.position_ids)
-        # The chunked torch head: the tested reference path, so the cached π_ref never depends on which
-        # optional CPU backend happens to be built on this machine.
-        logps = sequence_logps(head.hidden, head.weight, batch.labels, batch.cu_seqlens, impl="torch",
-                               check_values=False, **head.kwargs())
-        loss = -logps.sum() / (batch.labels != -100).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        train_step(model, pack_sequences(chosen, max_tokens=10**9, pairwise=False), None, opt, sched, {},
+                   max_grad_norm=1.0, head_loss=_token_mean_nll)
     model.eval()
 
 
-class FusedHeadPolicy(nn.Module):
-    """Wraps a causal LM so that one ``forward`` returns (hidden, head weight, head bias).
-
-    Needed under FSDP2: the root module's pre-forward hook unshards the embedding / final norm / LM head
-    only when the call goes through the root, so the body and the head weight must be read inside it.
-
-    The hidden states come back as the body's own ``[B, T, H]`` output, not a view of it: FSDP2 hooks its
-    pre-backward onto the root's outputs and warns (rightly) that a *view* output loses that hook to any
-    in-place op; :func:`hidden_and_head` flattens outside the root, where the view is harmless.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: Tensor, position_ids: Tensor):
-        hidden, weight, bias = _body_and_head(self.model, input_ids, position_ids)
-        if hidden._base is not None:  # a body whose output is itself a view (none of the usual decoders)
-            hidden = hidden.clone()
-        return hidden, weight, bias
-
-
-def _body_and_head(model, input_ids, position_ids):
-    out = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                           **body_kwargs(model, position_ids))
-    hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
-    head = model.get_output_embeddings()
-    return hidden, head.weight, getattr(head, "bias", None)  # [B, T, H]: hidden_and_head flattens it
-
-
-class HeadInputs(NamedTuple):
-    """What the fused head needs from a model for one packed batch: ``hidden`` [N, H], ``weight`` [V, H] (the
-    embedding itself when tied), ``bias`` (None for most models) and the model's logit transform (``softcap``,
-    ``logit_scale``: :mod:`inpo.train.lm_head`). ``kwargs()`` are the keyword arguments of
-    :func:`inpo.ops.sequence_logps` / :func:`inpo.ops.preference_loss` besides hidden and weight."""
-
-    hidden: Tensor
-    weight: Tensor
-    bias: Tensor | None
-    softcap: float | None = None
-    logit_scale: float = 1.0
-
-    def kwargs(self) -> dict:
-        return dict(bias=self.bias, softcap=self.softcap, logit_scale=self.logit_scale)
-
-
-def hidden_and_head(model, input_ids: Tensor, position_ids: Tensor) -> HeadInputs:
-    """Decoder body only (``use_cache=False``: packed documents would mix otherwise) → :class:`HeadInputs`: hidden
-    ``[N, H]``, LM-head weight ``[V, H]``, bias, and the model's logit transform (read from the model here, the one
-    place the trainer, the precompute and the benches take it from; ValueError for a head inpo cannot reproduce).
-
-    Under autocast the hidden states are cast to the autocast dtype (bf16 on CUDA) -- a Llama body's output is
-    *fp32* even under autocast, since the residual stream adds bf16 sublayer outputs to the fp32 embeddings and
-    RMSNorm keeps its input dtype -- and the weight is cast to match (differentiable casts: gradients still
-    reach the fp32 parameters). Without this the fused head would run its GEMMs in fp32 ("ieee") on the GPU."""
-    if isinstance(model, FusedHeadPolicy) or getattr(model, "_inpo_fused_head", False):
-        hidden, weight, bias = model(input_ids, position_ids)
-    else:
-        hidden, weight, bias = _body_and_head(model, input_ids, position_ids)
-    transform = logit_transform_of(unwrap(model))
-    hidden = hidden.reshape(-1, hidden.shape[-1])
-    dev = hidden.device.type
-    if hidden.dtype == torch.float32 and torch.is_autocast_enabled(dev):
-        hidden = hidden.to(torch.get_autocast_dtype(dev))
-    if weight.dtype != hidden.dtype:
-        weight = weight.to(hidden.dtype)
-        bias = None if bias is None else bias.to(hidden.dtype)
-    return HeadInputs(hidden, weight, bias, transform.softcap, transform.logit_scale)
+def _token_mean_nll(head, batch, side) -> tuple[Tensor, Tensor]:
+    # The chunked torch head: the tested reference path, so the cached π_ref never depends on which optional CPU
+    # backend happens to be built on this machine.
+    logps = sequence_logps(head.hidden, head.weight, batch.labels, batch.cu_seqlens, impl="torch",
+                           check_values=False, **head.kwargs())
+    return -logps.sum() / (batch.labels != -100).sum(), logps
 
 
 @torch.no_grad()
@@ -329,17 +256,6 @@ def check_packing_isolates_documents(model, *, seed: int = 0) -> float:
                          f"position ids inpo packs with), so training would mix documents. inpo cannot train this "
                          f"model yet")
     return err
-
-
-def unwrap(model) -> nn.Module:
-    """The transformers model inside a :class:`FusedHeadPolicy` / compiled wrapper."""
-    while True:
-        if isinstance(model, FusedHeadPolicy):
-            model = model.model
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def export_policy(model, tokenizer, path) -> Path:

@@ -3,10 +3,19 @@ iterations (or offline JSONL training); a closing table of win-rates against π_
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shlex
 import sys
 import time
+from pathlib import Path
 
+from inpo.online.loop import run_training
+from inpo.train.checkpoint import CheckpointError
 from inpo.train.config import EMBEDDED_DEFAULTS, MODEL_DEFAULTS, TrainConfig, config_to_yaml, load_config, parse_overrides
+from inpo.train.distributed import distributed_session
+from inpo.train.loop import Interrupted, StopRun, TrainingDiverged
+from inpo.train.reporting import run_summary
 from inpo.train.trl_names import trl_key_notes
 
 USAGE = """usage: inpo train [--config FILE.yaml] [--key value ...] --output DIR [--iterations T] [--max-steps N] [--resume]
@@ -23,8 +32,6 @@ config keys (default):
 
 
 def _help() -> str:
-    import dataclasses
-
     lines = [USAGE]
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -79,8 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _resume_command(given: list[str]) -> str:
-    import shlex
-
     args = [a for a in given if a not in ("--resume", "--overwrite")]
     return "inpo train " + shlex.join(args + ["--resume"])
 
@@ -88,51 +93,52 @@ def _resume_command(given: list[str]) -> str:
 def _run(cfg: TrainConfig, given: list[str]) -> int:
     from rich.console import Console
 
-    from inpo.train.distributed import distributed_session
-
     console = Console()
     with distributed_session() as is_main:
         if is_main:
             console.print("[bold]inpo train[/bold] config:")
             console.print(config_to_yaml(cfg), end="", markup=False, highlight=False)
-        from inpo.online import run_training
-        from inpo.train.checkpoint import CheckpointError
-        from inpo.train.loop import Interrupted, StopRun, TrainingDiverged
-
         t0 = time.perf_counter()
-        try:
-            records = run_training(cfg)
-        except Interrupted as stop:
-            if is_main:
-                print(f"[inpo] {stop}; checkpoint written. Continue with:\n  {_resume_command(given)}",
-                      file=sys.stderr, flush=True)
-            return stop.exit_code
-        except StopRun as stop:
-            if is_main:
-                console.print(f"[inpo] {stop}; checkpoint written -- continue with --resume")
-            return 0
-        except (TrainingDiverged, CheckpointError) as exc:
-            print(f"inpo train: error: {exc}", file=sys.stderr)
-            return 1
-        except (ValueError, FileNotFoundError, NotImplementedError, ImportError) as exc:
-            print(f"inpo train: error: {exc}", file=sys.stderr)
-            return 2
-        except OSError as exc:  # disk full, permission lost mid-run...: a message, not a traceback
-            print(f"inpo train: error: {exc}", file=sys.stderr)
-            return 1
+        records = _train(cfg, given, is_main, console)
+        if isinstance(records, int):  # the exit code of a stop or an error
+            return records
         if is_main:
-            if any("win_rate" in r for r in records):
-                _table(records, console)
-            else:  # offline: final loss, the last step's TRL metrics, held-out metrics when there are any
-                import json
-                from pathlib import Path
-
-                from inpo.train.reporting import run_summary
-
-                mpath = Path(cfg.output) / "metrics.jsonl"
-                recs = [json.loads(x) for x in mpath.read_text().splitlines()] if mpath.is_file() else []
-                console.print(run_summary(records, [r for r in recs if r.get("kind") == "step"]), markup=False,
-                              highlight=False, soft_wrap=True)
-            console.print(f"[inpo] done in {time.perf_counter() - t0:.1f} s; final policy in {cfg.output}/final, "
-                          f"metrics in {cfg.output}/metrics.jsonl")
+            _closing(cfg, records, console, t0)
     return 0
+
+
+def _train(cfg: TrainConfig, given: list[str], is_main: bool, console) -> list[dict] | int:
+    """The run's records, or the exit code of a stop (0: max_steps; 128 + N: signal N) or an error (1, 2)."""
+    try:
+        return run_training(cfg)
+    except Interrupted as stop:
+        if is_main:
+            print(f"[inpo] {stop}; checkpoint written. Continue with:\n  {_resume_command(given)}",
+                  file=sys.stderr, flush=True)
+        return stop.exit_code
+    except StopRun as stop:
+        if is_main:
+            console.print(f"[inpo] {stop}; checkpoint written -- continue with --resume")
+        return 0
+    except (TrainingDiverged, CheckpointError) as exc:
+        print(f"inpo train: error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, NotImplementedError, ImportError) as exc:
+        print(f"inpo train: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permission lost mid-run...: a message, not a traceback
+        print(f"inpo train: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _closing(cfg: TrainConfig, records: list[dict], console, t0: float) -> None:
+    """The win-rate table (online), or the final loss, the last step's TRL metrics and held-out metrics (offline)."""
+    if any("win_rate" in r for r in records):
+        _table(records, console)
+    else:
+        mpath = Path(cfg.output) / "metrics.jsonl"
+        recs = [json.loads(x) for x in mpath.read_text().splitlines()] if mpath.is_file() else []
+        console.print(run_summary(records, [r for r in recs if r.get("kind") == "step"]), markup=False,
+                      highlight=False, soft_wrap=True)
+    console.print(f"[inpo] done in {time.perf_counter() - t0:.1f} s; final policy in {cfg.output}/final, "
+                  f"metrics in {cfg.output}/metrics.jsonl")
