@@ -12,7 +12,7 @@ import pytest
 import inpo.games.solvers as solvers
 from inpo.games import (average_iterates, best_response, bradley_terry, check_preference, cyclic_game, duality_gap,
                         gap_curve, make_game, mixture, random_intransitive, regularized_nash, rock_paper_scissors, run,
-                        solve, style_game, tournament_queries, win_rates)
+                        first_step_kl, realised_step, solve, style_game, tournament_queries, win_rates)
 from inpo.objectives import INPO, ONPO
 
 
@@ -389,3 +389,31 @@ def test_dno_has_no_population_loss():
 def test_cyclic_game_nash_is_uniform():
     P = cyclic_game(5)
     assert duality_gap(P, np.ones(5) / 5) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_onpo_update_start_runs_both_regressions_from_the_first_round():
+    """onpo_start="update" (the LM trainer's ONPO): π'_1 = π_0·e^{η r_0}, π_1 = π_0·e^{2η r_0}; "skip": π_1 = π_0·e^{η r_0}.
+    The population loss reproduces both starts."""
+    P, p0 = style_game(), LM_STYLE_REF
+    upd = solve(P, "onpo", iters=3, eta=0.5, pi0=p0, pi_ref=p0, onpo_start="update")
+    assert np.allclose(upd[1], solve(P, "onpo", iters=1, eta=1.0, pi0=p0, pi_ref=p0)[1], atol=1e-15)
+    assert not np.allclose(upd[2], solve(P, "onpo", iters=2, eta=0.5, pi0=p0, pi_ref=p0)[2], atol=1e-6)
+    loss = solve(P, "onpo", iters=3, eta=0.5, pi0=p0, pi_ref=p0, onpo_start="update", mode="loss")
+    assert np.abs(loss - upd).max() < 1e-9
+    with pytest.raises(ValueError, match="onpo_start"):
+        solve(P, "onpo", iters=1, eta=0.5, onpo_start="both")
+
+
+@pytest.mark.parametrize("algorithm, kw", [("inpo", {"ratio": 1 / 3}), ("dpo", {}), ("ipo", {}),
+                                          ("onpo", {"onpo_start": "update"})])
+def test_realised_step_reproduces_the_first_move(algorithm, kw):
+    P, p0 = style_game(), LM_STYLE_REF
+    for kl in (0.03, 0.2):
+        eta = realised_step(P, algorithm, kl, pi0=p0, **kw)
+        assert first_step_kl(P, algorithm, eta, pi0=p0, **kw) == pytest.approx(kl, rel=1e-6)
+    # INPO's first step does not depend on τ/η (π_0 = π_ref), so IPO (τ = η) realises the same step
+    if algorithm == "inpo":
+        assert eta == pytest.approx(realised_step(P, "ipo", 0.2, pi0=p0), rel=1e-6)
+    with pytest.raises(ValueError, match="no .* step"):
+        realised_step(P, algorithm, 50.0, pi0=p0, **kw)  # more than any step can move it (KL <= -log π_0(y))
+
