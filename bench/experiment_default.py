@@ -62,7 +62,7 @@ def _mean_ci(xs: list[float]) -> tuple[float, float, float]:
 
 
 def summarize(runs: list[dict], out: Path, note: str = "") -> str:
-    from inpo.profiling.record import environment_info
+    from inpo.utils.record import environment_info
 
     by = {}
     for r in runs:
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from inpo.train.model import build_default_policy
 
     build_default_policy(default_tokenizer())
-    from inpo.profiling.record import append_jsonl, environment_info
+    from inpo.utils.record import append_jsonl, environment_info
 
     env = environment_info()
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:

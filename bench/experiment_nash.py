@@ -260,7 +260,7 @@ def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: 
     import numpy as np
 
     from inpo.exploitability import hierarchical_bootstrap
-    from inpo.profiling.record import environment_info
+    from inpo.utils.record import environment_info
 
     collapsed = _collapsed(rows)
     settings = [s for s in SETTINGS if any(r["setting"] == s for r in rows)]

@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     from inpo.data.tokenizer import default_tokenizer, encode_prompt
     from inpo.generation import HFSampler
     from inpo.generation.vllm import VLLMSampler
-    from inpo.profiling.record import append_jsonl, environment_info
+    from inpo.utils.record import append_jsonl, environment_info
     from inpo.train.model import load_policy
 
     ap = argparse.ArgumentParser(prog="python -m bench.vllm_sampler")

@@ -16,6 +16,10 @@ _WHAT = {
             "generation falls back to HF generate",
     "pynvml": "nvidia-ml-py (pip install inpo[gpu]): no NVML clocks/energy in bench records",
     "trl": "trl: the TRL DPOTrainer bench baseline is skipped",
+    "gguf": "gguf (pip install inpo[dev]): needed once to convert the real model (`make real-model`, in the main "
+            "venv); a converted folder loads without it",
+    "accelerate": "accelerate (pip install inpo[dev]): needed once to convert the real model (`make real-model`, in "
+                  "the main venv); a converted folder loads without it",
     "matplotlib": "matplotlib (pip install inpo[dev]): reports are written without plots",
 }
 

@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("inpo.train.cli", "train a policy: online INPO/ONPO/DPO/IPO/SPPO iterations or offline on JSONL pairs"),
     "eval": ("inpo.eval", "win-rate of a policy against a baseline under a preference oracle, with a bootstrap CI"),
     "game": ("inpo.games.cli", "exact tabular preference games: duality gap of INPO, ONPO and baselines"),
+    "fetch-model": ("inpo.models.cli", "fetch + convert a named real model once (smollm2), print its folder"),
     "bench": ("inpo.profiling.cli", "benchmarks: head | step | iteration | report"),
 }
 
@@ -23,7 +24,7 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str], *
     ``commands`` maps a name to ``(module, one-line help)``. Shared by ``inpo`` and ``inpo bench``.
     """
     usage = "\n".join([f"usage: {prog} <{noun}> [options]", "", f"{noun}s:"]
-                      + [f"  {name:<10} {help_}" for name, (_, help_) in commands.items()]
+                      + [f"  {name:<12} {help_}" for name, (_, help_) in commands.items()]
                       + ["", f"`{prog} <{noun}> --help` shows its options."])
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)

@@ -36,6 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+from inpo.models import resolve_model
+from inpo.utils.record import environment_info
+
 __all__ = ["WinRate", "win_rate", "bootstrap_ci", "evaluate", "find_origin", "origin_record", "ORIGIN_FILE", "main"]
 
 
@@ -248,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.k is None:
         args.k = 8 if args.exploitability else 1
     try:
+        for name in ("policy", "baseline", "tokenizer"):  # a real-model name (smollm2) → its converted folder
+            setattr(args, name, resolve_model(getattr(args, name)))
         for name in ("k", "max_new_tokens", "n_bootstrap") + (("max_prompt_length",) if args.max_prompt_length
                                                               is not None else ()):
             if getattr(args, name) < 1:
@@ -338,8 +343,6 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(names[e.kind], f"{e.value:.3f}", f"[{e.ci_low:.3f}, {e.ci_high:.3f}]", str(e.queries))
         Console().print(table)
     if args.json_out:
-        from inpo.profiling.record import environment_info
-
         record = {**asdict(result), "policy": args.policy, "baseline": baseline_name, "oracle": args.oracle,
                   "prompts": args.prompts, "prompts_n": len(prompts), "k": args.k, "seed": args.seed, "hard": args.hard,
                   "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,

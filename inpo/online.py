@@ -47,8 +47,8 @@ from inpo.train.checkpoint import atomic_write_text, load_latest_good_checkpoint
 from inpo.train.config import TrainConfig, config_to_yaml
 from inpo.train.loop import (LOCK_NAME, RUN_MARKER, RunContext, RunDirError, StopRun, agreed_stop_signal,
                              check_output_dir, claim_run_dir, export_final, graceful_stop, interrupted,
-                             precompute_logps, probe_run_lock, release_run_locks, resolve_device, run_rank,
-                             run_world_size, train_phase, world_is_distributed)
+                             precompute_logps, probe_run_lock, release_run_locks, resolve_device, train_phase)
+from inpo.utils.dist import get_rank, get_world_size, is_distributed, rank_world
 
 __all__ = ["run_online", "run_offline", "run_training"]
 
@@ -182,13 +182,13 @@ def _begin_run(cfg: TrainConfig, device) -> tuple[RunContext, dict | None]:
         run.truncate_metrics(run.global_step, keep_iters)
         run.print(f"[inpo] resuming from {path.name}: iteration {st['iteration']} phase {st['phase']} "
                   f"step {st.get('iter_step', 0)} (global {run.global_step})")
-        if ckpt["world_size"] != run_world_size():
+        if ckpt["world_size"] != get_world_size():
             raise ValueError(f"--resume: {path.name} was written by a run of {ckpt['world_size']} process(es), this run "
-                             f"has {run_world_size()}; resume with the same number of processes (it decides each "
+                             f"has {get_world_size()}; resume with the same number of processes (it decides each "
                              f"rank's share of the prompts and of every step)")
     if run.is_main:
         atomic_write_text(out / "config.yaml", config_to_yaml(cfg))
-    if world_is_distributed():
+    if is_distributed():
         import torch.distributed as dist
 
         dist.barrier()  # rank 0 has cleared / created the output directory before anyone reads or writes it
@@ -199,12 +199,12 @@ def _on_main(fn) -> None:
     """Run ``fn`` on rank 0 only; its ValueError is raised on every rank (under torchrun nobody is left waiting
     in a collective for a rank that failed)."""
     error: list = [None]
-    if run_rank() == 0:
+    if get_rank() == 0:
         try:
             fn()
         except ValueError as exc:
             error[0] = str(exc)
-    if world_is_distributed():
+    if is_distributed():
         import torch.distributed as dist
 
         dist.broadcast_object_list(error, src=0)
@@ -216,7 +216,7 @@ def _main_sees(path: Path) -> bool:
     """Whether ``path`` is a file, as rank 0 sees it (broadcast under torchrun): the ranks must agree on which
     phases to skip, since some of them (precomputing with a sharded model) are collective."""
     seen = [path.is_file()]
-    if world_is_distributed():
+    if is_distributed():
         import torch.distributed as dist
 
         dist.broadcast_object_list(seen, src=0)
@@ -455,7 +455,7 @@ def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times:
     d = run.out / f"iter_{t:03d}"
     if _main_sees(d / "data.jsonl"):  # a resumed iteration: its pairs were gathered and written before the crash
         return _read_jsonl(d / "data.jsonl"), json.loads((d / "rank_stats.json").read_text())
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank, world = rank_world()
     prompts = _prompt_sets(cfg, t)
     _encode_checked(tokenizer, prompts, cfg)
     lo, hi = _block(len(prompts), rank, world)
@@ -631,7 +631,7 @@ def run_online(config: TrainConfig) -> list[dict]:
     from inpo.train.checkpoint import load_model_weights
 
     cfg = config
-    distributed = world_is_distributed()
+    distributed = is_distributed()
     plain = None  # under torchrun: the unsharded twin of the policy that generates, scores π_t and is evaluated
     device, tokenizer, ref, policy = _setup(cfg)
     if distributed:
@@ -827,7 +827,7 @@ def run_offline(config: TrainConfig) -> list[dict]:
     if not seqs:
         raise ValueError(f"no pair of {cfg.data!r} is left after truncation to max_length={cfg.max_length} "
                          f"(truncation_mode=keep_start drops pairs whose prompt alone fills it)")
-    if world_is_distributed():
+    if is_distributed():
         from inpo.train.distributed import shard_policy
 
         policy = shard_policy(policy)

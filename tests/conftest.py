@@ -62,3 +62,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The real model's converted fp32 folder (the `real` tier); skips when it is not cached (`make real-model`)."""
+    from inpo.models import real_model
+
+    try:
+        return real_model("smollm2", fetch=False)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from inpo.profiling import native_bench, report
-from inpo.profiling.record import append_jsonl
+from inpo.utils.record import append_jsonl
 from inpo.profiling.step_bench import EOS_ID, StepBenchConfig, bench_pairs, make_variable_pairs
 from inpo.profiling.step_cpu_bench import bootstrap_median_ci
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from inpo.profiling import report
-from inpo.profiling.record import append_jsonl
+from inpo.utils.record import append_jsonl
 
 GPU = "NVIDIA H100 80GB HBM3"
 

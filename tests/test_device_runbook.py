@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from inpo.profiling import record
+from inpo.utils import record
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = ROOT / "bench" / "device" / "run.sh"

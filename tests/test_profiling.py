@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from inpo.profiling import cli as bench_cli
-from inpo.profiling.mfu import (attention_train_flops, forward_flops, matmul_params, measure_peak_flops, mfu,
-                                train_flops)
+from inpo.profiling.timing import measure_peak_flops
+from inpo.utils.mfu import attention_train_flops, forward_flops, matmul_params, mfu, train_flops
 from inpo.profiling.nvml import NvmlMonitor
-from inpo.profiling.record import device_name, environment_info
+from inpo.utils.record import device_name, environment_info
 from inpo.profiling.sweep import oom_sweep
 from inpo.profiling.timing import PhaseTimer, is_oom, measure, peak_memory_bytes, summarize
 from inpo.profiling.trace import profile_to_chrome_trace

@@ -173,11 +173,13 @@ def test_flash_attention_only_when_it_imports(monkeypatch):
 
 
 def test_cuda_step_records_reset_peak_memory_and_mfu(tmp_path, monkeypatch):
-    """On CUDA each step record holds that step's peak (stats reset before the step) and an MFU against the
-    board's dense bf16 peak (PCIe/NVL boards share the h100 slug but not the peak)."""
+    """On CUDA each step record holds that step's peak (stats reset before the step) and an MFU: the model FLOPs of
+    inpo.utils.mfu (6 · matmul params · tokens + 6 · layers · heads · head_dim · Σ s², counted here by hand for the
+    tiny config) over the board's dense bf16 datasheet peak (PCIe/NVL boards share the h100 slug but not the peak)."""
     import types
 
     from inpo.train import loop
+    from inpo.utils.mfu import peak_bf16_flops
 
     calls = []
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: calls.append(("reset", device)))
@@ -187,15 +189,21 @@ def test_cuda_step_records_reset_peak_memory_and_mfu(tmp_path, monkeypatch):
                                 warmup_ratio=0.0, min_lr_ratio=0.0, seed=0, max_tokens=10_000, max_grad_norm=1.0,
                                 impl="torch", max_steps=None, checkpoint_every=0, keep_checkpoints=1,
                                 head_options=dict)
-    run = loop.RunContext(cfg=cfg, out=tmp_path, device=torch.device("cuda", 0), n_params=1000)
+    run = loop.RunContext(cfg=cfg, out=tmp_path, device=torch.device("cuda", 0))
     model, seqs = tiny_model(True, seed=7), pair_seqs(4, seed=7)
     ref = precompute_logps(model, seqs, max_tokens=10_000, impl="torch")
     loop.train_phase(run, model, seqs, {"ref_logps": ref, "anchor_logps": ref}, INPO(eta=0.5), iteration=0)
     steps = [r for r in run.records if r["kind"] == "step"]
     assert len(steps) == 2 and [c[0] for c in calls] == ["reset", "peak"] * 2
     assert all(r["peak_mem_bytes"] == 123 for r in steps)
-    assert steps[0]["mfu"] == pytest.approx(6.0 * 1000 * steps[0]["tokens"] / steps[0]["step_time_s"] / 756e12)
-    assert loop.peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12 and loop.peak_bf16_flops("Tesla T4") is None
+    # hidden 32, 4 heads (2 kv) of 8, MLP 64, 2 layers, vocab 64 (tied: the head still counts once, the embedding
+    # lookup not at all): per layer q,o 2·32·32 + k,v 2·32·16 + MLP 3·32·64 = 9216; ×2 layers + 64·32 = 20480.
+    lens = [len(p) + len(r) for p, r in seqs]  # the two steps together train every sequence once
+    flops = 6 * 20480 * sum(lens) + 6 * 2 * 4 * 8 * sum(s * s for s in lens)
+    assert sum(r["tokens"] for r in steps) == sum(lens)
+    assert sum(r["mfu"] * r["step_time_s"] * 756e12 for r in steps) == pytest.approx(flops, rel=1e-6)
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12 and peak_bf16_flops("Tesla T4") is None
+    assert peak_bf16_flops("NVIDIA H200 NVL") == 835e12 and peak_bf16_flops("cpu-x86_64-2c") is None
 
 
 def test_nccl_session_sets_the_device_before_init_and_names_it_in_the_barrier(monkeypatch):

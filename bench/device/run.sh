@@ -187,7 +187,7 @@ PYEOF
         case ":${PYTHONPATH:-}:" in *":$SITE:"*) ;; *) export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" ;; esac
     fi
     if pyimport_ok 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then HAVE_CUDA=1; fi
-    SLUG="$(cd /tmp && "$PY" -c 'from inpo.profiling.record import device_slug; print(device_slug())')"
+    SLUG="$(cd /tmp && "$PY" -c 'from inpo.utils.record import device_slug; print(device_slug())')"
     SETUP_DONE=1
     echo "[run.sh] setup: $(( SECONDS - t0 ))s (device slug: $SLUG, cuda: $HAVE_CUDA)"
 }

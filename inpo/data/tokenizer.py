@@ -19,6 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from inpo.models import resolve_model
+
 __all__ = ["default_tokenizer", "load_tokenizer", "encode_prompt", "train_tokenizer",
            "default_cache_dir", "SPECIAL_TOKENS", "CHAT_TEMPLATE", "VOCAB_SIZE"]
 
@@ -117,8 +119,9 @@ def default_tokenizer(cache_dir: str | os.PathLike | None = None):
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """A tokenizer saved with ``save_pretrained`` in a local directory (never the hub)."""
-    path = Path(path)
+    """A tokenizer saved with ``save_pretrained`` in a local directory (never the hub), or a real model's by name
+    (``smollm2``: :func:`inpo.models.resolve_model`)."""
+    path = Path(resolve_model(path))
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer directory not found: {str(path)!r}")
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):

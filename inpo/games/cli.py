@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from inpo.paths import check_writable_path
+from inpo.utils.record import environment_info
 
 from .core import GAMES
 from .report import fmt_ci, md_table, plot_gap_curves, write_json, write_text
@@ -92,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     if not specs:
         ap.error("--algos is empty")
-
-    from inpo.profiling.record import environment_info
 
     t0 = time.perf_counter()
     conv = convergence(args.game, specs, iters=args.iters, seeds=args.seeds, n=args.n, contexts=args.contexts,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inpo.utils.record import environment_info
+
 from .core import duality_gap, gap_curve, make_game, regularized_nash
 from .report import (checkpoints, fmt_ci, md_table, mean_ci, plot_gap_curves, slope_ci, write_json, write_text)
 from .solvers import ALGORITHMS, average_iterates, run, solve, tournament_queries
@@ -233,8 +235,6 @@ def cost_ablation(*, iters: int, seeds: int, n: int, step: float, prompts: int, 
 
 def run_sweep(out: Path, *, iters: int, seeds: int, n: int, step: float, quick: bool = False) -> dict:
     t_start = time.perf_counter()
-    from inpo.profiling.record import environment_info
-
     results: dict = {"env": environment_info(), "config": dict(iters=iters, seeds=seeds, n=n, step=step)}
     labels = ["inpo", "inpo_kl", "onpo", "dpo", "ipo", "sppo"]
     specs = make_specs(labels, step=step)

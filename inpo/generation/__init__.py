@@ -6,6 +6,7 @@ import os
 
 from inpo.generation.base import BACKENDS, Sampler
 from inpo.generation.hf import HFSampler
+from inpo.models import resolve_model
 
 __all__ = ["Sampler", "HFSampler", "VLLMSampler", "make_sampler", "auto_backend", "BACKENDS"]
 
@@ -55,10 +56,11 @@ def make_sampler(backend: str, model, tokenizer, *, dtype=None, planned_tokens: 
     if backend == "vllm":
         from inpo.generation.vllm import VLLMSampler
 
-        return VLLMSampler(model, tokenizer, dtype=dtype, **kw)
+        return VLLMSampler(resolve_model(model), tokenizer, dtype=dtype, **kw)
     if isinstance(model, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM
 
+        model = resolve_model(model)  # a real-model name (smollm2) or a folder
         if not os.path.isdir(model):
             raise FileNotFoundError(f"model directory not found: {str(model)!r}")
         model = AutoModelForCausalLM.from_pretrained(str(model), local_files_only=True)

@@ -3,11 +3,13 @@ win-rate targets, all with exact query counting.
 
 ``make_oracle(spec)`` builds one from a string: ``synthetic`` (the default task's intransitive oracle;
 options as ``synthetic:alpha=8,beta=1,mode=sample``), ``reward:PATH`` or ``pairwise:PATH`` (local
-Hugging Face sequence-classification checkpoints).
+Hugging Face sequence-classification checkpoints; a real-model name such as ``smollm2`` resolves to its folder
+through :func:`inpo.models.resolve_model`).
 """
 
 from __future__ import annotations
 
+from inpo.models import resolve_model
 from inpo.oracles.base import MODES, TIE, PreferenceOracle
 from inpo.oracles.models import PairwiseModelOracle, RewardModelOracle
 from inpo.oracles.selection import STRATEGIES, Pair, estimate_win_rates, select_pairs, tournament_queries
@@ -49,5 +51,5 @@ def make_oracle(spec: str, *, device="cpu", seed: int = 0, **kw) -> PreferenceOr
         if not arg:
             raise ValueError(f"oracle spec {spec!r} needs a path: '{kind}:PATH' (a local model directory)")
         cls = RewardModelOracle if kind == "reward" else PairwiseModelOracle
-        return cls(arg, device=device, seed=seed, **kw)
+        return cls(resolve_model(arg), device=device, seed=seed, **kw)  # a model name (smollm2) or a folder
     raise ValueError(f"unknown oracle spec {spec!r}; valid: {', '.join(ORACLE_KINDS)}")

@@ -4,6 +4,6 @@ memory (``timing``), MFU (``mfu``), NVML clocks/energy (``nvml``), the OOM sweep
 (``report``). ``inpo bench <name>`` dispatches through ``inpo.profiling.cli``; GPU extras sit behind optional imports.
 """
 
-from inpo.profiling.record import append_jsonl, device_slug, environment_info
+from inpo.utils.record import append_jsonl, device_slug, environment_info
 
 __all__ = ["append_jsonl", "device_slug", "environment_info"]

@@ -117,7 +117,7 @@ def _timed(fn):
 
 
 def run(args, argv: list[str]) -> list[dict]:
-    from inpo.profiling.record import environment_info
+    from inpo.utils.record import environment_info
     from inpo.profiling.step_bench import MODEL_SHAPES, model_config
     from inpo.profiling.step_cpu_bench import bootstrap_median_ci
 
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("inpo bench generation: " + "; ".join(problems), file=sys.stderr)
         return 2
-    from inpo.profiling.record import append_jsonl
+    from inpo.utils.record import append_jsonl
 
     records = run(args, argv)
     append_jsonl(args.out, records)

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from inpo._optional import available, require
-from inpo.profiling.record import append_jsonl, device_slug, environment_info
+from inpo.utils.record import append_jsonl, device_slug, environment_info
 from inpo.profiling.timing import is_oom, measure, release_memory
 
 SHAPES = ((16384, 2048, 128256), (8192, 4096, 128256))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from inpo.profiling.record import append_jsonl, device_slug, environment_info
+from inpo.utils.record import append_jsonl, device_slug, environment_info
 
 ALGORITHMS: dict[str, dict] = {
     "inpo": {"objective": "inpo"},

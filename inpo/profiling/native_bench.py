@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from inpo.profiling.record import append_jsonl, environment_info
+from inpo.utils.record import append_jsonl, environment_info
 
 IMPLS = ("inpo-native", "torch", "naive", "aten-gemms")
 DEFAULT_SHAPES = ((4096, 512, 32000), (4096, 512, 65536))

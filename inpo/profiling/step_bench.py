@@ -29,9 +29,10 @@ from pathlib import Path
 import torch
 
 from inpo._optional import available, optional
-from inpo.profiling.mfu import matmul_params, measure_peak_flops, mfu, train_flops
+from inpo.profiling.timing import measure_peak_flops
+from inpo.utils.mfu import matmul_params, mfu, train_flops
 from inpo.profiling.nvml import NvmlMonitor
-from inpo.profiling.record import append_jsonl, device_slug, environment_info
+from inpo.utils.record import append_jsonl, device_slug, environment_info
 from inpo.profiling.sweep import oom_sweep
 from inpo.profiling.timing import measure, peak_memory_bytes, release_memory, reset_peak_memory
 

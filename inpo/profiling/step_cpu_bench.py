@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from inpo.profiling.record import append_jsonl, environment_info
+from inpo.utils.record import append_jsonl, environment_info
 
 SYSTEMS = ("inpo", "inpo-naive-head", "trl")
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "bench" / "results" / "step-cpu.jsonl"

@@ -32,20 +32,14 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from inpo.utils.dist import get_rank, get_world_size, is_distributed
+
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "restore_training_state", "atomic_write_text",
            "atomic_write_bytes", "CheckpointError", "load_latest_good_checkpoint"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that exists but cannot be read (truncated, corrupt or from an incompatible run)."""
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _fsync_dir(path: Path) -> None:
@@ -192,8 +186,8 @@ def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: di
     """
     msd, osd = _full_state(model, optimizer)
     extras = {name: _full_state(m)[0] for name, m in (extra_models or {}).items()}
-    bad = _first_non_finite(msd, *extras.values()) if _rank() == 0 else None
-    if dist.is_available() and dist.is_initialized() and _world_size() > 1:
+    bad = _first_non_finite(msd, *extras.values()) if get_rank() == 0 else None
+    if is_distributed():
         box = [bad]
         dist.broadcast_object_list(box, src=0)  # every rank refuses together (no rank left in a collective)
         bad = box[0]
@@ -201,7 +195,7 @@ def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: di
         where = ", ".join(f"{k} {state[k]}" for k in ("iteration", "phase", "global_step") if k in state)
         raise CheckpointError(f"refusing to write a checkpoint ({where}): weight {bad!r} is not finite (NaN/inf); "
                               f"the previous checkpoints are kept")
-    if _rank() != 0:
+    if get_rank() != 0:
         return None
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -213,7 +207,7 @@ def save_checkpoint(run_dir, *, model, optimizer=None, scheduler=None, state: di
         save_file(_hf_tensors(esd, prefixes[ename]), tmp / f"{ename}.safetensors")
     _write_model_files(tmp, model, tokenizer)
     # The world size is part of the data position: it decides each rank's share of a step and of the prompts.
-    meta = {"state": state, "extra_models": sorted(extras), "format": 1, "world_size": _world_size(),
+    meta = {"state": state, "extra_models": sorted(extras), "format": 1, "world_size": get_world_size(),
             "key_prefix": prefixes}
     if osd is not None:
         otensors, ometa = _flatten_optimizer(osd)

@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from inpo.data.textio import read_utf8
+from inpo.models import resolve_model
 from inpo.objectives import OBJECTIVES, Objective, make_objective
 from inpo.ops.checks import check_grad_filter
 
@@ -197,6 +198,7 @@ class TrainConfig:
         if self.objective.lower() not in OBJECTIVES:
             raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
         self.objective = self.objective.lower()
+        self.model, self.tokenizer = resolve_model(self.model), resolve_model(self.tokenizer)  # smollm2 → its folder
         self.fill_defaults()
         self.make_objective()  # the objective validates its own parameters (η > 0, ratio in [0, 1], ...)
         for name in ("iterations", "k", "epochs", "batch_pairs", "max_tokens", "max_new_tokens", "gen_batch_size",

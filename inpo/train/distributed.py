@@ -13,11 +13,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-__all__ = ["distributed_session", "shard_policy", "is_distributed"]
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+__all__ = ["distributed_session", "shard_policy"]
 
 
 @contextmanager

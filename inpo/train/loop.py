@@ -25,30 +25,15 @@ import torch
 import torch.distributed as dist
 
 from inpo.data.packing import pack_sequences
-from inpo.profiling.record import append_jsonl
 from inpo.train.checkpoint import atomic_write_text, save_checkpoint
 from inpo.train.optim import cosine_schedule, make_optimizer
 from inpo.train.step import sequence_logps_of, train_step
+from inpo.utils.dist import is_distributed, is_main, rank_world
+from inpo.utils.mfu import step_mfu
+from inpo.utils.record import append_jsonl
 
 __all__ = ["RunContext", "train_phase", "precompute_logps", "StopRun", "Interrupted", "TrainingDiverged",
            "graceful_stop", "peak_memory_bytes", "resolve_device"]
-
-# Dense bf16 peak FLOP/s for MFU (GPU only; CPU has no meaningful single number). SXM parts; the PCIe / NVL
-# boards share the slug but not the clocks (H100 PCIe 756, H100/H200 NVL 835 TFLOP/s).
-_PEAK_BF16 = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "l40s": 362e12, "b200": 2250e12}
-_PEAK_BF16_VARIANT = {("h100", "pcie"): 756e12, ("h100", "nvl"): 835e12, ("h200", "nvl"): 835e12}
-
-
-def peak_bf16_flops(name: str | None = None) -> float | None:
-    """Dense bf16 peak of the CUDA device called ``name`` (default: the current one), None when unknown."""
-    from inpo.profiling.record import device_name, device_slug
-
-    name = (name or device_name()).lower()
-    slug = device_slug(name)
-    for (s, variant), peak in _PEAK_BF16_VARIANT.items():
-        if s == slug and variant in name:
-            return peak
-    return _PEAK_BF16.get(slug)
 
 
 class StopRun(Exception):
@@ -82,7 +67,7 @@ def agreed_stop_signal(device) -> int | None:
     """:func:`stop_signal`, agreed by every rank under torchrun (one tiny all-reduce), so that all ranks stop at
     the same boundary."""
     sig = stop_signal()
-    if not world_is_distributed():
+    if not is_distributed():
         return sig
     t = torch.tensor([float(sig or 0)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -144,12 +129,6 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @dataclass
 class RunContext:
     """Per-run state: the output directory, metrics file, global step and progress display."""
@@ -173,7 +152,7 @@ class RunContext:
 
     @property
     def is_main(self) -> bool:
-        return _rank_world()[0] == 0
+        return is_main()
 
     @property
     def metrics_path(self) -> Path:
@@ -269,7 +248,7 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
     from inpo.train.checkpoint import restore_training_state
 
     cfg = run.cfg
-    rank, world = _rank_world()
+    rank, world = rank_world()
     pairwise = objective.pairwise
     n_units = len(seqs) // 2 if pairwise else len(seqs)
     spe = _steps_of(n_units, cfg.batch_pairs, world)
@@ -308,10 +287,11 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
                "iter_step": s + 1, "loss": stats["loss"], "margin": stats["margin"], "lr": stats["lr"],
                "grad_norm": stats["grad_norm"], "tokens": stats["tokens"], "tokens_per_s": stats["tokens"] / dt,
                "step_time_s": dt, "peak_mem_bytes": peak_memory_bytes(run.device), **stats.get("trl", {})}
-        if run.device.type == "cuda" and run.n_params:
-            peak = peak_bf16_flops(torch.cuda.get_device_name(run.device))
-            if peak:
-                rec["mfu"] = 6.0 * run.n_params * stats["tokens"] / dt / (peak * world)
+        if run.device.type == "cuda":
+            util = step_mfu(getattr(model, "config", None), tokens=stats["tokens"], sum_sq=stats["sum_sq_len"],
+                            seconds=dt, device_name=torch.cuda.get_device_name(run.device), world=world)
+            if util is not None:
+                rec["mfu"] = util
         run.log(rec)
         last = rec
         if not (math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])):
@@ -502,7 +482,7 @@ def export_final(run: RunContext, model, tokenizer, dest: Path | None = None, me
 
     inner = unwrap(model)
     full = None
-    if world_is_distributed():
+    if is_distributed():
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     final = Path(dest) if dest is not None else run.out / "final"
     if not run.is_main:
@@ -533,20 +513,6 @@ def export_final(run: RunContext, model, tokenizer, dest: Path | None = None, me
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def world_is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def run_rank() -> int:
-    """This process's rank (0 without torchrun)."""
-    return _rank_world()[0]
-
-
-def run_world_size() -> int:
-    """Processes in this run (1 without torchrun)."""
-    return _rank_world()[1]
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from inpo.models import resolve_model
+
 __all__ = ["tiny_llama_config", "load_policy", "build_default_policy", "hidden_and_head", "FusedHeadPolicy",
            "default_cache_dir", "export_policy"]
 
@@ -62,6 +64,7 @@ def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for a directory transformers cannot
     load (no/corrupt config.json or weights), naming the path.
     """
+    path_or_none = resolve_model(path_or_none)  # a real-model name (smollm2) → its converted folder
     if path_or_none is None or str(path_or_none) == "default":
         if tokenizer is None:
             from inpo.data.tokenizer import default_tokenizer

@@ -17,6 +17,7 @@ from inpo.objectives import Objective
 from inpo.ops import preference_loss, raise_pending_value_errors, sequence_logps
 from inpo.train.model import hidden_and_head
 from inpo.train.reporting import TRL_PAIR_KEYS, pair_metric_sums, trl_metrics
+from inpo.utils.dist import get_world_size
 
 __all__ = ["train_step", "sequence_logps_of", "gather_side"]
 
@@ -59,13 +60,14 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     gradient is that of the mean over the whole step however the pairs were packed. ``global_units`` is the
     step's unit count over all data-parallel ranks (FSDP averages gradients over ranks, hence ×world size).
     ``head_options`` (``grad_filter``, ``deterministic``) go to the fused head (``TrainConfig.head_options()``).
-    Returns loss, margin (mean objective margin), grad_norm, lr, tokens, units, and ``stop``: whether
+    Returns loss, margin (mean objective margin), grad_norm, lr, tokens, sum_sq_len (Σ of squared sequence
+    lengths, the attention term of :func:`inpo.utils.mfu.model_flops`), units, and ``stop``: whether
     ``stop_requested`` (a bool, or a callable asked at the end of the step) was true on any rank, agreed in the
     step's one all-reduce and one host sync, which also carry the grad norm, so the caller checks loss and grad
     norm for NaN/inf at no extra cost.
     """
     device = _device_of(model)
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    world = get_world_size()
     units = sum(mb.n_units for mb in micro_batches)
     total = global_units if global_units is not None else units
     model.train()
@@ -88,20 +90,22 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     tokens = sum(mb.n_tokens for mb in micro_batches)
+    sum_sq_len = sum(float(mb.cu_seqlens.diff().double().square().sum()) for mb in micro_batches)  # attention FLOPs
     stop_requested = stop_requested() if callable(stop_requested) else stop_requested  # a signal during this step
     stats = torch.stack([torch.as_tensor(x, device=device, dtype=torch.float32).reshape(())
-                         for x in (loss_sum, margin_sum, float(units), float(tokens), float(stop_requested))]
+                         for x in (loss_sum, margin_sum, float(units), float(tokens), sum_sq_len, float(stop_requested))]
                         + list(trl_sum.unbind()))
     if world > 1:
         dist.all_reduce(stats)  # one collective for all the logged sums (and the stop flags)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
     stats = torch.cat([stats, grad_norm.detach().to(device=device, dtype=torch.float32).reshape(1)])
-    loss_v, margin_v, units_v, tokens_v, stop_v, *trl_v, grad_norm_v = stats.tolist()  # the one host sync
+    loss_v, margin_v, units_v, tokens_v, sum_sq_v, stop_v, *trl_v, grad_norm_v = stats.tolist()  # the one host sync
     # The head's deferred label / cu_seqlens checks (CUDA, check_values=False) are complete after that sync: raise a
     # bad batch's error at this step, not one head call later (free: nothing is left to wait for).
     raise_pending_value_errors(wait=True)
     out = {"loss": loss_v / max(units_v, 1), "margin": margin_v / max(units_v, 1), "grad_norm": grad_norm_v,
-           "lr": lr, "tokens": int(tokens_v), "units": int(units_v), "stop": stop_v > 0}
+           "lr": lr, "tokens": int(tokens_v), "sum_sq_len": sum_sq_v, "units": int(units_v),
+           "stop": stop_v > 0}
     if objective.pairwise:
         out["trl"] = trl_metrics(trl_v, units_v)
     return out

@@ -1,4 +1,5 @@
-"""Every benchmark record carries where and with what it was measured: device, driver, versions, commit."""
+"""Records and the environment they came from: every metrics / result / benchmark record carries where and with
+what it was measured (device, driver, versions, commit); ``append_jsonl`` writes them a whole line at a time."""
 
 from __future__ import annotations
 
