@@ -192,6 +192,16 @@ def one_run(job: Job, overrides: dict, run_dir: str) -> dict:
             "iterations": [{k: r.get(k) for k in keep} for r in records]}
 
 
+def protocol_id(quick: bool) -> str:
+    """A short hash of everything that decides what a run computes (arms, settings, sizes, split): cached runs live
+    under it, so a changed protocol never silently reuses runs of another one."""
+    import hashlib
+
+    spec = json.dumps({"arms": {a: v["config"] for a, v in ARMS.items()}, "settings": SETTINGS, "split": SPLIT,
+                       "base": {**BASE, **(QUICK if quick else {})}}, sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:10]
+
+
 def result_path(cache: Path, job: Job) -> Path:
     return cache / "results" / f"{job.key}.json"
 
@@ -319,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else (out / ".cache" if args.quick else ROOT / ".cache" / "nash-lm-v2")
+    cache = cache / f"protocol-{protocol_id(args.quick)}"
     if out.exists() and not out.is_dir():
         print(f"[nash] --out {out} exists and is not a directory", file=sys.stderr)
         return 2
