@@ -16,9 +16,10 @@ runs, and printed at the top of summary.md):
   each method the value whose first iteration moves the pooled style mix by KL(π_1 ‖ π_0) closest to 0.2 (large
   step) and to 0.03 (small step); a pick on the grid's edge widens the grid on that side and runs again. INPO's
   three τ/η arms and IPO share one calibration: from π_0 = π_ref their first iteration is the same regression.
-* **Runs.** T = 15 iterations, every iterate evaluated on the held-out test prompts with eval_k = 16 samples; 4 seeds
-  at the large step and 2 at the small one (style), 2 at the large step (cyclic). A seed fixes π_ref's SFT seed,
-  the prompt split and the evaluation samples, so arms are paired by seed.
+* **Runs.** T = 15 iterations of 128 training prompts (a fresh subset of the 326 each iteration), every iterate
+  evaluated on the 109 held-out test prompts with eval_k = 16 samples; 4 seeds at the large step and 2 at the small
+  one (style, all arms), 2 at the large step (cyclic: INPO, INPO τ = 0, ONPO, DPO, IPO). A seed fixes π_ref's SFT
+  seed, the prompt split and the evaluation samples, so arms are paired by seed.
 * **Endpoints.** Primary: the pooled style exploitability (exact over the style classes, cross-fitted over prompt
   folds; :mod:`inpo.exploitability`) of the last iterate (t = 15) at the large step, each arm minus INPO (τ/η = 1/3),
   paired by seed, with a two-level bootstrap interval (seeds, then prompts). Secondary: the worst iterate over
@@ -76,13 +77,23 @@ SETTINGS = {
 }
 PRIMARY = "style"
 SEEDS = {("style", "large"): 4, ("style", "small"): 2, ("cyclic", "large"): 2}
+# the secondary setting runs the main contrasts only (INPO, its τ = 0 ablation, ONPO, DPO, IPO): the CPU budget
+SETTING_ARMS = {"cyclic": ("inpo", "inpo_tau0", "onpo", "dpo", "ipo")}
 CALIBRATION_SEED = 100
-BASE = {"iterations": 15, "k": 8, "eval_k": 16, "epochs": 2, "max_new_tokens": 24, "n_prompts": 200,
+BASE = {"iterations": 15, "k": 8, "eval_k": 16, "epochs": 2, "max_new_tokens": 24, "n_prompts": 128,
         "n_bootstrap": 100, "keep_iterates": 1, "keep_checkpoints": 1}
 QUICK = {"iterations": 2, "k": 4, "eval_k": 4, "epochs": 1, "max_new_tokens": 12, "n_bootstrap": 20, "n_prompts": 12,
          "n_eval": 8, "batch_pairs": 4}
 QUICK_SEEDS = {("style", "large"): 2, ("style", "small"): 1}
 SPLIT = (0.6, 0.2)  # train, validation; the rest is test
+# π_ref's shape: the embedded tiny default, or a larger Llama of the same task (same tokenizer, same SFT warm start
+# per seed) for the GPU recipe (bench/device/nash.md), with its own learning rate and GPU-sized micro-batches.
+SHAPES = {
+    "tiny": {},
+    "small": {"shape": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                            num_key_value_heads=8), "sft": {"steps": 600, "lr": 1e-3},
+              "train": {"lr": 2e-4, "max_tokens": 8192, "gen_batch_size": 512}},
+}
 
 
 @dataclass(frozen=True)
@@ -140,13 +151,35 @@ def split_prompts(seed: int, cache: Path) -> dict[str, Path]:
     return out
 
 
-def run_config(job: Job, cache: Path, quick: bool) -> dict:
+def policy_dir(shape: str, seed: int, cache: Path) -> Path:
+    """π_ref of ``seed`` at a larger ``shape``: built once (SFT warm start on the default task, on CPU) and exported
+    as a model folder the runs load with ``model=DIR``."""
+    path = cache / "policies" / f"{shape}-seed{seed}"
+    if not (path / "config.json").is_file():
+        from inpo.data.tokenizer import default_tokenizer
+        from inpo.train.model import build_default_policy, export_policy
+
+        tok = default_tokenizer()
+        model = build_default_policy(tok, seed=seed, shape=SHAPES[shape]["shape"], sft=SHAPES[shape].get("sft"),
+                                     cache_dir=cache / "policy-build")
+        tmp = export_policy(model, tok, path.with_name(path.name + ".tmp"))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    return path
+
+
+def run_config(job: Job, cache: Path, quick: bool, shape: str = "tiny") -> dict:
     arm = ARMS[job.arm]
     splits = split_prompts(job.seed, cache)
     cfg = {**BASE, **(QUICK if quick else {}), **arm["config"], arm["param"]: job.value,
            "oracle": oracle_spec(job.setting), "seed": job.seed, "sft_seed": 0 if quick else job.seed,
            "prompts": str(splits["train"]), "eval_prompts": str(splits["val" if job.stage == "calibrate" else "test"]),
            "eval_seed": 1000 + job.seed, "threads": 1, "progress": False}
+    if shape != "tiny":  # a user-model run: every default the embedded task would fill is set explicitly
+        cfg.update(model=str(policy_dir(shape, job.seed, cache)), sampler="hf", threads=None, **SHAPES[shape]["train"])
+        cfg.setdefault("max_new_tokens", 24)
+        cfg.pop("sft_seed")
     if job.stage == "calibrate":
         cfg["iterations"] = 1
     return cfg
@@ -192,41 +225,67 @@ def one_run(job: Job, overrides: dict, run_dir: str) -> dict:
             "iterations": [{k: r.get(k) for k in keep} for r in records]}
 
 
-def protocol_id(quick: bool) -> str:
-    """A short hash of everything that decides what a run computes (arms, settings, sizes, split): cached runs live
-    under it, so a changed protocol never silently reuses runs of another one."""
+def protocol_id(quick: bool, shape: str = "tiny") -> str:
+    """A short hash of everything that decides what a run computes (arms, settings, sizes, split, π_ref's shape):
+    cached runs live under it, so a changed protocol never silently reuses runs of another one."""
     import hashlib
 
-    spec = json.dumps({"arms": {a: v["config"] for a, v in ARMS.items()}, "settings": SETTINGS, "split": SPLIT,
-                       "base": {**BASE, **(QUICK if quick else {})}}, sort_keys=True)
-    return hashlib.sha256(spec.encode()).hexdigest()[:10]
+    spec = {"arms": {a: v["config"] for a, v in ARMS.items()}, "settings": SETTINGS, "split": SPLIT,
+            "base": {**BASE, **(QUICK if quick else {})}}
+    if shape != "tiny":
+        spec["shape"] = SHAPES[shape]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def result_path(cache: Path, job: Job) -> Path:
     return cache / "results" / f"{job.key}.json"
 
 
-def run_all(jobs: list[Job], cache: Path, workers: int, quick: bool) -> None:
-    """Run the jobs whose result is not cached yet; each finished run is written at once (a kill loses only the runs
-    in flight, and those resume from their checkpoints)."""
+@dataclass
+class Runner:
+    """How runs are made: the cache, parallel workers, the size tier, π_ref's shape and a deadline (monotonic
+    seconds) after which no new run starts (the GPU recipe's 10-minute calls)."""
+
+    cache: Path
+    workers: int = 1
+    quick: bool = False
+    shape: str = "tiny"
+    deadline: float | None = None
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+
+def _finish(cache: Path, job: Job, fut) -> None:
+    try:
+        res = fut.result()
+    except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
+        print(f"[nash] {job.key} failed: {exc!r}", file=sys.stderr, flush=True)
+        return
+    _atomic_write(result_path(cache, job), json.dumps(res))
+    shutil.rmtree(cache / "work" / job.key.replace("/", "-"), ignore_errors=True)
+    print(f"[nash] {job.key}: {len(res['iterations'])} iterations, {res['cpu_s']:.0f} s CPU ({res['wall_s']:.0f} s "
+          f"wall)", flush=True)
+
+
+def run_all(jobs: list[Job], runner: Runner) -> None:
+    """Run the jobs whose result is not cached yet, at most ``workers`` at a time; each finished run is written at
+    once (a kill loses only the runs in flight, and those resume from their checkpoints)."""
+    cache = runner.cache
     todo = list({j.key: j for j in jobs if not result_path(cache, j).is_file()}.values())
     print(f"[nash] {len(todo)} of {len({j.key for j in jobs})} runs to do", flush=True)
-    if not todo:
-        return
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        futs = {pool.submit(one_run, j, run_config(j, cache, quick), str(cache / "work" / j.key.replace("/", "-"))): j
-                for j in todo}
-        for fut in as_completed(futs):
-            job = futs[fut]
-            try:
-                res = fut.result()
-            except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
-                print(f"[nash] {job.key} failed: {exc!r}", file=sys.stderr, flush=True)
-                continue
-            _atomic_write(result_path(cache, job), json.dumps(res))
-            shutil.rmtree(cache / "work" / job.key.replace("/", "-"), ignore_errors=True)
-            print(f"[nash] {job.key}: {len(res['iterations'])} iterations, {res['cpu_s']:.0f} s CPU "
-                  f"({res['wall_s']:.0f} s wall)", flush=True)
+    with ProcessPoolExecutor(max_workers=max(1, runner.workers)) as pool:
+        running: dict = {}
+        while todo or running:
+            while todo and len(running) < runner.workers and not runner.expired():
+                j = todo.pop(0)
+                cfg = run_config(j, cache, runner.quick, runner.shape)
+                running[pool.submit(one_run, j, cfg, str(cache / "work" / j.key.replace("/", "-")))] = j
+            if not running:
+                print(f"[nash] deadline reached: {len(todo)} runs left for the next call", flush=True)
+                return
+            fut = next(as_completed(running))
+            _finish(cache, running.pop(fut), fut)
 
 
 def load_result(cache: Path, job: Job) -> dict | None:
@@ -260,15 +319,18 @@ def calibration_plan(kls: dict[float, float], values: list[float], widen: tuple[
     return picks, (widen[0] + low, widen[1] + high)
 
 
-def calibrate(cache: Path, workers: int, quick: bool, groups: list[str]) -> dict[str, dict]:
+def calibrate(runner: Runner, groups: list[str]) -> dict[str, dict] | None:
     """Per calibration group: the grid run, each value's first-iteration KL, the picks per level and edge flags.
-    Written to ``<cache>/calibration.json`` (what ``--summary-only`` reads)."""
+    Written to ``<cache>/calibration.json`` (what ``--summary-only`` reads); None when the deadline cut it short."""
+    cache, quick = runner.cache, runner.quick
     widen = {g: (0, 0) for g in groups}
     half = 1 if quick else 2
     while True:
         values = {g: grid(g, *widen[g], half=half) for g in groups}
         jobs = [Job("calibrate", PRIMARY, GROUPS[g][0], CALIBRATION_SEED, v) for g in groups for v in values[g]]
-        run_all(jobs, cache, workers, quick)
+        run_all(jobs, runner)
+        if any(not result_path(cache, j).is_file() for j in jobs):
+            return None
         out, changed = {}, False
         for g in groups:
             kls = {j.value: first_kl(r, PRIMARY) for j in jobs if j.arm == GROUPS[g][0]
@@ -294,7 +356,7 @@ def final_jobs(picks: dict[str, dict], arms: list[str], settings: list[str], see
         if setting not in settings:
             continue
         for seed in range(n):
-            for arm in arms:
+            for arm in [a for a in arms if a in SETTING_ARMS.get(setting, ARMS)]:
                 group = picks.get(ARMS[arm]["group"])
                 if group is not None:
                     jobs.append(Job("final", setting, arm, seed, group["picks"][level], level))
@@ -307,51 +369,66 @@ def _parse(argv):
     ap.add_argument("--cache", default=None, help="run cache (default <repo>/.cache/nash-lm-v2; OUT/.cache with --quick)")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--settings", default=",".join(SETTINGS))
-    ap.add_argument("--workers", type=int, default=1, help="runs in parallel (one thread each)")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 iterations, a 5-value grid (CI)")
+    ap.add_argument("--levels", default=",".join(LEVELS), help="step levels of the final runs")
+    ap.add_argument("--max-seeds", type=int, default=None, help="at most this many seeds per setting and level")
+    ap.add_argument("--model-shape", default="tiny", choices=list(SHAPES), help="π_ref's shape (small: the GPU recipe)")
+    ap.add_argument("--workers", type=int, default=1, help="runs in parallel (one thread each on CPU)")
+    ap.add_argument("--deadline-s", type=float, default=None, help="start no run after this many seconds (resume later)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 iterations, a 3-value grid (CI)")
     ap.add_argument("--summary-only", action="store_true", help="no new runs: report what the cache holds")
     ap.add_argument("--note", default="", help="a line added to summary.md (e.g. why results are partial)")
     args = ap.parse_args(argv)
-    args.arms = [a for a in args.arms.split(",") if a]
-    args.settings = [s for s in args.settings.split(",") if s]
-    for name, given, valid in (("--arms", args.arms, ARMS), ("--settings", args.settings, SETTINGS)):
+    for name, valid in (("arms", ARMS), ("settings", SETTINGS), ("levels", LEVELS)):
+        given = [x for x in getattr(args, name).split(",") if x]
         bad = [x for x in given if x not in valid]
         if bad or not given:
-            ap.error(f"{name}: unknown or empty {bad or given}; valid: {', '.join(valid)}")
-    if args.workers < 1:
-        ap.error(f"--workers must be >= 1, got {args.workers}")
+            ap.error(f"--{name}: unknown or empty {bad or given}; valid: {', '.join(valid)}")
+        setattr(args, name, given)
+    for name in ("workers", "max_seeds"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if REFERENCE_ARM not in args.arms:
         ap.error(f"--arms must include {REFERENCE_ARM!r} (the arm every other is compared with)")
     return args
+
+
+def _seeds(args) -> dict:
+    seeds = QUICK_SEEDS if args.quick else SEEDS
+    return {(s, lv): min(n, args.max_seeds or n) for (s, lv), n in seeds.items()
+            if s in args.settings and lv in args.levels}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else (out / ".cache" if args.quick else ROOT / ".cache" / "nash-lm-v2")
-    cache = cache / f"protocol-{protocol_id(args.quick)}"
+    cache = cache / f"protocol-{protocol_id(args.quick, args.model_shape)}"
     if out.exists() and not out.is_dir():
         print(f"[nash] --out {out} exists and is not a directory", file=sys.stderr)
         return 2
     from bench.experiment_nash_report import write_report
 
     groups = list(dict.fromkeys(ARMS[a]["group"] for a in args.arms))
-    seeds = QUICK_SEEDS if args.quick else SEEDS
-    if not args.summary_only:
-        from inpo.data.tokenizer import default_tokenizer
-        from inpo.train.model import build_default_policy
-
-        build_default_policy(default_tokenizer())  # π_ref of seed 0 (cached) before workers race to build it
+    deadline = None if args.deadline_s is None else time.monotonic() + args.deadline_s
+    runner = Runner(cache, args.workers, args.quick, args.model_shape, deadline)
     if args.summary_only:
         if not (cache / "calibration.json").is_file():
             print(f"[nash] --summary-only: no calibration in {cache} yet (run without it first)", file=sys.stderr)
             return 1
         picks = {g: v for g, v in json.loads((cache / "calibration.json").read_text()).items() if g in groups}
     else:
-        picks = calibrate(cache, args.workers, args.quick, groups)
-    jobs = final_jobs(picks, args.arms, args.settings, seeds)
+        if args.model_shape == "tiny":
+            from inpo.data.tokenizer import default_tokenizer
+            from inpo.train.model import build_default_policy
+
+            build_default_policy(default_tokenizer())  # π_ref of seed 0 (cached) before workers race to build it
+        picks = calibrate(runner, groups)
+        if picks is None:
+            print("[nash] deadline reached during the calibration: run the same command again", flush=True)
+            return 3
+    jobs = final_jobs(picks, args.arms, args.settings, _seeds(args))
     if not args.summary_only:
-        run_all(jobs, cache, args.workers, args.quick)
+        run_all(jobs, runner)
     results = [(j, r) for j in jobs if (r := load_result(cache, j)) is not None]
     if not results:
         print("[nash] no finished runs to report", file=sys.stderr)

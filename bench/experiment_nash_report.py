@@ -538,7 +538,9 @@ PROTOCOL = f"""Fixed before the final runs (bench/experiment_nash.py; issue 20):
 - **Arms.** INPO τ/η = 1/3, τ/η = 0.1, τ = 0; INPO with random pairs (Lemma 5's population); ONPO; iterative DPO;
   IPO. Tournament arms: K = 8, 11 oracle queries per prompt; random pairs: K = 2, one query per prompt (equal queries
   would need 11× the pairs and training compute).
-- **Runs.** T = 15, every iterate evaluated on the held-out test prompts, eval_k = 16; seeds: {{seeds}}.
+- **Runs.** T = 15 iterations of 128 training prompts each (a fresh subset per iteration), every iterate evaluated
+  on the 109 held-out test prompts with eval_k = 16; seeds: {{seeds}}; `cyclic` runs INPO, INPO τ = 0, ONPO, DPO
+  and IPO only (the CPU budget).
 - **Predictions.** The style bandit in closed form at each run's realised step (the game step reproducing its
   first-iteration KL from its own π_ref mix); for INPO and IPO the regularised Nash policy at the realised τ."""
 

@@ -157,3 +157,23 @@ def test_an_interrupted_run_resumes_from_its_checkpoints(tmp_path):
     assert len(both["iterations"]) == 2
     assert both["samples"][1] == first["samples"][1]  # iterate 1 kept from the first attempt, not re-sampled
     assert both["iterations"][0]["wall_s"] == first["iterations"][0]["wall_s"]
+
+
+def test_deadline_stops_before_any_run_and_a_larger_shape_runs_from_its_own_model_folder(tmp_path, monkeypatch):
+    out = tmp_path / "nash"
+    # a deadline already past: nothing starts, the caller is told to run the same command again
+    assert nash.main(["--quick", "--out", str(out), "--arms", "inpo", "--deadline-s", "0"]) == 3
+    assert not (out / "runs.jsonl").exists()
+    # the GPU recipe's path on a miniature shape: π_ref built per seed, exported, loaded with model=DIR
+    mini = {"shape": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=2), "sft": {"steps": 5}, "train": {"lr": 5e-4}}
+    monkeypatch.setitem(nash.SHAPES, "small", mini)
+    job = nash.Job("final", "style", "inpo", 0, 0.25, "large")
+    cfg = nash.run_config(job, tmp_path, quick=True, shape="small")
+    assert cfg["model"].endswith("small-seed0") and cfg["sampler"] == "hf" and "sft_seed" not in cfg
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(cfg["model"]).hidden_size == 64
+    res = nash.one_run(job, {**cfg, "iterations": 1}, str(tmp_path / "run"))
+    assert len(res["iterations"]) == 1 and len(res["samples"][1]) == nash.QUICK["n_eval"]
+    assert nash.protocol_id(False, "small") != nash.protocol_id(False)
