@@ -14,7 +14,8 @@ runs, and printed at the top of summary.md):
   one per prompt (equal queries would mean 11 pairs per prompt, 11× the training compute of every other arm).
 * **Matched steps.** On a calibration seed, one iteration per value of a 5-value log grid (factor 4) per method; for
   each method the value whose first iteration moves the pooled style mix by KL(π_1 ‖ π_0) closest to 0.2 (large
-  step) and to 0.03 (small step); a pick on the grid's edge widens the grid on that side and runs again. INPO's
+  step) and to 0.03 (small step); a pick on the grid's edge widens the grid on that side and runs again, unless the
+  KL has stopped moving there (the optimiser, not the parameter, limits the step: the pick is flagged saturated). INPO's
   three τ/η arms and IPO share one calibration: from π_0 = π_ref their first iteration is the same regression.
 * **Runs.** T = 15 iterations of 128 training prompts (a fresh subset of the 326 each iteration), every iterate
   evaluated on the 109 held-out test prompts with eval_k = 16 samples; 4 seeds at the large step and 2 at the small
@@ -70,6 +71,7 @@ REFERENCE_ARM = "inpo"
 GROUPS = {"inpo": ("inpo", 0.125), "inpo_random": ("inpo_random", 0.0625), "onpo": ("onpo", 4.0), "dpo": ("dpo", 1.0)}
 GRID_FACTOR = 4.0
 MAX_WIDEN = 3  # extra grid values per side before an edge pick is reported as unreachable
+SATURATED = 1.15  # an edge whose KL moved by less than this factor from its neighbour's is not widened further
 LEVELS = {"large": 0.2, "small": 0.03}  # target KL(π_1 ‖ π_0) of the pooled style mix
 SETTINGS = {
     "style": {"alpha": 0.0, "beta": 2.0, "none_penalty": 1.0, "quality_margin": 0.0},
@@ -308,14 +310,24 @@ def pick(kls: dict[float, float], target: float) -> float:
     return min(kls, key=lambda v: (abs(math.log(max(kls[v], 1e-12) / target)), v))
 
 
+def saturated(kls: dict[float, float], values: list[float], side: int) -> bool:
+    """Whether the grid's edge on ``side`` (0: low, -1: high) moved the KL by less than SATURATED× from its neighbour:
+    the first iteration is then limited by the optimiser (learning rate × steps), not by the parameter, and widening
+    further cannot reach the target."""
+    edge, inner = (values[0], values[1]) if side == 0 else (values[-1], values[-2])
+    if edge not in kls or inner not in kls:
+        return False
+    return abs(math.log(max(kls[edge], 1e-12) / max(kls[inner], 1e-12))) < math.log(SATURATED)
+
+
 def calibration_plan(kls: dict[float, float], values: list[float], widen: tuple[int, int]) -> tuple[dict, tuple]:
     """Picks per level among ``values`` (the grid so far) from their measured KLs, and the widening the next round
-    needs: a pick on an edge of the grid widens it on that side by one value (at most MAX_WIDEN per side; past that
-    the edge pick stays, and the report flags it)."""
+    needs: a pick on an edge of the grid widens it on that side by one value (at most MAX_WIDEN per side, and not
+    past a saturated edge; then the edge pick stays, and the report flags it)."""
     have = {v: kls[v] for v in values if v in kls}
     picks = {level: pick(have, target) for level, target in LEVELS.items()}
-    low = any(v == values[0] for v in picks.values()) and widen[0] < MAX_WIDEN
-    high = any(v == values[-1] for v in picks.values()) and widen[1] < MAX_WIDEN
+    low = any(v == values[0] for v in picks.values()) and widen[0] < MAX_WIDEN and not saturated(have, values, 0)
+    high = any(v == values[-1] for v in picks.values()) and widen[1] < MAX_WIDEN and not saturated(have, values, -1)
     return picks, (widen[0] + low, widen[1] + high)
 
 
@@ -339,8 +351,9 @@ def calibrate(runner: Runner, groups: list[str]) -> dict[str, dict] | None:
                 continue
             picks, new = calibration_plan(kls, values[g], widen[g])
             edge = {lv: v in (values[g][0], values[g][-1]) for lv, v in picks.items()}
+            flat = {lv: edge[lv] and saturated(kls, values[g], 0 if v == values[g][0] else -1) for lv, v in picks.items()}
             out[g] = {"arm": GROUPS[g][0], "param": ARMS[GROUPS[g][0]]["param"], "grid": values[g],
-                      "kl": {f"{v:g}": kls.get(v) for v in values[g]}, "picks": picks, "edge": edge}
+                      "kl": {f"{v:g}": kls.get(v) for v in values[g]}, "picks": picks, "edge": edge, "saturated": flat}
             changed |= new != widen[g] and not quick
             widen[g] = new
         if not changed:

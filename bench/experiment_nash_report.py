@@ -251,7 +251,7 @@ def _value(setting: str, endpoint: str, folds: np.ndarray, counts: np.ndarray) -
 
 
 def endpoint(rows: list[dict], setting: str, level: str, arm: str, other: str | None, which: str,
-             n_bootstrap: int = N_BOOT):
+             n_bootstrap: int = N_BOOT, confidence: float = 0.95):
     """(mean over seeds, ci_low, ci_high, per-seed values) of ``arm``'s endpoint value, or of its difference from
     ``other``'s, paired by seed and by prompt; two-level bootstrap (seeds, then prompts), recomputing each pooled
     value on the resampled prompts. None when no seed has both arms."""
@@ -278,7 +278,7 @@ def endpoint(rows: list[dict], setting: str, level: str, arm: str, other: str | 
         v = _value(setting, which, f, g[:, 1:1 + width])
         return v - _value(setting, which, f, g[:, 1 + width:]) if other else v
 
-    mean, lo, hi = hierarchical_bootstrap(groups, stat=stat, n_bootstrap=n_bootstrap, seed=0)
+    mean, lo, hi = hierarchical_bootstrap(groups, stat=stat, n_bootstrap=n_bootstrap, seed=0, level=confidence)
     return mean, lo, hi, [stat(g) for g in groups]
 
 
@@ -321,10 +321,13 @@ def calibration_table(picks: dict[str, dict]) -> list[str]:
     for g, c in picks.items():
         arms = ", ".join(a for a, spec in ARMS.items() if spec["group"] == g)
         cells = ", ".join(f"{v}: {'–' if k is None else f'{k:.3f}'}" for v, k in c["kl"].items())
-        pk = [f"**{c['picks'][lv]:g}**" + (" † edge" if c["edge"][lv] else "") for lv in LEVELS]
+        pk = [f"**{c['picks'][lv]:g}**" + (" † saturated" if c.get("saturated", {}).get(lv) else
+                                           " † edge" if c["edge"][lv] else "") for lv in LEVELS]
         md.append(f"| {g} ({arms}) | {c['param']} | {cells} | {pk[0]} | {pk[1]} |")
-    return md + ["", "† a pick still on the grid's edge after widening it "
-                     f"(the target KL is outside what the grid reaches)." if any(
+    return md + ["", "† a pick still on the grid's edge after widening it (the target KL is outside what the grid "
+                     "reaches); *saturated*: the KL stopped moving with the parameter there — the first iteration is "
+                     "limited by the optimiser (learning rate × steps), so that arm's step is as large as this "
+                     "training budget makes it, and smaller than the target." if any(
                          any(c["edge"].values()) for c in picks.values()) else "", ""]
 
 
@@ -346,16 +349,23 @@ def steps_table(rows: list[dict], preds: list[dict]) -> list[str]:
 def primary_table(rows: list[dict], preds: list[dict], setting: str, level: str) -> list[str]:
     sub = _by(rows, setting=setting, level=level)
     T = _last_t(sub)
+    arms = _arms(sub)
+    adjusted = 1 - 0.05 / max(len(arms) - 1, 1)  # Bonferroni over the comparisons with INPO
     md = [f"| arm | pooled exploitability at t = {T} | − {REFERENCE_ARM}, paired | per-seed differences | bandit "
           f"prediction at t = {T} | predicted fixed point |", "|---|---|---|---|---|---|"]
-    for arm in _arms(sub):
+    for arm in arms:
         own = endpoint(sub, setting, level, arm, None, "last")
-        diff = None if arm == REFERENCE_ARM else endpoint(sub, setting, level, arm, REFERENCE_ARM, "last")
+        diff = adj = None
+        if arm != REFERENCE_ARM:
+            diff = endpoint(sub, setting, level, arm, REFERENCE_ARM, "last")
+            adj = endpoint(sub, setting, level, arm, REFERENCE_ARM, "last", confidence=adjusted)
+        mark = " ‡" if adj is not None and (adj[1] > 0 or adj[2] < 0) else ""
         pred = _pred(preds, setting, level, arm, "predicted", T)
         fixed = _pred(preds, setting, level, arm, "fixed_point")
-        md.append(f"| {arm} | {_fmt(own)} | {_fmt(diff, True)} | {_seeds(diff)} | "
+        md.append(f"| {arm} | {_fmt(own)} | {_fmt(diff, True)}{mark} | {_seeds(diff)} | "
                   f"{'–' if pred is None else f'{pred:.3f}'} | {'–' if fixed is None else f'{fixed:.3f}'} |")
-    return md + [""]
+    return md + [f"‡ also excludes 0 at {adjusted:.2%} (Bonferroni over the {len(arms) - 1} comparisons with "
+                 f"{REFERENCE_ARM}).", ""]
 
 
 def secondary_table(rows: list[dict], setting: str, level: str) -> list[str]:
@@ -420,7 +430,8 @@ def verdict(rows: list[dict], preds: list[dict], planned_seeds: int) -> list[str
              f"):** INPO's last iterate has pooled style exploitability {_fmt(ref)}. "
              f"It is less exploitable than {', '.join(less) or 'no other arm'}; more exploitable than "
              f"{', '.join(more) or 'no other arm'}; not separated from {', '.join(tied) or 'any other arm'} (paired "
-             f"differences arm − INPO, 95 % intervals). The least exploitable last iterate is {best}'s "
+             f"differences arm − INPO, 95 % intervals per comparison; ‡ in the table below marks those that hold "
+             f"after a Bonferroni correction). The least exploitable last iterate is {best}'s "
              f"({means[best]:.3f}); the Nash policy has 0."]
     pred = _pred(preds, PRIMARY, "large", REFERENCE_ARM, "predicted", T)
     fixed = _pred(preds, PRIMARY, "large", REFERENCE_ARM, "fixed_point")
@@ -533,7 +544,7 @@ PROTOCOL = f"""Fixed before the final runs (bench/experiment_nash.py; issue 20):
 - **Matched steps.** Calibration seed {{cal}}: one iteration per value of a 5-value log grid (factor 4) per method on
   validation prompts; per method the value whose first iteration moves the pooled style mix by KL(π_1 ‖ π_0) closest
   to {LEVELS['large']} (large) and {LEVELS['small']} (small) on a log scale; an edge pick widens the grid on that
-  side (up to 3 values) and runs again. The `cyclic` runs use the `{PRIMARY}` calibration; their realised KL is
+  side (up to 3 values, not past a saturated edge where the KL no longer moves) and runs again. The `cyclic` runs use the `{PRIMARY}` calibration; their realised KL is
   reported.
 - **Arms.** INPO τ/η = 1/3, τ/η = 0.1, τ = 0; INPO with random pairs (Lemma 5's population); ONPO; iterative DPO;
   IPO. Tournament arms: K = 8, 11 oracle queries per prompt; random pairs: K = 2, one query per prompt (equal queries
@@ -570,6 +581,11 @@ def summary_text(picks, rows, preds, calib_results, planned: int, note: str, com
            "- runs.jsonl: one line per setting × step × arm × seed × iterate, with each prompt's style counts "
            "(`per_prompt_style_counts`), cross-fit and plug-in values and the fold labels, from which every interval "
            "here is recomputed; predictions.jsonl: the bandit predictions; calibration.json: the grid and picks.",
+           "- π_ref is rebuilt per seed at run time (SFT on CPU) and cached; it is not promised bit-identical across "
+           "machines or torch builds (issue 20 found 58.9 % vs 56.9 % unstyled for seed 0), so every comparison here is "
+           "paired within this record (iterate 0 of every row is the run's own π_ref).",
+           "- Not in this round (the CPU budget): a transitive control (the 3-iteration record had one: "
+           "bench/results/nash-lm-3iter), SPPO, and equal oracle queries for random pairs.",
            f"- {planned - len({(r['setting'], r['level'], r['arm'], r['seed']) for r in rows})} of {planned} "
            "planned final runs are missing from this report." if planned else "", note, compute, ""]
     env = environment_info()

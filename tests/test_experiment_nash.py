@@ -30,8 +30,12 @@ def test_calibration_picks_by_log_distance_and_widens_edges():
     # an edge pick at the widening limit stays (reported as an edge pick), the plan stops widening
     limit = (0, nash.MAX_WIDEN)
     top = nash.grid("inpo", *limit)
-    picks, widen = nash.calibration_plan({v: 1.0 for v in top}, top, limit)
-    assert widen == (1, nash.MAX_WIDEN)  # every KL is too large: the smallest value is the pick, widen low once
+    picks, widen = nash.calibration_plan({v: 10.0 * (len(top) - i) for i, v in enumerate(top)}, top, limit)
+    assert picks["large"] == top[-1] and widen == limit  # every KL too large: the high edge, already at the limit
+    # a saturated edge (the KL stopped moving with the parameter) is not widened: the optimiser limits the step
+    flat = dict(zip(values, [0.16, 0.15, 0.1, 0.03, 0.01]))
+    picks, widen = nash.calibration_plan(flat, values, (0, 0))
+    assert picks["large"] == values[0] and nash.saturated(flat, values, 0) and widen == (0, 0)
     assert nash.pick({0.1: 0.1, 0.2: 0.4}, 0.2) == 0.1  # a tie on the log scale (a factor 2 either way): the smaller
 
 
