@@ -6,7 +6,7 @@ STAMP := $(VENV)/.inpo-installed
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup train test test-gpu test-slow test-all test-vllm real-model test-real bench games experiments experiments-winrate clean
+.PHONY: setup train test check-shape test-gpu test-slow test-all test-vllm real-model test-real bench games experiments experiments-winrate clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,11 @@ train: setup
 test: setup
 	@CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -m "not slow and not vllm and not real" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests collected (pytest exit 5)" >&2; exit 1; fi; exit $$rc
+
+# The package's shape: layers (.importlinter), imports inside functions, function size/complexity, measurement
+# code share. `make test` runs it too (tests/test_architecture.py); this prints every problem at once.
+check-shape: setup
+	$(PY) tools/check_shape.py
 
 test-gpu: setup
 	@$(PY) -m pytest -q -m "gpu" $(PYTEST_ARGS); rc=$$?; \

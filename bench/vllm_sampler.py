@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from bench.lib.outputs import output_problem
+
 
 def _trainer_logps(model, tok, prompts, k, token_ids):
     from inpo.data.tokenizer import encode_prompt
@@ -49,6 +51,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--updates", type=int, default=5, help="timed in-place weight updates")
     ap.add_argument("--out", default="bench/results/vllm/sampler-cpu.jsonl")
     args = ap.parse_args(argv)
+    problem = output_problem("python -m bench.vllm_sampler", files={"--out": args.out})
+    if problem:
+        raise SystemExit(problem)
 
     import vllm
 

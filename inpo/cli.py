@@ -14,14 +14,20 @@ COMMANDS = {
     "eval": ("inpo.eval", "win-rate of a policy against a baseline under a preference oracle, with a bootstrap CI"),
     "game": ("inpo.games.cli", "exact tabular preference games: duality gap of INPO, ONPO and baselines"),
     "fetch-model": ("inpo.models.cli", "fetch + convert a named real model once (smollm2), print its folder"),
-    "bench": ("inpo.profiling.cli", "benchmarks: head | step | iteration | report"),
+}
+
+# Names that are no longer subcommands, with where the user should go instead.
+MOVED = {
+    "bench": "the benchmarks are scripts in a source checkout's bench/ folder, not installed with the package: from "
+             "the repository root run `python -m bench.<name>` (head, head_cpu, step, step_cpu, generation, "
+             "iteration, filter_error, report; `make bench` runs the GPU set)",
 }
 
 
 def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str], *, noun: str = "command") -> int:
     """Run ``commands[argv[0]]``'s module ``main(argv[1:])``; usage on ``-h``; a near-miss hint on a typo.
 
-    ``commands`` maps a name to ``(module, one-line help)``. Shared by ``inpo`` and ``inpo bench``.
+    ``commands`` maps a name to ``(module, one-line help)``; a name in :data:`MOVED` says where it went.
     """
     usage = "\n".join([f"usage: {prog} <{noun}> [options]", "", f"{noun}s:"]
                       + [f"  {name:<12} {help_}" for name, (_, help_) in commands.items()]
@@ -30,6 +36,9 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str], *
         print(usage)
         return 0
     name, rest = argv[0], argv[1:]
+    if name in MOVED and name not in commands:
+        print(f"{prog} {name}: {MOVED[name]}", file=sys.stderr)
+        return 2
     if name not in commands:
         import difflib
 

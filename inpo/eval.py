@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inpo.data.tokenizer import resolve_tokenizer
 from inpo.models import resolve_model
 from inpo.utils.record import environment_info
 
@@ -282,20 +283,12 @@ def main(argv: list[str] | None = None) -> int:
 
         oracle = make_oracle(args.oracle, device=args.device, seed=args.seed)
         prompts = _resolve_prompts(args.prompts, args.n, args.seed, origin)
-        from inpo.data.chat import stop_token_ids, use_plain_text
-        from inpo.data.tokenizer import default_tokenizer, load_tokenizer
         from inpo.train.model import load_policy
 
-        tok_files = ("tokenizer.json", "tokenizer_config.json")
-        if args.tokenizer:
-            tokenizer = load_tokenizer(args.tokenizer)
-        elif policy_path and any((Path(policy_path) / f).is_file() for f in tok_files):
-            tokenizer = load_tokenizer(policy_path)
-        else:
-            tokenizer = default_tokenizer()
-        if args.no_chat_template or (origin or {}).get("chat_template") == "none":
-            use_plain_text(tokenizer)
-        stop_token_ids(tokenizer)  # a tokenizer without a template (and no --no-chat-template) fails here
+        # a tokenizer without a template (and no --no-chat-template) fails here
+        tokenizer = resolve_tokenizer(args.tokenizer or None, policy_path, model_arg="--policy",
+                                      tokenizer_arg="--tokenizer DIR", plain_text=args.no_chat_template
+                                      or (origin or {}).get("chat_template") == "none")
         max_prompt_length = args.max_prompt_length if args.max_prompt_length is not None else \
             (origin or {}).get("max_prompt_length")
         policy = load_policy(policy_path, tokenizer=tokenizer, device=args.device)

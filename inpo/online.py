@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from inpo.data.tokenizer import resolve_tokenizer
 from inpo.train.checkpoint import atomic_write_text, load_latest_good_checkpoint, save_checkpoint
 from inpo.train.config import TrainConfig, config_to_yaml
 from inpo.train.loop import (LOCK_NAME, RUN_MARKER, RunContext, RunDirError, StopRun, agreed_stop_signal,
@@ -50,7 +51,7 @@ from inpo.train.loop import (LOCK_NAME, RUN_MARKER, RunContext, RunDirError, Sto
                              precompute_logps, probe_run_lock, release_run_locks, resolve_device, train_phase)
 from inpo.utils.dist import get_rank, get_world_size, is_distributed, rank_world
 
-__all__ = ["run_online", "run_offline", "run_training"]
+__all__ = ["run_online", "run_offline", "run_training", "run_tokenizer", "training_sequences"]
 
 
 # -- small file helpers ----------------------------------------------------------------------------------------
@@ -79,28 +80,14 @@ def _load_tensors(path: Path) -> dict:
 
 # -- setup -------------------------------------------------------------------------------------------------------
 
-def _load_tokenizer(cfg: TrainConfig):
-    """The run's tokenizer, set up for its encoding (chat template, or plain text with chat_template: none);
-    a tokenizer without a template and without the opt-in is refused here, before anything is written."""
-    from inpo.data.chat import stop_token_ids, use_plain_text
-    from inpo.data.tokenizer import default_tokenizer, load_tokenizer
-
-    if cfg.tokenizer is not None:
-        tok = load_tokenizer(cfg.tokenizer)
-    elif cfg.model is not None and any((Path(cfg.model) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        tok = load_tokenizer(cfg.model)
-    elif cfg.model is not None and Path(cfg.model).exists():
-        raise ValueError(f"model {cfg.model!r} has no tokenizer files; pass tokenizer=DIR")
-    else:
-        tok = default_tokenizer()
-    if cfg.chat_template == "none":
-        use_plain_text(tok)
-    stop_token_ids(tok)  # raises the clear "no chat_template" error
-    return tok
+def run_tokenizer(cfg: TrainConfig):
+    """The run's tokenizer (:func:`inpo.data.tokenizer.resolve_tokenizer` from ``tokenizer`` / ``model`` /
+    ``chat_template``), refused here, before anything is written, when it cannot encode the run's data."""
+    return resolve_tokenizer(cfg.tokenizer, cfg.model, plain_text=cfg.chat_template == "none")
 
 
 def _attn_impl(cfg: TrainConfig, device: torch.device) -> str:
-    from inpo.train.attention import default_implementation
+    from inpo.ops.attention import default_implementation
 
     return cfg.attn_implementation or default_implementation(device)
 
@@ -139,7 +126,7 @@ def _setup(cfg: TrainConfig):
         # busy 2-core box two spinning threads were 2-10x slower than one (measured while writing this).
         torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
-    tokenizer = _load_tokenizer(cfg)
+    tokenizer = run_tokenizer(cfg)
     ref = load_policy(cfg.model, tokenizer=tokenizer, device=device, attn_implementation=_attn_impl(cfg, device),
                       default_seed=cfg.sft_seed)
     ref.eval().requires_grad_(False)
@@ -491,7 +478,7 @@ def _generate_and_rank_distributed(cfg, run, t, plain, tokenizer, oracle, times:
     return data, stats
 
 
-def _sequences(tokenizer, data: list[dict], pairwise: bool, cfg: TrainConfig, run=None):
+def training_sequences(tokenizer, data: list[dict], pairwise: bool, cfg: TrainConfig, run=None):
     """``(seqs, kept)``: (prompt_ids, response_ids) per sequence through the chat template on the whole
     conversation (:func:`inpo.data.chat.encode_completion`), truncated with TRL's semantics; ``kept`` are the
     records left (a pair, or SPPO's sample, is dropped as a whole when truncation leaves nothing to score).
@@ -694,7 +681,7 @@ def run_online(config: TrainConfig) -> list[dict]:
                 else:
                     data, rank_stats = _generate_and_rank(cfg, run, t, policy, tokenizer, oracle, times, sampler)
                 pairwise = objective.pairwise
-                seqs, data = _sequences(tokenizer, data, pairwise, cfg, run)
+                seqs, data = training_sequences(tokenizer, data, pairwise, cfg, run)
                 logps_path = run.out / f"iter_{t:03d}" / "logps.safetensors"
                 if _main_sees(logps_path):
                     logps = _load_tensors(logps_path)
@@ -822,7 +809,7 @@ def run_offline(config: TrainConfig) -> list[dict]:
     device, tokenizer, ref, policy = _setup(cfg)
     records = load_pairs(cfg.data)
     n_records = len(records)
-    seqs, records = _sequences(tokenizer, records, True, cfg)  # bad data fails here, before the run dir is touched
+    seqs, records = training_sequences(tokenizer, records, True, cfg)  # bad data fails here, before the run dir
     heldout = _heldout_pairs(cfg, tokenizer)  # so does a bad eval_data file
     if not seqs:
         raise ValueError(f"no pair of {cfg.data!r} is left after truncation to max_length={cfg.max_length} "
@@ -882,7 +869,7 @@ def _heldout_pairs(cfg, tokenizer):
         return None
     from inpo.data.pairs import load_pairs
 
-    return _sequences(tokenizer, load_pairs(cfg.eval_data), True, cfg)
+    return training_sequences(tokenizer, load_pairs(cfg.eval_data), True, cfg)
 
 
 def _heldout_pair_metrics(cfg, ref, policy, objective, seqs, held) -> dict:

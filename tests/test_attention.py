@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from inpo.train.attention import VARLEN, body_kwargs, packed_boundaries, register, sdpa_for_generation
+from inpo.ops.attention import VARLEN, body_kwargs, packed_boundaries, register, sdpa_for_generation
 
 
 def _tiny(attn=None):

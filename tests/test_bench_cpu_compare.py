@@ -8,10 +8,12 @@ import statistics
 import pytest
 import torch
 
-from inpo.profiling import native_bench, report
+from bench import head_cpu as native_bench
+from bench import report
+from bench.report import targets
 from inpo.utils.record import append_jsonl
-from inpo.profiling.step_bench import EOS_ID, StepBenchConfig, bench_pairs, make_variable_pairs
-from inpo.profiling.step_cpu_bench import bootstrap_median_ci
+from bench.step import EOS_ID, StepBenchConfig, bench_pairs, make_variable_pairs
+from bench.step_cpu import bootstrap_median_ci
 
 CPU = "cpu-x86_64-2c"
 
@@ -83,7 +85,7 @@ def test_head_cpu_smoke_records_the_peak_and_both_floors(tmp_path):
         assert r["floor_ratio"] == pytest.approx(r["fwd_bwd_ms"] / r["floor_8nhv_ms"], rel=0.02)
         # the peak is the best rate seen (a floor must be a lower bound on time), never below the median rate
         assert r["peak_gflop_s"] >= r["peak_gflop_s_median"]
-        assert r["command"].startswith("inpo bench head-cpu --smoke") and len(r["loadavg_1m"]) == 3
+        assert r["command"].startswith("python -m bench.head_cpu --smoke") and len(r["loadavg_1m"]) == 3
         assert r["fwd_bwd_p20_ms"] <= r["fwd_bwd_ms"] <= r["fwd_bwd_p80_ms"]
 
 
@@ -98,25 +100,25 @@ def _cmp(system, tps, mem, *, commit="c1", smoke=False, date="2026-11-29T10:00:0
 
 
 def _targets(steps=(), iters=(), gens=()):
-    return {t.name.split(":")[0].split(" (")[0]: t for t in report.cpu_targets(list(steps), list(iters), list(gens))}
+    return {t.name.split(":")[0].split(" (")[0]: t for t in targets.cpu_targets(list(steps), list(iters), list(gens))}
 
 
 def test_cpu_step_targets():
-    t = report.cpu_targets([], [], [])
-    assert {x.status for x in t} == {report.NOT_YET}
+    t = targets.cpu_targets([], [], [])
+    assert {x.status for x in t} == {targets.NOT_YET}
     met = [_cmp("inpo", 1500.0, 400 * 2**20), _cmp("trl", 1000.0, 800 * 2**20), _cmp("inpo-naive-head", 900.0, 10**9)]
-    got = report.cpu_targets(met, [], [])
-    assert got[0].status == report.MET and got[0].detail.startswith("1.50×")
+    got = targets.cpu_targets(met, [], [])
+    assert got[0].status == targets.MET and got[0].detail.startswith("1.50×")
     assert "conservative 90% range 1.23–1.83×" in got[0].detail
-    assert got[1].status == report.MET and got[1].detail.startswith("0.50×")
+    assert got[1].status == targets.MET and got[1].detail.startswith("0.50×")
     slow = [_cmp("inpo", 1490.0, 401 * 2**20), _cmp("trl", 1000.0, 800 * 2**20)]
-    got = report.cpu_targets(slow, [], [])
-    assert got[0].status == report.NOT_MET and got[1].status == report.NOT_MET
+    got = targets.cpu_targets(slow, [], [])
+    assert got[0].status == targets.NOT_MET and got[1].status == targets.NOT_MET
     # smoke records and records of different runs are not compared
-    assert report.cpu_targets([_cmp("inpo", 9e9, 1, smoke=True), _cmp("trl", 1.0, 10**9, smoke=True)], [],
-                              [])[0].status == report.NOT_YET
-    assert report.cpu_targets([_cmp("inpo", 9e9, 1), _cmp("trl", 1.0, 10**9, commit="c2")], [],
-                              [])[0].status == report.NOT_YET
+    assert targets.cpu_targets([_cmp("inpo", 9e9, 1, smoke=True), _cmp("trl", 1.0, 10**9, smoke=True)], [],
+                              [])[0].status == targets.NOT_YET
+    assert targets.cpu_targets([_cmp("inpo", 9e9, 1), _cmp("trl", 1.0, 10**9, commit="c2")], [],
+                              [])[0].status == targets.NOT_YET
 
 
 def test_cpu_iteration_and_generation_targets():
@@ -124,16 +126,16 @@ def test_cpu_iteration_and_generation_targets():
           "train_s": 2.87, "pure_fwd_bwd_s": 3.0, "date": "2026-11-29"}
     smoke = dict(it, algorithm="sppo", smoke=True, overhead_ratio=9.0)
     gpu = dict(it, device="NVIDIA H100", algorithm="dno", overhead_ratio=9.0)
-    t = [x for x in report.cpu_targets([], [it, smoke, gpu], []) if "online iteration" in x.name]
-    assert len(t) == 1 and t[0].status == report.MET and "(inpo)" in t[0].name
-    t = [x for x in report.cpu_targets([], [dict(it, overhead_ratio=1.31)], []) if "online iteration" in x.name]
-    assert t[0].status == report.NOT_MET
+    t = [x for x in targets.cpu_targets([], [it, smoke, gpu], []) if "online iteration" in x.name]
+    assert len(t) == 1 and t[0].status == targets.MET and "(inpo)" in t[0].name
+    t = [x for x in targets.cpu_targets([], [dict(it, overhead_ratio=1.31)], []) if "online iteration" in x.name]
+    assert t[0].status == targets.NOT_MET
     gens = [{"device": CPU, "sampler": "hf", "model": "cpu-22m", "tokens_per_s": 300.0, "date": "d"},
             {"device": CPU, "sampler": "vllm", "model": "cpu-22m", "tokens_per_s": 900.0, "engine_start_s": 40.0,
              "break_even_rows": 120.0, "date": "d"}]
-    g = report.cpu_targets([], [], gens)[-1]
+    g = targets.cpu_targets([], [], gens)[-1]
     assert g.status == "measured" and g.detail.startswith("vllm is faster") and "120 sampled rows" in g.detail
-    g = report.cpu_targets([], [], [dict(gens[0], tokens_per_s=1000.0), gens[1]])[-1]
+    g = targets.cpu_targets([], [], [dict(gens[0], tokens_per_s=1000.0), gens[1]])[-1]
     assert g.detail.startswith("hf is faster")
 
 
@@ -156,14 +158,14 @@ def test_report_renders_the_cpu_section(tmp_path):
                                        (["--systems", "inpo,liger"], "--systems must be"),
                                        (["--model", "gpt9"], "--model must be one of")])
 def test_step_cpu_cli_rejects_bad_arguments(argv, msg, capsys, tmp_path):
-    from inpo.profiling import step_cpu_bench
+    from bench import step_cpu as step_cpu_bench
 
     assert step_cpu_bench.main([*argv, "--out", str(tmp_path / "x.jsonl")]) == 2
     assert msg in capsys.readouterr().err and not (tmp_path / "x.jsonl").exists()
 
 
 def test_generation_cli_rejects_bad_arguments(capsys, tmp_path):
-    from inpo.profiling import generation_bench
+    from bench import generation as generation_bench
 
     assert generation_bench.main(["--samplers", "hf,sglang", "--k", "0", "--out", str(tmp_path / "g.jsonl")]) == 2
     err = capsys.readouterr().err
@@ -171,7 +173,7 @@ def test_generation_cli_rejects_bad_arguments(capsys, tmp_path):
 
 
 def test_hf_generation_side_gives_fixed_length_distinct_samples(tmp_path):
-    from inpo.profiling import generation_bench
+    from bench import generation as generation_bench
 
     prompts = generation_bench.make_prompts(3, 512, seed=1, min_len=4, max_len=9)
     assert all(4 <= len(p) <= 9 for p in prompts) and len({len(p) for p in prompts}) > 1
@@ -186,7 +188,7 @@ def test_hf_generation_side_gives_fixed_length_distinct_samples(tmp_path):
 @pytest.mark.slow
 def test_step_cpu_smoke_without_trl(tmp_path):
     """The interleaved CPU step bench end to end on the tiny model (ours and the naive head, no memory probes)."""
-    from inpo.profiling import step_cpu_bench
+    from bench import step_cpu as step_cpu_bench
 
     out = tmp_path / "s.jsonl"
     assert step_cpu_bench.main(["--smoke", "--systems", "inpo,inpo-naive-head", "--no-mem", "--reps", "2",
@@ -196,6 +198,6 @@ def test_step_cpu_smoke_without_trl(tmp_path):
     assert recs[0]["tokens_per_step"] == recs[1]["tokens_per_step"]  # the same pairs
     for r in recs:
         assert len(r["samples_ms"]) == 2 and r["step_ci90_ms"][0] <= r["step_median_ms"] <= r["step_ci90_ms"][1]
-        assert r["kind"] == "cpu-compare" and r["lengths"] == "variable" and r["command"].startswith("inpo bench")
+        assert r["kind"] == "cpu-compare" and r["lengths"] == "variable" and r["command"].startswith("python -m bench.step_cpu")
         assert r["tokens_per_s"] == pytest.approx(r["tokens_per_step"] / (r["step_median_ms"] / 1e3))
     assert torch.get_num_threads() >= 1

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from inpo.profiling import head_bench
+from bench import head as head_bench
 
 KEYS = {"device", "impl", "N", "H", "V", "dtype", "inputs", "entropy", "fwd_bwd_ms", "floor_ms", "floor_ratio",
         "tflops", "peak_mem_bytes", "torch", "triton", "commit", "date"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inpo.profiling import head_bench
+from bench import head as head_bench
 
 
 def test_filter_variant_depends_on_the_api(monkeypatch):

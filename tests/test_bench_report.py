@@ -1,11 +1,12 @@
-"""``inpo bench report``: tables, targets and plots from synthetic records; robust to empty/missing/bad files."""
+"""``python -m bench.report``: tables, targets and plots from synthetic records; robust to empty/missing/bad files."""
 
 from __future__ import annotations
 
 
 import pytest
 
-from inpo.profiling import report
+from bench import report
+from bench.report import data, fmt, targets
 from inpo.utils.record import append_jsonl
 
 GPU = "NVIDIA H100 80GB HBM3"
@@ -136,7 +137,7 @@ def test_latest_record_per_key_wins_and_cpu_smoke_never_judges(tmp_path):
 def test_latest_helper():
     recs = [{"k": 1, "v": "old", "date": "2026-01-01"}, {"k": 1, "v": "new", "date": "2026-02-01"},
             {"k": 2, "v": "only", "date": "2025-01-01"}]
-    assert [r["v"] for r in report.latest(recs, ("k",))] == ["new", "only"]
+    assert [r["v"] for r in data.latest(recs, ("k",))] == ["new", "only"]
 
 
 def _head_cpu(impl, ms, *, ratio=None, mem=None, date="2026-11-29T10:00:00+00:00", **kw):
@@ -183,9 +184,9 @@ def test_head_cpu_targets(tmp_path):
 
 def test_head_cpu_legacy_records_are_not_judged_against_a_floor():
     legacy = dict(device="cpu-x86_64-2c", N=4096, H=512, V=32000, dtype="float32", date="2026-11-23")
-    t = report.head_cpu_targets([{**legacy, "impl": "inpo-native", "fwd_bwd_ms": 2300.0, "floor_ratio": 0.7},
+    t = targets.head_cpu_targets([{**legacy, "impl": "inpo-native", "fwd_bwd_ms": 2300.0, "floor_ratio": 0.7},
                                  {**legacy, "impl": "gemm-floor", "fwd_bwd_ms": 3300.0}])
-    assert t[0].status == report.NOT_YET and "predates the measured-peak floor" in t[0].detail
+    assert t[0].status == targets.NOT_YET and "predates the measured-peak floor" in t[0].detail
 
 
 def test_cli_main(tmp_path, capsys):
@@ -201,7 +202,7 @@ def test_cli_main(tmp_path, capsys):
                                                     (1.5, "x", "1.50×"), (123456.0, "", "123,456"),
                                                     ("a|b", "", "a\\|b")])
 def test_fmt(value, kind, expected):
-    assert report.fmt(value, kind) == expected
+    assert fmt.fmt(value, kind) == expected
 
 
 def _gpu_head(impl, inputs, ms, *, n=16384, h=2048, floor=10.0, mem=2**30, err=1e-5, ok=True, device=GPU, exact=True):
@@ -216,9 +217,9 @@ def _statuses(targets):
 
 
 def test_head_targets_met_not_met_and_not_yet():
-    names = report.HEAD_TARGET_NAMES
-    t = report.head_targets([])
-    assert set(_statuses(t).values()) == {report.NOT_YET} and len(t) == len(names) == 7
+    names = targets.HEAD_TARGET_NAMES
+    t = targets.head_targets([])
+    assert set(_statuses(t).values()) == {targets.NOT_YET} and len(t) == len(names) == 7
     # exact 13.5 ms = 1.35x the floor, CCE 14 ms (no slower), filter 11.5 ms = 1.15x and 14/11.5 = 1.22x CCE,
     # Liger 60 ms = 4.4x the exact head, memory 1 GiB vs CCE's 2 GiB
     recs = [_gpu_head("inpo-triton", "peaked", 13.5), _gpu_head("inpo-triton-chunked", "peaked", 16.0),
@@ -228,11 +229,11 @@ def test_head_targets_met_not_met_and_not_yet():
             _gpu_head("inpo-triton", "flat", 99.0), _gpu_head("inpo-triton", "peaked", 99.0, n=8192, h=4096),
             dict(_gpu_head("liger", "peaked", 1.0), dtype="fp32"),
             _gpu_head("cce", "peaked", 1.0, device="cpu-x86_64-2c")]
-    st = _statuses(report.head_targets(recs))
-    assert all(v == report.MET for v in st.values()), st
+    st = _statuses(targets.head_targets(recs))
+    assert all(v == targets.MET for v in st.values()), st
 
     def judged(records):
-        return {k: t for k, t in zip(names, report.head_targets(records))}
+        return {k: t for k, t in zip(names, targets.head_targets(records))}
 
     # each bound, just missed
     def swap(impl, ms, **kw):
@@ -241,19 +242,28 @@ def test_head_targets_met_not_met_and_not_yet():
             _gpu_head(impl, "peaked", ms, **kw)]
 
     j = judged(swap("inpo-triton", 14.1))  # 1.41x the floor and slower than CCE; chunked (16) is slower still
-    assert j["exact_floor"].status == report.NOT_MET and "✗ 1.41×" in j["exact_floor"].detail
-    assert j["exact_cce"].status == report.NOT_MET and j["liger"].status == report.MET
+    assert j["exact_floor"].status == targets.NOT_MET and "✗ 1.41×" in j["exact_floor"].detail
+    assert j["exact_cce"].status == targets.NOT_MET and j["liger"].status == targets.MET
     j = judged(swap("inpo-triton-filter", 12.1, exact=False))  # 1.21x the floor, 14/12.1 = 1.157x CCE
-    assert j["filter_floor"].status == report.NOT_MET and j["filter_cce"].status == report.NOT_MET
-    assert j["exact_floor"].status == report.MET
+    assert j["filter_floor"].status == targets.NOT_MET and j["filter_cce"].status == targets.NOT_MET
+    assert j["exact_floor"].status == targets.MET
     j = judged(swap("liger", 53.0))  # 53/13.5 = 3.93x
-    assert j["liger"].status == report.NOT_MET
+    assert j["liger"].status == targets.NOT_MET
     j = judged(swap("cce", 14.0, mem=2**29))
-    assert j["mem"].status == report.NOT_MET
+    assert j["mem"].status == targets.NOT_MET
     # a record that is not exact (the pre-exact API filtered by default) is not judged as the exact head
     j = judged(swap("inpo-triton", 13.5, exact=False))
-    assert "inpo-triton-chunked" in j["exact_floor"].detail and j["exact_floor"].status == report.NOT_MET  # 1.6x
+    assert "inpo-triton-chunked" in j["exact_floor"].detail and j["exact_floor"].status == targets.NOT_MET  # 1.6x
     # a fast but wrong kernel meets nothing: its records are not "ours", and the value target fails
     j = judged(swap("inpo-triton", 5.0, err=0.3, ok=False))
-    assert j["value"].status == report.NOT_MET and "inpo-triton at 16384×2048×128256 peaked" in j["value"].detail
+    assert j["value"].status == targets.NOT_MET and "inpo-triton at 16384×2048×128256 peaked" in j["value"].detail
     assert "inpo-triton-chunked" in j["exact_floor"].detail
+
+
+def test_mfu_target_names_the_peak_it_divided_by():
+    """New step records carry the trainer's MFU (datasheet peak) and say so; older ones divided by a measured GEMM."""
+    ours = _step("inpo", 1000.0, mfu=0.5, mfu_peak_source="datasheet", mfu_peak_tflops=989.0)
+    (t,) = [t for t in targets.step_targets([ours, _step("trl", 500.0)]) if t.name.startswith("MFU")]
+    assert t.status == targets.MET and "datasheet peak 989.0 TFLOP/s" in t.detail
+    (t,) = [t for t in targets.step_targets([_step("inpo", 1000.0, mfu=0.4)]) if t.name.startswith("MFU")]
+    assert t.status == targets.NOT_MET and "peak 800.0 TFLOP/s measured by a bf16 GEMM" in t.detail

@@ -1,4 +1,4 @@
-"""``inpo bench step``: the CPU smoke runs end to end and writes well-formed records; optional baselines skip."""
+"""``python -m bench.step``: the CPU smoke runs end to end and writes well-formed records; optional baselines skip."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from inpo.profiling import step_bench
-from inpo.profiling.step_bench import StepBenchConfig, make_pairs, smoke_config
+from bench import step as step_bench
+from bench.lib.shapes import MODEL_SHAPES
+from bench.step import StepBenchConfig, make_pairs, smoke_config
 
 REQUIRED = {"device", "system", "model", "seq_len", "tokens_per_s", "mfu", "peak_mem_bytes", "max_tokens_before_oom",
             "torch", "commit", "date"}
@@ -127,7 +128,7 @@ def test_word_level_tokenizer_roundtrips_ids():
 
 def test_full_size_defaults_match_the_issue():
     cfg = StepBenchConfig()
-    shape = step_bench.MODEL_SHAPES[cfg.model]
+    shape = MODEL_SHAPES[cfg.model]
     assert (shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"]) == (2048, 16, 128256)
     assert cfg.seq_len == 2048 and set(cfg.systems) == {"inpo", "trl", "inpo-naive-head", "liger"}
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from inpo.train.attention import register
+from inpo.ops.attention import register
 from tests.test_fsdp import _free_port, _worker
 from tests.test_online import model_dir, read_metrics  # noqa: F401  (fixture)
 
@@ -66,7 +66,7 @@ def test_fsdp2_online_iteration_two_processes(model_dir, full_run, tmp_path):
     full, tail = divmod(len(pairs), 2)  # batch_pairs=2 over 2 ranks: a 1-pair tail cannot be split, dropped
     assert [r["step"] for r in steps if r["iteration"] == 0] == list(range(1, full + (1 if tail >= 2 else 0) + 1))
     # iteration 1's π_1 log-probs (from the gathered full weights) match π_1 as checkpointed from the shards
-    from inpo.online import _sequences
+    from inpo.online import training_sequences as _sequences
     from inpo.train.checkpoint import load_checkpoint
     from inpo.train.config import load_config, parse_overrides
     from inpo.train.loop import precompute_logps
@@ -141,7 +141,7 @@ def test_onpo_under_torchrun_trains_both_chains(model_dir, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from inpo.online import _sequences
+    from inpo.online import training_sequences as _sequences
     from inpo.train.checkpoint import latest_checkpoint, load_checkpoint
     from inpo.train.config import load_config, parse_overrides
     from inpo.train.loop import precompute_logps

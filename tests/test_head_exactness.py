@@ -195,7 +195,7 @@ def _large_vocab_problem():
     """Rows 0-15: near-uniform softmax (every p < 2^-16) over weights with a shared mean direction -- the case the
     old per-entry filter (on by default for fp16/bf16) got 19x wrong in dHidden. Rows 16-31: peaked along a
     Zipf-like profile so that the opt-in filter has tiles to skip. fp16, N=32, H=16, V=131072."""
-    from inpo.profiling.filter_error import filter_problem
+    from bench.filter_error import filter_problem
 
     x, w, labels = filter_problem(16, 16, 16, v=131072, seed=2)
     cu = torch.tensor([0, 9, 16, 32], dtype=torch.int32)

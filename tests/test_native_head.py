@@ -252,7 +252,7 @@ def test_small_ragged_tiles_are_exact():
 
 
 def test_bench_smoke_writes_records(tmp_path):
-    from inpo.profiling import native_bench
+    from bench import head_cpu as native_bench
 
     out = tmp_path / "head-cpu.jsonl"
     assert native_bench.main(["--smoke", "--impls", "inpo-native,torch,aten-gemms", "--out", str(out)]) == 0

@@ -101,3 +101,26 @@ def test_errors(tok, tmp_path):
         encode_prompt(tok, 3)
     with pytest.raises(ValueError, match="conversation must be a non-empty list"):
         encode_response(tok, 3)
+
+
+def test_one_tokenizer_cascade_for_runs_and_eval(tok, tmp_path):
+    """resolve_tokenizer (inpo train and inpo eval both use it): an explicit tokenizer folder wins; else the model
+    folder's own; else, only when no model folder is named, the default. A model folder without a tokenizer is
+    refused (the default's ids would not fit it), naming the caller's argument."""
+    from inpo.data.chat import is_plain_text
+    from inpo.data.tokenizer import resolve_tokenizer
+
+    small = train_tokenizer(["a b c d e f g"], vocab_size=300)
+    (tmp_path / "tok").mkdir()
+    small.save_pretrained(str(tmp_path / "tok"))
+    (tmp_path / "model").mkdir()
+    tok.save_pretrained(str(tmp_path / "model"))
+    (tmp_path / "bare").mkdir()
+    assert len(resolve_tokenizer(tmp_path / "tok", tmp_path / "model")) == len(small)
+    assert len(resolve_tokenizer(None, tmp_path / "model")) == len(tok) != len(small)
+    assert resolve_tokenizer(None, None).get_vocab() == tok.get_vocab()
+    with pytest.raises(ValueError, match=r"--policy '.*bare' has no tokenizer files .*pass --tokenizer DIR"):
+        resolve_tokenizer(None, tmp_path / "bare", model_arg="--policy", tokenizer_arg="--tokenizer DIR")
+    assert len(resolve_tokenizer(tmp_path / "tok", tmp_path / "bare")) == len(small)  # an explicit one is enough
+    assert is_plain_text(resolve_tokenizer(None, None, plain_text=True))
+    assert not is_plain_text(resolve_tokenizer(None, None))

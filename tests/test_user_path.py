@@ -217,7 +217,7 @@ def test_config_yaml_with_trl_names(tmp_path):
 
 def test_sequences_truncate_and_drop(tmp_path):
     """The loop's encoder applies TRL truncation per sequence and drops a pair whose prompt fills max_length."""
-    from inpo.online import _sequences
+    from inpo.online import training_sequences as _sequences
     from inpo.train.config import load_config
 
     tok = chatml_tokenizer()

@@ -150,7 +150,7 @@ def test_online_inpo_with_a_pairwise_model_and_prompt_truncation(qwen2_dir, qwen
     assert it["oracle_queries"] == n * (k - 1 + (k + 1) // 2 - 1) + n - stats["identical"]
     tok = load_tokenizer(qwen2_dir)
     data = [json.loads(x) for x in (out / "iter_000" / "data.jsonl").read_text().splitlines()]
-    from inpo.online import _sequences
+    from inpo.online import training_sequences as _sequences
     from inpo.train.config import load_config
 
     cfg = load_config(None, {"model": str(qwen2_dir), "max_prompt_length": mpl})

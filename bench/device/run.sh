@@ -232,7 +232,7 @@ baseline_systems() {
     if pyimport_ok 'import liger_kernel.transformers'; then systems="$systems,liger"
     else echo "[run.sh] liger-kernel does not import: the liger system is skipped" >&2; fi
     # TRL also needs datasets (the step bench builds its Dataset with an explicit fingerprint: see
-    # inpo.profiling.step_bench._in_memory_dataset for the dill/pyarrow failure that avoids).
+    # bench/step.py _in_memory_dataset for the dill/pyarrow failure that avoids).
     if pyimport_ok 'import trl, datasets, pyarrow'; then
         systems="$systems,trl"
     else

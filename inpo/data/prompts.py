@@ -23,6 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from inpo.data.chat import check_prompt, normalize_pair
 from inpo.data.textio import utf8_open
 
 __all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
@@ -100,8 +101,6 @@ def load_prompts(path: str | os.PathLike) -> list:
     assistant turn(s). Raises FileNotFoundError for a missing file and ValueError naming the file and line for
     malformed content (bad JSON, no usable prompt, no prompts at all).
     """
-    from inpo.data.chat import check_prompt, normalize_pair
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {str(path)!r} (expected a .txt or .jsonl file)")

@@ -19,10 +19,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from inpo.data.chat import encode_prompt as _chat_encode_prompt
+from inpo.data.chat import stop_token_ids, use_plain_text
+from inpo.data.prompts import default_prompts, sft_examples, task_spec
 from inpo.models import resolve_model
 
-__all__ = ["default_tokenizer", "load_tokenizer", "encode_prompt", "train_tokenizer",
-           "default_cache_dir", "SPECIAL_TOKENS", "CHAT_TEMPLATE", "VOCAB_SIZE"]
+__all__ = ["default_tokenizer", "load_tokenizer", "resolve_tokenizer", "encode_prompt", "train_tokenizer",
+           "default_cache_dir", "SPECIAL_TOKENS", "CHAT_TEMPLATE", "VOCAB_SIZE", "TOKENIZER_FILES"]
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # a folder with one of these holds a tokenizer
 
 VOCAB_SIZE = 1024
 BOS, EOS, PAD, USER, ASSISTANT, SYSTEM = ("<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>",
@@ -52,8 +57,6 @@ def default_cache_dir() -> Path:
 
 def _corpus() -> list[str]:
     """Every default prompt, a fixed sample of SFT demonstrations and the whole task vocabulary."""
-    from inpo.data.prompts import default_prompts, sft_examples, task_spec
-
     spec = task_spec()
     vocab = list(spec["topics"]) + list(spec["neutral_adjectives"]) + list(spec["times"]) + list(spec["filler"])
     for family in spec["styles"].values():
@@ -140,9 +143,30 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
+def resolve_tokenizer(tokenizer: str | os.PathLike | None = None, model: str | os.PathLike | None = None, *,
+                      plain_text: bool = False, model_arg: str = "model", tokenizer_arg: str = "tokenizer=DIR"):
+    """The tokenizer a run (or an evaluation) uses, chosen in one order: the ``tokenizer`` folder when given; else
+    the tokenizer saved in the ``model`` folder; else, when no model folder is named, the embedded default task's.
+    A ``model`` folder without tokenizer files is refused (the default's vocabulary would not fit it), naming
+    ``model_arg`` and how to pass one (``tokenizer_arg``). ``plain_text``: encode without a chat template (a base
+    model). A tokenizer with no chat template that is not opted into plain text fails here, before anything is
+    written (:func:`inpo.data.chat.stop_token_ids`)."""
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+    elif model is not None and any((Path(model) / f).is_file() for f in TOKENIZER_FILES):
+        tok = load_tokenizer(model)
+    elif model is not None and Path(model).exists():
+        raise ValueError(f"{model_arg} {str(model)!r} has no tokenizer files ({' or '.join(TOKENIZER_FILES)}); "
+                         f"pass {tokenizer_arg}")
+    else:
+        tok = default_tokenizer()
+    if plain_text:
+        use_plain_text(tok)
+    stop_token_ids(tok)  # raises the clear "no chat_template" error
+    return tok
+
+
 def encode_prompt(tokenizer, prompt) -> list[int]:
     """Token ids of ``prompt`` through the chat template, ending with the generation prompt
     (:func:`inpo.data.chat.encode_prompt`; responses: :func:`inpo.data.chat.encode_completion`)."""
-    from inpo.data.chat import encode_prompt as _encode_prompt
-
-    return _encode_prompt(tokenizer, prompt)
+    return _chat_encode_prompt(tokenizer, prompt)

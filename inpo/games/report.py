@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inpo import _optional
+
 __all__ = ["mean_ci", "loglog_slope", "slope_ci", "checkpoints", "write_json", "write_text",
            "plot_gap_curves", "md_table", "fmt_ci"]
 
@@ -128,9 +130,8 @@ def plot_gap_curves(path, panels: list[dict], *, title: str = "") -> Path | None
     the mean over seeds, bands the 95% bootstrap CI of the mean. ``panels``: dicts with ``game``,
     ``t`` and ``curves`` = {label: {"avg": [seeds, points], "last": [seeds, points]}}. Returns None
     (and writes nothing) without matplotlib."""
-    from inpo._optional import optional
 
-    mpl = optional("matplotlib")
+    mpl = _optional.optional("matplotlib")
     if mpl is None:
         return None
     mpl.use("Agg")

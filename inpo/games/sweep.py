@@ -23,7 +23,7 @@ from inpo.utils.record import environment_info
 
 from .core import duality_gap, gap_curve, make_game, regularized_nash
 from .report import (checkpoints, fmt_ci, md_table, mean_ci, plot_gap_curves, slope_ci, write_json, write_text)
-from .solvers import ALGORITHMS, average_iterates, run, solve, tournament_queries
+from .solvers import ALGORITHMS, _bt_fit, average_iterates, run, solve, tournament_queries
 
 __all__ = ["AlgoSpec", "make_specs", "start_policy", "convergence", "main"]
 
@@ -140,8 +140,6 @@ def rps_nash(specs: list[AlgoSpec], *, iters: int, seeds: int) -> dict:
     the Nash policy (uniform): can each method's deployed (last) iterate reach it? Also the best BT
     fit to the game: it predicts ½ for every pair (a 3-cycle has no score), so a BT reward model sees
     no preference at all at the Nash policy."""
-    from .solvers import _bt_fit
-
     P = make_game("rps")
     rows = []
     for spec in specs:

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import os
 
+from inpo import _optional
 from inpo.generation.base import BACKENDS, Sampler
 from inpo.generation.hf import HFSampler
+from inpo.generation.vllm import VLLMSampler  # importable without vllm; constructing it says what is missing
 from inpo.models import resolve_model
 
 __all__ = ["Sampler", "HFSampler", "VLLMSampler", "make_sampler", "auto_backend", "BACKENDS"]
-
-
-def __getattr__(name):  # VLLMSampler is importable without vllm; constructing it says what is missing
-    if name == "VLLMSampler":
-        from inpo.generation.vllm import VLLMSampler
-
-        return VLLMSampler
-    raise AttributeError(name)
 
 
 # vLLM's CPU engine start (80 s at load 7, 35-85 s quiet) against its steady-state gain over HF generate (442 vs
@@ -32,9 +26,7 @@ def auto_backend(model=None, planned_tokens: int | None = None) -> str:
     start is only repaid by its ~3.9x faster steady-state sampling on a long run. Otherwise HF, which has no engine
     to start.
     """
-    from inpo._optional import available
-
-    if not available("vllm"):
+    if not _optional.available("vllm"):
         return "hf"
     import torch
 
@@ -54,8 +46,6 @@ def make_sampler(backend: str, model, tokenizer, *, dtype=None, planned_tokens: 
     if backend == "auto":
         backend = auto_backend(model, planned_tokens)
     if backend == "vllm":
-        from inpo.generation.vllm import VLLMSampler
-
         return VLLMSampler(resolve_model(model), tokenizer, dtype=dtype, **kw)
     if isinstance(model, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM

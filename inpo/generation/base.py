@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from inpo.utils.choices import SAMPLER_BACKENDS, SAMPLER_DTYPES
+
 __all__ = ["Sampler", "BACKENDS", "DTYPES", "check_sample_args", "check_sampling_args", "row_seed"]
 
-BACKENDS = ("hf", "vllm", "auto")  # the config's ``sampler`` values
-DTYPES = ("policy", "float32", "bfloat16", "float16")  # the config's ``sampler_dtype``: the vLLM engine's dtype
+BACKENDS = SAMPLER_BACKENDS  # the config's ``sampler`` values
+DTYPES = SAMPLER_DTYPES  # the config's ``sampler_dtype``: the vLLM engine's dtype
 
 _MASK64 = (1 << 64) - 1
 

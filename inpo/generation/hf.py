@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from inpo.data.chat import Truncation, encode_prompt, stop_token_ids
 from inpo.generation.base import Sampler, check_sample_args, check_sampling_args
-from inpo.train.attention import sdpa_for_generation
+from inpo.ops.attention import sdpa_for_generation
 
 __all__ = ["HFSampler"]
 
@@ -43,8 +44,6 @@ class HFSampler(Sampler):
 
     def __init__(self, model, tokenizer, *, max_new_tokens: int = 32, temperature: float = 1.0,
                  top_p: float = 1.0, batch_size: int = 64, max_prompt_length: int | None = None):
-        from inpo.data.chat import Truncation, stop_token_ids
-
         check_sampling_args(max_new_tokens, temperature, top_p)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -70,8 +69,6 @@ class HFSampler(Sampler):
 
     def sample(self, prompts: Sequence[str], k: int, *, seed: int = 0) -> list[list[str]]:
         import torch
-
-        from inpo.data.chat import encode_prompt
 
         check_sample_args(prompts, k)
         encoded = [self.truncation.prompt(encode_prompt(self.tokenizer, p)) for p in prompts]

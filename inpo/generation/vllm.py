@@ -28,6 +28,9 @@ from collections.abc import Sequence
 
 import torch
 
+from inpo import _optional
+from inpo.data.chat import Truncation, encode_prompt, stop_token_ids
+from inpo.data.tokenizer import load_tokenizer
 from inpo.generation.base import DTYPES, Sampler, check_sample_args, check_sampling_args, row_seed
 
 __all__ = ["VLLMSampler", "DTYPES", "resolve_dtype"]
@@ -64,14 +67,11 @@ class VLLMSampler(Sampler):
     def __init__(self, model, tokenizer=None, *, max_new_tokens: int = 32, temperature: float = 1.0,
                  top_p: float = 1.0, batch_size: int | None = None, gpu_memory_utilization: float = 0.4,
                  dtype: str | torch.dtype | None = None, max_prompt_length: int | None = None, **llm_kwargs):
-        from inpo._optional import require
-
         check_sampling_args(max_new_tokens, temperature, top_p)
-        from inpo.data.chat import Truncation, stop_token_ids
 
         self.truncation = Truncation(max_prompt_length=max_prompt_length)
         dtype = resolve_dtype(model, dtype)
-        self._vllm = require("vllm")  # ImportError saying what to install
+        self._vllm = _optional.require("vllm")  # ImportError saying what to install
         self._export_dir = self.llm = None
         self.tokenizer = tokenizer
         if isinstance(model, (str, os.PathLike)):
@@ -90,8 +90,6 @@ class VLLMSampler(Sampler):
             raise TypeError("VLLMSampler needs a local model directory (vLLM loads weights from disk) or a "
                             f"transformers model to export, got {type(model).__name__}")
         if tokenizer is None:
-            from inpo.data.tokenizer import load_tokenizer
-
             self.tokenizer = load_tokenizer(path)
         self.dtype = dtype
         self.stop_ids = stop_token_ids(self.tokenizer)
@@ -129,8 +127,6 @@ class VLLMSampler(Sampler):
         self.weight_updates += 1
 
     def sample(self, prompts: Sequence[str], k: int, *, seed: int = 0) -> list[list[str]]:
-        from inpo.data.chat import encode_prompt
-
         if self.llm is None:
             raise RuntimeError("the vLLM sampler is closed")
         check_sample_args(prompts, k)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inpo.data.chat import as_messages
+from inpo.data.tokenizer import load_tokenizer
 from inpo.oracles.base import PreferenceOracle
 
 __all__ = ["RewardModelOracle", "PairwiseModelOracle", "load_classifier", "PAIRWISE_TEMPLATE"]
@@ -28,8 +30,6 @@ PAIRWISE_TEMPLATE = "{prompt}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\nIs Re
 def load_classifier(path: str | os.PathLike, *, device="cpu", dtype=None):
     """``(model, tokenizer)`` from a local ``AutoModelForSequenceClassification`` directory."""
     from transformers import AutoModelForSequenceClassification
-
-    from inpo.data.tokenizer import load_tokenizer
 
     path = Path(path)
     if not path.is_dir():
@@ -68,7 +68,6 @@ class _ClassifierOracle(PreferenceOracle):
     def _chat(self, prompt, assistant: str | None) -> str:
         """The text the classifier reads: the whole conversation (a string prompt is one user turn; a
         conversational prompt keeps its system and earlier turns) through the classifier's chat template."""
-        from inpo.data.chat import as_messages
 
         if getattr(self.tokenizer, "chat_template", None):
             messages = as_messages(prompt)
@@ -153,7 +152,6 @@ class PairwiseModelOracle(_ClassifierOracle):
 
     def raw_prob(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
         """The model's unsymmetrised p(first ≻ second) (uncounted)."""
-        from inpo.data.chat import as_messages
 
         # The template fills the last user turn; a conversation's earlier turns stay before it.
         texts = [self._chat(as_messages(x)[:-1] + [{"role": "user", "content": self.template.format(

@@ -47,6 +47,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from inpo.data.chat import prompt_text
 from inpo.data.prompts import prompt_keywords, task_spec, words
 from inpo.oracles.base import PreferenceOracle
 
@@ -102,8 +103,6 @@ class SyntheticIntransitiveOracle(PreferenceOracle):
         self._features_of = lru_cache(maxsize=65536)(self._features)
 
     def _cached(self, prompt, response: str) -> dict:
-        from inpo.data.chat import prompt_text  # a conversation's topic is in its last user turn
-
         return self._features_of(prompt_text(prompt), response)
 
     def __repr__(self) -> str:

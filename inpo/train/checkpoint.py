@@ -32,6 +32,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from inpo.train.model import FusedHeadPolicy, unwrap
 from inpo.utils.dist import get_rank, get_world_size, is_distributed
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "restore_training_state", "atomic_write_text",
@@ -152,7 +153,6 @@ def _first_non_finite(*state_dicts: dict) -> str | None:
 
 def _key_prefix(model) -> str:
     """The prefix the FSDP root wrapper adds to transformers' key names ('' for a plain model)."""
-    from inpo.train.model import FusedHeadPolicy
 
     return "model." if isinstance(model, FusedHeadPolicy) else ""
 
@@ -164,7 +164,6 @@ def _hf_tensors(sd: dict, prefix: str) -> dict:
 
 def _write_model_files(path: Path, model, tokenizer) -> None:
     """config.json (+ generation_config.json) and the tokenizer beside model.safetensors: a loadable model folder."""
-    from inpo.train.model import unwrap
 
     inner = unwrap(model)
     if getattr(inner, "config", None) is not None:

@@ -28,10 +28,13 @@ from pathlib import Path
 
 import yaml
 
+from inpo.data.chat import Truncation
 from inpo.data.textio import read_utf8
 from inpo.models import resolve_model
 from inpo.objectives import OBJECTIVES, Objective, make_objective
 from inpo.ops.checks import check_grad_filter
+from inpo.train.reporting import parse_report_to
+from inpo.utils.choices import SAMPLER_BACKENDS, SAMPLER_DTYPES
 
 __all__ = ["TrainConfig", "load_config", "parse_overrides", "config_to_yaml"]
 
@@ -171,7 +174,6 @@ class TrainConfig:
 
     def truncation(self):
         """The :class:`inpo.data.chat.Truncation` of this config (max_length, max_prompt_length, ...)."""
-        from inpo.data.chat import Truncation
 
         return Truncation(max_length=self.max_length, max_prompt_length=self.max_prompt_length,
                           max_completion_length=self.max_completion_length, mode=self.truncation_mode)
@@ -213,17 +215,14 @@ class TrainConfig:
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be > 0 or null, got {v!r}")
         self._validate_ranges()
-        from inpo.generation.base import BACKENDS, DTYPES
-
-        if self.sampler not in BACKENDS:
-            raise ValueError(f"sampler must be one of {', '.join(BACKENDS)}, got {self.sampler!r}")
-        if self.sampler_dtype not in DTYPES:
-            raise ValueError(f"sampler_dtype must be one of {', '.join(DTYPES)}, got {self.sampler_dtype!r}")
+        if self.sampler not in SAMPLER_BACKENDS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLER_BACKENDS)}, got {self.sampler!r}")
+        if self.sampler_dtype not in SAMPLER_DTYPES:
+            raise ValueError(f"sampler_dtype must be one of {', '.join(SAMPLER_DTYPES)}, got {self.sampler_dtype!r}")
         for name in ("keep_iterates", "logging_steps"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be > 0{' or null' if name == 'keep_iterates' else ''}, got {v!r}")
-        from inpo.train.reporting import parse_report_to
 
         parse_report_to(self.report_to)  # ValueError naming report_to and the valid names
         if self.chat_template not in ("auto", "none"):

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from inpo.train.model import FusedHeadPolicy
+
 __all__ = ["distributed_session", "shard_policy"]
 
 
@@ -43,8 +45,6 @@ def shard_policy(model, *, mesh=None, reshard_after_forward: bool = True):
     Returns the :class:`FusedHeadPolicy` root; pass it to ``train_step`` / ``hidden_and_head``.
     """
     from torch.distributed.fsdp import fully_shard
-
-    from inpo.train.model import FusedHeadPolicy
 
     layers = getattr(model.base_model, "layers", None)
     if layers is None:

@@ -25,8 +25,11 @@ import torch
 import torch.distributed as dist
 
 from inpo.data.packing import pack_sequences
-from inpo.train.checkpoint import atomic_write_text, save_checkpoint
+from inpo.paths import check_writable_path
+from inpo.train.checkpoint import atomic_write_text, restore_training_state, save_checkpoint
+from inpo.train.model import export_policy, unwrap
 from inpo.train.optim import cosine_schedule, make_optimizer
+from inpo.train.reporting import Reporter, step_line
 from inpo.train.step import sequence_logps_of, train_step
 from inpo.utils.dist import is_distributed, is_main, rank_world
 from inpo.utils.mfu import step_mfu
@@ -144,8 +147,6 @@ class RunContext:
     reporter: object = None  # TensorBoard / W&B (inpo.train.reporting.Reporter), made on first use
 
     def __post_init__(self):
-        from inpo.train.reporting import Reporter
-
         if self.reporter is None:
             self.reporter = Reporter(self.cfg, self.out, self.is_main)
     fingerprint: dict = field(default_factory=dict)  # config + data hashes, stored in every checkpoint's state
@@ -167,7 +168,6 @@ class RunContext:
     def progress_line(self, record: dict, total: int) -> None:
         """Without progress bars (stdout not a terminal, or progress: false): a plain line every
         ``logging_steps`` steps and at a phase's last step."""
-        from inpo.train.reporting import step_line
 
         every = getattr(self.cfg, "logging_steps", 10) or 10
         if self.progress is None and (record["iter_step"] % every == 0 or record["iter_step"] == total):
@@ -245,7 +245,6 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
     sequence) with fresh AdamW + cosine schedule, logging a metrics line per step and checkpointing every
     ``cfg.checkpoint_every`` steps. ``start_step``/``resume_ckpt`` resume mid-phase. Raises :class:`StopRun`
     at ``cfg.max_steps`` (after a checkpoint). Returns a summary (steps, wall time, last loss)."""
-    from inpo.train.checkpoint import restore_training_state
 
     cfg = run.cfg
     rank, world = rank_world()
@@ -348,7 +347,6 @@ def check_output_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse, before anything is written, an output that cannot hold a run or whose files a fresh start would
     destroy: a file, a path under a file, a folder we may not write, a non-empty folder that is not an inpo run
     (no marker: e.g. ``--output .``), and a previous run with checkpoints or ``final/`` unless ``overwrite``."""
-    from inpo.paths import check_writable_path
 
     try:
         check_writable_path(out, "output", folder=True)
@@ -477,8 +475,6 @@ def export_final(run: RunContext, model, tokenizer, dest: Path | None = None, me
     """``save_pretrained`` + tokenizer into ``dest`` (default ``<out>/final``), published atomically (tmp dir +
     rename); ``meta`` is written into it as ``inpo_export.json``. Collective under FSDP (every rank calls it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    from inpo.train.model import export_policy, unwrap
 
     inner = unwrap(model)
     full = None

@@ -18,7 +18,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from inpo.data.chat import encode_completion
+from inpo.data.packing import pack_sequences
+from inpo.data.prompts import sft_examples
+from inpo.data.tokenizer import default_tokenizer
 from inpo.models import resolve_model
+from inpo.ops import sequence_logps
+from inpo.ops.attention import body_kwargs, prepare
 
 __all__ = ["tiny_llama_config", "load_policy", "build_default_policy", "hidden_and_head", "FusedHeadPolicy",
            "default_cache_dir", "export_policy"]
@@ -67,13 +73,9 @@ def load_policy(path_or_none, *, tokenizer=None, dtype=None, device="cpu", attn_
     path_or_none = resolve_model(path_or_none)  # a real-model name (smollm2) → its converted folder
     if path_or_none is None or str(path_or_none) == "default":
         if tokenizer is None:
-            from inpo.data.tokenizer import default_tokenizer
-
             tokenizer = default_tokenizer()
         model = build_default_policy(tokenizer, seed=default_seed)
         if attn_implementation:
-            from inpo.train.attention import prepare
-
             model.set_attn_implementation(prepare(attn_implementation))
     else:
         model = _load_dir(Path(path_or_none), attn_implementation)
@@ -90,7 +92,6 @@ def _load_dir(path: Path, attn_implementation=None):
                                 f"directory with config.json and *.safetensors; models are never downloaded)")
     if not (path / "config.json").is_file():
         raise ValueError(f"model path {str(path)!r} has no config.json: not a transformers model directory")
-    from inpo.train.attention import prepare
 
     kw = {"attn_implementation": prepare(attn_implementation)} if attn_implementation else {}
     try:
@@ -117,7 +118,6 @@ def build_default_policy(tokenizer, *, seed: int = 0, cache_dir=None, sft: dict 
     ``<repo>/.cache/policy``), keyed by the config, the tokenizer, the SFT data and settings and the seed;
     later calls load it in well under a second. A read-only cache dir just means building in memory.
     """
-    from inpo.data.prompts import sft_examples
 
     sft = {**SFT_DEFAULTS, **(sft or {})}
     config = tiny_llama_config(len(tokenizer), bos_token_id=tokenizer.bos_token_id,
@@ -159,10 +159,6 @@ def build_default_policy(tokenizer, *, seed: int = 0, cache_dir=None, sft: dict 
 def _sft_warm_start(model, tokenizer, examples, *, seed, steps, lr, batch_size, warmup):
     """Token-mean NLL on (prompt, response) demonstrations, through the fused head."""
     import math
-
-    from inpo.data.packing import pack_sequences
-    from inpo.data.chat import encode_completion
-    from inpo.ops import sequence_logps
 
     seqs = [encode_completion(tokenizer, p, r) for p, r in examples]
     g = torch.Generator().manual_seed(seed)
@@ -215,8 +211,6 @@ class FusedHeadPolicy(nn.Module):
 
 
 def _body_and_head(model, input_ids, position_ids):
-    from inpo.train.attention import body_kwargs
-
     out = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                            **body_kwargs(model, position_ids))
     hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state

@@ -19,10 +19,11 @@ from inpo.train.model import hidden_and_head
 from inpo.train.reporting import TRL_PAIR_KEYS, pair_metric_sums, trl_metrics
 from inpo.utils.dist import get_world_size
 
-__all__ = ["train_step", "sequence_logps_of", "gather_side"]
+__all__ = ["train_step", "sequence_logps_of", "gather_side", "autocast"]
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """The trainer's precision policy for a forward: bf16 autocast on CUDA, plain fp32 on CPU."""
     # bf16 body on GPU (fp32 master weights); CPU stays fp32 so that runs are exact and resumable bit for bit.
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -40,7 +41,7 @@ def sequence_logps_of(model, batch: PackedBatch, *, impl: str = "auto", head_opt
     ``head_options``: ``grad_filter`` / ``deterministic`` of the fused head (``TrainConfig.head_options()``)."""
     device = _device_of(model)
     b = batch.to(device)
-    with _autocast(device):
+    with autocast(device):
         hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
         return sequence_logps(hidden, weight, b.labels, b.cu_seqlens, bias=bias, impl=impl, check_values=False,
                               **(head_options or {})).float()
@@ -75,7 +76,7 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     trl_sum = torch.zeros(len(TRL_PAIR_KEYS), device=device)  # TRL's rewards/* and logps/* sums (pairwise)
     for mb in micro_batches:
         b, s = mb.to(device), gather_side(side, mb, device)
-        with _autocast(device):
+        with autocast(device):
             hidden, weight, bias = hidden_and_head(model, b.input_ids, b.position_ids)
             loss, logps = preference_loss(hidden, weight, b.labels, b.cu_seqlens, objective, bias=bias, impl=impl,
                                           return_logps=True, check_values=False, **s, **(head_options or {}))
@@ -90,7 +91,8 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     tokens = sum(mb.n_tokens for mb in micro_batches)
-    sum_sq_len = sum(float(mb.cu_seqlens.diff().double().square().sum()) for mb in micro_batches)  # attention FLOPs
+    # Σ s² of the step's sequences (the attention term of its FLOPs), kept a tensor: no host read here
+    sum_sq_len = sum(mb.cu_seqlens.diff().double().square().sum() for mb in micro_batches)
     stop_requested = stop_requested() if callable(stop_requested) else stop_requested  # a signal during this step
     stats = torch.stack([torch.as_tensor(x, device=device, dtype=torch.float32).reshape(())
                          for x in (loss_sum, margin_sum, float(units), float(tokens), sum_sq_len, float(stop_requested))]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from inpo.profiling.timing import is_oom, release_memory
+from bench.lib.timing import is_oom, release_memory
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``inpo bench iteration``: the CPU smoke runs the trainer's online loop and records phase times and the floor."""
+"""``python -m bench.iteration``: the CPU smoke runs the trainer's online loop and records phase times and the floor."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from inpo.profiling import iteration_bench
-from inpo.profiling.iteration_bench import PHASES, smoke_config
+from bench import iteration as iteration_bench
+from bench.iteration import PHASES, smoke_config
+from bench.lib.shapes import body
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +59,7 @@ def test_pure_fwd_bwd_counts_passes():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, **iteration_bench.MODEL_SHAPES["tiny-body"]))
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, **body("tiny-body")))
     seqs = [([5, 6, 7], [8, 9, 10, 11]) for _ in range(8)]
     one = iteration_bench.pure_fwd_bwd_seconds(model, seqs, pairwise=True, max_tokens=64, batch_units=2, epochs=1,
                                                precompute_passes=1, impl="torch", reps=1)

@@ -36,7 +36,7 @@ class Timing:
         return {f"{prefix}{k}": v for k, v in asdict(self).items()}
 
 
-def _quantile(sorted_xs: list[float], q: float) -> float:
+def quantile(sorted_xs: list[float], q: float) -> float:
     """Linear-interpolated quantile of an already sorted list (numpy's default rule)."""
     pos = q * (len(sorted_xs) - 1)
     lo = int(pos)
@@ -49,7 +49,7 @@ def summarize(samples_ms: list[float], method: str = "samples") -> Timing:
     if not samples_ms:
         raise ValueError("samples_ms must hold at least one timing sample, got an empty list")
     xs = sorted(float(x) for x in samples_ms)
-    return Timing(median_ms=statistics.median(xs), p20_ms=_quantile(xs, 0.2), p80_ms=_quantile(xs, 0.8),
+    return Timing(median_ms=statistics.median(xs), p20_ms=quantile(xs, 0.2), p80_ms=quantile(xs, 0.8),
                   min_ms=xs[0], max_ms=xs[-1], mean_ms=statistics.fmean(xs), n=len(xs), method=method)
 
 
@@ -116,32 +116,6 @@ def measure(fn: Callable[[], object], *, device: torch.device | str | None = Non
     return summarize(samples, method=method)
 
 
-class PhaseTimer:
-    """Wall time per named phase, accumulated over repeated entries (``with timer.phase("train"): ...``).
-
-    Synchronises the device at both ends of a phase so queued GPU work is charged to the phase that issued it.
-    """
-
-    def __init__(self, device: torch.device | str | None = None):
-        self.device = _resolve_device(device)
-        self.seconds: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            synchronize(self.device)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def as_dict(self, suffix: str = "_s") -> dict[str, float]:
-        return {f"{k}{suffix}": v for k, v in self.seconds.items()}
-
-
 # ---- memory ------------------------------------------------------------------------------------------------
 
 def reset_peak_memory(device: torch.device | str | None = None) -> None:
@@ -181,7 +155,8 @@ def release_memory(device: torch.device | str | None = None) -> None:
 
 def measure_peak_flops(device: torch.device | str | None = None, dtype: torch.dtype | None = None, *,
                        n: int | None = None, reps: int = 20) -> dict:
-    """Dense GEMM throughput on this device, the denominator of MFU.
+    """Dense GEMM throughput on this device: the peak a bench reports beside its numbers, and MFU's denominator where
+    the board has no datasheet peak (:func:`inpo.utils.mfu.peak_bf16_flops`; CPU, unknown GPUs).
 
     CUDA: an ``n×n @ n×n`` bf16 matmul (default n = 8192: large enough to saturate an H100's tensor cores).
     CPU: fp32 with n = 512 (a smoke-mode stand-in; the CPU number is only meaningful for the same run's ratios).

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 
 import torch
 
+from inpo import _optional
+
 __all__ = ["VARLEN", "register", "prepare", "default_implementation", "packed_boundaries",
            "varlen_attention_forward", "sdpa_for_generation", "uses_varlen", "body_kwargs"]
 
@@ -53,9 +55,8 @@ def default_implementation(device: torch.device) -> str:
     Plain sdpa is never the default: packed rows would get a full [N, N] block-causal mask (N² work, no flash
     path); per-document calls measured 1.4-3.5x faster forward+backward even on CPU (8-16 documents of 40-250
     tokens per row)."""
-    from inpo._optional import available, optional
 
-    if device.type == "cuda" and available("flash_attn") and optional("flash_attn") is not None:
+    if device.type == "cuda" and _optional.available("flash_attn") and _optional.optional("flash_attn") is not None:
         from transformers.utils import is_flash_attn_2_available
 
         if is_flash_attn_2_available():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from inpo.profiling.timing import synchronize
+from bench.lib.timing import synchronize
 
 
 def profile_to_chrome_trace(fn: Callable[[], object], path: str | os.PathLike, *, device=None, warmup: int = 1,

@@ -1,4 +1,5 @@
-"""Measurement infrastructure: timers, MFU formula, NVML degradation, the OOM sweep, traces, the bench CLI."""
+"""The benches' measurement tools (bench/lib): timers, the measured GEMM peak, NVML degradation, the OOM sweep,
+traces; and ``inpo bench`` pointing at the bench scripts."""
 
 from __future__ import annotations
 
@@ -8,14 +9,11 @@ import time
 import pytest
 import torch
 
-from inpo.profiling import cli as bench_cli
-from inpo.profiling.timing import measure_peak_flops
-from inpo.utils.mfu import attention_train_flops, forward_flops, matmul_params, mfu, train_flops
-from inpo.profiling.nvml import NvmlMonitor
-from inpo.utils.record import device_name, environment_info
-from inpo.profiling.sweep import oom_sweep
-from inpo.profiling.timing import PhaseTimer, is_oom, measure, peak_memory_bytes, summarize
-from inpo.profiling.trace import profile_to_chrome_trace
+from bench.lib import sweep
+from bench.lib.nvml import NvmlMonitor
+from bench.lib.sweep import oom_sweep
+from bench.lib.timing import is_oom, measure, measure_peak_flops, peak_memory_bytes, summarize
+from bench.lib.trace import profile_to_chrome_trace
 
 
 # ---- timing ------------------------------------------------------------------------------------------------
@@ -62,17 +60,6 @@ def test_measure_bad_arguments(kw, match):
         measure(lambda: None, device="cpu", **kw)
 
 
-def test_phase_timer_accumulates():
-    timer = PhaseTimer("cpu")
-    for _ in range(2):
-        with timer.phase("train"):
-            time.sleep(0.01)
-    with timer.phase("rank"):
-        pass
-    d = timer.as_dict()
-    assert set(d) == {"train_s", "rank_s"} and d["train_s"] >= 0.02 and timer.counts["train"] == 2
-
-
 def test_peak_memory_is_none_on_cpu_and_oom_detection():
     assert peak_memory_bytes("cpu") is None
     assert is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
@@ -81,52 +68,7 @@ def test_peak_memory_is_none_on_cpu_and_oom_detection():
     assert not is_oom(ValueError("out of memory"))  # only device errors count
 
 
-# ---- MFU -----------------------------------------------------------------------------------------------------
-
-def _llama1b():
-    from transformers import LlamaConfig
-
-    from inpo.profiling.step_bench import MODEL_SHAPES
-
-    return LlamaConfig(**MODEL_SHAPES["llama-3.2-1b"])
-
-
-def test_matmul_params_of_llama_3_2_1b():
-    cfg = _llama1b()
-    # Llama-3.2-1B: 1.236 B parameters with tied embeddings, of which 262.7 M are the embedding; the head reuses
-    # that matrix as a matmul, and the norms (~0.07 M) take no matmul. So matmul params = total - norms.
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    total = sum(p.numel() for p in model.parameters())
-    norms = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
-    assert matmul_params(cfg) == total - norms
-    assert 1.23e9 < matmul_params(cfg) < 1.24e9
-
-
-def test_train_flops_formula():
-    cfg = _llama1b()
-    p = matmul_params(cfg)
-    # one 2048-token sequence: 6·P·s + 6·L·d·s² (causal)
-    expected = 6 * p * 2048 + 6 * 16 * 2048 * 2048**2
-    assert train_flops(cfg, [2048]) == expected
-    assert attention_train_flops(cfg, [2048], causal=False) == 2 * attention_train_flops(cfg, [2048])
-    # packing: attention is per sequence, so two 1024 halves cost less than one 2048 sequence
-    assert train_flops(cfg, [1024, 1024]) < train_flops(cfg, [2048])
-    assert forward_flops(cfg, [2048]) == expected // 3
-    with pytest.raises(ValueError, match="seq_lens"):
-        train_flops(cfg, [-1])
-
-
-def test_mfu_and_errors():
-    assert mfu(100.0, 1.0, 400.0) == pytest.approx(0.25)
-    assert mfu(100.0, 1.0, None) is None
-    with pytest.raises(ValueError, match="seconds"):
-        mfu(1.0, 0.0, 1.0)
-    with pytest.raises(ValueError, match="hidden_size"):
-        matmul_params(object())
-
+# ---- the measured GEMM peak ---------------------------------------------------------------------------------
 
 def test_measure_peak_flops_cpu_is_plausible():
     """Physical bounds for an fp32 GEMM on the threads torch uses. Above: each thread's core retires at most
@@ -140,7 +82,7 @@ def test_measure_peak_flops_cpu_is_plausible():
     assert peak["peak_tflops"] == pytest.approx(peak["peak_flops"] / 1e12)
 
 
-# ---- NVML, records --------------------------------------------------------------------------------------------
+# ---- NVML --------------------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU degradation")
 def test_nvml_degrades_to_no_nvml():
@@ -168,14 +110,6 @@ def test_nvml_on_gpu_reports_energy_and_clocks():
         pytest.skip(s["nvml"])
     assert s["sm_clock_mhz_median"] > 0 and s["power_w_mean"] > 0
     assert s["energy_j"] is None or s["energy_j"] >= 0
-
-
-def test_cpu_run_is_labelled_cpu():
-    assert device_name("cpu").startswith("cpu-")
-    info = environment_info("cpu")
-    assert info["device"].startswith("cpu-")
-    for key in ("torch", "triton", "transformers", "commit", "date", "driver"):
-        assert key in info
 
 
 # ---- OOM sweep -----------------------------------------------------------------------------------------------
@@ -211,8 +145,6 @@ def test_oom_sweep_releases_memory_after_the_failed_step_is_gone(monkeypatch):
     nothing pins its tensors: the exception's traceback keeps the failing frame's locals alive until the except
     block ends, so the release must come after it."""
     import weakref
-
-    from inpo.profiling import sweep
 
     class Activation:  # stands in for the failed step's tensors
         pass
@@ -255,17 +187,21 @@ def test_chrome_trace_is_written_atomically(tmp_path):
         profile_to_chrome_trace(lambda: None, tmp_path / "trace.txt")
 
 
-# ---- CLI dispatch --------------------------------------------------------------------------------------------
+# ---- the bench scripts ---------------------------------------------------------------------------------------
 
-def test_bench_cli_usage_and_unknown(capsys):
-    assert bench_cli.main([]) == 0
-    assert "step" in capsys.readouterr().out
-    assert bench_cli.main(["stpe"]) == 2
-    assert "did you mean 'step'" in capsys.readouterr().err
+def test_inpo_bench_points_to_the_bench_scripts(capsys):
+    """bench/ is not installed with the package: `inpo bench` says where the benchmarks are instead of failing with
+    an unknown-command error; every name it lists is a runnable `python -m bench.<name>` module."""
+    import importlib
+    import re
 
-
-def test_top_level_cli_reaches_bench(capsys):
     from inpo.cli import main
 
-    assert main(["bench", "--help"]) == 0
-    assert "iteration" in capsys.readouterr().out
+    assert main(["bench", "head"]) == 2
+    err = capsys.readouterr().err
+    names = re.search(r"run `python -m bench.<name>` \(([^)]*)\)", err).group(1)
+    names = [n.strip() for n in names.split(";")[0].split(",")]
+    assert "head" in names and "report" in names and len(names) == 8
+    for name in names:
+        assert hasattr(importlib.import_module(f"bench.{name}"), "main"), name
+    assert main(["--help"]) == 0 and "bench" not in capsys.readouterr().out
