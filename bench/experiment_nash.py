@@ -52,81 +52,21 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.experiment_nash_report import write_report
+from bench.nash_protocol import (ARMS, BASE, CALIBRATION_SEED, GRID_FACTOR, GROUPS, LEVELS, MAX_WIDEN, PRIMARY, QUICK,
+                                 QUICK_SEEDS, REFERENCE_ARM, SATURATED, SEEDS, SETTING_ARMS, SETTINGS, SHAPES, SPLIT,
+                                 Job, first_kl, grid, oracle_spec, protocol_id)
+from inpo.data.prompts import default_prompts
+from inpo.data.tokenizer import default_tokenizer
+from inpo.online import run_training
+from inpo.train.config import load_config
+from inpo.train.model import build_default_policy, export_policy
+
 ROOT = Path(__file__).resolve().parents[1]
-
-# arm -> config overrides, the tuned parameter, its calibration group, and the style-bandit algorithm that predicts it
-# (algorithm, τ/η, onpo_start). INPO's τ/η arms and IPO share the "inpo" calibration (IPO's β is INPO's η there).
-ARMS = {
-    "inpo": dict(config={"objective": "inpo", "ratio": 1 / 3}, param="eta", group="inpo", bandit=("inpo", 1 / 3)),
-    "inpo_r0.1": dict(config={"objective": "inpo", "ratio": 0.1}, param="eta", group="inpo", bandit=("inpo", 0.1)),
-    "inpo_tau0": dict(config={"objective": "inpo", "ratio": 0.0}, param="eta", group="inpo", bandit=("inpo", 0.0)),
-    "inpo_random": dict(config={"objective": "inpo", "ratio": 1 / 3, "pair_strategy": "random", "k": 2},
-                        param="eta", group="inpo_random", bandit=("inpo", 1 / 3)),
-    "onpo": dict(config={"objective": "onpo"}, param="eta", group="onpo", bandit=("onpo", 0.0)),
-    "dpo": dict(config={"objective": "dpo"}, param="beta", group="dpo", bandit=("dpo", 0.0)),
-    "ipo": dict(config={"objective": "ipo"}, param="beta", group="inpo", bandit=("ipo", 1.0)),
-}
-REFERENCE_ARM = "inpo"
-# group -> (the arm that runs it, the centre of its 5-value grid). Centres from pilot runs on the calibration seed.
-GROUPS = {"inpo": ("inpo", 0.125), "inpo_random": ("inpo_random", 0.0625), "onpo": ("onpo", 4.0), "dpo": ("dpo", 1.0)}
-GRID_FACTOR = 4.0
-MAX_WIDEN = 3  # extra grid values per side before an edge pick is reported as unreachable
-SATURATED = 1.15  # an edge whose KL moved by less than this factor from its neighbour's is not widened further
-LEVELS = {"large": 0.2, "small": 0.03}  # target KL(π_1 ‖ π_0) of the pooled style mix
-SETTINGS = {
-    "style": {"alpha": 0.0, "beta": 2.0, "none_penalty": 1.0, "quality_margin": 0.0},
-    "cyclic": {"alpha": 8.0, "beta": 2.0, "none_penalty": 1.0, "quality_margin": 0.25},
-}
-PRIMARY = "style"
-SEEDS = {("style", "large"): 4, ("style", "small"): 2, ("cyclic", "large"): 2}
-# the secondary setting runs the main contrasts only (INPO, its τ = 0 ablation, ONPO, DPO, IPO): the CPU budget
-SETTING_ARMS = {"cyclic": ("inpo", "inpo_tau0", "onpo", "dpo", "ipo")}
-CALIBRATION_SEED = 100
-BASE = {"iterations": 15, "k": 8, "eval_k": 16, "epochs": 2, "max_new_tokens": 24, "n_prompts": 128,
-        "n_bootstrap": 100, "keep_iterates": 1, "keep_checkpoints": 1}
-QUICK = {"iterations": 2, "k": 4, "eval_k": 4, "epochs": 1, "max_new_tokens": 12, "n_bootstrap": 20, "n_prompts": 12,
-         "n_eval": 8, "batch_pairs": 4}
-QUICK_SEEDS = {("style", "large"): 2, ("style", "small"): 1}
-SPLIT = (0.6, 0.2)  # train, validation; the rest is test
-# π_ref's shape: the embedded tiny default, or a larger Llama of the same task (same tokenizer, same SFT warm start
-# per seed) for the GPU recipe (bench/device/nash.md), with its own learning rate and GPU-sized micro-batches.
-SHAPES = {
-    "tiny": {},
-    "small": {"shape": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-                            num_key_value_heads=8), "sft": {"steps": 600, "lr": 1e-3},
-              "train": {"lr": 2e-4, "max_tokens": 8192, "gen_batch_size": 512}},
-}
-
-
-@dataclass(frozen=True)
-class Job:
-    stage: str  # "calibrate" | "final"
-    setting: str
-    arm: str
-    seed: int
-    value: float
-    level: str = ""  # final runs: the step level their value was picked for
-
-    @property
-    def key(self) -> str:
-        """The run's cache key: one run serves both step levels when their picks coincide."""
-        return f"{self.stage}/{self.setting}/{self.arm}/seed{self.seed}_v{self.value:.6g}"
-
-    @property
-    def analysis_key(self) -> str:
-        return f"{self.key}_{self.level}" if self.level else self.key
-
-
-def oracle_spec(setting: str) -> str:
-    return "synthetic:" + ",".join(f"{k}={v}" for k, v in SETTINGS[setting].items())
-
-
-def grid(group: str, widen_low: int = 0, widen_high: int = 0, half: int = 2) -> list[float]:
-    """The group's log grid: 2·half + 1 values around its centre (factor 4 apart: 5 by default), widened by that many
-    values per side."""
-    centre = GROUPS[group][1]
-    return [round(centre * GRID_FACTOR ** i, 10) for i in range(-half - widen_low, half + 1 + widen_high)]
-
+__all__ = ["ARMS", "BASE", "CALIBRATION_SEED", "GRID_FACTOR", "GROUPS", "LEVELS", "MAX_WIDEN", "PRIMARY", "QUICK",
+           "QUICK_SEEDS", "REFERENCE_ARM", "SATURATED", "SEEDS", "SETTING_ARMS", "SETTINGS", "SHAPES", "SPLIT", "Job",
+           "grid", "oracle_spec", "protocol_id", "Runner", "calibrate", "calibration_plan", "main", "one_run", "pick",
+           "run_all", "run_config", "saturated"]
 
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,8 +77,6 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def split_prompts(seed: int, cache: Path) -> dict[str, Path]:
     """Seeded train/validation/test split of the embedded task's prompts, written as .txt files."""
-    from inpo.data.prompts import default_prompts
-
     pool = default_prompts("train") + default_prompts("eval")
     order = list(range(len(pool)))
     random.Random(10_007 * seed + 1).shuffle(order)
@@ -158,9 +96,6 @@ def policy_dir(shape: str, seed: int, cache: Path) -> Path:
     as a model folder the runs load with ``model=DIR``."""
     path = cache / "policies" / f"{shape}-seed{seed}"
     if not (path / "config.json").is_file():
-        from inpo.data.tokenizer import default_tokenizer
-        from inpo.train.model import build_default_policy, export_policy
-
         tok = default_tokenizer()
         model = build_default_policy(tok, seed=seed, shape=SHAPES[shape]["shape"], sft=SHAPES[shape].get("sft"),
                                      cache_dir=cache / "policy-build")
@@ -194,9 +129,6 @@ def _read_jsonl(path: Path) -> list[dict]:
 def _train(overrides: dict, out: Path) -> list[dict]:
     """One online run in ``out``, resumed from its own checkpoints when an earlier attempt was interrupted; a run
     directory that cannot be resumed (it died before its first checkpoint) is our cache's and starts afresh."""
-    from inpo.online import run_training
-    from inpo.train.config import load_config
-
     if out.exists():
         try:
             return run_training(load_config(None, {**overrides, "output": str(out), "resume": True}))
@@ -219,24 +151,10 @@ def one_run(job: Job, overrides: dict, run_dir: str) -> dict:
         samples[t + 1] = [x["responses"] for x in _read_jsonl(out / f"iter_{t:03d}" / "eval_responses.jsonl")]
     keep = ("iteration", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "oracle_queries", "pairs", "ties_dropped",
             "wall_s")
-    from inpo.train.config import load_config
-
     return {**{k: v for k, v in job.__dict__.items() if k != "level"}, "config": overrides, "objective": repr(load_config(None, overrides).make_objective()),
             "wall_s": time.perf_counter() - t0, "cpu_s": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
             "load": [load0, os.getloadavg()[0]], "prompts": [r["prompt"] for r in ref], "samples": samples,
             "iterations": [{k: r.get(k) for k in keep} for r in records]}
-
-
-def protocol_id(quick: bool, shape: str = "tiny") -> str:
-    """A short hash of everything that decides what a run computes (arms, settings, sizes, split, π_ref's shape):
-    cached runs live under it, so a changed protocol never silently reuses runs of another one."""
-    import hashlib
-
-    spec = {"arms": {a: v["config"] for a, v in ARMS.items()}, "settings": SETTINGS, "split": SPLIT,
-            "base": {**BASE, **(QUICK if quick else {})}}
-    if shape != "tiny":
-        spec["shape"] = SHAPES[shape]
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def result_path(cache: Path, job: Job) -> Path:
@@ -296,14 +214,6 @@ def load_result(cache: Path, job: Job) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------------------ calibration
-
-def first_kl(result: dict, setting: str) -> float:
-    """KL(π_1 ‖ π_0) of the pooled style mix between the run's first iterate and π_ref (same prompts and seed)."""
-    from bench.experiment_nash_report import kl, style_counts
-
-    mix = [style_counts(setting, result["prompts"], result["samples"][str(t)]).sum(axis=0) for t in (1, 0)]
-    return kl(*mix)
-
 
 def pick(kls: dict[float, float], target: float) -> float:
     """The grid value whose KL is closest to ``target`` on a log scale (ties: the smaller value)."""
@@ -419,8 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         print(f"[nash] --out {out} exists and is not a directory", file=sys.stderr)
         return 2
-    from bench.experiment_nash_report import write_report
-
     groups = list(dict.fromkeys(ARMS[a]["group"] for a in args.arms))
     deadline = None if args.deadline_s is None else time.monotonic() + args.deadline_s
     runner = Runner(cache, args.workers, args.quick, args.model_shape, deadline)
@@ -431,9 +339,6 @@ def main(argv: list[str] | None = None) -> int:
         picks = {g: v for g, v in json.loads((cache / "calibration.json").read_text()).items() if g in groups}
     else:
         if args.model_shape == "tiny":
-            from inpo.data.tokenizer import default_tokenizer
-            from inpo.train.model import build_default_policy
-
             build_default_policy(default_tokenizer())  # π_ref of seed 0 (cached) before workers race to build it
         picks = calibrate(runner, groups)
         if picks is None:

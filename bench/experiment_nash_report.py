@@ -8,47 +8,20 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from bench.experiment_nash import ARMS, LEVELS, PRIMARY, REFERENCE_ARM, SETTINGS, oracle_spec
+from bench.nash_protocol import (ARMS, CALIBRATION_SEED, LEVELS, PRIMARY, REFERENCE_ARM, SEEDS, SETTINGS, STYLES,
+                                 kl, oracle_of, style_counts, style_matrix)
+from inpo.exploitability import (estimate_exploitability, hierarchical_bootstrap, pooled_from_means,
+                                 preference_matrices, prompt_folds)
+from inpo.games import duality_gap, realised_step, regularized_nash, solve
+from inpo.utils.record import environment_info
 
-STYLES = ("rock", "paper", "scissors", "none")
 LATE = (8, 15)  # the window of the "worst iterate" endpoint
 N_BOOT = 2000  # replicates of the summary's two-level bootstraps
 ANALYSIS_VERSION = 1  # bump when a row's definition changes: cached rows are recomputed
-
-
-@lru_cache(maxsize=None)
-def _oracle(setting: str):
-    from inpo.oracles import make_oracle
-
-    return make_oracle(oracle_spec(setting))
-
-
-@lru_cache(maxsize=None)
-def style_matrix(setting: str) -> np.ndarray:
-    """The setting's style bandit P(s ≻ s') over (rock, paper, scissors, none)."""
-    from inpo.games import style_game
-
-    opts = SETTINGS[setting]
-    return style_game(opts["beta"], opts["none_penalty"])
-
-
-def style_counts(setting: str, prompts: list, samples: list) -> np.ndarray:
-    """[prompts, 4] counts of each style class among each prompt's samples."""
-    oracle = _oracle(setting)
-    return np.stack([np.bincount(oracle.feature_arrays(x, ys)[1], minlength=4) for x, ys in zip(prompts, samples)])
-
-
-def kl(p_counts, q_counts) -> float:
-    """KL(p ‖ q) of two count vectors, each smoothed by ½ per class (Jeffreys) so an empty class stays finite."""
-    p = np.asarray(p_counts, np.float64) + 0.5
-    q = np.asarray(q_counts, np.float64) + 0.5
-    p, q = p / p.sum(), q / q.sum()
-    return float(np.sum(p * np.log(p / q)))
 
 
 def mats_of(setting: str, counts: np.ndarray) -> list[np.ndarray]:
@@ -61,8 +34,6 @@ def mats_of(setting: str, counts: np.ndarray) -> list[np.ndarray]:
 def pooled_of(setting: str, counts: np.ndarray, folds: np.ndarray | None) -> float:
     """Pooled style exploitability from per-prompt counts [N, 4], cross-fitted over ``folds`` (a fold label 0/1 per
     prompt) or plain when None (or when a fold is empty)."""
-    from inpo.exploitability import pooled_from_means
-
     counts = np.asarray(counts, np.float64)
     means = counts @ style_matrix(setting).T / counts.sum(axis=1, keepdims=True)  # [N, 4]: challengers' values
     groups = None if folds is None else [np.flatnonzero(folds == f) for f in (0, 1)]
@@ -90,8 +61,6 @@ def _turn(prev: float, cur: float) -> float:
 
 
 def _estimates(setting: str, counts: np.ndarray, seed: int) -> dict:
-    from inpo.exploitability import estimate_exploitability
-
     est = estimate_exploitability(mats_of(setting, counts), n_bootstrap=400, seed=seed)
     out = {}
     for name, (v, lo, hi) in (("crossfit", est.crossfit), ("plugin", est.plugin), ("pooled", est.pooled)):
@@ -103,19 +72,15 @@ def _estimates(setting: str, counts: np.ndarray, seed: int) -> dict:
 
 def _feature_estimates(setting: str, prompts: list, samples: list, seed: int) -> dict:
     """The whole game (quality and style) where quality plays a part: cross-fit and pooled, no intervals."""
-    from inpo.exploitability import estimate_exploitability, preference_matrices
-
     if SETTINGS[setting]["alpha"] == 0:
         return {}
-    est = estimate_exploitability(preference_matrices(_oracle(setting), prompts, samples, kind="feature"),
+    est = estimate_exploitability(preference_matrices(oracle_of(setting), prompts, samples, kind="feature"),
                                   n_bootstrap=1, seed=seed)
     return {"feature_crossfit": est.crossfit[0], "feature_plugin": est.plugin[0], "feature_pooled": est.pooled[0]}
 
 
 def run_rows(job, result: dict) -> list[dict]:
     """One row per iterate t = 0..T of one run (iterate 0 = π_ref, shared by the arms of a seed)."""
-    from inpo.exploitability import prompt_folds
-
     setting, seed, prompts = job.setting, job.seed, result["prompts"]
     T = len(result["samples"]) - 1
     counts = [style_counts(setting, prompts, result["samples"][str(t)]) for t in range(T + 1)]
@@ -151,8 +116,6 @@ def predict(job, rows: list[dict]) -> dict:
     """The style bandit's closed-form prediction for this run: its π_ref mix, the step realising the run's
     first-iteration KL, the predicted pooled exploitability per iterate and (INPO, IPO) the regularised Nash policy
     at the realised τ, the predicted fixed point."""
-    from inpo.games import duality_gap, realised_step, regularized_nash, solve
-
     P = style_matrix(job.setting)
     c0 = np.asarray(rows[0]["per_prompt_style_counts"]).sum(axis=0) + 0.5
     pi0 = c0 / c0.sum()
@@ -255,8 +218,6 @@ def endpoint(rows: list[dict], setting: str, level: str, arm: str, other: str | 
     """(mean over seeds, ci_low, ci_high, per-seed values) of ``arm``'s endpoint value, or of its difference from
     ``other``'s, paired by seed and by prompt; two-level bootstrap (seeds, then prompts), recomputing each pooled
     value on the resampled prompts. None when no seed has both arms."""
-    from inpo.exploitability import hierarchical_bootstrap
-
     sub = _by(rows, setting=setting, level=level)
     if not sub:
         return None
@@ -557,9 +518,6 @@ PROTOCOL = f"""Fixed before the final runs (bench/experiment_nash.py; issue 20):
 
 
 def summary_text(picks, rows, preds, calib_results, planned: int, note: str, compute: str) -> str:
-    from bench.experiment_nash import CALIBRATION_SEED, SEEDS
-    from inpo.utils.record import environment_info
-
     seeds = ", ".join(f"{n} ({s}, {lv})" for (s, lv), n in SEEDS.items())
     md = ["# Nash-level evidence on the language model, round 2: matched steps, 15 iterations", "",
           "## Protocol", "", PROTOCOL.replace("{cal}", str(CALIBRATION_SEED)).replace("{seeds}", seeds), "",
