@@ -417,7 +417,8 @@ def _panels(rows: list[dict]):
     return plt, fig, axes, combos, arms
 
 
-def plot_exploitability(rows: list[dict], preds: list[dict], path: Path) -> None:
+def _grid_plot(rows: list[dict], path: Path, draw, *, ylabel: str, legend_loc: str = "best") -> None:
+    """One panel per (setting, step) row and arm column; ``draw(ax, rows of the panel, setting, level, arm, ts)``."""
     plt, fig, axes, combos, arms = _panels(rows)
     for i, (setting, level) in enumerate(combos):
         for j, arm in enumerate(arms):
@@ -425,48 +426,46 @@ def plot_exploitability(rows: list[dict], preds: list[dict], path: Path) -> None
             if not sub:
                 ax.set_axis_off()
                 continue
-            ts = sorted({r["iteration"] for r in sub})
-            for seed in sorted({r["seed"] for r in sub}):
-                ax.plot(ts, [_by(sub, seed=seed, iteration=t)[0]["pooled"] for t in ts], color="C0", lw=0.6, alpha=0.4)
-            mean = lambda k: [np.mean([r[k] for r in _by(sub, iteration=t)]) for t in ts]  # noqa: E731
-            ax.plot(ts, mean("pooled"), color="C0", lw=2, label="pooled (LM)")
-            ax.fill_between(ts, mean("crossfit"), mean("plugin"), color="C1", alpha=0.2, label="per-prompt bracket")
-            pred = [p for p in preds if p["setting"] == setting and p["level"] == level and p["arm"] == arm
-                    and "predicted" in p]
-            if pred:
-                ax.plot(range(len(pred[0]["predicted"])), np.mean([p["predicted"] for p in pred], axis=0), "k--",
-                        lw=1.2, label="bandit prediction")
-            fixed = _pred(preds, setting, level, arm, "fixed_point")
-            if fixed is not None:
-                ax.axhline(fixed, color="k", ls=":", lw=1, label="predicted fixed point")
+            draw(ax, sub, setting, level, arm, sorted({r["iteration"] for r in sub}))
             ax.set_title(f"{arm} ({setting}, {level})", fontsize=8)
             ax.set_xlabel("iteration", fontsize=7)
             ax.tick_params(labelsize=7)
-        axes[i][0].set_ylabel("style exploitability", fontsize=7)
-    axes[0][0].legend(fontsize=6)
+        axes[i][0].set_ylabel(ylabel, fontsize=7)
+    axes[0][0].legend(fontsize=6, loc=legend_loc)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_exploitability(rows: list[dict], preds: list[dict], path: Path) -> None:
+    """Per panel: each seed's pooled value (thin), their mean (thick), the per-prompt cross-fit/plug-in bracket
+    (shaded), the bandit's prediction (dashed) and, for INPO / IPO, the predicted fixed point (dotted)."""
+    def draw(ax, sub, setting, level, arm, ts):
+        for seed in sorted({r["seed"] for r in sub}):
+            ax.plot(ts, [_by(sub, seed=seed, iteration=t)[0]["pooled"] for t in ts], color="C0", lw=0.6, alpha=0.4)
+        mean = lambda k: [np.mean([r[k] for r in _by(sub, iteration=t)]) for t in ts]  # noqa: E731
+        ax.plot(ts, mean("pooled"), color="C0", lw=2, label="pooled (LM)")
+        ax.fill_between(ts, mean("crossfit"), mean("plugin"), color="C1", alpha=0.2, label="per-prompt bracket")
+        pred = [p for p in preds if p["setting"] == setting and p["level"] == level and p["arm"] == arm
+                and "predicted" in p]
+        if pred:
+            ax.plot(range(len(pred[0]["predicted"])), np.mean([p["predicted"] for p in pred], axis=0), "k--",
+                    lw=1.2, label="bandit prediction")
+        fixed = _pred(preds, setting, level, arm, "fixed_point")
+        if fixed is not None:
+            ax.axhline(fixed, color="k", ls=":", lw=1, label="predicted fixed point")
+
+    _grid_plot(rows, path, draw, ylabel="style exploitability")
 
 
 def plot_style_mix(rows: list[dict], path: Path) -> None:
-    plt, fig, axes, combos, arms = _panels(rows)
-    for i, (setting, level) in enumerate(combos):
-        for j, arm in enumerate(arms):
-            ax, sub = axes[i][j], _by(rows, setting=setting, level=level, arm=arm)
-            if not sub:
-                ax.set_axis_off()
-                continue
-            ts = sorted({r["iteration"] for r in sub})
-            mix = np.array([np.mean([r["style_mix"] for r in _by(sub, iteration=t)], axis=0) for t in ts])
-            ax.stackplot(ts, mix.T, labels=STYLES, colors=["C3", "C0", "C2", "0.75"])
-            ax.set_ylim(0, 1)
-            ax.set_title(f"{arm} ({setting}, {level})", fontsize=8)
-            ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=6, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """Per panel: the pooled style mix (mean over seeds) per iterate, stacked."""
+    def draw(ax, sub, setting, level, arm, ts):
+        mix = np.array([np.mean([r["style_mix"] for r in _by(sub, iteration=t)], axis=0) for t in ts])
+        ax.stackplot(ts, mix.T, labels=STYLES, colors=["C3", "C0", "C2", "0.75"])
+        ax.set_ylim(0, 1)
+
+    _grid_plot(rows, path, draw, ylabel="style mix", legend_loc="lower left")
 
 
 def plot_calibration(picks: dict[str, dict], path: Path) -> None:
