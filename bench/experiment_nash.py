@@ -241,33 +241,38 @@ def calibration_plan(kls: dict[float, float], values: list[float], widen: tuple[
     return picks, (widen[0] + low, widen[1] + high)
 
 
+def _group_outcome(cache: Path, group: str, values: list[float], widen: tuple[int, int]) -> tuple[dict, tuple]:
+    """One group's calibration record (grid, KLs, picks, edge and saturation flags) and its next widening."""
+    arm = GROUPS[group][0]
+    kls = {}
+    for v in values:
+        res = load_result(cache, Job("calibrate", PRIMARY, arm, CALIBRATION_SEED, v))
+        if res is not None:
+            kls[v] = first_kl(res, PRIMARY)
+    picks, new = calibration_plan(kls, values, widen)
+    edge = {lv: v in (values[0], values[-1]) for lv, v in picks.items()}
+    flat = {lv: edge[lv] and saturated(kls, values, 0 if v == values[0] else -1) for lv, v in picks.items()}
+    return {"arm": arm, "param": ARMS[arm]["param"], "grid": values, "kl": {f"{v:g}": kls.get(v) for v in values},
+            "picks": picks, "edge": edge, "saturated": flat}, new
+
+
 def calibrate(runner: Runner, groups: list[str]) -> dict[str, dict] | None:
     """Per calibration group: the grid run, each value's first-iteration KL, the picks per level and edge flags.
     Written to ``<cache>/calibration.json`` (what ``--summary-only`` reads); None when the deadline cut it short."""
-    cache, quick = runner.cache, runner.quick
     widen = {g: (0, 0) for g in groups}
-    half = 1 if quick else 2
+    half = 1 if runner.quick else 2
     while True:
         values = {g: grid(g, *widen[g], half=half) for g in groups}
         jobs = [Job("calibrate", PRIMARY, GROUPS[g][0], CALIBRATION_SEED, v) for g in groups for v in values[g]]
         run_all(jobs, runner)
-        if any(not result_path(cache, j).is_file() for j in jobs):
+        if any(not result_path(runner.cache, j).is_file() for j in jobs):
             return None
-        out, changed = {}, False
+        out, before = {}, dict(widen)
         for g in groups:
-            kls = {j.value: first_kl(r, PRIMARY) for j in jobs if j.arm == GROUPS[g][0]
-                   if (r := load_result(cache, j)) is not None}
-            if not kls:
-                continue
-            picks, new = calibration_plan(kls, values[g], widen[g])
-            edge = {lv: v in (values[g][0], values[g][-1]) for lv, v in picks.items()}
-            flat = {lv: edge[lv] and saturated(kls, values[g], 0 if v == values[g][0] else -1) for lv, v in picks.items()}
-            out[g] = {"arm": GROUPS[g][0], "param": ARMS[GROUPS[g][0]]["param"], "grid": values[g],
-                      "kl": {f"{v:g}": kls.get(v) for v in values[g]}, "picks": picks, "edge": edge, "saturated": flat}
-            changed |= new != widen[g] and not quick
-            widen[g] = new
-        if not changed:
-            _atomic_write(cache / "calibration.json", json.dumps(out, indent=1))
+            out[g], new = _group_outcome(runner.cache, g, values[g], widen[g])
+            widen[g] = widen[g] if runner.quick else new
+        if widen == before:
+            _atomic_write(runner.cache / "calibration.json", json.dumps(out, indent=1))
             return out
 
 
@@ -321,6 +326,23 @@ def _seeds(args) -> dict:
             if s in args.settings and lv in args.levels}
 
 
+def _picks(args, runner: Runner, groups: list[str]) -> dict | int:
+    """The calibration (run, or read from the cache with --summary-only), or the exit code when there is none."""
+    path = runner.cache / "calibration.json"
+    if args.summary_only:
+        if not path.is_file():
+            print(f"[nash] --summary-only: no calibration in {runner.cache} yet (run without it first)", file=sys.stderr)
+            return 1
+        return {g: v for g, v in json.loads(path.read_text()).items() if g in groups}
+    if args.model_shape == "tiny":
+        build_default_policy(default_tokenizer())  # π_ref of seed 0 (cached) before workers race to build it
+    picks = calibrate(runner, groups)
+    if picks is None:
+        print("[nash] deadline reached during the calibration: run the same command again", flush=True)
+        return 3
+    return picks
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     out = Path(args.out)
@@ -332,18 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     groups = list(dict.fromkeys(ARMS[a]["group"] for a in args.arms))
     deadline = None if args.deadline_s is None else time.monotonic() + args.deadline_s
     runner = Runner(cache, args.workers, args.quick, args.model_shape, deadline)
-    if args.summary_only:
-        if not (cache / "calibration.json").is_file():
-            print(f"[nash] --summary-only: no calibration in {cache} yet (run without it first)", file=sys.stderr)
-            return 1
-        picks = {g: v for g, v in json.loads((cache / "calibration.json").read_text()).items() if g in groups}
-    else:
-        if args.model_shape == "tiny":
-            build_default_policy(default_tokenizer())  # π_ref of seed 0 (cached) before workers race to build it
-        picks = calibrate(runner, groups)
-        if picks is None:
-            print("[nash] deadline reached during the calibration: run the same command again", flush=True)
-            return 3
+    picks = _picks(args, runner, groups)
+    if isinstance(picks, int):
+        return picks
     jobs = final_jobs(picks, args.arms, args.settings, _seeds(args))
     if not args.summary_only:
         run_all(jobs, runner)

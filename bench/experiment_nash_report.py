@@ -368,38 +368,41 @@ def trajectory_table(rows: list[dict], preds: list[dict], setting: str, level: s
 
 # ---------------------------------------------------------------------------------------------------- verdict
 
+def _compare(sub: list[dict]) -> tuple[list[str], list[str], list[str]]:
+    """The other arms whose last iterate is (more, less, not separated) exploitable than INPO's, by the paired
+    95 % interval of arm − INPO at the primary endpoint."""
+    more, less, tied = [], [], []
+    for arm in _arms(sub):
+        d = None if arm == REFERENCE_ARM else endpoint(sub, PRIMARY, "large", arm, REFERENCE_ARM, "last")
+        if d is not None:
+            (more if d[1] > 0 else less if d[2] < 0 else tied).append(f"{arm} ({d[0]:+.3f})")
+    return more, less, tied
+
+
 def verdict(rows: list[dict], preds: list[dict], planned_seeds: int) -> list[str]:
     """The primary endpoint in plain words, whichever way it falls."""
     sub = _by(rows, setting=PRIMARY, level="large")
     if not sub or not _by(sub, arm=REFERENCE_ARM):
-        return ["**Verdict:** not yet measured (no primary-endpoint runs of INPO in the cache)."]
+        return ["**Verdict:** not yet measured (no primary-endpoint runs of INPO in the cache).", ""]
     T = _last_t(sub)
     seeds = len({r["seed"] for r in _by(sub, arm=REFERENCE_ARM, iteration=T)})
-    ref = endpoint(sub, PRIMARY, "large", REFERENCE_ARM, None, "last")
-    less, more, tied = [], [], []
-    for arm in _arms(sub):
-        if arm == REFERENCE_ARM:
-            continue
-        d = endpoint(sub, PRIMARY, "large", arm, REFERENCE_ARM, "last")
-        if d is None:
-            continue
-        (less if d[1] > 0 else more if d[2] < 0 else tied).append(f"{arm} ({d[0]:+.3f})")
+    partial = "" if seeds >= planned_seeds else f" of {planned_seeds} planned: provisional"
+    more, less, tied = _compare(sub)  # more: arms more exploitable than INPO, i.e. INPO is less exploitable
     means = {a: np.mean([r["pooled"] for r in _by(sub, arm=a, iteration=T)]) for a in _arms(sub)}
     best = min(means, key=means.get)
-    words = [f"**Verdict (primary endpoint: `{PRIMARY}`, large step, last iterate t = {T}, {seeds} seed"
-             f"{'s' if seeds != 1 else ''}{'' if seeds >= planned_seeds else f' of {planned_seeds} planned: provisional'}"
-             f"):** INPO's last iterate has pooled style exploitability {_fmt(ref)}. "
-             f"It is less exploitable than {', '.join(less) or 'no other arm'}; more exploitable than "
-             f"{', '.join(more) or 'no other arm'}; not separated from {', '.join(tied) or 'any other arm'} (paired "
-             f"differences arm − INPO, 95 % intervals per comparison; ‡ in the table below marks those that hold "
-             f"after a Bonferroni correction). The least exploitable last iterate is {best}'s "
-             f"({means[best]:.3f}); the Nash policy has 0."]
+    words = [f"**Verdict (primary endpoint: `{PRIMARY}`, large step, last iterate t = {T}, {seeds} seed(s){partial}):**"
+             f" INPO's last iterate has pooled style exploitability "
+             f"{_fmt(endpoint(sub, PRIMARY, 'large', REFERENCE_ARM, None, 'last'))}. It is less exploitable than "
+             f"{', '.join(more) or 'no other arm'}; more exploitable than {', '.join(less) or 'no other arm'}; not "
+             f"separated from {', '.join(tied) or 'any other arm'} (paired differences arm − INPO, 95 % intervals per "
+             f"comparison; ‡ in the table below marks those that hold after a Bonferroni correction). The least "
+             f"exploitable last iterate is {best}'s ({means[best]:.3f}); the Nash policy has 0."]
     pred = _pred(preds, PRIMARY, "large", REFERENCE_ARM, "predicted", T)
     fixed = _pred(preds, PRIMARY, "large", REFERENCE_ARM, "fixed_point")
     if pred is not None:
         words.append(f"The style bandit at INPO's realised step predicts {pred:.3f} at t = {T}"
-                     + (f" and a fixed point at {fixed:.3f}" if fixed is not None else "") + f"; the LM reached "
-                     f"{means[REFERENCE_ARM]:.3f}.")
+                     + (f" and a fixed point at {fixed:.3f}" if fixed is not None else "")
+                     + f"; the LM reached {means[REFERENCE_ARM]:.3f}.")
     return [" ".join(words), ""]
 
 
