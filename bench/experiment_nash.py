@@ -15,7 +15,8 @@ runs, and printed at the top of summary.md):
 * **Matched steps.** On a calibration seed, one iteration per value of a 5-value log grid (factor 4) per method; for
   each method the value whose first iteration moves the pooled style mix by KL(π_1 ‖ π_0) closest to 0.2 (large
   step) and to 0.03 (small step); a pick on the grid's edge widens the grid on that side and runs again, unless the
-  KL has stopped moving there (the optimiser, not the parameter, limits the step: the pick is flagged saturated). INPO's
+  KL has stopped moving there (the optimiser, not the parameter, limits the step: the pick is flagged saturated); a
+  pick more than 1.5× off its target gets the grid's geometric midpoint toward it (at most twice). INPO's
   three τ/η arms and IPO share one calibration: from π_0 = π_ref their first iteration is the same regression.
 * **Runs.** T = 15 iterations of 128 training prompts (a fresh subset of the 326 each iteration), every iterate
   evaluated on the 109 held-out test prompts with eval_k = 16 samples; 4 seeds at the large step and 2 at the small
@@ -53,9 +54,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.experiment_nash_report import write_report
-from bench.nash_protocol import (ARMS, BASE, CALIBRATION_SEED, GRID_FACTOR, GROUPS, LEVELS, MAX_WIDEN, PRIMARY, QUICK,
-                                 QUICK_SEEDS, REFERENCE_ARM, SATURATED, SEEDS, SETTING_ARMS, SETTINGS, SHAPES, SPLIT,
-                                 Job, first_kl, grid, oracle_spec, protocol_id)
+from bench.nash_protocol import (ARMS, BASE, CALIBRATION_SEED, GRID_FACTOR, GROUPS, LEVELS, MAX_WIDEN, OFF_TARGET,
+                                 PRIMARY, QUICK, QUICK_SEEDS, REFERENCE_ARM, SATURATED, SEEDS, SETTING_ARMS, SETTINGS,
+                                 SHAPES, SPLIT, Job, first_kl, grid, oracle_spec, protocol_id)
 from inpo.data.prompts import default_prompts
 from inpo.data.tokenizer import default_tokenizer
 from inpo.online import run_training
@@ -64,7 +65,7 @@ from inpo.train.model import build_default_policy, export_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 __all__ = ["ARMS", "BASE", "CALIBRATION_SEED", "GRID_FACTOR", "GROUPS", "LEVELS", "MAX_WIDEN", "PRIMARY", "QUICK",
-           "QUICK_SEEDS", "REFERENCE_ARM", "SATURATED", "SEEDS", "SETTING_ARMS", "SETTINGS", "SHAPES", "SPLIT", "Job",
+           "OFF_TARGET", "QUICK_SEEDS", "REFERENCE_ARM", "SATURATED", "SEEDS", "SETTING_ARMS", "SETTINGS", "SHAPES", "SPLIT", "Job",
            "grid", "oracle_spec", "protocol_id", "Runner", "calibrate", "calibration_plan", "main", "one_run", "pick",
            "run_all", "run_config", "saturated"]
 
@@ -230,48 +231,74 @@ def saturated(kls: dict[float, float], values: list[float], side: int) -> bool:
     return abs(math.log(max(kls[edge], 1e-12) / max(kls[inner], 1e-12))) < math.log(SATURATED)
 
 
-def calibration_plan(kls: dict[float, float], values: list[float], widen: tuple[int, int]) -> tuple[dict, tuple]:
-    """Picks per level among ``values`` (the grid so far) from their measured KLs, and the widening the next round
-    needs: a pick on an edge of the grid widens it on that side by one value (at most MAX_WIDEN per side, and not
-    past a saturated edge; then the edge pick stays, and the report flags it)."""
-    have = {v: kls[v] for v in values if v in kls}
+def _refinement(have: dict[float, float], v: float, target: float) -> float | None:
+    """The geometric midpoint between the pick ``v`` and its neighbour on the other side of ``target`` (the target's
+    KL lies between theirs), when the pick is more than OFF_TARGET× off and the two are more than a factor 1.9 apart
+    (so a factor-4 gap is halved at most twice); else None."""
+    if abs(math.log(max(have[v], 1e-12) / target)) <= math.log(OFF_TARGET):
+        return None
+    order = sorted(have)
+    i = order.index(v)
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(order) and (have[order[j]] - target) * (have[v] - target) < 0 and \
+                max(v, order[j]) / min(v, order[j]) > 1.9:
+            return round(math.sqrt(v * order[j]), 10)
+    return None
+
+
+def calibration_plan(kls: dict[float, float], values: list[float], widen: tuple[int, int],
+                     refined: tuple = ()) -> tuple[dict, tuple, set]:
+    """Picks per level among ``values`` (the grid so far) and its ``refined`` midpoints from their measured KLs, the
+    widening the next round needs (a pick on an edge of the grid widens it on that side by one value: at most
+    MAX_WIDEN per side, and not past a saturated edge, where the edge pick stays and the report flags it), and the
+    refinements it needs (a pick more than OFF_TARGET× off its target gets the midpoint toward it: the grid's factor
+    4 in the parameter is up to 16 in KL where the KL moves as the square of the step)."""
+    have = {v: kls[v] for v in sorted(set(values) | set(refined)) if v in kls}
     picks = {level: pick(have, target) for level, target in LEVELS.items()}
     low = any(v == values[0] for v in picks.values()) and widen[0] < MAX_WIDEN and not saturated(have, values, 0)
     high = any(v == values[-1] for v in picks.values()) and widen[1] < MAX_WIDEN and not saturated(have, values, -1)
-    return picks, (widen[0] + low, widen[1] + high)
+    more = {m for lv, target in LEVELS.items() if (m := _refinement(have, picks[lv], target)) is not None}
+    return picks, (widen[0] + low, widen[1] + high), more - set(have)
 
 
-def _group_outcome(cache: Path, group: str, values: list[float], widen: tuple[int, int]) -> tuple[dict, tuple]:
-    """One group's calibration record (grid, KLs, picks, edge and saturation flags) and its next widening."""
+def _group_outcome(cache: Path, group: str, values: list[float], widen: tuple[int, int],
+                   refined: set) -> tuple[dict, tuple, set]:
+    """One group's calibration record (values run, KLs, picks, edge and saturation flags), its next widening and
+    refinements."""
     arm = GROUPS[group][0]
+    run = sorted(set(values) | refined)
     kls = {}
-    for v in values:
+    for v in run:
         res = load_result(cache, Job("calibrate", PRIMARY, arm, CALIBRATION_SEED, v))
         if res is not None:
             kls[v] = first_kl(res, PRIMARY)
-    picks, new = calibration_plan(kls, values, widen)
+    picks, new, more = calibration_plan(kls, values, widen, tuple(refined))
     edge = {lv: v in (values[0], values[-1]) for lv, v in picks.items()}
     flat = {lv: edge[lv] and saturated(kls, values, 0 if v == values[0] else -1) for lv, v in picks.items()}
-    return {"arm": arm, "param": ARMS[arm]["param"], "grid": values, "kl": {f"{v:g}": kls.get(v) for v in values},
-            "picks": picks, "edge": edge, "saturated": flat}, new
+    return {"arm": arm, "param": ARMS[arm]["param"], "grid": run, "kl": {f"{v:g}": kls.get(v) for v in run},
+            "picks": picks, "edge": edge, "saturated": flat}, new, more
 
 
 def calibrate(runner: Runner, groups: list[str]) -> dict[str, dict] | None:
     """Per calibration group: the grid run, each value's first-iteration KL, the picks per level and edge flags.
     Written to ``<cache>/calibration.json`` (what ``--summary-only`` reads); None when the deadline cut it short."""
     widen = {g: (0, 0) for g in groups}
+    refined: dict[str, set] = {g: set() for g in groups}
     half = 1 if runner.quick else 2
     while True:
         values = {g: grid(g, *widen[g], half=half) for g in groups}
-        jobs = [Job("calibrate", PRIMARY, GROUPS[g][0], CALIBRATION_SEED, v) for g in groups for v in values[g]]
+        jobs = [Job("calibrate", PRIMARY, GROUPS[g][0], CALIBRATION_SEED, v) for g in groups
+                for v in sorted(set(values[g]) | refined[g])]
         run_all(jobs, runner)
         if any(not result_path(runner.cache, j).is_file() for j in jobs):
             return None
-        out, before = {}, dict(widen)
+        out, changed = {}, False
         for g in groups:
-            out[g], new = _group_outcome(runner.cache, g, values[g], widen[g])
-            widen[g] = widen[g] if runner.quick else new
-        if widen == before:
+            out[g], new, more = _group_outcome(runner.cache, g, values[g], widen[g], refined[g])
+            if not runner.quick and (new != widen[g] or more):
+                widen[g], changed = new, True
+                refined[g] |= more
+        if not changed:
             _atomic_write(runner.cache / "calibration.json", json.dumps(out, indent=1))
             return out
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.nash_protocol import (ARMS, CALIBRATION_SEED, LEVELS, PRIMARY, REFERENCE_ARM, SEEDS, SETTINGS, STYLES,
+from bench.nash_protocol import (ARMS, CALIBRATION_SEED, LEVELS, OFF_TARGET, PRIMARY, REFERENCE_ARM, SEEDS, SETTINGS,
+                                 STYLES,
                                  kl, oracle_of, style_counts, style_matrix)
 from inpo.exploitability import (estimate_exploitability, hierarchical_bootstrap, pooled_from_means,
                                  preference_matrices, prompt_folds)
@@ -282,14 +283,20 @@ def calibration_table(picks: dict[str, dict]) -> list[str]:
     for g, c in picks.items():
         arms = ", ".join(a for a, spec in ARMS.items() if spec["group"] == g)
         cells = ", ".join(f"{v}: {'–' if k is None else f'{k:.3f}'}" for v, k in c["kl"].items())
-        pk = [f"**{c['picks'][lv]:g}**" + (" † saturated" if c.get("saturated", {}).get(lv) else
-                                           " † edge" if c["edge"][lv] else "") for lv in LEVELS]
+        pk = []
+        for lv, target in LEVELS.items():
+            got = c["kl"].get(f"{c['picks'][lv]:g}")
+            off = got is not None and abs(math.log(max(got, 1e-12) / target)) > math.log(OFF_TARGET)
+            pk.append(f"**{c['picks'][lv]:g}**" + (f" (KL {got:.3f})" if got is not None else "")
+                      + (" † saturated" if c.get("saturated", {}).get(lv) else " † edge" if c["edge"][lv] else "")
+                      + (" — off target" if off else ""))
         md.append(f"| {g} ({arms}) | {c['param']} | {cells} | {pk[0]} | {pk[1]} |")
-    return md + ["", "† a pick still on the grid's edge after widening it (the target KL is outside what the grid "
-                     "reaches); *saturated*: the KL stopped moving with the parameter there — the first iteration is "
-                     "limited by the optimiser (learning rate × steps), so that arm's step is as large as this "
-                     "training budget makes it, and smaller than the target." if any(
-                         any(c["edge"].values()) for c in picks.values()) else "", ""]
+    return md + ["", "† a pick on the grid's edge after widening it (the target KL is outside what the grid reaches); "
+                     "*saturated*: the KL stopped moving with the parameter there — the first iteration is limited by "
+                     "the optimiser (learning rate × steps), so that arm's step is as large as this training budget "
+                     f"makes it. *Off target*: the pick's KL is more than {OFF_TARGET}× from the target (after up to "
+                     "two refinements); such an arm runs at the step it can reach, and the realised KLs below say "
+                     "which.", ""]
 
 
 def steps_table(rows: list[dict], preds: list[dict]) -> list[str]:
@@ -507,7 +514,8 @@ PROTOCOL = f"""Fixed before the final runs (bench/experiment_nash.py; issue 20):
 - **Matched steps.** Calibration seed {{cal}}: one iteration per value of a 5-value log grid (factor 4) per method on
   validation prompts; per method the value whose first iteration moves the pooled style mix by KL(π_1 ‖ π_0) closest
   to {LEVELS['large']} (large) and {LEVELS['small']} (small) on a log scale; an edge pick widens the grid on that
-  side (up to 3 values, not past a saturated edge where the KL no longer moves) and runs again. The `cyclic` runs use the `{PRIMARY}` calibration; their realised KL is
+  side (up to 3 values, not past a saturated edge where the KL no longer moves) and runs again; a pick more than
+  {OFF_TARGET}× off its target gets the geometric midpoint toward it (at most twice). The `cyclic` runs use the `{PRIMARY}` calibration; their realised KL is
   reported.
 - **Arms.** INPO τ/η = 1/3, τ/η = 0.1, τ = 0; INPO with random pairs (Lemma 5's population); ONPO; iterative DPO;
   IPO. Tournament arms: K = 8, 11 oracle queries per prompt; random pairs: K = 2, one query per prompt (equal queries

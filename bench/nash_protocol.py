@@ -33,6 +33,7 @@ GROUPS = {"inpo": ("inpo", 0.125), "inpo_random": ("inpo_random", 0.0625), "onpo
 GRID_FACTOR = 4.0
 MAX_WIDEN = 3  # extra grid values per side before an edge pick is reported as unreachable
 SATURATED = 1.15  # an edge whose KL moved by less than this factor from its neighbour's is not widened further
+OFF_TARGET = 1.5  # a pick whose KL is off its target by more than this factor gets refinement midpoints (twice at most)
 LEVELS = {"large": 0.2, "small": 0.03}  # target KL(π_1 ‖ π_0) of the pooled style mix
 SETTINGS = {
     "style": {"alpha": 0.0, "beta": 2.0, "none_penalty": 1.0, "quality_margin": 0.0},

@@ -20,23 +20,38 @@ def test_calibration_picks_by_log_distance_and_widens_edges():
     assert all(b / a == pytest.approx(nash.GRID_FACTOR) for a, b in zip(values, values[1:]))
     # KL falls with η: 0.2 lands inside, 0.03 lands past the large end -> widen on the high side only
     kls = dict(zip(values, [0.5, 0.25, 0.1, 0.05, 0.04]))
-    picks, widen = nash.calibration_plan(kls, values, (0, 0))
+    picks, widen, _ = nash.calibration_plan(kls, values, (0, 0))
     assert picks == {"large": values[1], "small": values[4]} and widen == (0, 1)
     wider = nash.grid("inpo", 0, 1)
     kls[wider[-1]] = 0.02
-    picks, widen = nash.calibration_plan(kls, wider, (0, 1))
+    picks, widen, _ = nash.calibration_plan(kls, wider, (0, 1))
     assert picks["small"] in (values[4], wider[-1])  # |log(0.04/0.03)| = 0.29 vs |log(0.02/0.03)| = 0.41: values[4]
     assert picks["small"] == values[4] and widen == (0, 1)  # interior now: no more widening
     # an edge pick at the widening limit stays (reported as an edge pick), the plan stops widening
     limit = (0, nash.MAX_WIDEN)
     top = nash.grid("inpo", *limit)
-    picks, widen = nash.calibration_plan({v: 10.0 * (len(top) - i) for i, v in enumerate(top)}, top, limit)
+    picks, widen, _ = nash.calibration_plan({v: 10.0 * (len(top) - i) for i, v in enumerate(top)}, top, limit)
     assert picks["large"] == top[-1] and widen == limit  # every KL too large: the high edge, already at the limit
     # a saturated edge (the KL stopped moving with the parameter) is not widened: the optimiser limits the step
     flat = dict(zip(values, [0.16, 0.15, 0.1, 0.03, 0.01]))
-    picks, widen = nash.calibration_plan(flat, values, (0, 0))
+    picks, widen, _ = nash.calibration_plan(flat, values, (0, 0))
     assert picks["large"] == values[0] and nash.saturated(flat, values, 0) and widen == (0, 0)
-    assert nash.pick({0.1: 0.1, 0.2: 0.4}, 0.2) == 0.1  # a tie on the log scale (a factor 2 either way): the smaller
+    assert nash.pick({0.1: 0.1, 0.2: 0.4}, 0.2) == 0.1
+    # a pick far off its target (KL ∝ step²: a factor 4 in η is 16 in KL) gets the midpoint toward the target,
+    # at most twice (factor 4 -> 2 -> √2 apart), and none once within OFF_TARGET
+    steep = dict(zip(values, [0.5, 0.3, 0.1, 0.009, 0.0006]))  # small: 0.03 lies between values[2] and values[3]
+    picks, _, more = nash.calibration_plan(steep, values, (0, 0))
+    mid = round(math.sqrt(values[2] * values[3]), 10)
+    assert more == {mid}
+    steep[mid] = 0.05
+    picks, _, more = nash.calibration_plan(steep, values, (0, 0), (mid,))
+    assert picks["small"] == mid and more == {round(math.sqrt(mid * values[3]), 10)}  # 0.05 still > 1.5× off
+    quarter = round(math.sqrt(mid * values[3]), 10)
+    steep[quarter] = 0.045  # still off, but √2 apart from its neighbours now: no third refinement
+    picks, _, more = nash.calibration_plan(steep, values, (0, 0), (mid, quarter))
+    assert picks["small"] == quarter and more == set()
+    steep[quarter] = 0.033
+    assert nash.calibration_plan(steep, values, (0, 0), (mid, quarter))[2] == set()  # within 1.5×: done  # a tie on the log scale (a factor 2 either way): the smaller
 
 
 def test_inpo_ratios_and_ipo_share_their_first_iteration():
