@@ -196,3 +196,42 @@ def test_deadline_stops_before_any_run_and_a_larger_shape_runs_from_its_own_mode
     res = nash.one_run(job, {**cfg, "iterations": 1}, str(tmp_path / "run"))
     assert len(res["iterations"]) == 1 and len(res["samples"][1]) == nash.QUICK["n_eval"]
     assert nash.protocol_id(False, "small") != nash.protocol_id(False)
+
+
+def test_worst_iterate_takes_the_late_window_only():
+    rows = []
+    for seed in (0, 1):
+        for t in range(11):  # the window is t in [8, 15] ∩ [0, T]
+            counts = np.tile([4, 0, 0, 0] if t == 5 else [1, 1, 1, 1], (6, 1))  # t = 5 is the worst, outside it
+            if t == 9:
+                counts = np.tile([2, 1, 1, 0], (6, 1))
+            rows.append({"setting": "style", "level": "large", "arm": "inpo", "seed": seed, "iteration": t,
+                         "folds": [0, 1] * 3, "per_prompt_style_counts": counts.tolist()})
+    worst = report.endpoint(rows, "style", "large", "inpo", None, "worst", n_bootstrap=20)
+    window = max(report.pooled_of("style", np.tile(c, (6, 1)), np.array([0, 1] * 3)) for c in ([1, 1, 1, 1],
+                                                                                              [2, 1, 1, 0]))
+    assert worst[3] == pytest.approx([window, window], abs=1e-12)
+    assert window < report.pooled_of("style", np.tile([4, 0, 0, 0], (6, 1)), np.array([0, 1] * 3))
+
+
+def test_rows_and_predictions_of_a_cyclic_run_from_its_samples():
+    """The report's path for the secondary setting (style part + the whole game), without training: a fake run."""
+    from inpo.data.prompts import default_prompts, task_spec
+
+    words = {s: sorted(task_spec()["styles"][s])[0] for s in ("rock", "paper", "scissors")}
+    prompts = default_prompts("eval")[:6]
+    mixes = [("rock", "paper", "scissors", None), ("rock", "rock", "paper", None), ("rock", "rock", "rock", "paper")]
+    samples = {str(t): [[f"the {words[s]} is here and it is fine." if s else "a plain answer that is fine."
+                         for s in mixes[t]] for _ in prompts] for t in range(3)}
+    result = {"prompts": prompts, "samples": samples,
+              "iterations": [{"win_rate": 0.6, "oracle_queries": 66, "pairs": 6}] * 2}
+    job = nash.Job("final", "cyclic", "dpo", 0, 0.5, "large")
+    rows = report.run_rows(job, result)
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    assert all({"feature_crossfit", "feature_pooled"} <= set(r) for r in rows)  # quality plays a part in cyclic
+    assert rows[2]["dominant"] == "rock" and rows[2]["unstyled"] == 0.0
+    assert rows[2]["pooled"] > rows[0]["pooled"]  # collapsing onto rock is exploitable (paper beats it)
+    pred = report.predict(job, rows)
+    assert len(pred["predicted"]) == 3 and pred["realised_step"] > 0 and "fixed_point" not in pred  # DPO: none
+    ipo = report.predict(nash.Job("final", "cyclic", "ipo", 0, 0.5, "large"), rows)
+    assert ipo["fixed_point_tau"] == pytest.approx(ipo["realised_step"])  # IPO's fixed point: τ = β
