@@ -332,8 +332,8 @@ def primary_table(rows: list[dict], preds: list[dict], setting: str, level: str)
         fixed = _pred(preds, setting, level, arm, "fixed_point")
         md.append(f"| {arm} | {_fmt(own)} | {_fmt(diff, True)}{mark} | {_seeds(diff)} | "
                   f"{'–' if pred is None else f'{pred:.3f}'} | {'–' if fixed is None else f'{fixed:.3f}'} |")
-    return md + [f"‡ also excludes 0 at {adjusted:.2%} (Bonferroni over the {len(arms) - 1} comparisons with "
-                 f"{REFERENCE_ARM}).", ""]
+    return md + ["", f"‡ also excludes 0 at {adjusted:.2%} (Bonferroni over the {len(arms) - 1} comparisons with "
+                     f"{REFERENCE_ARM}).", ""]
 
 
 def secondary_table(rows: list[dict], setting: str, level: str) -> list[str]:
