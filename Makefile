@@ -99,11 +99,12 @@ bench: setup
 games: setup
 	$(PY) -m inpo.games.sweep --out bench/results/games
 
-# Nash-level evidence on the LM: exploitability of INPO, INPO τ=0, ONPO, iterative DPO, IPO, SPPO over four oracle
-# settings, tuned on validation prompts, 10/5 seeds (committed under bench/results/nash-lm/; hours on 2 cores,
-# resumable). The older win-rate-vs-π_ref comparison: `make experiments-winrate`.
+# Nash-level evidence on the LM, round 2 (bench/experiment_nash.py): matched steps, 15 iterations, 7 arms, the style
+# game primary and cyclic secondary, pooled style exploitability as the pre-stated endpoint (committed under
+# bench/results/nash-lm-v2/; about 2.5 h of single-thread CPU, resumable: the same command continues a stopped run).
+# The first, 3-iteration record is kept in bench/results/nash-lm-3iter/. The win-rate comparison: `make experiments-winrate`.
 experiments: setup
-	$(PY) -m bench.experiment_nash --out bench/results/nash-lm
+	OMP_NUM_THREADS=1 $(PY) -m bench.experiment_nash --out bench/results/nash-lm-v2
 
 experiments-winrate: setup
 	$(PY) -m bench.experiment_default --out bench/results/experiments

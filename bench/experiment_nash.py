@@ -1,24 +1,40 @@
-"""Nash-level evidence on the language model: exploitability of INPO, INPO τ=0, ONPO, iterative DPO, IPO and SPPO.
+"""Nash-level evidence on the language model, round 2: matched steps, 15 iterations, exact pooled exploitability.
 
-Win-rate against π_ref rewards exploiting π_ref, which Nash methods do not aim for. This experiment measures what
-INPO claims to reduce: the exploitability 2·max_y′ E_{y∼π} P(y′ ≻ y) − 1 of each iterate (:mod:`inpo.exploitability`),
-under the synthetic oracle at several intransitivity settings (:mod:`inpo.oracles.synthetic`'s knobs), including a
-transitive one (β = 0) where every method should tie.
+The question: does INPO's last iterate end less exploitable than the baselines' when every method moves the policy
+by the same amount per iteration and runs long enough to show cycling? Protocol (issue 20; fixed before the final
+runs, and printed at the top of summary.md):
 
-Protocol (one command, resumable: finished runs are cached and skipped on a re-run):
+* **Settings.** ``style`` (primary): the synthetic oracle at α = 0 — rock-paper-scissors over the styles the tiny
+  model writes, an unstyled response losing to a styled one — whose Nash policy (the uniform mix of the three styles)
+  is known and reachable. ``cyclic`` (secondary): quality and style (α = 8, β = 2, γ = 1, m = 0.25), scored on its
+  style part.
+* **Arms.** INPO with τ/η = 1/3 (the paper's), τ/η = 0.1 and τ = 0; INPO with random pairs (one comparison of two
+  samples per prompt: the pair population of the paper's Lemma 5); ONPO; iterative DPO; IPO. Every tournament arm
+  spends the same oracle queries (K = 8 samples, a best/worst tournament: 11 per prompt); the random-pair arm spends
+  one per prompt (equal queries would mean 11 pairs per prompt, 11× the training compute of every other arm).
+* **Matched steps.** On a calibration seed, one iteration per value of a 5-value log grid (factor 4) per method; for
+  each method the value whose first iteration moves the pooled style mix by KL(π_1 ‖ π_0) closest to 0.2 (large
+  step) and to 0.03 (small step); a pick on the grid's edge widens the grid on that side and runs again, unless the
+  KL has stopped moving there (the optimiser, not the parameter, limits the step: the pick is flagged saturated); a
+  pick more than 1.5× off its target gets the grid's geometric midpoint toward it (at most twice). INPO's
+  three τ/η arms and IPO share one calibration: from π_0 = π_ref their first iteration is the same regression.
+* **Runs.** T = 15 iterations of 128 training prompts (a fresh subset of the 326 each iteration), every iterate
+  evaluated on the 109 held-out test prompts with eval_k = 16 samples; 4 seeds at the large step and 2 at the small
+  one (style, all arms), 2 at the large step (cyclic: INPO, INPO τ = 0, ONPO, DPO, IPO). A seed fixes π_ref's SFT
+  seed, the prompt split and the evaluation samples, so arms are paired by seed.
+* **Endpoints.** Primary: the pooled style exploitability (exact over the style classes, cross-fitted over prompt
+  folds; :mod:`inpo.exploitability`) of the last iterate (t = 15) at the large step, each arm minus INPO (τ/η = 1/3),
+  paired by seed, with a two-level bootstrap interval (seeds, then prompts). Secondary: the worst iterate over
+  t ∈ [8, 15], the average iterate (t = 1..15), the per-prompt cross-fit estimate with the plug-in upper bracket,
+  the small step, and ``cyclic``.
+* **Predictions.** Beside each LM curve, the style bandit (:func:`inpo.games.style_game`) run in closed form from
+  the run's π_ref style mix at the step the LM realised (:func:`inpo.games.realised_step` on its first-iteration KL),
+  and for INPO / IPO the regularised Nash policy at the realised τ (their predicted fixed point).
 
-1. **Split.** Seed s shuffles the embedded task's 544 prompts into train / validation / test (60/20/20); seed s also
-   sets π_ref (the SFT init and data order: ``sft_seed``), the run's sampling and the evaluation samples.
-2. **Tune.** Each method's η / β is picked from a small grid (``GRID``) at the main setting on the *validation*
-   prompts (``--tune-seeds`` seeds, distinct from the final ones), by mean final-iteration exploitability.
-3. **Final.** Each method with its tuned value runs on every setting and seed; evaluation on the held-out *test*
-   prompts. Budgets: INPO-family pairs cost 11 oracle queries per prompt (a K = 8 tournament); SPPO needs all
-   K(K−1)/2 comparisons, so it runs at K = 5 (10 queries per prompt) for an equal budget.
-4. **Report** (``--out``): ``runs.jsonl`` (one line per method × setting × seed × iteration; iteration 0 = π_ref),
-   ``summary.md`` (tables with two-level bootstrap intervals over seeds and prompts; collapsed runs counted and
-   reported by median, not averaged), ``tuning.jsonl`` and plots.
+Resumable: each run is cached as JSON under ``--cache`` (an interrupted run resumes from its own checkpoints), so the
+same command continues where it stopped; ``--summary-only`` rewrites the report from what is cached.
 
-    python -m bench.experiment_nash --out bench/results/nash-lm [--seeds 10] [--side-seeds 5] [--workers 2]
+    python -m bench.experiment_nash --out bench/results/nash-lm-v2 [--workers 1]
     python -m bench.experiment_nash --quick --out /tmp/nash   # the code path in about a minute
 """
 
@@ -26,60 +42,42 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
+import resource
 import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
+from bench.experiment_nash_report import write_report
+from bench.nash_protocol import (ARMS, BASE, CALIBRATION_SEED, GRID_FACTOR, GROUPS, LEVELS, MAX_WIDEN, OFF_TARGET,
+                                 PRIMARY, QUICK, QUICK_SEEDS, REFERENCE_ARM, SATURATED, SEEDS, SETTING_ARMS, SETTINGS,
+                                 SHAPES, SPLIT, Job, first_kl, grid, oracle_spec, protocol_id)
+from inpo.data.prompts import default_prompts
+from inpo.data.tokenizer import default_tokenizer
+from inpo.online import run_training
+from inpo.train.config import load_config
+from inpo.train.model import build_default_policy, export_policy
+
 ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["ARMS", "BASE", "CALIBRATION_SEED", "GRID_FACTOR", "GROUPS", "LEVELS", "MAX_WIDEN", "PRIMARY", "QUICK",
+           "OFF_TARGET", "QUICK_SEEDS", "REFERENCE_ARM", "SATURATED", "SEEDS", "SETTING_ARMS", "SETTINGS", "SHAPES", "SPLIT", "Job",
+           "grid", "oracle_spec", "protocol_id", "Runner", "calibrate", "calibration_plan", "main", "one_run", "pick",
+           "run_all", "run_config", "saturated"]
 
-# method -> fixed config overrides; the tuned parameter comes from GRID
-METHODS = {
-    "inpo": {"objective": "inpo"},
-    "inpo_tau0": {"objective": "inpo", "ratio": 0.0},
-    "onpo": {"objective": "onpo"},
-    "dpo_iterative": {"objective": "dpo"},
-    "ipo": {"objective": "ipo"},
-    "sppo": {"objective": "sppo", "k": 5},  # 5·4/2 = 10 queries per prompt vs the INPO tournament's 11
-}
-GRID = {
-    "inpo": ("eta", [0.1, 0.25, 0.5]),
-    "inpo_tau0": ("eta", [0.1, 0.25, 0.5]),
-    "onpo": ("eta", [2.0, 4.0, 8.0]),
-    "dpo_iterative": ("beta", [0.25, 0.5, 1.0]),
-    "ipo": ("beta", [0.1, 0.25, 0.5]),
-    "sppo": ("eta", [0.1, 0.25, 0.5]),
-}
-# name -> synthetic oracle options. "cyclic" is the main setting: style decides between responses whose quality
-# differs by at most 0.25, the cycle can overturn gaps up to β/α beyond that, and an unstyled response loses to a
-# styled one (no pure Nash escape). "style" drops quality (α = 0): a pure rock-paper-scissors game over the styles
-# the tiny model can produce, whose unique Nash policy mixes the three styles uniformly (exploitability 0 is reachable).
-# "default" is the embedded task's oracle; "transitive" has no cycle at all.
-SETTINGS = {
-    "cyclic": {"alpha": 8.0, "beta": 2.0, "none_penalty": 1.0, "quality_margin": 0.25},
-    "style": {"alpha": 0.0, "beta": 2.0, "none_penalty": 1.0, "quality_margin": 0.0},
-    "default": {"alpha": 8.0, "beta": 1.0, "none_penalty": 0.0, "quality_margin": 0.0},
-    "transitive": {"alpha": 8.0, "beta": 0.0, "none_penalty": 0.0, "quality_margin": 0.0},
-}
-MAIN = "cyclic"
-BASE = {"iterations": 3, "k": 8, "eval_k": 8, "epochs": 2, "max_new_tokens": 24, "n_bootstrap": 200}
-QUICK = {"iterations": 1, "k": 4, "eval_k": 4, "epochs": 1, "max_new_tokens": 12, "n_bootstrap": 50,
-         "n_prompts": 12, "n_eval": 6, "batch_pairs": 4}
-SPLIT = (0.6, 0.2)  # train, validation; the rest is test
-COLLAPSE_WIN_RATE = 0.3  # a run whose final iterate wins < 30 % against its own π_ref has collapsed
-
-
-def oracle_spec(setting: str) -> str:
-    return "synthetic:" + ",".join(f"{k}={v}" for k, v in SETTINGS[setting].items())
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def split_prompts(seed: int, cache: Path) -> dict[str, Path]:
     """Seeded train/validation/test split of the embedded task's prompts, written as .txt files."""
-    from inpo.data.prompts import default_prompts
-
     pool = default_prompts("train") + default_prompts("eval")
     order = list(range(len(pool)))
     random.Random(10_007 * seed + 1).shuffle(order)
@@ -89,510 +87,319 @@ def split_prompts(seed: int, cache: Path) -> dict[str, Path]:
     for name, idx in parts.items():
         path = cache / "splits" / f"seed{seed}" / f"{name}.txt"
         if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(pool[i] + "\n" for i in sorted(idx)))
-            os.replace(tmp, path)
+            _atomic_write(path, "".join(pool[i] + "\n" for i in sorted(idx)))
         out[name] = path
     return out
 
 
-def run_config(method: str, setting: str, seed: int, value: float, eval_split: str, cache: Path,
-               quick: bool) -> dict:
-    param, _ = GRID[method]
-    splits = split_prompts(seed, cache)
-    return {**BASE, **(QUICK if quick else {}), **METHODS[method], param: value,
-            "oracle": oracle_spec(setting), "seed": seed, "sft_seed": 0 if quick else seed,
-            "prompts": str(splits["train"]), "eval_prompts": str(splits[eval_split]),
-            "eval_seed": 1000 + seed, "threads": 1, "progress": False,
-            **({"k": 4} if quick and method == "sppo" else {})}
+def policy_dir(shape: str, seed: int, cache: Path) -> Path:
+    """π_ref of ``seed`` at a larger ``shape``: built once (SFT warm start on the default task, on CPU) and exported
+    as a model folder the runs load with ``model=DIR``."""
+    path = cache / "policies" / f"{shape}-seed{seed}"
+    if not (path / "config.json").is_file():
+        tok = default_tokenizer()
+        model = build_default_policy(tok, seed=seed, shape=SHAPES[shape]["shape"], sft=SHAPES[shape].get("sft"),
+                                     cache_dir=cache / "policy-build")
+        tmp = export_policy(model, tok, path.with_name(path.name + ".tmp"))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    return path
+
+
+def run_config(job: Job, cache: Path, quick: bool, shape: str = "tiny") -> dict:
+    arm = ARMS[job.arm]
+    splits = split_prompts(job.seed, cache)
+    cfg = {**BASE, **(QUICK if quick else {}), **arm["config"], arm["param"]: job.value,
+           "oracle": oracle_spec(job.setting), "seed": job.seed, "sft_seed": 0 if quick else job.seed,
+           "prompts": str(splits["train"]), "eval_prompts": str(splits["val" if job.stage == "calibrate" else "test"]),
+           "eval_seed": 1000 + job.seed, "threads": 1, "progress": False}
+    if shape != "tiny":  # a user-model run: every default the embedded task would fill is set explicitly
+        cfg.update(model=str(policy_dir(shape, job.seed, cache)), sampler="hf", threads=None, **SHAPES[shape]["train"])
+        cfg.setdefault("max_new_tokens", 24)
+        cfg.pop("sft_seed")
+    if job.stage == "calibrate":
+        cfg["iterations"] = 1
+    return cfg
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def one_run(key: dict, overrides: dict, run_dir: str) -> dict:
-    """Train one (method, setting, seed, value) and return its per-iteration records and eval samples."""
-    from inpo.online import run_training
-    from inpo.train.config import load_config
+def _train(overrides: dict, out: Path) -> list[dict]:
+    """One online run in ``out``, resumed from its own checkpoints when an earlier attempt was interrupted; a run
+    directory that cannot be resumed (it died before its first checkpoint) is our cache's and starts afresh."""
+    if out.exists():
+        try:
+            return run_training(load_config(None, {**overrides, "output": str(out), "resume": True}))
+        except Exception as exc:  # noqa: BLE001 - any failure to resume means: start this run again from scratch
+            print(f"[nash] {out.name}: could not resume ({type(exc).__name__}: {exc}); starting it again", flush=True)
+            shutil.rmtree(out)
+    return run_training(load_config(None, {**overrides, "output": str(out)}))
 
+
+def one_run(job: Job, overrides: dict, run_dir: str) -> dict:
+    """Train one job and return its per-iteration records and the evaluation samples of every iterate."""
     out = Path(run_dir)
-    if out.exists():  # a run killed half-way: our own cache directory, started again from scratch
-        shutil.rmtree(out)
-    cfg = load_config(None, {**overrides, "output": str(out)})
-    t0 = time.perf_counter()
-    records = run_training(cfg)
-    wall = time.perf_counter() - t0
+    t0, cpu0, load0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF), os.getloadavg()[0]
+    records = _train(overrides, out)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     ref = _read_jsonl(out / "eval_ref_responses.jsonl")
     samples = {0: [r["responses"] for r in ref]}
     for r in records:
         t = int(r["iteration"])
         samples[t + 1] = [x["responses"] for x in _read_jsonl(out / f"iter_{t:03d}" / "eval_responses.jsonl")]
-    keep = ("iteration", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "oracle_queries", "pairs",
-            "exploitability", "exploitability_ci_low", "exploitability_ci_high", "style_exploitability")
-    result = {**key, "config": overrides, "wall_s": wall, "objective": repr(cfg.make_objective()),
-              "prompts": [r["prompt"] for r in ref], "samples": samples,
-              "iterations": [{k: r.get(k) for k in keep} for r in records]}
-    shutil.rmtree(out, ignore_errors=True)  # checkpoints and models are not needed once samples are kept
-    return result
+    keep = ("iteration", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "oracle_queries", "pairs", "ties_dropped",
+            "wall_s")
+    return {**{k: v for k, v in job.__dict__.items() if k != "level"}, "config": overrides, "objective": repr(load_config(None, overrides).make_objective()),
+            "wall_s": time.perf_counter() - t0, "cpu_s": cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime,
+            "load": [load0, os.getloadavg()[0]], "prompts": [r["prompt"] for r in ref], "samples": samples,
+            "iterations": [{k: r.get(k) for k in keep} for r in records]}
 
 
-def _result_path(cache: Path, stage: str, setting: str, method: str, seed: int, value: float) -> Path:
-    return cache / "results" / stage / setting / method / f"seed{seed}_v{value:g}.json"
+def result_path(cache: Path, job: Job) -> Path:
+    return cache / "results" / f"{job.key}.json"
 
 
-def run_all(jobs: list[tuple], cache: Path, workers: int, quick: bool) -> None:
-    """jobs: (stage, method, setting, seed, value, eval_split); each result cached as JSON, skipped if present."""
-    todo = [j for j in jobs if not _result_path(cache, j[0], j[2], j[1], j[3], j[4]).is_file()]
-    print(f"[nash] {len(todo)} of {len(jobs)} runs to do", flush=True)
-    if not todo:
+@dataclass
+class Runner:
+    """How runs are made: the cache, parallel workers, the size tier, π_ref's shape and a deadline (monotonic
+    seconds) after which no new run starts (the GPU recipe's 10-minute calls)."""
+
+    cache: Path
+    workers: int = 1
+    quick: bool = False
+    shape: str = "tiny"
+    deadline: float | None = None
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
+
+
+def _finish(cache: Path, job: Job, fut) -> None:
+    try:
+        res = fut.result()
+    except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
+        print(f"[nash] {job.key} failed: {exc!r}", file=sys.stderr, flush=True)
         return
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        futs = {}
-        for stage, method, setting, seed, value, split in todo:
-            key = {"stage": stage, "method": method, "setting": setting, "seed": seed, "value": value}
-            overrides = run_config(method, setting, seed, value, split, cache, quick)
-            run_dir = cache / "work" / f"{stage}-{setting}-{method}-{seed}-{value:g}"
-            futs[pool.submit(one_run, key, overrides, str(run_dir))] = (stage, method, setting, seed, value)
-        for fut in as_completed(futs):
-            stage, method, setting, seed, value = futs[fut]
-            try:
-                res = fut.result()
-            except Exception as exc:  # one failed run must not lose the others
-                print(f"[nash] {stage} {setting} {method} seed {seed} {value:g} failed: {exc!r}", file=sys.stderr,
-                      flush=True)
-                continue
-            path = _result_path(cache, stage, setting, method, seed, value)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(res))
-            os.replace(tmp, path)
-            ex = ", ".join(f"{it['exploitability']:.3f}" for it in res["iterations"])
-            print(f"[nash] {stage} {setting} {method} seed {seed} {GRID[method][0]}={value:g}: exploitability {ex} "
-                  f"({res['wall_s']:.0f} s)", flush=True)
+    _atomic_write(result_path(cache, job), json.dumps(res))
+    shutil.rmtree(cache / "work" / job.key.replace("/", "-"), ignore_errors=True)
+    print(f"[nash] {job.key}: {len(res['iterations'])} iterations, {res['cpu_s']:.0f} s CPU ({res['wall_s']:.0f} s "
+          f"wall)", flush=True)
 
 
-def load_results(cache: Path, stage: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((cache / "results" / stage).rglob("*.json"))]
+def run_all(jobs: list[Job], runner: Runner) -> None:
+    """Run the jobs whose result is not cached yet, at most ``workers`` at a time; each finished run is written at
+    once (a kill loses only the runs in flight, and those resume from their checkpoints)."""
+    cache = runner.cache
+    todo = list({j.key: j for j in jobs if not result_path(cache, j).is_file()}.values())
+    print(f"[nash] {len(todo)} of {len({j.key for j in jobs})} runs to do", flush=True)
+    with ProcessPoolExecutor(max_workers=max(1, runner.workers)) as pool:
+        running: dict = {}
+        while todo or running:
+            while todo and len(running) < runner.workers and not runner.expired():
+                j = todo.pop(0)
+                cfg = run_config(j, cache, runner.quick, runner.shape)
+                running[pool.submit(one_run, j, cfg, str(cache / "work" / j.key.replace("/", "-")))] = j
+            if not running:
+                print(f"[nash] deadline reached: {len(todo)} runs left for the next call", flush=True)
+                return
+            fut = next(as_completed(running))
+            _finish(cache, running.pop(fut), fut)
 
 
-# --------------------------------------------------------------------------------------------- analysis
-
-def _oracle(setting: str):
-    from inpo.oracles import make_oracle
-
-    return make_oracle(oracle_spec(setting))
+def load_result(cache: Path, job: Job) -> dict | None:
+    path = result_path(cache, job)
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
-def grid_means(items) -> dict[str, dict[float, tuple[float, int]]]:
-    """method -> grid value -> (mean final exploitability, runs), from (method, value, exploitability) items; an
-    exploitability of None (a run without iterations) is skipped."""
-    by: dict[str, dict[float, list[float]]] = {}
-    for method, value, e in items:
-        if e is not None:
-            by.setdefault(method, {}).setdefault(value, []).append(e)
-    return {m: {v: (sum(xs) / len(xs), len(xs)) for v, xs in vals.items()} for m, vals in by.items()}
+# ------------------------------------------------------------------------------------------------ calibration
+
+def pick(kls: dict[float, float], target: float) -> float:
+    """The grid value whose KL is closest to ``target`` on a log scale (ties: the smaller value)."""
+    return min(kls, key=lambda v: (abs(math.log(max(kls[v], 1e-12) / target)), v))
 
 
-def best_value(means: dict[float, tuple[float, int]]) -> float:
-    """The grid value with the lowest mean exploitability (ties: the smaller value)."""
-    return min(means, key=lambda v: (means[v][0], v))
+def saturated(kls: dict[float, float], values: list[float], side: int) -> bool:
+    """Whether the grid's edge on ``side`` (0: low, -1: high) moved the KL by less than SATURATED× from its neighbour:
+    the first iteration is then limited by the optimiser (learning rate × steps), not by the parameter, and widening
+    further cannot reach the target."""
+    edge, inner = (values[0], values[1]) if side == 0 else (values[-1], values[-2])
+    if edge not in kls or inner not in kls:
+        return False
+    return abs(math.log(max(kls[edge], 1e-12) / max(kls[inner], 1e-12))) < math.log(SATURATED)
 
 
-def tune(results: list[dict]) -> dict[str, float]:
-    """Per method, the grid value with the lowest mean final-iteration exploitability on the validation prompts."""
-    means = grid_means((r["method"], r["value"], r["iterations"][-1]["exploitability"] if r["iterations"] else None)
-                       for r in results)
-    return {m: best_value(means[m]) for m in METHODS if m in means}
-
-
-def rows_of(results: list[dict]) -> list[dict]:
-    """runs.jsonl lines: one per method × setting × seed × iteration (0 = π_ref), with the pool exploitability
-    against every response any compared method produced for that prompt at that iteration (same seed and split)."""
-    from inpo.exploitability import bootstrap_exploitability, exploitability, preference_matrices
-
-    groups: dict[tuple, list[dict]] = {}
-    for r in results:
-        groups.setdefault((r["setting"], r["seed"]), []).append(r)
-    rows = []
-    for (setting, seed), rs in sorted(groups.items()):
-        oracle = _oracle(setting)
-        n_iter = max(len(r["samples"]) for r in rs)
-        for t in range(n_iter):
-            have = [r for r in rs if str(t) in r["samples"]]
-            prompts = have[0]["prompts"]
-            pools = [sorted({y for r in have for y in r["samples"][str(t)][i]}) for i in range(len(prompts))]
-            for r in sorted(have, key=lambda r: list(METHODS).index(r["method"])):
-                samples = r["samples"][str(t)]
-                # the feature-space matrices once: the estimate, its CI and the per-prompt values the summary's
-                # seed × prompt bootstrap resamples
-                value, lo, hi, per_prompt = bootstrap_exploitability(
-                    preference_matrices(oracle, prompts, samples, kind="feature"), n_bootstrap=200, seed=seed)
-                pool = exploitability(oracle, prompts, samples, kind="pool", pools=pools, n_bootstrap=200, seed=seed)
-                style = exploitability(oracle, prompts, samples, kind="style", n_bootstrap=200, seed=seed)
-                it = r["iterations"][t - 1] if t > 0 else {}
-                q, st = zip(*[oracle.feature_arrays(x, ys) for x, ys in zip(prompts, samples)])
-                rows.append({
-                    "method": r["method"], "setting": setting, **SETTINGS[setting], "seed": seed, "iteration": t,
-                    "param": GRID[r["method"]][0], "value": r["value"],
-                    "exploitability": value, "exploitability_ci_low": lo, "exploitability_ci_high": hi,
-                    "pool_exploitability": pool.value, "style_exploitability": style.value,
-                    "per_prompt_exploitability": per_prompt.tolist(),
-                    "win_rate_vs_ref": it.get("win_rate", 0.5), "oracle_queries": it.get("oracle_queries", 0),
-                    "quality_mean": float(sum(map(float, [x.mean() for x in q])) / len(q)),
-                    "style_counts": [int(sum((s == c).sum() for s in st)) for c in range(4)],
-                })
-    return rows
-
-
-def _collapsed(rows: list[dict]) -> set[tuple]:
-    last = {}
-    for r in rows:
-        k = (r["method"], r["setting"], r["seed"])
-        if r["iteration"] >= last.get(k, {"iteration": -1})["iteration"]:
-            last[k] = r
-    return {k for k, r in last.items() if r["iteration"] > 0 and r["win_rate_vs_ref"] < COLLAPSE_WIN_RATE}
-
-
-def summarize(rows: list[dict], tuned: dict, out: Path, note: str = "", eval_k: int = BASE["eval_k"],
-              was_tuned: bool = False, rr=None, tuning_rows: list[dict] | None = None) -> str:
-    import numpy as np
-
-    from inpo.exploitability import hierarchical_bootstrap
-    from inpo.utils.record import environment_info
-
-    collapsed = _collapsed(rows)
-    settings = [s for s in SETTINGS if any(r["setting"] == s for r in rows)]
-    n_iter = max(r["iteration"] for r in rows) + 1
-    md = ["# Nash-level evidence on the language model", "",
-          "Exploitability 2·max_y′ E_{y∼π} P(y′ ≻ y) − 1 of each method's iterate (0 = a Nash policy of the oracle's "
-          f"game) on held-out test prompts, from {eval_k} samples per prompt; iteration 0 is π_ref. Cells: mean over seeds, "
-          "with a 95 % two-level bootstrap interval (seeds, then prompts within a seed). Every seed varies π_ref "
-          "(SFT seed), the prompt split and the evaluation samples. A run whose final iterate wins < "
-          f"{COLLAPSE_WIN_RATE:.0%} against its own π_ref counts as collapsed: it is left out of the mean and "
-          "reported by count and median.", ""]
-    if tuned:
-        md += [("Tuned on validation prompts at the main setting: " if was_tuned else
-                "Not tuned (--no-tune): each method ran at its grid's middle value: ") +
-               ", ".join(f"{m} {GRID[m][0]}={v:g}" for m, v in tuned.items()) + ".", ""]
-    md += tuning_table(tuning_rows or [])
-    for setting in settings:
-        rs = [r for r in rows if r["setting"] == setting]
-        opts = ", ".join(f"{k}={v:g}" for k, v in SETTINGS[setting].items())
-        md += [f"## Setting `{setting}` ({opts}){' — main' if setting == MAIN else ''}", "",
-               "| method | seeds | " + " | ".join(f"iter {t}" for t in range(n_iter)) +
-               " | pool expl. (final) | style expl. (final) | win-rate vs π_ref (final) | oracle queries / iter | "
-               "collapsed |", "|" + "---|" * (n_iter + 7)]
-        for method in METHODS:
-            mr = [r for r in rs if r["method"] == method]
-            if not mr:
-                continue
-            ok = [r for r in mr if (method, setting, r["seed"]) not in collapsed]
-            cells = []
-            for t in range(n_iter):
-                groups = [r["per_prompt_exploitability"] for r in ok if r["iteration"] == t]
-                if groups:
-                    m, lo, hi = hierarchical_bootstrap(groups, n_bootstrap=1000)
-                    cells.append(f"{m:.3f} [{lo:.3f}, {hi:.3f}]")
-                else:
-                    cells.append("–")
-            final = [r for r in ok if r["iteration"] == n_iter - 1]
-            mean = (lambda k: float(np.mean([r[k] for r in final])) if final else float("nan"))
-            q = [r["oracle_queries"] for r in mr if r["iteration"] > 0]
-            seeds = sorted({r["seed"] for r in mr})
-            bad = [r for r in mr if (method, setting, r["seed"]) in collapsed and r["iteration"] == n_iter - 1]
-            coll = (f"{len(bad)} (median expl. {float(np.median([r['exploitability'] for r in bad])):.3f})"
-                    if bad else "0")
-            md.append(f"| {method} | {len(seeds)} | " + " | ".join(cells) +
-                      f" | {mean('pool_exploitability'):.3f} | {mean('style_exploitability'):.3f} | "
-                      f"{mean('win_rate_vs_ref'):.3f} | {np.mean(q) if q else 0:.0f} | {coll} |")
-        md.append("")
-        md += paired_table(rs, collapsed, setting, n_iter - 1)
-    for setting, (methods, mat) in (rr or {}).items():
-        md += [f"## Round robin of the final iterates (setting `{setting}`)", "",
-               "Row method's win-rate against the column method: mean over seeds of P(row sample ≻ column sample), "
-               "all sample pairs of each test prompt; 95 % two-level bootstrap interval.", "",
-               "| row vs column | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
-        for i, a in enumerate(methods):
-            md.append(f"| {a} | " + " | ".join("–" if i == j else f"{mat[i][j][0]:.3f} [{mat[i][j][1]:.3f}, "
-                                                f"{mat[i][j][2]:.3f}]" for j in range(len(methods))) + " |")
-        md.append("")
-    if note:
-        md += [note, ""]
-    env = environment_info()
-    md += [f"Measured on {env['device']} (torch {env['torch']}, commit {env['commit']}, {env['date']}).", ""]
-    text = "\n".join(md)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.md").write_text(text)
-    return text
-
-
-def tuning_table(tuning_rows: list[dict]) -> list[str]:
-    """Markdown lines: mean final validation exploitability of each method at each grid value (the tuning pick in
-    bold; a pick at the grid's edge is flagged, since the optimum may lie outside the grid)."""
-    if not tuning_rows:
-        return []
-    md = ["Tuning grid (main setting, validation prompts): mean final-iteration exploitability over the tuning seeds; "
-          "the pick is in bold, † marks a pick at the grid's edge.", "",
-          "| method | parameter | values: mean exploitability (seeds) |", "|---|---|---|"]
-    means = grid_means((r["method"], r[GRID[r["method"]][0]], r["final_exploitability"]) for r in tuning_rows)
-    for method, (param, grid) in GRID.items():
-        if method not in means:
-            continue
-        pick = best_value(means[method])
-        edge = " †" if pick in (grid[0], grid[-1]) else ""
-        cells = []
-        for v in grid:
-            if v in means[method]:
-                cell = f"{v:g}: {means[method][v][0]:.3f} ({means[method][v][1]})"
-                cells.append(f"**{cell}**{edge}" if v == pick else cell)
-        md.append(f"| {method} | {param} | " + ", ".join(cells) + " |")
-    return md + [""]
-
-
-def paired_differences(rows: list[dict], collapsed: set[tuple], setting: str, method: str, other: str | None,
-                       t: int):
-    """(mean, lo, hi, n_seeds) of method's exploitability at iteration t minus ``other``'s at t (``None``: minus
-    method's own π_ref, iteration 0), paired by seed — the same π_ref, test prompts and evaluation seed — and by
-    prompt; two-level bootstrap over seeds, then prompts. Seeds where either run collapsed are left out."""
-    from inpo.exploitability import hierarchical_bootstrap
-
-    def per_prompt(m: str, it: int) -> dict[int, list[float]]:
-        return {r["seed"]: r["per_prompt_exploitability"] for r in rows if r["setting"] == setting
-                and r["method"] == m and r["iteration"] == it and (m, setting, r["seed"]) not in collapsed}
-
-    a = per_prompt(method, t)
-    b = per_prompt(method, 0) if other is None else per_prompt(other, t)
-    seeds = sorted(set(a) & set(b))
-    groups = [[x - y for x, y in zip(a[s], b[s])] for s in seeds]
-    if not groups:
+def _refinement(have: dict[float, float], v: float, target: float) -> float | None:
+    """The geometric midpoint between the pick ``v`` and its neighbour on the other side of ``target`` (the target's
+    KL lies between theirs), when the pick is more than OFF_TARGET× off and the two are more than a factor 1.9 apart
+    (so a factor-4 gap is halved at most twice); else None."""
+    if abs(math.log(max(have[v], 1e-12) / target)) <= math.log(OFF_TARGET):
         return None
-    return (*hierarchical_bootstrap(groups, n_bootstrap=1000), len(seeds))
+    order = sorted(have)
+    i = order.index(v)
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(order) and (have[order[j]] - target) * (have[v] - target) < 0 and \
+                max(v, order[j]) / min(v, order[j]) > 1.9:
+            return round(math.sqrt(v * order[j]), 10)
+    return None
 
 
-def paired_table(rows: list[dict], collapsed: set[tuple], setting: str, t: int) -> list[str]:
-    """Markdown lines: each method's final exploitability change from its π_ref and its difference from INPO,
-    paired by seed and prompt (negative = less exploitable)."""
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    if not methods or t < 1:
-        return []
-
-    def cell(d) -> str:
-        if d is None:
-            return "–"
-        mark = "**" if d[1] > 0 or d[2] < 0 else ""  # interval excludes 0
-        return f"{mark}{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]{mark} ({d[3]})"
-
-    ref = "inpo" if "inpo" in methods else None
-    md = [f"Paired by seed and prompt (`{setting}`, iteration {t}; negative = less exploitable; bold: the 95 % "
-          "interval excludes 0; in parentheses the number of seed pairs):", "",
-          "| method | final − π_ref | " + (f"final − {ref} (final) |" if ref else "|"), "|---|---|" + ("---|" if ref else "")]
-    for m in methods:
-        line = f"| {m} | {cell(paired_differences(rows, collapsed, setting, m, None, t))} |"
-        if ref:
-            line += " – |" if m == ref else f" {cell(paired_differences(rows, collapsed, setting, m, ref, t))} |"
-        md.append(line)
-    return md + [""]
+def calibration_plan(kls: dict[float, float], values: list[float], widen: tuple[int, int],
+                     refined: tuple = ()) -> tuple[dict, tuple, set]:
+    """Picks per level among ``values`` (the grid so far) and its ``refined`` midpoints from their measured KLs, the
+    widening the next round needs (a pick on an edge of the grid widens it on that side by one value: at most
+    MAX_WIDEN per side, and not past a saturated edge, where the edge pick stays and the report flags it), and the
+    refinements it needs (a pick more than OFF_TARGET× off its target gets the midpoint toward it: the grid's factor
+    4 in the parameter is up to 16 in KL where the KL moves as the square of the step)."""
+    have = {v: kls[v] for v in sorted(set(values) | set(refined)) if v in kls}
+    picks = {level: pick(have, target) for level, target in LEVELS.items()}
+    low = any(v == values[0] for v in picks.values()) and widen[0] < MAX_WIDEN and not saturated(have, values, 0)
+    high = any(v == values[-1] for v in picks.values()) and widen[1] < MAX_WIDEN and not saturated(have, values, -1)
+    more = {m for lv, target in LEVELS.items() if (m := _refinement(have, picks[lv], target)) is not None}
+    return picks, (widen[0] + low, widen[1] + high), more - set(have)
 
 
-def rr_settings(settings: list[str]) -> list[str]:
-    """The settings whose final iterates play a round robin: the main one and the pure-style game, those that ran
-    (else the first that ran)."""
-    return [s for s in (MAIN, "style") if s in settings] or settings[:1]
+def _group_outcome(cache: Path, group: str, values: list[float], widen: tuple[int, int],
+                   refined: set) -> tuple[dict, tuple, set]:
+    """One group's calibration record (values run, KLs, picks, edge and saturation flags), its next widening and
+    refinements."""
+    arm = GROUPS[group][0]
+    run = sorted(set(values) | refined)
+    kls = {}
+    for v in run:
+        res = load_result(cache, Job("calibrate", PRIMARY, arm, CALIBRATION_SEED, v))
+        if res is not None:
+            kls[v] = first_kl(res, PRIMARY)
+    picks, new, more = calibration_plan(kls, values, widen, tuple(refined))
+    edge = {lv: v in (values[0], values[-1]) for lv, v in picks.items()}
+    flat = {lv: edge[lv] and saturated(kls, values, 0 if v == values[0] else -1) for lv, v in picks.items()}
+    return {"arm": arm, "param": ARMS[arm]["param"], "grid": run, "kl": {f"{v:g}": kls.get(v) for v in run},
+            "picks": picks, "edge": edge, "saturated": flat}, new, more
 
 
-def round_robin(results: list[dict], setting: str):
-    """methods, [i][j] = (mean, lo, hi) win-rate of method i's final samples against method j's, over the runs of
-    ``setting`` in ``results`` (None when it has none)."""
-    res = [r for r in results if r["setting"] == setting]
-    if not res:
-        return None
-    from inpo.exploitability import hierarchical_bootstrap
-
-    oracle = _oracle(setting)
-    by_seed: dict[int, dict[str, dict]] = {}
-    for r in res:
-        by_seed.setdefault(r["seed"], {})[r["method"]] = r
-    methods = [m for m in METHODS if any(m in d for d in by_seed.values())]
-    mat = [[None] * len(methods) for _ in methods]
-    for i, a in enumerate(methods):
-        for j, b in enumerate(methods):
-            if i == j:
-                continue
-            groups = []
-            for d in by_seed.values():
-                if a not in d or b not in d:
-                    continue
-                ra, rb = d[a], d[b]
-                t = str(len(ra["samples"]) - 1)
-                xs, ya, yb = [], [], []
-                for x, sa, sb in zip(ra["prompts"], ra["samples"][t], rb["samples"][str(len(rb["samples"]) - 1)]):
-                    for u in sa:
-                        for v in sb:
-                            xs.append(x), ya.append(u), yb.append(v)
-                p = oracle.prob_batch(xs, ya, yb)
-                per = p.reshape(len(ra["prompts"]), -1).mean(axis=1)
-                groups.append(per)
-            mat[i][j] = hierarchical_bootstrap(groups, n_bootstrap=1000) if groups else (float("nan"),) * 3
-    return methods, mat
+def calibrate(runner: Runner, groups: list[str]) -> dict[str, dict] | None:
+    """Per calibration group: the grid run, each value's first-iteration KL, the picks per level and edge flags.
+    Written to ``<cache>/calibration.json`` (what ``--summary-only`` reads); None when the deadline cut it short."""
+    widen = {g: (0, 0) for g in groups}
+    refined: dict[str, set] = {g: set() for g in groups}
+    half = 1 if runner.quick else 2
+    while True:
+        values = {g: grid(g, *widen[g], half=half) for g in groups}
+        jobs = [Job("calibrate", PRIMARY, GROUPS[g][0], CALIBRATION_SEED, v) for g in groups
+                for v in sorted(set(values[g]) | refined[g])]
+        run_all(jobs, runner)
+        if any(not result_path(runner.cache, j).is_file() for j in jobs):
+            return None
+        out, changed = {}, False
+        for g in groups:
+            out[g], new, more = _group_outcome(runner.cache, g, values[g], widen[g], refined[g])
+            if not runner.quick and (new != widen[g] or more):
+                widen[g], changed = new, True
+                refined[g] |= more
+        if not changed:
+            _atomic_write(runner.cache / "calibration.json", json.dumps(out, indent=1))
+            return out
 
 
-def plots(rows: list[dict], out: Path, rr=None) -> None:
-    import matplotlib
+# ----------------------------------------------------------------------------------------------------- main
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    settings = [s for s in SETTINGS if any(r["setting"] == s for r in rows)]
-    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 4), squeeze=False)
-    for ax, setting in zip(axes[0], settings):
-        for method in METHODS:
-            rs = [r for r in rows if r["setting"] == setting and r["method"] == method]
-            if not rs:
-                continue
-            ts = sorted({r["iteration"] for r in rs})
-            ax.plot(ts, [np.mean([r["exploitability"] for r in rs if r["iteration"] == t]) for t in ts], "o-",
-                    label=method)
-        ax.set(title=f"{setting}", xlabel="iteration", ylabel="exploitability (feature space)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "exploitability_vs_iteration.png", dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in METHODS:
-        rs = [r for r in rows if r["setting"] == MAIN and r["method"] == method]
-        if not rs:
+def final_jobs(picks: dict[str, dict], arms: list[str], settings: list[str], seeds: dict) -> list[Job]:
+    jobs = []
+    for (setting, level), n in seeds.items():
+        if setting not in settings:
             continue
-        ts = sorted({r["iteration"] for r in rs})
-        q = np.cumsum([np.mean([r["oracle_queries"] for r in rs if r["iteration"] == t]) for t in ts])
-        ax.plot(q, [np.mean([r["exploitability"] for r in rs if r["iteration"] == t]) for t in ts], "o-",
-                label=method)
-    ax.set(title=f"exploitability vs cumulative oracle queries ({MAIN})", xlabel="oracle queries (training)",
-           ylabel="exploitability")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "exploitability_vs_queries.png", dpi=110)
-    plt.close(fig)
+        for seed in range(n):
+            for arm in [a for a in arms if a in SETTING_ARMS.get(setting, ARMS)]:
+                group = picks.get(ARMS[arm]["group"])
+                if group is not None:
+                    jobs.append(Job("final", setting, arm, seed, group["picks"][level], level))
+    return jobs
 
-    for setting, (methods, mat) in (rr or {}).items():
-        m = np.array([[0.5 if x is None else x[0] for x in row] for row in mat])
-        fig, ax = plt.subplots(figsize=(6, 5))
-        im = ax.imshow(m, cmap="RdBu_r", vmin=0.3, vmax=0.7)
-        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right")
-        ax.set_yticks(range(len(methods)), methods)
-        for i in range(len(methods)):
-            for j in range(len(methods)):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8)
-        fig.colorbar(im, ax=ax, label="win-rate of row vs column")
-        ax.set_title(f"round robin of final iterates ({setting})")
-        fig.tight_layout()
-        fig.savefig(out / ("round_robin.png" if setting == MAIN else f"round_robin_{setting}.png"), dpi=110)
-        plt.close(fig)
 
-    from inpo.oracles.synthetic import STYLES
+def _parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench/results/nash-lm-v2")
+    ap.add_argument("--cache", default=None, help="run cache (default <repo>/.cache/nash-lm-v2; OUT/.cache with --quick)")
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--levels", default=",".join(LEVELS), help="step levels of the final runs")
+    ap.add_argument("--max-seeds", type=int, default=None, help="at most this many seeds per setting and level")
+    ap.add_argument("--model-shape", default="tiny", choices=list(SHAPES), help="π_ref's shape (small: the GPU recipe)")
+    ap.add_argument("--workers", type=int, default=1, help="runs in parallel (one thread each on CPU)")
+    ap.add_argument("--deadline-s", type=float, default=None, help="start no run after this many seconds (resume later)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, 2 iterations, a 3-value grid (CI)")
+    ap.add_argument("--summary-only", action="store_true", help="no new runs: report what the cache holds")
+    ap.add_argument("--note", default="", help="a line added to summary.md (e.g. why results are partial)")
+    args = ap.parse_args(argv)
+    for name, valid in (("arms", ARMS), ("settings", SETTINGS), ("levels", LEVELS)):
+        given = [x for x in getattr(args, name).split(",") if x]
+        bad = [x for x in given if x not in valid]
+        if bad or not given:
+            ap.error(f"--{name}: unknown or empty {bad or given}; valid: {', '.join(valid)}")
+        setattr(args, name, given)
+    for name in ("workers", "max_seeds"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if REFERENCE_ARM not in args.arms:
+        ap.error(f"--arms must include {REFERENCE_ARM!r} (the arm every other is compared with)")
+    return args
 
-    shown = rr_settings(settings)
-    fig, axes = plt.subplots(len(shown), 2, figsize=(11, 4 * len(shown)), squeeze=False)
-    final_t = max(r["iteration"] for r in rows)
-    names = ["π_ref"] + list(METHODS)
-    for (ax_s, ax_q), setting in zip(axes, shown):
-        counts, quals = [], []
-        for name in names:
-            rs = [r for r in rows if r["setting"] == setting and (
-                r["iteration"] == 0 if name == "π_ref" else r["method"] == name and r["iteration"] == final_t)]
-            c = np.sum([r["style_counts"] for r in rs], axis=0) if rs else np.zeros(4)
-            counts.append(c / max(c.sum(), 1))
-            quals.append(np.mean([r["quality_mean"] for r in rs]) if rs else np.nan)
-        counts = np.array(counts)
-        left = np.zeros(len(names))
-        for c, label in enumerate(list(STYLES) + ["no style"]):
-            ax_s.barh(names, counts[:, c], left=left, label=label)
-            left += counts[:, c]
-        ax_s.set(title=f"style of final samples ({setting})", xlabel="fraction")
-        ax_s.legend(fontsize=7)
-        ax_q.barh(names, quals)
-        ax_q.set(title=f"mean quality of final samples ({setting})", xlabel="quality", xlim=(0, 1))
-    fig.tight_layout()
-    fig.savefig(out / "style_quality.png", dpi=110)
-    plt.close(fig)
+
+def _seeds(args) -> dict:
+    seeds = QUICK_SEEDS if args.quick else SEEDS
+    return {(s, lv): min(n, args.max_seeds or n) for (s, lv), n in seeds.items()
+            if s in args.settings and lv in args.levels}
+
+
+def _picks(args, runner: Runner, groups: list[str]) -> dict | int:
+    """The calibration (run, or read from the cache with --summary-only), or the exit code when there is none."""
+    path = runner.cache / "calibration.json"
+    if args.summary_only:
+        if not path.is_file():
+            print(f"[nash] --summary-only: no calibration in {runner.cache} yet (run without it first)", file=sys.stderr)
+            return 1
+        return {g: v for g, v in json.loads(path.read_text()).items() if g in groups}
+    if args.model_shape == "tiny":
+        build_default_policy(default_tokenizer())  # π_ref of seed 0 (cached) before workers race to build it
+    picks = calibrate(runner, groups)
+    if picks is None:
+        print("[nash] deadline reached during the calibration: run the same command again", flush=True)
+        return 3
+    return picks
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="bench/results/nash-lm")
-    ap.add_argument("--cache", default=None, help="where runs are cached (default: <repo>/.cache/nash-lm, or "
-                                                  "OUT/.cache with --quick)")
-    ap.add_argument("--seeds", type=int, default=10, help="seeds at the main setting")
-    ap.add_argument("--side-seeds", type=int, default=5, help="seeds at the other settings")
-    ap.add_argument("--tune-seeds", type=int, default=2, help="seeds of the tuning grid (seed numbers from 100)")
-    ap.add_argument("--settings", default=",".join(SETTINGS))
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--no-tune", action="store_true", help="use each grid's middle value instead of tuning")
-    ap.add_argument("--workers", type=int, default=2, help="runs in parallel (one thread each)")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes: 1 seed, 1 iteration, few prompts (CI)")
-    ap.add_argument("--note", default="", help="a line added to summary.md (e.g. why results are partial)")
-    args = ap.parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
-    settings = [s for s in args.settings.split(",") if s]
-    for name, given, valid in (("--methods", methods, METHODS), ("--settings", settings, SETTINGS)):
-        bad = [x for x in given if x not in valid]
-        if bad or not given:
-            ap.error(f"{name}: unknown or empty {bad or given}; valid: {', '.join(valid)}")
-    for name in ("seeds", "side_seeds", "tune_seeds", "workers"):
-        if getattr(args, name) < (0 if name == "tune_seeds" else 1):
-            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    args = _parse(argv)
     out = Path(args.out)
-    cache = Path(args.cache) if args.cache else (out / ".cache" if args.quick else ROOT / ".cache" / "nash-lm")
-    if args.quick:
-        args.seeds, args.side_seeds, args.tune_seeds, args.no_tune = 1, 1, 0, True
-        settings = settings[:1] if args.settings == ",".join(SETTINGS) else settings
-    from inpo.data.tokenizer import default_tokenizer
-    from inpo.train.model import build_default_policy
-
-    build_default_policy(default_tokenizer())  # π_ref of seed 0 (cached) before workers race to build it
-    tuned = {m: GRID[m][1][len(GRID[m][1]) // 2] for m in methods}
-    tuning_rows = []
-    if not args.no_tune and args.tune_seeds:
-        jobs = [("tune", m, MAIN, 100 + s, v, "val") for s in range(args.tune_seeds) for m in methods
-                for v in GRID[m][1]]
-        run_all(jobs, cache, args.workers, args.quick)
-        tune_results = load_results(cache, "tune")
-        tuned.update(tune(tune_results))
-        tuning_rows = [{"method": r["method"], "seed": r["seed"], GRID[r["method"]][0]: r["value"],
-                        "wall_s": r["wall_s"],
-                        "final_exploitability": r["iterations"][-1]["exploitability"] if r["iterations"] else None,
-                        "final_win_rate": r["iterations"][-1]["win_rate"] if r["iterations"] else None}
-                       for r in tune_results]
-    jobs = [("final", m, st, s, tuned[m], "test") for st in settings
-            for s in range(args.seeds if st == MAIN else args.side_seeds) for m in methods]
-    run_all(jobs, cache, args.workers, args.quick)
-    results = [r for r in load_results(cache, "final")
-               if r["method"] in methods and r["setting"] in settings and r["value"] == tuned[r["method"]]]
+    cache = Path(args.cache) if args.cache else (out / ".cache" if args.quick else ROOT / ".cache" / "nash-lm-v2")
+    cache = cache / f"protocol-{protocol_id(args.quick, args.model_shape)}"
+    if out.exists() and not out.is_dir():
+        print(f"[nash] --out {out} exists and is not a directory", file=sys.stderr)
+        return 2
+    groups = list(dict.fromkeys(ARMS[a]["group"] for a in args.arms))
+    deadline = None if args.deadline_s is None else time.monotonic() + args.deadline_s
+    runner = Runner(cache, args.workers, args.quick, args.model_shape, deadline)
+    picks = _picks(args, runner, groups)
+    if isinstance(picks, int):
+        return picks
+    jobs = final_jobs(picks, args.arms, args.settings, _seeds(args))
+    if not args.summary_only:
+        run_all(jobs, runner)
+    results = [(j, r) for j in jobs if (r := load_result(cache, j)) is not None]
     if not results:
         print("[nash] no finished runs to report", file=sys.stderr)
         return 1
-    rows = rows_of(results)
-    rr = {st: m for st in rr_settings(settings) if (m := round_robin(results, st))}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "runs.jsonl.tmp"
-    tmp.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "per_prompt_exploitability"}) + "\n"
-                           for r in rows))
-    os.replace(tmp, out / "runs.jsonl")
-    if tuning_rows:
-        (out / "tuning.jsonl").write_text("".join(json.dumps(r) + "\n" for r in tuning_rows))
-    (out / "tuned.json").write_text(json.dumps(tuned, indent=1))
-    wall = [r["wall_s"] for r in results + tuning_rows]
-    compute = (f"Compute: {len(results)} final and {len(tuning_rows)} tuning runs, {sum(wall) / 3600:.1f} h of "
-               f"single-thread training and evaluation in all (median {sorted(wall)[len(wall) // 2]:.0f} s a run).")
-    note = "\n\n".join(x for x in (args.note, compute) if x)
-    text = summarize(rows, tuned, out, note, eval_k=(QUICK if args.quick else BASE)["eval_k"],
-                     was_tuned=bool(tuning_rows), rr=rr, tuning_rows=tuning_rows)
-    plots(rows, out, rr)
+    calib = [load_result(cache, j) for j in calibration_jobs(picks)]
+    text = write_report(out, picks, results, [r for r in calib if r], planned=len(jobs), note=args.note,
+                        quick=args.quick, cache=cache)
     print(text)
     return 0
+
+
+def calibration_jobs(picks: dict[str, dict]) -> list[Job]:
+    return [Job("calibrate", PRIMARY, g["arm"], CALIBRATION_SEED, v) for g in picks.values() for v in g["grid"]]
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ models sample with the same seed (common random numbers), so a policy identical 
 scores exactly ½.
 
 ``--exploitability`` also reports the policy's exploitability 2·max_y′ E_{y∼π} P(y′ ≻ y) − 1 (0 at a Nash policy;
-:mod:`inpo.exploitability`) from its ``k`` samples per prompt (``k`` defaults to 8 then), with a two-level
-bootstrap CI: against the best response in the pool of both models' samples (any oracle), and, for the synthetic
+:mod:`inpo.exploitability`) from its ``k`` samples per prompt (``k`` defaults to 8 then): the cross-fit estimate
+with its bootstrap CI over prompts, the plug-in as an upper bracket and, for the synthetic oracle, the pooled
+policy's value; against the best response in the pool of both models' samples (any oracle), and, for the synthetic
 oracle, over its whole feature space and its style-only part.
 """
 
@@ -350,13 +351,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"[{result.ci_low:.3f}, {result.ci_high:.3f}]", str(result.queries))
     Console().print(table)
     if exploit:
-        table = Table(title=f"exploitability of the policy ({args.k} samples per prompt; 0 = Nash; 95 % two-level "
-                            f"bootstrap CI over prompts and samples)")
-        for col in ("best response over", "exploitability", "95% CI", "queries"):
+        table = Table(title=f"exploitability of the policy ({args.k} samples per prompt; 0 = Nash; cross-fit with its "
+                            f"95 % bootstrap CI over prompts, plug-in = upper bracket)")
+        for col in ("best response over", "cross-fit", "95% CI", "plug-in", "pooled", "queries"):
             table.add_column(col, justify="left" if col == "best response over" else "right")
         names = {"pool": "pool (both models' samples)", "feature": "whole feature space", "style": "style only"}
         for e in exploit:
-            table.add_row(names[e.kind], f"{e.value:.3f}", f"[{e.ci_low:.3f}, {e.ci_high:.3f}]", str(e.queries))
+            table.add_row(names[e.kind], f"{e.value:.3f}", f"[{e.ci_low:.3f}, {e.ci_high:.3f}]", f"{e.plugin:.3f}",
+                          "–" if e.pooled is None else f"{e.pooled:.3f}", str(e.queries))
         Console().print(table)
     if args.json_out:
         record = {**asdict(result), "policy": args.policy, "baseline": baseline_name, "oracle": args.oracle,

@@ -12,7 +12,7 @@ import pytest
 import inpo.games.solvers as solvers
 from inpo.games import (average_iterates, best_response, bradley_terry, check_preference, cyclic_game, duality_gap,
                         gap_curve, make_game, mixture, random_intransitive, regularized_nash, rock_paper_scissors, run,
-                        solve, tournament_queries, win_rates)
+                        first_step_kl, realised_step, solve, style_game, tournament_queries, win_rates)
 from inpo.objectives import INPO, ONPO
 from inpo.oracles.tournament import best_and_worst, label_pairs
 
@@ -97,6 +97,56 @@ def test_regularised_gap_matches_definition_and_vanishes_at_regularised_nash():
     star = regularized_nash(P, tau=tau, pi_ref=ref)
     assert duality_gap(P, star, tau=tau, pi_ref=ref) < 1e-11
     assert duality_gap(P, pi, tau=tau, pi_ref=ref) > 1e-3
+
+
+# π_ref of the LM experiment's style setting (seed 100's pooled style mix: rock, paper, scissors, no style)
+LM_STYLE_REF = np.array([0.16, 0.145, 0.159, 0.536])
+
+
+@pytest.mark.parametrize("tau", [0.003, 0.01, 0.03])
+@pytest.mark.parametrize("game", ["rps", "style"])
+def test_regularized_nash_converges_at_small_tau(game, tau):
+    """The regularised gap at the returned policy is below the stated tolerance, and it is the fixed point
+    π ∝ π_ref·exp(P(y ≻ π)/τ). Mutation checked: the former damped fixed-point iteration (200 000 steps, stopping
+    silently) fails 5 of these 6 cases."""
+    P, ref = (rock_paper_scissors(), np.array([0.6, 0.3, 0.1])) if game == "rps" else (style_game(), LM_STYLE_REF)
+    star = regularized_nash(P, tau=tau, pi_ref=ref)
+    assert duality_gap(P, star, tau=tau, pi_ref=ref) <= 1e-10
+    z = np.log(ref) + win_rates(P, star) / tau
+    assert np.abs(star - np.exp(z - z.max()) / np.exp(z - z.max()).sum()).max() < 1e-9
+    assert duality_gap(P, star) < 3 * tau  # the unregularised gap shrinks with τ toward the Nash policy
+    assert duality_gap(P, ref, tau=tau, pi_ref=ref) > 0.1  # a start far from the answer
+
+
+def test_regularized_nash_raises_when_it_does_not_converge_and_handles_contexts():
+    P, ref = random_intransitive(10, seed=0), _pi(10, 0)
+    with pytest.raises(RuntimeError, match=r"did not converge: regularised duality gap .* > tol=1e-10"):
+        regularized_nash(P, tau=0.001, pi_ref=ref, max_iters=1)  # one Newton step per stage is not enough here
+    assert duality_gap(P, regularized_nash(P, tau=0.001, pi_ref=ref), tau=0.001, pi_ref=ref) <= 1e-10
+    with pytest.raises(ValueError, match="tol"):
+        regularized_nash(P, tau=0.1, tol=0)
+    with pytest.raises(ValueError, match="max_iters"):
+        regularized_nash(P, tau=0.1, max_iters=0)
+    stack = make_game("random", n=5, seed=1, contexts=3)
+    refs = np.stack([_pi(5, s) for s in range(3)])
+    refs[1, 2] = 0.0  # off π_ref's support π* is 0
+    refs[1] /= refs[1].sum()
+    star = regularized_nash(stack, tau=0.01, pi_ref=refs)
+    assert star.shape == (3, 5) and star[1, 2] == 0.0
+    for c in range(3):
+        assert duality_gap(stack[c], star[c], tau=0.01, pi_ref=refs[c]) <= 1e-10
+
+
+def test_style_game_is_the_synthetic_oracles_style_part():
+    from inpo.oracles.synthetic import SyntheticIntransitiveOracle
+
+    for beta, gamma in ((2.0, 1.0), (1.0, 0.0)):
+        oracle = SyntheticIntransitiveOracle(alpha=0.0, beta=beta, none_penalty=gamma)
+        assert np.allclose(style_game(beta, gamma), oracle.feature_probs(np.ones(4), np.arange(4)), atol=1e-15)
+    P = style_game()
+    assert duality_gap(P, [1 / 3, 1 / 3, 1 / 3, 0]) == pytest.approx(0.0, abs=1e-12)
+    assert duality_gap(P, [0, 0, 0, 1.0]) > 0.7  # no style loses to every style
+    assert np.array_equal(make_game("style"), P)
 
 
 def test_gap_curve_and_contexts():
@@ -348,3 +398,31 @@ def test_dno_has_no_population_loss():
 def test_cyclic_game_nash_is_uniform():
     P = cyclic_game(5)
     assert duality_gap(P, np.ones(5) / 5) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_onpo_update_start_runs_both_regressions_from_the_first_round():
+    """onpo_start="update" (the LM trainer's ONPO): π'_1 = π_0·e^{η r_0}, π_1 = π_0·e^{2η r_0}; "skip": π_1 = π_0·e^{η r_0}.
+    The population loss reproduces both starts."""
+    P, p0 = style_game(), LM_STYLE_REF
+    upd = solve(P, "onpo", iters=3, eta=0.5, pi0=p0, pi_ref=p0, onpo_start="update")
+    assert np.allclose(upd[1], solve(P, "onpo", iters=1, eta=1.0, pi0=p0, pi_ref=p0)[1], atol=1e-15)
+    assert not np.allclose(upd[2], solve(P, "onpo", iters=2, eta=0.5, pi0=p0, pi_ref=p0)[2], atol=1e-6)
+    loss = solve(P, "onpo", iters=3, eta=0.5, pi0=p0, pi_ref=p0, onpo_start="update", mode="loss")
+    assert np.abs(loss - upd).max() < 1e-9
+    with pytest.raises(ValueError, match="onpo_start"):
+        solve(P, "onpo", iters=1, eta=0.5, onpo_start="both")
+
+
+@pytest.mark.parametrize("algorithm, kw", [("inpo", {"ratio": 1 / 3}), ("dpo", {}), ("ipo", {}),
+                                          ("onpo", {"onpo_start": "update"})])
+def test_realised_step_reproduces_the_first_move(algorithm, kw):
+    P, p0 = style_game(), LM_STYLE_REF
+    for kl in (0.03, 0.2):
+        eta = realised_step(P, algorithm, kl, pi0=p0, **kw)
+        assert first_step_kl(P, algorithm, eta, pi0=p0, **kw) == pytest.approx(kl, rel=1e-6)
+    # INPO's first step does not depend on τ/η (π_0 = π_ref), so IPO (τ = η) realises the same step
+    if algorithm == "inpo":
+        assert eta == pytest.approx(realised_step(P, "ipo", 0.2, pi0=p0), rel=1e-6)
+    with pytest.raises(ValueError, match="no .* step"):
+        realised_step(P, algorithm, 50.0, pi0=p0, **kw)  # more than any step can move it (KL <= -log π_0(y))
+

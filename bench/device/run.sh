@@ -12,6 +12,8 @@
 #   report     python3 -m bench.report                                 -> $OUT/REPORT.md, $OUT/plots.tar, $OUT/report.log
 #   smoke      every bench with --smoke, then a report of those records (plumbing check; also runs on CPU)
 #              -> $OUT/smoke-{head,step,iteration}.jsonl, $OUT/smoke-REPORT.md, $OUT/smoke.log
+#   nash       the Nash-LM protocol on a larger π_ref (bench/device/nash.md), resumable across calls
+#              -> $OUT/nash.tar (summary.md, runs.jsonl, predictions.jsonl, calibration.json, plots), $OUT/nash.log
 # The *.jsonl under $OUT hold ONLY this call's new records (written as they are made, so a run cut off by the
 # 10-minute limit still returns what it measured); they are also appended to bench/results/ on the machine so a
 # `report` stage in the same call sees them. Bring them back by APPENDING to bench/results/ here (README).
@@ -26,6 +28,7 @@
 #   INPO_HEAD_ARGS, INPO_STEP_ARGS, INPO_ITER_ARGS, INPO_PYTEST_ARGS   extra arguments for those commands
 #   INPO_STEP_SYSTEMS       comma list (default: inpo,inpo-naive-head + liger and trl when they import)
 #   INPO_ITER_ALGOS         comma list (default: inpo,sppo,dno)
+#   INPO_NASH_ARGS          arguments of bench.experiment_nash (default: the recipe's reduced protocol, nash.md)
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 
@@ -33,7 +36,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 PY="${INPO_PYTHON:-python3}"
 DEADLINE_S="${INPO_DEADLINE_S:-570}"
-STAGES_KNOWN="setup gpu-tests head step iteration report smoke"
+STAGES_KNOWN="setup gpu-tests head step iteration report smoke nash"
 
 usage() {
     echo "usage: bash bench/device/run.sh STAGE [STAGE...]   stages: $STAGES_KNOWN" >&2
@@ -288,6 +291,21 @@ stage_smoke() {
     rm -rf "$tmp"
 }
 
+stage_nash() {
+    need_cuda nash || return 0
+    # The cache lives on the machine: back-to-back calls continue it; a fresh machine starts it again.
+    local args="${INPO_NASH_ARGS:---arms inpo,inpo_tau0,onpo,dpo --settings style --levels large --max-seeds 2}"
+    local left; left="$(remaining)"
+    # stop starting runs 150 s before the deadline: a run in flight finishes, the report is written
+    # shellcheck disable=SC2086
+    guarded "$OUT/nash.log" nash "$PY" -m bench.experiment_nash --model-shape small --workers 1 \
+        --out "$OUT/nash" --cache /tmp/inpo-cache/nash --deadline-s $(( left > 150 ? left - 150 : 1 )) $args
+    if [ -d "$OUT/nash" ]; then
+        tar -cf "$OUT/nash.tar" -C "$OUT" nash && rm -rf "$OUT/nash"
+        echo "[run.sh] nash: report in $OUT/nash.tar"
+    fi
+}
+
 T_ALL=$SECONDS
 stage_setup
 for s in "$@"; do
@@ -300,6 +318,7 @@ for s in "$@"; do
         iteration) stage_iteration ;;
         report) stage_report ;;
         smoke) stage_smoke ;;
+        nash) stage_nash ;;
     esac
     echo "[run.sh] stage $s: $(( SECONDS - t0 ))s wall"
 done

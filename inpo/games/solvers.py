@@ -45,12 +45,14 @@ from inpo.oracles.tournament import best_and_worst, label_pairs, tournament_quer
 
 from .core import _logsumexp, check_policy, check_preference, uniform
 
-__all__ = ["ALGORITHMS", "MODES", "PAIR_SELECTIONS", "Trajectory", "average_iterates", "solve", "run", "tournament_queries"]
+__all__ = ["ALGORITHMS", "MODES", "PAIR_SELECTIONS", "ONPO_STARTS", "Trajectory", "average_iterates", "solve", "run",
+           "tournament_queries", "first_step_kl", "realised_step"]
 
 ALGORITHMS = ("inpo", "onpo", "ipo", "dpo", "sppo", "dno")
 MODES = ("closed_form", "loss", "sampled")
 PAIR_SELECTIONS = ("best_worst", "random")
 SCHEDULES = ("constant", "sqrt")
+ONPO_STARTS = ("skip", "update")
 _MULTIPLIES = frozenset({"onpo"})  # η multiplies the win rate (step η); everywhere else it divides (step 1/η)
 
 
@@ -319,16 +321,20 @@ def _sample_win_rates(oracle: _Oracle, pi: np.ndarray, *, prompts: int, k: int):
 
 def run(P, algorithm: str, *, iters: int, eta: float, tau: float = 0.0, pi_ref=None, pi0=None,
         mode: str = "closed_form", seed: int = 0, schedule: str = "constant", samples: int = 8,
-        prompts: int = 64, pairs: str = "best_worst", queries: int | None = None) -> Trajectory:
+        prompts: int = 64, pairs: str = "best_worst", queries: int | None = None,
+        onpo_start: str = "skip") -> Trajectory:
     """Run ``iters`` self-play iterations of ``algorithm`` on game ``P`` and record the policies, the
     oracle queries, training examples and wall time per iteration. Arguments as in :func:`solve`;
     ``samples`` (K), ``prompts``, ``pairs`` and ``queries`` (an oracle budget per round and context
     that overrides ``prompts``: tournaments get budget // queries-per-tournament prompts, random pairs
-    get ``queries`` pairs) apply to ``mode="sampled"``."""
+    get ``queries`` pairs) apply to ``mode="sampled"``. ``onpo_start``: ``"skip"`` (r_{−1} = r_0, so π'_1 = π_0
+    and π_1 = π_0·e^{η r_0}) or ``"update"`` (both regressions from the first round, as the LM trainer runs ONPO:
+    π'_1 = π_0·e^{η r_0}, π_1 = π_0·e^{2η r_0})."""
     algorithm = _check_choice("algorithm", algorithm, ALGORITHMS)
     mode = _check_choice("mode", mode, MODES)
     schedule = _check_choice("schedule", schedule, SCHEDULES)
     pairs = _check_choice("pairs", pairs, PAIR_SELECTIONS)
+    onpo_start = _check_choice("onpo_start", onpo_start, ONPO_STARTS)
     iters = _check_int("iters", iters, 0)
     eta = _check_eta(eta)
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau < 0:
@@ -356,13 +362,13 @@ def run(P, algorithm: str, *, iters: int, eta: float, tau: float = 0.0, pi_ref=N
         torch.set_num_threads(1)  # n×n problems: intra-op threads only add sync cost (≈7× here); restored below
     try:
         return _iterate(P, P3, algorithm, mode, iters, eta, tau, schedule, seed, samples, prompts, pairs, queries,
-                        start, log_ref, rng)
+                        start, log_ref, rng, onpo_start)
     finally:
         torch.set_num_threads(threads)
 
 
 def _iterate(P, P3, algorithm, mode, iters, eta, tau, schedule, seed, samples, prompts, pairs, queries, start,
-             log_ref, rng) -> Trajectory:
+             log_ref, rng, onpo_start="skip") -> Trajectory:
     C, n = P3.shape[0], P3.shape[-1]
     log_pi = np.log(start)
     log_aux = log_pi.copy()  # ONPO's auxiliary chain π'; iterative DPO's last BT scores
@@ -376,15 +382,16 @@ def _iterate(P, P3, algorithm, mode, iters, eta, tau, schedule, seed, samples, p
         eta_t = _eta_at(eta, t, schedule, algorithm)
         pi = np.exp(log_pi)
         new_log_pi = np.empty_like(log_pi)
+        skip_aux = t == 0 and onpo_start == "skip"
         for c in range(C):
             if mode == "closed_form":
                 new_log_pi[c], log_aux[c] = _closed_form_step(algorithm, P3[c], pi[c], log_pi[c], log_aux[c],
-                                                              log_ref[c], eta_t, tau, t)
+                                                              log_ref[c], eta_t, tau, t, skip_aux)
             else:
                 oracle = _Oracle(P3[c], rng) if mode == "sampled" else None
                 new_log_pi[c], log_aux[c], used = _loss_step(
                     algorithm, P3[c], pi[c], log_pi[c], log_aux[c], log_ref[c], eta_t, tau, t, oracle,
-                    samples=samples, prompts=prompts, pairs=pairs, budget=queries)
+                    samples=samples, prompts=prompts, pairs=pairs, budget=queries, skip_aux=skip_aux)
                 n_pairs[t] += used
                 n_queries[t] += oracle.queries if oracle is not None else 0
         log_pi = new_log_pi
@@ -392,7 +399,7 @@ def _iterate(P, P3, algorithm, mode, iters, eta, tau, schedule, seed, samples, p
         seconds[t] = time.perf_counter() - t0
     squeeze = np.ndim(P) == 2
     config = dict(algorithm=algorithm, mode=mode, iters=iters, eta=eta, tau=tau, schedule=schedule, seed=seed,
-                  samples=samples, prompts=prompts, pairs=pairs, queries=queries)
+                  samples=samples, prompts=prompts, pairs=pairs, queries=queries, onpo_start=onpo_start)
     return Trajectory(policies[:, 0] if squeeze else policies, n_queries, n_pairs, seconds, config)
 
 
@@ -411,15 +418,16 @@ def solve(P, algorithm: str, *, iters: int, eta: float, tau: float = 0.0, pi_ref
                **kwargs).policies
 
 
-def _closed_form_step(algorithm, P, pi, log_pi, log_aux, log_ref, eta, tau, t):
-    """One exact update on one context; returns (new log π, new log π')."""
+def _closed_form_step(algorithm, P, pi, log_pi, log_aux, log_ref, eta, tau, t, skip_aux=None):
+    """One exact update on one context; returns (new log π, new log π'). ``skip_aux``: ONPO's first round keeps
+    π' (default: when t = 0)."""
     r = P @ pi  # r_t(y) = P(y ≻ π_t)
     if algorithm == "inpo":
         ratio = tau / eta
         return _normalise_log(ratio * log_ref + (1 - ratio) * log_pi + r / eta), log_aux
     if algorithm == "onpo":
-        # r_{-1} = r_0 makes π'_1 = π_0, so the first round skips the auxiliary update
-        aux = log_pi.copy() if t == 0 else _normalise_log(log_aux + eta * r)
+        # r_{-1} = r_0 makes π'_1 = π_0, so the first round skips the auxiliary update (onpo_start="skip")
+        aux = log_pi.copy() if (t == 0 if skip_aux is None else skip_aux) else _normalise_log(log_aux + eta * r)
         return _normalise_log(aux + eta * r), aux
     if algorithm == "ipo":
         return _normalise_log(log_ref + r / eta), log_aux
@@ -433,7 +441,8 @@ def _closed_form_step(algorithm, P, pi, log_pi, log_aux, log_ref, eta, tau, t):
     return _normalise_log(log_pi + r / eta), log_aux
 
 
-def _loss_step(algorithm, P, pi, log_pi, log_aux, log_ref, eta, tau, t, oracle, *, samples, prompts, pairs, budget):
+def _loss_step(algorithm, P, pi, log_pi, log_aux, log_ref, eta, tau, t, oracle, *, samples, prompts, pairs, budget,
+               skip_aux=None):
     """One iteration by loss minimisation on one context, on population weights (``oracle`` None) or
     on a finite sample drawn through ``oracle``. Returns (new log π, new log π', examples used)."""
     n = P.shape[0]
@@ -473,7 +482,8 @@ def _loss_step(algorithm, P, pi, log_pi, log_aux, log_ref, eta, tau, t, oracle, 
                              anchor=log_pi if ratio < 1 else None), log_aux, used
     if algorithm == "onpo":
         obj = ONPO(eta=eta)
-        aux = log_pi.copy() if t == 0 else _fit_pairwise(obj, W, log_aux, anchor=log_aux)
+        skip = t == 0 if skip_aux is None else skip_aux
+        aux = log_pi.copy() if skip else _fit_pairwise(obj, W, log_aux, anchor=log_aux)
         return _fit_pairwise(obj, W, aux, anchor=aux), aux, used
     if algorithm == "ipo":
         return _fit_pairwise(IPO(beta=eta), W, log_pi, ref=log_ref), log_aux, used
@@ -488,3 +498,41 @@ def _map_l2(examples: int) -> float:
     i.e. + |θ − θ_t|²/(2m) on the mean loss over m examples, keeps the fit finite and vanishes as
     m → ∞ (the population limit is untouched)."""
     return 0.5 / max(examples, 1)
+
+
+# ------------------------------------------------------------------------------------- realised steps
+
+def first_step_kl(P, algorithm: str, eta: float, *, pi0, ratio: float = 0.0, onpo_start: str = "skip") -> float:
+    """KL(π_1 ‖ π_0) of one closed-form iteration of ``algorithm`` from π_0 = π_ref = ``pi0`` on a single game
+    ``P`` ([n, n]); INPO runs at τ = ``ratio``·η."""
+    tau = ratio * eta if algorithm == "inpo" else 0.0
+    pol = run(P, algorithm, iters=1, eta=eta, tau=tau, pi_ref=pi0, pi0=pi0, onpo_start=onpo_start).policies
+    p1, p0 = pol[1], pol[0]
+    return float(np.sum(np.where(p1 > 0, p1 * (np.log(np.maximum(p1, 1e-300)) - np.log(p0)), 0.0)))
+
+
+def realised_step(P, algorithm: str, kl: float, *, pi0, ratio: float = 0.0, onpo_start: str = "skip",
+                  bounds: tuple[float, float] = (1e-3, 1e3)) -> float:
+    """The step ``eta`` (this module's conventions) at which one closed-form iteration from π_0 = ``pi0`` moves the
+    policy by KL(π_1 ‖ π_0) = ``kl``: a measured first-iteration move turned into the game's step, so a prediction
+    can run at the step a trainer realised (bisection on log η; the move shrinks with η where η divides and grows
+    where it multiplies). ValueError when no η in ``bounds`` reaches ``kl``."""
+    if isinstance(kl, bool) or not isinstance(kl, (int, float)) or not math.isfinite(kl) or kl <= 0:
+        raise ValueError(f"kl must be a finite number > 0, got {kl!r}")
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    f_lo, f_hi = (first_step_kl(P, algorithm, math.exp(x), pi0=pi0, ratio=ratio, onpo_start=onpo_start) - kl
+                  for x in (lo, hi))
+    if f_lo * f_hi > 0:
+        raise ValueError(f"no {algorithm} step in {bounds} moves π_0 by KL {kl:g} in one iteration (moves span "
+                         f"{min(f_lo, f_hi) + kl:.3g}..{max(f_lo, f_hi) + kl:.3g})")
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        f_mid = first_step_kl(P, algorithm, math.exp(mid), pi0=pi0, ratio=ratio, onpo_start=onpo_start) - kl
+        if (f_mid > 0) == (f_lo > 0):
+            lo, f_lo = mid, f_mid
+        else:
+            hi = mid
+        if hi - lo < 1e-10:
+            break
+    return math.exp(0.5 * (lo + hi))
+

@@ -117,9 +117,11 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((text + str(getattr(tokenizer, "chat_template", ""))).encode()).hexdigest()
 
 
-def build_default_policy(tokenizer, *, seed: int = 0, cache_dir=None, sft: dict | None = None, verbose: bool = True):
+def build_default_policy(tokenizer, *, seed: int = 0, cache_dir=None, sft: dict | None = None, verbose: bool = True,
+                         shape: dict | None = None):
     """The embedded default π_ref: a tiny Llama (random init from ``seed``) warm-started by a short SFT on
-    :func:`inpo.data.prompts.sft_examples`, so it is a (tiny) language model of the default task.
+    :func:`inpo.data.prompts.sft_examples`, so it is a (tiny) language model of the default task. ``shape``
+    overrides keys of the tiny config (hidden_size, num_hidden_layers, ...) for a larger model of the same task.
 
     Built once and cached (``save_pretrained`` + tokenizer) under ``cache_dir`` (default
     ``<repo>/.cache/policy``), keyed by the config, the tokenizer, the SFT data and settings and the seed;
@@ -128,7 +130,7 @@ def build_default_policy(tokenizer, *, seed: int = 0, cache_dir=None, sft: dict 
 
     sft = {**SFT_DEFAULTS, **(sft or {})}
     config = tiny_llama_config(len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **(shape or {}))
     examples = sft_examples(sft["n_examples"], seed=seed)
     key_src = json.dumps({"config": config.to_dict(), "tok": _tokenizer_fingerprint(tokenizer), "sft": sft,
                           "seed": seed, "data": hashlib.sha256(json.dumps(examples).encode()).hexdigest(),
