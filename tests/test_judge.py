@@ -17,9 +17,12 @@ A = ["The capital of France is Paris.", "Waves fold on the shore,\nsalt wind car
 B = ["Banana.", "I like the sea a lot, it is big and it is blue and wet.", "7 times 8 is 15, I think, or maybe 78."]
 
 
+TINY = {"labels": ("A", "B"), "answer_prefix": ""}  # the tiny BPE has no " A" token: the labels open the answer
+
+
 @pytest.fixture(scope="module")
 def tiny_judge(qwen2_dir):  # noqa: F811
-    return make_oracle(f"judge:{qwen2_dir}", batch_size=2)
+    return make_oracle(f"judge:{qwen2_dir}", batch_size=2, **TINY)
 
 
 def _full_forward_prob(judge, text: str) -> float:
@@ -38,7 +41,7 @@ def test_raw_prob_is_the_last_real_positions_label_softmax(tiny_judge):
     got = tiny_judge.raw_prob(X + X, A + B, B + A)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert len({len(tiny_judge._encode(t)) for t in texts}) == 3  # the lengths really differ
-    one = JudgeOracle(tiny_judge.model, tiny_judge.tokenizer, batch_size=1)
+    one = JudgeOracle(tiny_judge.model, tiny_judge.tokenizer, batch_size=1, **TINY)
     np.testing.assert_allclose(one.raw_prob(X, A, B), got[:3], rtol=0, atol=1e-6)
 
 
@@ -69,7 +72,7 @@ def test_queries_and_forwards_are_counted(tiny_judge):
 
 def test_long_responses_are_cut(tiny_judge):
     long = " ".join(["ocean"] * 400)
-    judge = JudgeOracle(tiny_judge.model, tiny_judge.tokenizer, max_response_tokens=8)
+    judge = JudgeOracle(tiny_judge.model, tiny_judge.tokenizer, max_response_tokens=8, **TINY)
     text = judge.judge_texts([X[0]], [long], [A[0]])[0]
     head = judge.tokenizer.decode(judge._encode(long)[:8])
     assert f"[Response A]\n{head}\n\n[Response B]\n{A[0]}\n" in text and 0 < text.count("ocean") < 10
@@ -77,14 +80,16 @@ def test_long_responses_are_cut(tiny_judge):
 
 def test_bad_arguments_are_named(tiny_judge, qwen2_dir, tmp_path):  # noqa: F811
     model, tok = tiny_judge.model, tiny_judge.tokenizer
+    with pytest.raises(ValueError, match=r"label ' A' is not one token after the judging prompt"):
+        JudgeOracle(model, tok)  # the default labels need a tokenizer with a " A" token
     with pytest.raises(ValueError, match=r"label 'Response A' is not one token"):
-        JudgeOracle(model, tok, labels=("Response A", "Response B"))
+        JudgeOracle(model, tok, labels=("Response A", "Response B"), answer_prefix="")
     with pytest.raises(ValueError, match="two different non-empty strings"):
-        JudgeOracle(model, tok, labels=("A", "A"))
+        JudgeOracle(model, tok, labels=("A", "A"), answer_prefix="")
     with pytest.raises(ValueError, match=r"template must contain \{b\}"):
-        JudgeOracle(model, tok, template="{prompt} {a}")
+        JudgeOracle(model, tok, template="{prompt} {a}", **TINY)
     with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
-        JudgeOracle(model, tok, batch_size=0)
+        JudgeOracle(model, tok, batch_size=0, **TINY)
     with pytest.raises(ValueError, match="tokenizer is required"):
         JudgeOracle(model)
     with pytest.raises(FileNotFoundError, match="judge model directory not found"):
@@ -94,7 +99,7 @@ def test_bad_arguments_are_named(tiny_judge, qwen2_dir, tmp_path):  # noqa: F811
     plain = type(tok).from_pretrained(str(qwen2_dir))
     plain.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
-        JudgeOracle(model, plain)
+        JudgeOracle(model, plain, **TINY)
 
 
 # -- the real tier: SmolLM2-135M-Instruct judging its own kind of answers ------------------------------------------
@@ -111,7 +116,8 @@ def test_real_judge_is_symmetric_and_half_on_identical(smol_judge):
     np.testing.assert_array_equal(smol_judge.prob_batch(X, A, A), 0.5)
     np.testing.assert_array_equal(smol_judge.prob_batch(X, B, B), 0.5)
     assert (np.abs(smol_judge.raw_prob(X, A, A) - 0.5) > 0.05).all()  # SmolLM2 has a strong position bias
-    assert smol_judge.tokenizer.convert_ids_to_tokens(list(smol_judge.label_ids)) == ["A", "B"]
+    assert [smol_judge.tokenizer.decode([i]) for i in smol_judge.label_ids] == [" A", " B"]
+    assert smol_judge.judge_texts(X[:1], A[:1], B[:1])[0].endswith("<|im_start|>assistant\nThe better response is Response")
 
 
 @pytest.mark.real

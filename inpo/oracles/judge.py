@@ -2,10 +2,11 @@
 oracle, ``--oracle judge:DIR``.
 
 The judge reads one user turn -- :data:`JUDGE_TEMPLATE` filled with the question and the two responses, labelled
-``A`` (first) and ``B`` (second) -- through its own chat template with the generation prompt, then ``answer_prefix``
-(empty by default). Its next-token logits at that point give the raw, position-dependent probability
+``A`` (first) and ``B`` (second) -- through its own chat template with the generation prompt, then the start of its
+answer, :data:`ANSWER_PREFIX` ("The better response is Response"). Its next-token logits at that point give the
+raw, position-dependent probability
 
-    p(first ≻ second) = softmax(logit[A], logit[B])[0]
+    p(first ≻ second) = softmax(logit[" A"], logit[" B"])[0]
 
 over the two label tokens only (the rest of the vocabulary is ignored). Position bias is cancelled by asking both
 orders and averaging: ``P(a ≻ b) = ½ (p(a, b) + 1 − p(b, a))``, so ``P(a ≻ b) + P(b ≻ a) = 1`` and ``P(y ≻ y) = ½``
@@ -32,12 +33,17 @@ from inpo.data.tokenizer import load_tokenizer
 from inpo.models import resolve_model
 from inpo.oracles.base import PreferenceOracle
 
-__all__ = ["JudgeOracle", "JUDGE_TEMPLATE", "load_causal_lm"]
+__all__ = ["JudgeOracle", "JUDGE_TEMPLATE", "ANSWER_PREFIX", "LABELS", "load_causal_lm"]
 
 JUDGE_TEMPLATE = ("You are judging two responses to the same question. Pick the response that answers the question "
                   "better: correct, helpful, clear and complete.\n\n"
                   "[Question]\n{prompt}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\n"
                   "Which response is better? Answer with one letter, A or B.")
+# The judge's answer starts with this text, so each label is the natural next token. On 12 hand-written pairs of a right
+# and a plainly wrong answer (bench/judge_bias.py), SmolLM2-135M-Instruct averaged over both orders picked the right
+# one 11 times with this prefix and 5 times with none (labels "A"/"B" straight after the generation prompt).
+ANSWER_PREFIX = "The better response is Response"
+LABELS = (" A", " B")
 
 
 def load_causal_lm(path: str | os.PathLike, *, device="cpu", dtype=None):
@@ -69,12 +75,13 @@ class JudgeOracle(PreferenceOracle):
     ``model``: a folder or name (loaded on ``device`` in ``dtype``), or a loaded causal LM with its ``tokenizer``.
     ``labels``: the two answer labels, each one token after the judging prompt in the judge's tokenizer (checked).
     ``template``: the judging turn, with ``{prompt}``, ``{a}`` and ``{b}``. ``answer_prefix``: text the judge's
-    answer starts with, before the label (e.g. ``"The better response is"`` with labels ``" A"``, ``" B"``).
+    answer starts with, before the label (``""`` with labels ``("A", "B")``: the label is the answer's first token).
     """
 
     def __init__(self, model, tokenizer=None, *, device="cpu", dtype=None, batch_size: int = 8,
-                 max_response_tokens: int = 512, template: str = JUDGE_TEMPLATE, labels: tuple[str, str] = ("A", "B"),
-                 answer_prefix: str = "", mode: str = "deterministic", seed: int = 0, tie_tol: float = 1e-6):
+                 max_response_tokens: int = 512, template: str = JUDGE_TEMPLATE, labels: tuple[str, str] = LABELS,
+                 answer_prefix: str = ANSWER_PREFIX, mode: str = "deterministic", seed: int = 0,
+                 tie_tol: float = 1e-6):
         super().__init__(mode=mode, seed=seed, tie_tol=tie_tol)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.max_response_tokens = _positive_int("max_response_tokens", max_response_tokens)
