@@ -35,12 +35,13 @@ def _full_forward_prob(judge, text: str) -> float:
 
 
 def test_raw_prob_is_the_last_real_positions_label_softmax(tiny_judge):
-    # Mixed lengths in batches of 2 (right padding): every row must read its own last real token.
+    # 6 texts of 3 lengths in batches of 4 (right padding): every row must read its own last real token.
     texts = tiny_judge.judge_texts(X, A, B) + tiny_judge.judge_texts(X, B, A)
+    assert len({len(tiny_judge._encode(t)) for t in texts}) == 3
     want = np.array([_full_forward_prob(tiny_judge, t) for t in texts])
-    got = tiny_judge.raw_prob(X + X, A + B, B + A)
+    judge = JudgeOracle(tiny_judge.model, tiny_judge.tokenizer, batch_size=4, **TINY)
+    got = judge.raw_prob(X + X, A + B, B + A)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-    assert len({len(tiny_judge._encode(t)) for t in texts}) == 3  # the lengths really differ
     one = JudgeOracle(tiny_judge.model, tiny_judge.tokenizer, batch_size=1, **TINY)
     np.testing.assert_allclose(one.raw_prob(X, A, B), got[:3], rtol=0, atol=1e-6)
 

@@ -31,8 +31,8 @@ def _run_dir(tmp_path):
     ref = [{"prompt": x[0], "responses": [CUT, CUT]}, {"prompt": x[1], "responses": [CUT, ""]}]
     after = [{"prompt": x[0], "responses": [LIST, SINGLE]}, {"prompt": x[1], "responses": [SINGLE, SINGLE]}]
     (run / "eval_ref_responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ref))
-    for t in ("iter_000", "iter_001"):
-        (run / t / "eval_responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in after))
+    for t, rows_t in (("iter_000", ref), ("iter_001", after)):  # the examples and last profile: the last iterate's
+        (run / t / "eval_responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_t))
     return run
 
 
@@ -41,6 +41,7 @@ def test_record_reads_win_rates_profiles_and_examples(tmp_path):
     assert [r["win_rate"] for r in rec["iterations"]] == [0.55, 0.6]
     assert rec["iterations"][1]["generate_s"] == 9.0 and "kind" not in rec["iterations"][0]
     ref, last = rec["profiles"]["ref"], rec["profiles"]["iter_001"]
+    assert rec["profiles"]["iter_000"] == ref
     assert ref["answers"] == 4 and ref["complete"] == 0.0 and ref["formats"] == {
         "list": 0.0, "paragraphs": 0.0, "single": 0.75, "none": 0.25}
     assert last["complete"] == 1.0 and last["formats"]["list"] == 0.25 and last["formats"]["single"] == 0.75
