@@ -87,7 +87,7 @@ $(VLLM_STAMP): pyproject.toml setup.py
 	@touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	@CUDA_VISIBLE_DEVICES= $(VLLM_PY) -m pytest -q -m vllm -p no:cacheprovider $(PYTEST_ARGS) tests/test_vllm.py tests/test_vllm_online.py; rc=$$?; \
+	@CUDA_VISIBLE_DEVICES= $(VLLM_PY) -m pytest -q -m vllm -p no:cacheprovider $(PYTEST_ARGS) tests/test_vllm.py tests/test_vllm_online.py tests/test_vllm_real.py; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test-vllm: no tests collected (pytest exit 5)" >&2; exit 1; fi; exit $$rc
 
 bench: setup

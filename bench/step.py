@@ -192,13 +192,14 @@ def _pairs_per_micro(cfg: StepBenchConfig, micro_tokens: int) -> int:
 
 
 def _objective(cfg: StepBenchConfig):
-    from inpo.objectives import make_objective
+    """The objective with its defaults for a user's model (TRL's / the papers'); pairwise ones only."""
+    from inpo.objectives import OBJECTIVES, objective_class
 
-    params = {"inpo": dict(eta=0.0075, ratio=1 / 3), "ipo": dict(beta=0.1), "dpo": dict(beta=0.1),
-              "onpo": dict(eta=0.0075)}
-    if cfg.objective not in params:
-        raise ValueError(f"objective must be one of {sorted(params)} (pairwise objectives), got {cfg.objective!r}")
-    return make_objective(cfg.objective, **params[cfg.objective])
+    cls = objective_class(cfg.objective)
+    if not cls.pairwise:
+        pairwise = sorted(n for n, c in OBJECTIVES.items() if c.pairwise)
+        raise ValueError(f"objective must be one of {pairwise} (pairwise objectives), got {cfg.objective!r}")
+    return cls()
 
 
 # ---- one system = a factory: micro_batch_tokens -> (step closure, tokens per step, seq lens, cleanup) --------------
@@ -229,10 +230,7 @@ def _ours(cfg: StepBenchConfig, device: torch.device, micro_tokens: int, *, impl
     side = {"ref_logps": -n_tok * (1 + torch.rand(len(seqs), generator=g)),
             "anchor_logps": -n_tok * (1 + torch.rand(len(seqs), generator=g))}
     objective = _objective(cfg)
-    if cfg.objective in ("ipo", "dpo"):
-        side.pop("anchor_logps")
-    elif cfg.objective == "onpo":
-        side.pop("ref_logps")
+    side = {k: v for k, v in side.items() if (objective.needs_ref if k == "ref_logps" else objective.needs_anchor)}
     if head == "liger":
         step_fn = _liger_train_step
     else:
@@ -555,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"tokens per micro-batch of the main measurement (default {d.micro_batch_tokens})")
     ap.add_argument("--accum", type=int, default=None, help="micro-batches per optimiser step")
     ap.add_argument("--systems", default=None, help=f"comma-separated subset of {','.join(SYSTEMS)}")
-    ap.add_argument("--objective", default=None, choices=["inpo", "ipo", "dpo", "onpo"])
+    ap.add_argument("--objective", default=None, help="a pairwise objective (default inpo; "
+                    "_objective() refuses a per-sequence one)")
     ap.add_argument("--impl", default=None, choices=["auto", "triton", "torch", "native", "naive"],
                     help="our head's impl for the 'inpo' system (default auto)")
     ap.add_argument("--attn-implementation", dest="attn", default=None, choices=ATTN_CHOICES,

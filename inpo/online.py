@@ -393,7 +393,7 @@ def _rank_responses(cfg, prompts, responses, oracle, *, seed: int) -> tuple[list
     """Pairs (or SPPO's scored samples) for ``prompts`` from the oracle, in prompt order, and their stats."""
     from inpo.oracles import estimate_win_rates, select_pairs
 
-    if cfg.objective == "sppo":
+    if cfg.make_objective().samples == "scored":  # K scored responses per prompt (SPPO) instead of pairs
         q0 = oracle.queries
         rates = estimate_win_rates(prompts, responses, oracle)
         data = [{"prompt": p, "response": y, "target": float(w)}
@@ -511,25 +511,6 @@ def training_sequences(tokenizer, data: list[dict], pairwise: bool, cfg: TrainCo
     return seqs, kept
 
 
-def _side_inputs(cfg, objective, logps: dict, data: list[dict]) -> dict:
-    name = objective.name
-    if name == "inpo":
-        side = {"ref_logps": logps["ref"] if objective.needs_ref else None,
-                "anchor_logps": logps["iterate"] if objective.needs_anchor else None}
-    elif name == "ipo":
-        side = {"ref_logps": logps["ref"]}
-    elif name == "dpo":
-        side = {"ref_logps": logps["iterate"]}  # iterative DPO: the reference moves to π_t
-    elif name == "sppo":
-        side = {"anchor_logps": logps["iterate"],
-                "targets": torch.tensor([r["target"] for r in data], dtype=torch.float32)}
-    elif name == "onpo":
-        side = {"anchor_logps": logps["aux"]}
-    else:  # pragma: no cover - config validation lists the objectives
-        raise ValueError(name)
-    return side
-
-
 def _evaluate(cfg, run, t, policy, ref, tokenizer, oracle, sampler) -> dict:
     from inpo.eval import win_rate
 
@@ -643,7 +624,7 @@ def run_online(config: TrainConfig) -> list[dict]:
     run.tokenizer = tokenizer
     objective = cfg.make_objective()
     aux = None
-    if objective.name == "onpo":  # ONPO's auxiliary chain π', π'_0 = π_ref; sharded like the policy under torchrun
+    if objective.aux_chain:  # ONPO's auxiliary chain π', π'_0 = π_ref; sharded like the policy under torchrun
         aux = copy.deepcopy(ref).requires_grad_(True)
         aux = shard_policy(aux) if distributed else aux
     start_iter, resume_phase, resume_step = 0, None, 0
@@ -687,12 +668,15 @@ def run_online(config: TrainConfig) -> list[dict]:
                     logps = _load_tensors(logps_path)
                 else:
                     t0 = time.perf_counter()
-                    logps = {"ref": precompute_logps(ref, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl, pairwise=pairwise)}
-                    # π_0 = π_ref: the first iterate's log-probs are the reference's, no second pass.
-                    logps["iterate"] = logps["ref"].clone() if t == 0 else precompute_logps(
-                        plain if distributed else policy, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl,
-                        pairwise=pairwise)
-                    if aux is not None:
+                    need, logps = objective.sources, {}  # the log-prob sources the objective reads
+                    if "ref" in need or (t == 0 and "iterate" in need):
+                        logps["ref"] = precompute_logps(ref, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl,
+                                                        pairwise=pairwise)
+                    if "iterate" in need:  # π_0 = π_ref: the first iterate's log-probs are the reference's
+                        logps["iterate"] = logps["ref"].clone() if t == 0 else precompute_logps(
+                            plain if distributed else policy, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl,
+                            pairwise=pairwise)
+                    if "aux" in need:
                         logps["aux"] = precompute_logps(aux, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
                     times["precompute_s"] = time.perf_counter() - t0
                     if run.is_main:
@@ -700,10 +684,10 @@ def run_online(config: TrainConfig) -> list[dict]:
                 if not seqs:
                     raise RuntimeError(f"iteration {t}: the oracle left no pairs (all ties); raise k or temperature")
                 t0 = time.perf_counter()
-                if objective.name == "onpo":
+                if objective.aux_chain:
                     _onpo_iteration(cfg, run, t, policy, aux, seqs, logps, objective, ckpt, resume_phase, resume_step)
                 else:
-                    train_phase(run, policy, seqs, _side_inputs(cfg, objective, logps, data), objective, iteration=t,
+                    train_phase(run, policy, seqs, objective.side_inputs(logps, data), objective, iteration=t,
                                 start_step=resume_step if resume_phase == "train" else 0,
                                 resume_ckpt=ckpt if resume_phase == "train" else None)
                 times["train_s"] = time.perf_counter() - t0
@@ -846,7 +830,7 @@ def run_offline(config: TrainConfig) -> list[dict]:
     t0 = time.perf_counter()
     with _progress(cfg) as progress:
         run.progress = progress
-        summary = train_phase(run, policy, seqs, _side_inputs(cfg, objective, logps, records), objective, iteration=0,
+        summary = train_phase(run, policy, seqs, objective.side_inputs(logps, records), objective, iteration=0,
                               start_step=ckpt["state"]["iter_step"] if ckpt else 0, resume_ckpt=ckpt)
     run.progress = None
     save_checkpoint(run.out, model=policy, state={"iteration": 0, "phase": "done", "global_step": run.global_step,
@@ -880,8 +864,9 @@ def _heldout_pair_metrics(cfg, ref, policy, objective, seqs, held) -> dict:
 
     ref_l = precompute_logps(ref, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
     pol_l = precompute_logps(policy, seqs, max_tokens=cfg.max_tokens, impl=cfg.impl)
-    side = _side_inputs(cfg, objective, {"ref": ref_l, "iterate": ref_l}, held)
-    loss = objective.losses(pol_l, side.get("ref_logps"), side.get("anchor_logps")).mean()
+    side = objective.side_inputs({"ref": ref_l, "iterate": ref_l}, held)
+    lengths = torch.tensor([float(len(y)) for _, y in seqs]) if objective.needs_lengths else None
+    loss = objective(pol_l, side.get("ref_logps"), side.get("anchor_logps"), lengths=lengths)
     trl = trl_metrics(pair_metric_sums(objective, pol_l, side).tolist(), len(held))
     return {"eval_loss": float(loss), "eval_pairs": len(held), **{f"eval_{k}": v for k, v in trl.items()}}
 

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 
 from inpo.kernels.configs import KernelConfig
 from inpo.objectives import DPO, INPO, IPO, OBJECTIVES, ONPO, SPPO, KernelSpec
-from inpo.ops import preference_loss
+from inpo.ops import preference_loss, response_lengths
 from inpo.ops import triton_impl
 from tests.helpers import as_fp64, assert_close_to_reference, make_problem
 
@@ -35,6 +35,9 @@ OBJECTIVE_CASES = {
     "dpo": DPO(beta=0.1),
     "dpo-smoothed": DPO(beta=0.5, label_smoothing=0.2),
     "sppo": SPPO(eta=0.05),
+    # length-normalised (TRL 1.16's ipo and sigmoid_norm): each log-ratio divided by its sequence's token count
+    "ipo-norm": IPO(beta=0.1, length_normalize=True),
+    "dpo-norm": DPO(beta=0.5, label_smoothing=0.1, length_normalize=True),
 }
 
 
@@ -83,7 +86,8 @@ def _reference(part, labels, cu, objective, side):
     seg = torch.repeat_interleave(torch.arange(cu.numel() - 1), (cu[1:] - cu[:-1]).long())
     logps = torch.zeros(cu.numel() - 1, dtype=torch.float64).index_add_(0, seg, tok).requires_grad_(True)
     args = [None if side[k] is None else side[k].double() for k in ("ref", "anchor", "targets")]
-    loss = objective(logps, *args)
+    lengths = torch.zeros(cu.numel() - 1, dtype=torch.float64).index_add_(0, seg, valid.double())
+    loss = objective(logps, *args, lengths=lengths if objective.needs_lengths else None)
     (dlogps,) = torch.autograd.grad(loss, logps)
     return dict(loss=loss.detach(), logps=logps.detach(), lse=lse, g_tok=torch.where(valid, dlogps[seg], 0.0))
 
@@ -116,7 +120,7 @@ def test_epilogue_matches_objectives(name, splits, monkeypatch):
     _assert_matches(_epilogue(part, labels, cu, objective, side), _reference(part, labels, cu, objective, side), name)
 
 
-@pytest.mark.parametrize("name", ["inpo-ratio1", "inpo-ratio0", "ipo", "dpo", "onpo"])
+@pytest.mark.parametrize("name", ["inpo-ratio1", "inpo-ratio0", "ipo", "dpo", "onpo", "ipo-norm"])
 def test_unused_side_inputs_are_not_read(name):
     """An input the objective does not use (INPO ratio 1: anchor; ratio 0: ref; ONPO: ref; ...) may be
     anything, even NaN, exactly as objectives.py ignores it."""
@@ -173,7 +177,8 @@ def _loss_and_grads(prob, objective, side, impl, **options):
                                                   targets=side["targets"], bias=p["bias"], **options)
     elif impl == "triton-unfused":
         logps = triton_impl.sequence_logps(p["hidden"], p["weight"], p["labels"], p["cu_seqlens"], p["bias"], **options)
-        loss = objective(logps, side["ref"], side["anchor"], side["targets"])
+        lengths = response_lengths(p["labels"], p["cu_seqlens"]) if objective.needs_lengths else None
+        loss = objective(logps, side["ref"], side["anchor"], side["targets"], lengths)
     else:
         loss, logps = preference_loss(p["hidden"], p["weight"], p["labels"], p["cu_seqlens"], objective,
                                       ref_logps=side["ref"], anchor_logps=side["anchor"], targets=side["targets"],
@@ -183,7 +188,8 @@ def _loss_and_grads(prob, objective, side, impl, **options):
 
 
 @pytest.mark.parametrize("dtype, name", [pytest.param(torch.float16, n, id=f"fp16-{n}") for n in OBJECTIVE_CASES]
-                         + [pytest.param(torch.float32, n, id=f"fp32-{n}") for n in ("inpo", "dpo-smoothed", "sppo")])
+                         + [pytest.param(torch.float32, n, id=f"fp32-{n}") for n in ("inpo", "dpo-smoothed", "sppo",
+                                                                                    "ipo-norm")])
 def test_preference_loss_end_to_end(name, dtype, monkeypatch):
     """impl="triton" (head forward + epilogue + head backward, 3 vocabulary splits, ragged tiles) against fp64:
     every output (loss, log-probs, d hidden/weight/bias) is at least as accurate as the Triton head's
@@ -374,9 +380,10 @@ def test_epilogue_compiles_for_hopper():
         "rows = []\n"
         "for kind in (0, 1):\n"
         "    for pw in (True, False):\n"
-        "        meta = dict(PAIRWISE=pw, LOSS_KIND=kind, USE_REF=True, USE_ANCHOR=True, USE_TARGETS=not pw,\n"
-        "                    BLOCK_T=256, BLOCK_G=1024)\n"
-        "        rows.append(compile_kernel(epilogue.preference_epilogue_kernel, meta, 90, 'bf16', 4, 1))\n"
+        "        for ln in (False, True):\n"
+        "            meta = dict(PAIRWISE=pw, LOSS_KIND=kind, USE_REF=True, USE_ANCHOR=True, USE_TARGETS=not pw,\n"
+        "                        LENGTH_NORM=ln, BLOCK_T=256, BLOCK_G=1024)\n"
+        "            rows.append(compile_kernel(epilogue.preference_epilogue_kernel, meta, 90, 'bf16', 4, 1))\n"
         "print(json.dumps(rows))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -391,7 +398,7 @@ def test_epilogue_compiles_for_hopper():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["inpo", "dpo-smoothed", "sppo"])
+@pytest.mark.parametrize("name", ["inpo", "dpo-smoothed", "sppo", "ipo-norm"])
 def test_gpu_epilogue_matches_objectives_and_is_deterministic(name):
     """Compiled kernel on CUDA, 3000 pairs (the last-program mean across many CTAs): matches the fp64 reference
     and two runs are bitwise equal."""
@@ -408,7 +415,7 @@ def test_gpu_epilogue_matches_objectives_and_is_deterministic(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["inpo", "dpo-smoothed", "sppo"])
+@pytest.mark.parametrize("name", ["inpo", "dpo-smoothed", "sppo", "ipo-norm"])
 def test_gpu_preference_loss_bf16(name):
     """Compiled head + epilogue on CUDA in bf16 against the naive head in fp64 (CCE rule), gradients included."""
     objective = OBJECTIVE_CASES[name]

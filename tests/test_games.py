@@ -14,6 +14,7 @@ from inpo.games import (average_iterates, best_response, bradley_terry, check_pr
                         gap_curve, make_game, mixture, random_intransitive, regularized_nash, rock_paper_scissors, run,
                         solve, tournament_queries, win_rates)
 from inpo.objectives import INPO, ONPO
+from inpo.oracles.tournament import best_and_worst, label_pairs
 
 
 def _pi(n, seed=0):
@@ -289,17 +290,25 @@ def test_sqrt_schedule_changes_the_step():
 
 # -------------------------------------------------------------------------------------- sampled
 
-def test_tournament_finds_best_and_worst_with_counted_queries():
-    n, k = 12, 8
+@pytest.mark.parametrize("k", [2, 3, 7, 8])
+def test_tournament_finds_best_and_worst_with_counted_queries(k):
+    """The games play the LM loop's tournament (inpo.oracles.tournament): brackets find the best and the worst
+    under a strict order, and the fresh labelling comparison makes K − 1 + ⌈K/2⌉ queries in all (11 at K = 8)."""
+    n = 12
     P = (np.arange(n)[:, None] < np.arange(n)[None, :]).astype(float)  # a strict order: lower index wins surely
     np.fill_diagonal(P, 0.5)
     rng = np.random.default_rng(0)
     S = np.stack([rng.permutation(n)[:k] for _ in range(50)])  # distinct responses per prompt
     oracle = solvers._Oracle(P, rng)
-    best, first_out = solvers._knockout(oracle, S, keep_winner=True)
-    worst, _ = solvers._knockout(oracle, first_out, keep_winner=False)
+    best, worst = best_and_worst(S, oracle.first_wins)
     assert np.array_equal(best, S.min(1)) and np.array_equal(worst, S.max(1))
-    assert oracle.queries == 50 * tournament_queries(k) == 50 * 10
+    chosen, rejected, kept = label_pairs(best, worst, lambda r: oracle.first_wins(best[r], worst[r]), best == worst)
+    assert kept.all() and np.array_equal(chosen, best) and np.array_equal(rejected, worst)
+    assert oracle.queries == 50 * tournament_queries(k) == 50 * (k - 1 + (k + 1) // 2)
+    # _sample_pairs plays exactly this: same queries per tournament (duplicates drawn from π cost nothing)
+    oracle = solvers._Oracle(P, rng)
+    W = solvers._sample_pairs(oracle, np.full(n, 1.0 / n), prompts=50, k=k, selection="best_worst", budget=None)
+    assert 0 < W.sum() <= 50 and np.all(np.triu(W, 1) == W) and oracle.queries <= 50 * tournament_queries(k)
 
 
 def test_sampled_mode_counts_queries_and_drops_ties():

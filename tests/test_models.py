@@ -127,7 +127,7 @@ def cached_name(monkeypatch, tmp_path):
 
 
 def test_the_name_works_wherever_a_model_folder_is_accepted(cached_name, tmp_path):
-    from inpo.data.tokenizer import load_tokenizer
+    from inpo.data.tokenizer import load_tokenizer, resolve_tokenizer
     from inpo.generation import HFSampler, make_sampler
     from inpo.oracles import make_oracle
     from inpo.train.config import TrainConfig
@@ -137,6 +137,7 @@ def test_the_name_works_wherever_a_model_folder_is_accepted(cached_name, tmp_pat
     assert (cfg.model, cfg.tokenizer) == (str(cached_name), str(cached_name))
     assert not cfg.embedded  # a user model's defaults, as for --model DIR
     tok = load_tokenizer("smollm2")
+    assert resolve_tokenizer(None, "smollm2").get_vocab() == tok.get_vocab()  # the model's own, not the default
     assert tok.get_vocab() == load_tokenizer(cached_name).get_vocab()
     model = load_policy("smollm2")
     assert model.config.num_hidden_layers == load_policy(cached_name).config.num_hidden_layers
@@ -152,3 +153,17 @@ def test_inpo_eval_resolves_policy_and_baseline(cached_name, tmp_path, capsys):
                "--prompts", "auto", "--json", str(tmp_path / "w.json")])
     assert rc == 0, capsys.readouterr()
     assert str(cached_name) in (tmp_path / "w.json").read_text()  # the record names the folder it evaluated
+
+
+def test_missing_gguf_says_what_to_install(monkeypatch, tmp_path):
+    import inpo._optional as optional_deps
+
+    monkeypatch.setenv("INPO_CACHE_DIR", str(tmp_path))
+    folder = cache_root() / models.REAL_MODELS["smollm2"].folder
+    folder.mkdir(parents=True)
+    (folder / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")  # fetched already: only the conversion is left
+    monkeypatch.setattr(optional_deps, "available", lambda module: module != "gguf")
+    with pytest.raises(ModelFetchError, match=r"model 'smollm2': optional dependency missing: gguf \(pip install "
+                                              r"inpo\[dev\]\): needed once to convert the real model"):
+        resolve_model("smollm2")
+    assert not (folder / "float32").exists() and not (folder / "bfloat16").exists()

@@ -87,3 +87,41 @@ def test_make_objective():
     assert make_objective("INPO", eta=0.1) == INPO(eta=0.1)
     with pytest.raises(ValueError, match="unknown objective 'xpo'"):
         make_objective("xpo")
+
+
+def test_what_each_objective_asks_of_the_loop():
+    """The loop's cached log-prob sources each objective reads, and which side input each becomes (what online.py's
+    per-name table did before): DPO's reference is the previous iterate (iterative DPO), SPPO's targets come from
+    the scored records, ONPO reads its auxiliary chain."""
+    ref, it, aux = (torch.full((4,), v) for v in (1.0, 2.0, 3.0))
+    logps = {"ref": ref, "iterate": it, "aux": aux}
+    data = [{"target": 0.25}, {"target": 0.5}, {"target": 1.0}, {"target": 0.0}]
+    cases = [(INPO(ratio=1 / 3), {"ref", "iterate"}, {"ref_logps": ref, "anchor_logps": it}),
+             (INPO(ratio=1.0), {"ref"}, {"ref_logps": ref}), (INPO(ratio=0.0), {"iterate"}, {"anchor_logps": it}),
+             (IPO(), {"ref"}, {"ref_logps": ref}), (DPO(), {"iterate"}, {"ref_logps": it}),
+             (ONPO(), {"aux"}, {"anchor_logps": aux}),
+             (SPPO(), {"iterate"}, {"anchor_logps": it, "targets": torch.tensor([0.25, 0.5, 1.0, 0.0])})]
+    for obj, sources, side in cases:
+        assert obj.sources == sources, obj
+        got = obj.side_inputs(logps, data)
+        assert got.keys() == side.keys() and all(torch.equal(got[k], v) for k, v in side.items()), obj
+    assert [cls.samples for cls in (INPO, ONPO, IPO, DPO, SPPO)] == ["pairs"] * 4 + ["scored"]
+    assert [cls.aux_chain for cls in (INPO, ONPO, IPO, DPO, SPPO)] == [False, True, False, False, False]
+    with pytest.raises(KeyError, match="reads the 'iterate' log-probs as ref_logps"):
+        DPO().side_inputs({"ref": ref}, data)
+
+
+def test_length_normalised_forms_divide_each_log_ratio_by_its_length():
+    lp, ref, _, _ = _pairs()
+    lengths = torch.arange(1, 11, dtype=torch.float64)
+    r = (lp - ref) / lengths
+    h = r[0::2] - r[1::2]
+    torch.testing.assert_close(IPO(beta=0.1, length_normalize=True)(lp, ref, lengths=lengths),
+                               ((h - 5.0) ** 2).mean())
+    torch.testing.assert_close(DPO(beta=0.3, length_normalize=True)(lp, ref, lengths=lengths),
+                               -torch.nn.functional.logsigmoid(0.3 * h).mean())
+    zero = torch.zeros(10, dtype=torch.float64)  # a sequence without scored tokens divides by 1 (TRL's clamp)
+    torch.testing.assert_close(IPO(length_normalize=True).margin(lp, ref, lengths=zero), IPO().margin(lp, ref))
+    with pytest.raises(ValueError, match="needs lengths"):
+        IPO(length_normalize=True)(lp, ref)
+    assert repr(IPO(beta=0.2)) == "IPO(beta=0.2)" and "length_normalize=True" in repr(IPO(length_normalize=True))

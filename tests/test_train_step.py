@@ -186,6 +186,7 @@ def test_cuda_step_records_reset_peak_memory_and_mfu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: calls.append(("peak", device)) or 123)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
     cfg = types.SimpleNamespace(batch_pairs=2, epochs=1, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.95),
+                                adam_epsilon=1e-8, lr_scheduler_type="inpo_cosine", warmup_steps=None,
                                 warmup_ratio=0.0, min_lr_ratio=0.0, seed=0, max_tokens=10_000, max_grad_norm=1.0,
                                 impl="torch", max_steps=None, checkpoint_every=0, keep_checkpoints=1,
                                 head_options=dict)

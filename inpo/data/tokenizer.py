@@ -151,6 +151,7 @@ def resolve_tokenizer(tokenizer: str | os.PathLike | None = None, model: str | o
     ``model_arg`` and how to pass one (``tokenizer_arg``). ``plain_text``: encode without a chat template (a base
     model). A tokenizer with no chat template that is not opted into plain text fails here, before anything is
     written (:func:`inpo.data.chat.stop_token_ids`)."""
+    model = resolve_model(model)  # a real-model name (smollm2) → its folder, so its own tokenizer is found
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
     elif model is not None and any((Path(model) / f).is_file() for f in TOKENIZER_FILES):

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from inpo.objectives import DPO, INPO, IPO, ONPO, SPPO
+from inpo.oracles.tournament import best_and_worst, label_pairs, tournament_queries
 
 from .core import _logsumexp, check_policy, check_preference, uniform
 
@@ -77,12 +78,6 @@ def average_iterates(policies: np.ndarray) -> np.ndarray:
     out[0] = policies[0]
     out[1:] = np.cumsum(policies[1:], axis=0) / np.arange(1, len(policies))[(slice(None),) + (None,) * (policies.ndim - 1)]
     return out
-
-
-def tournament_queries(k: int) -> int:
-    """Oracle queries of one best/worst tournament over k distinct responses: a knockout for the
-    winner (k − 1) plus a knockout among the first-round losers for the loser (⌊k/2⌋ − 1)."""
-    return (k - 1) + max(k // 2 - 1, 0)
 
 
 # --------------------------------------------------------------------------------------------- checks
@@ -283,25 +278,6 @@ class _Oracle:
         return self.rng.random(a.shape) < np.where(distinct, self.P[a, b], 0.5)
 
 
-def _knockout(oracle: _Oracle, players: np.ndarray, *, keep_winner: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Single-elimination over the columns of ``players`` [M, k] (row-wise); an odd one out gets a bye.
-    Returns (the survivor per row, the first-round eliminated [M, ⌊k/2⌋])."""
-    first_round_out = None
-    while players.shape[1] > 1:
-        a, b = players[:, 0:-1:2], players[:, 1::2]
-        a = a[:, : b.shape[1]]
-        a_wins = oracle.first_wins(a, b)
-        advance = a_wins if keep_winner else ~a_wins
-        survivors = np.where(advance, a, b)
-        out = np.where(advance, b, a)
-        if first_round_out is None:
-            first_round_out = out
-        if players.shape[1] % 2:
-            survivors = np.concatenate([survivors, players[:, -1:]], axis=1)
-        players = survivors
-    return players[:, 0], first_round_out
-
-
 def _sample_pairs(oracle: _Oracle, pi: np.ndarray, *, prompts: int, k: int, selection: str,
                   budget: int | None) -> np.ndarray:
     """Counts W[i, j] of (chosen i, rejected j) pairs for one context and one round."""
@@ -317,10 +293,11 @@ def _sample_pairs(oracle: _Oracle, pi: np.ndarray, *, prompts: int, k: int, sele
         return W
     m = max(budget // tournament_queries(k), 1) if budget is not None else prompts
     S = rng.choice(n, size=(m, k), p=pi)
-    best, first_out = _knockout(oracle, S, keep_winner=True)
-    worst, _ = _knockout(oracle, first_out, keep_winner=False) if first_out.shape[1] > 1 else (first_out[:, 0], None)
-    keep = best != worst
-    np.add.at(W, (best[keep], worst[keep]), 1.0)
+    # the LM loop's tournament (inpo.oracles.tournament): best/worst brackets, then a fresh labelling comparison
+    best, worst = best_and_worst(S, oracle.first_wins)
+    chosen, rejected, kept = label_pairs(best, worst, lambda rows: oracle.first_wins(best[rows], worst[rows]),
+                                         best == worst)
+    np.add.at(W, (chosen[kept], rejected[kept]), 1.0)
     return W
 
 

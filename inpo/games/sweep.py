@@ -394,8 +394,9 @@ def sweep_report(res: dict) -> str:
     L += ["### Tournament best/worst vs random pairs at equal oracle budget (sampled, INPO τ = 0)", "",
           f"Random intransitive game n = {sc['n']}, {sc['iters']} rounds, {sc['seeds']} seeds, {sc['budget']} oracle "
           f"queries per round: best/worst tournaments over K = {sc['k']} samples ({tournament_queries(sc['k'])} "
-          f"queries each: {sc['k'] - 1} for the winner's knockout + {sc['k'] // 2 - 1} for the loser among the "
-          "first-round losers) vs one query per random pair. Identical responses are ties: dropped, no query. "
+          f"queries each, the LM loop's protocol: {sc['k'] - 1} for the winner's knockout + {(sc['k'] + 1) // 2 - 1} "
+          "for the loser among the first-round losers + 1 fresh comparison that labels the pair) vs one query per "
+          "random pair. Identical responses are ties: dropped, no query. "
           "`TV to exact` = max over rounds of the total-variation distance to the closed-form trajectory.", ""]
     L.append(md_table(["pairs", "queries / round", "pairs / round", "avg gap at T", "last gap at T", "TV to exact (max)"],
                       [[r["pairs"], fmt_ci(r["queries_per_iter"], sci=False, digits=0),

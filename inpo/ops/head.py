@@ -115,6 +115,8 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
 
     ``ref_logps`` = π_ref's [S] log-probs, ``anchor_logps`` = π_t's (π'_t for ONPO), ``targets`` = SPPO's
     per-sequence win-rate estimates. ``grad_filter`` and ``deterministic`` as in :func:`sequence_logps`.
+    With ``impl="triton"`` an objective with a kernel spec runs in the fused epilogue; one without
+    (``kernel_spec()`` None) gets the Triton head's log-probs and its Python loss, as every other impl does.
     Returns a 0-dim loss, or ``(loss, logps.detach())`` with ``return_logps=True``.
     """
     if not isinstance(objective, Objective):
@@ -131,9 +133,11 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
     resolve_deterministic(deterministic)
     if tgt is not None:
         check_unit_interval("targets", tgt, sync=check_values)  # win rates; CUDA: deferred, no host sync
-    # Validate the objective's needs before the expensive head runs.
-    objective.check_inputs(torch.empty(s, device="meta"), *(None if t is None else t.to("meta") for t in (ref, anchor, tgt)))
-    if resolve_impl(impl, hidden.device) == "triton":
+    # Validate the objective's needs before the expensive head runs (the lengths are counted from the labels).
+    meta = torch.empty(s, device="meta")
+    objective.check_inputs(meta, *(None if t is None else t.to("meta") for t in (ref, anchor, tgt)),
+                           lengths=meta if objective.needs_lengths else None)
+    if resolve_impl(impl, hidden.device) == "triton" and objective.kernel_spec() is not None:
         # The fused epilogue: split merge, sequence sums, objective, per-token gradient and mean in one kernel.
         check_head_inputs(hidden, weight, labels, cu_seqlens, bias, ignore_index=ignore_index,
                           check_values=check_values)
@@ -144,5 +148,15 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
     logps = sequence_logps(hidden, weight, labels, cu_seqlens, bias=bias, ignore_index=ignore_index, impl=impl,
                            check_values=check_values, grad_filter=grad_filter, deterministic=deterministic)
     ref, anchor, tgt = (None if t is None else t.to(logps.dtype) for t in (ref, anchor, tgt))
-    loss = objective(logps, ref, anchor, tgt)
+    lengths = response_lengths(labels, cu_seqlens, ignore_index) if objective.needs_lengths else None
+    loss = objective(logps, ref, anchor, tgt, lengths)
     return (loss, logps.detach()) if return_logps else loss
+
+
+def response_lengths(labels: Tensor, cu_seqlens: Tensor, ignore_index: int = -100) -> Tensor:
+    """[S] fp32: each packed sequence's number of scored tokens (labels other than ``ignore_index``), the lengths a
+    length-normalised objective divides by (the fused epilogue counts the same tokens)."""
+    counts = torch.zeros(labels.shape[0] + 1, dtype=torch.int64, device=labels.device)
+    counts[1:] = torch.cumsum((labels != ignore_index).to(torch.int64), 0)
+    cu = cu_seqlens.to(device=labels.device, dtype=torch.int64)
+    return (counts[cu[1:]] - counts[cu[:-1]]).to(torch.float32)

@@ -350,7 +350,7 @@ def preference_epilogue(part: Tensor, labels: Tensor, cu_seqlens: Tensor, spec, 
             spec.ref_coef, spec.anchor_coef, spec.offset, spec.target_center, spec.target_div, spec.scale,
             spec.label_smoothing,
             PAIRWISE=spec.pairwise, LOSS_KIND=_LOSS_KIND[spec.loss], USE_REF=spec.uses_ref,
-            USE_ANCHOR=spec.uses_anchor, USE_TARGETS=spec.uses_targets,
+            USE_ANCHOR=spec.uses_anchor, USE_TARGETS=spec.uses_targets, LENGTH_NORM=spec.length_normalize,
             BLOCK_T=_EPILOGUE_BLOCK_T, BLOCK_G=_EPILOGUE_BLOCK_G, num_warps=4)
     return loss, logps, lse, g_tok
 
@@ -464,14 +464,20 @@ def preference_loss(hidden: Tensor, weight: Tensor, labels: Tensor, cu_seqlens: 
     if not callable(getattr(objective, "kernel_spec", None)):
         raise TypeError(f"objective must be an inpo.objectives.Objective (INPO, ONPO, IPO, DPO, SPPO), got "
                         f"{type(objective).__name__}")
+    spec = objective.kernel_spec()
+    if spec is None:
+        raise ValueError(f"{objective!r} has no fused-epilogue kernel spec (kernel_spec() is None); "
+                         f"inpo.ops.preference_loss runs it as the Triton head's log-probs + its Python loss")
     params, labels, bias = _prepare(hidden, weight, labels, cu_seqlens, bias, ignore_index, params, options)
     s = cu_seqlens.shape[0] - 1
     side = [check_side_input(name, t, s, hidden.device)  # [S] fp32, detached, on hidden's device
             for name, t in (("ref_logps", ref_logps), ("anchor_logps", anchor_logps), ("targets", targets))]
-    objective.check_inputs(torch.empty(s, device="meta"), *(None if t is None else t.to("meta") for t in side))
+    meta = torch.empty(s, device="meta")  # the kernel counts the lengths itself
+    objective.check_inputs(meta, *(None if t is None else t.to("meta") for t in side),
+                           lengths=meta if objective.needs_lengths else None)
     side = [None if t is None else t.contiguous() for t in side]
     return TritonPreferenceLossFunction.apply(hidden, weight, bias, labels, cu_seqlens.contiguous(), *side,
-                                              objective.kernel_spec(), int(ignore_index), params)
+                                              spec, int(ignore_index), params)
 
 
 def _prepare(hidden, weight, labels, cu_seqlens, bias, ignore_index, params, options):

@@ -4,16 +4,9 @@
 
 * a :class:`~inpo.oracles.models.RewardModelOracle` scores the K responses (K forwards: K queries, no
   pairwise comparison) and pairs the argmax with the argmin;
-* any other oracle runs a counted tournament on the K responses (in a seeded random order):
-
-  1. a knockout for the winner: K − 1 comparisons;
-  2. a knockout among the first round's losers (plus the first round's bye when K is odd — the worst
-     response, if preferences are transitive, never won a first-round match), where the *loser* of
-     each match advances: ⌈K/2⌉ − 1 comparisons;
-  3. one fresh comparison of the two finalists, which labels the pair (so the label is an unbiased
-     draw, independent of the selection) and drops it when it is a tie.
-
-  That is K − 1 + ⌈K/2⌉ queries per prompt: 11 for K = 8, as in the INPO paper (7 + 4). A tie inside
+* any other oracle runs the counted best/worst tournament of :mod:`inpo.oracles.tournament` (shared with the
+  tabular games) on the K responses in a seeded random order: K − 1 + ⌈K/2⌉ queries per prompt, 11 for K = 8,
+  as in the INPO paper (7 + 4); the last one labels the pair afresh and drops it when it is a tie. A tie inside
   a bracket is settled by a fair coin from the seeded RNG.
 
 ``"random"`` compares one random pair of distinct responses (one query). Pairs whose two responses
@@ -30,6 +23,7 @@ import numpy as np
 
 from inpo.oracles.base import TIE, PreferenceOracle
 from inpo.oracles.models import RewardModelOracle
+from inpo.oracles.tournament import best_and_worst, label_pairs, tournament_queries
 
 __all__ = ["Pair", "select_pairs", "estimate_win_rates", "tournament_queries", "STRATEGIES"]
 
@@ -44,13 +38,6 @@ class Pair:
     chosen: str
     rejected: str
     prompt_index: int
-
-
-def tournament_queries(k: int) -> int:
-    """Pairwise queries the best/worst tournament makes for ``k`` distinct responses: K − 1 + ⌈K/2⌉."""
-    if k < 2:
-        raise ValueError(f"a tournament needs at least 2 responses, got {k}")
-    return k - 1 + (k + 1) // 2
 
 
 def _check(prompts: Sequence[str], responses: Sequence[Sequence[str]], min_k: int = 2) -> None:
@@ -73,32 +60,65 @@ def _matches(oracle: PreferenceOracle, prompts, pairs: list[tuple[int, int, int]
     return out
 
 
-def _knockout(oracle, prompts, groups, entrants: list[list[int]], rng, *, keep_winner: bool):
-    """Knockout brackets for all prompts in lock-step rounds (one batched oracle call per round).
+def _tournament_finalists(oracle, prompts, groups, rng) -> list[tuple[int, int, int]]:
+    """(prompt index, best, worst) per prompt from the shared tournament, in a seeded random order per prompt
+    (no position bias from the sampler); one lock-step bracket per group size, one oracle batch per round."""
+    orders = [rng.permutation(len(g)) for g in groups]
+    finalists = []
+    for size in sorted({len(g) for g in groups}):
+        rows = [p for p, g in enumerate(groups) if len(g) == size]
 
-    Returns per prompt the survivor, the first round's losers and the first round's bye (or None).
-    ``keep_winner=False`` advances the loser of each match instead (to find the worst).
-    """
-    alive = [list(e) for e in entrants]
-    first_losers: list[list[int]] = [[] for _ in entrants]
-    byes: list[int | None] = [e[-1] if len(e) % 2 else None for e in entrants]
-    first = True
-    while any(len(a) > 1 for a in alive):
-        pairs = [(p, a[m], a[m + 1]) for p, a in enumerate(alive) for m in range(0, len(a) - 1, 2)]
-        won = _matches(oracle, prompts, pairs, groups, rng)
-        nxt: list[list[int]] = [[] for _ in alive]
-        for (p, i, j), w in zip(pairs, won):
-            winner, loser = (i, j) if w == 1 else (j, i)
-            nxt[p].append(winner if keep_winner else loser)
-            if first:
-                first_losers[p].append(loser)
-        for p, a in enumerate(alive):
-            if len(a) % 2:
-                nxt[p].append(a[-1])
-            if len(a) == 1:
-                nxt[p] = a
-        alive, first = nxt, False
-    return [a[0] for a in alive], first_losers, byes
+        def play(a, b, rows=rows):
+            pairs = [(rows[r], int(a[r, c]), int(b[r, c])) for r in range(a.shape[0]) for c in range(a.shape[1])]
+            return _matches(oracle, prompts, pairs, groups, rng).reshape(a.shape) == 1
+
+        best, worst = best_and_worst(np.stack([orders[p] for p in rows]), play)
+        finalists += [(p, int(i), int(j)) for p, i, j in zip(rows, best, worst)]
+    return sorted(finalists)
+
+
+def _random_finalists(groups, rng) -> list[tuple[int, int, int]]:
+    finalists = []
+    for p, g in enumerate(groups):
+        distinct = sorted({y: i for i, y in reversed(list(enumerate(g)))}.values())  # first index per text
+        if len(distinct) >= 2:
+            i, j = rng.choice(distinct, size=2, replace=False)
+            finalists.append((p, int(i), int(j)))
+    return finalists
+
+
+def _reward_pairs(oracle: RewardModelOracle, prompts, groups) -> tuple[list, int, int]:
+    """(pairs of the argmax and argmin response, responses scored, prompts whose responses all scored the same)."""
+    flat_p = [prompts[p] for p, g in enumerate(groups) for _ in g]
+    scores = oracle.score(flat_p, [y for g in groups for y in g])
+    pairs, ties, start = [], 0, 0
+    for p, g in enumerate(groups):
+        s = scores[start:start + len(g)]
+        start += len(g)
+        best, worst = int(np.argmax(s)), int(np.argmin(s))
+        if s[best] - s[worst] > oracle.tie_tol:
+            pairs.append((p, best, worst))
+        else:  # every response scored the same: nothing to learn from this prompt
+            ties += 1
+    return pairs, len(flat_p), ties
+
+
+def _labelled(oracle, prompts, groups, finalists, rng) -> tuple[list[Pair], int, int]:
+    """The final, labelling comparison of each finalist pair (a fresh query, independent of the selection):
+    (pairs, identical texts dropped without a query, ties dropped)."""
+    if not finalists:
+        return [], 0, 0
+    p_idx, best, worst = (np.array(col) for col in zip(*finalists))
+    identical = np.array([groups[p][i] == groups[p][j] for p, i, j in finalists])
+
+    def decide(rows):
+        return oracle.prefer_batch([prompts[p_idx[r]] for r in rows], [groups[p_idx[r]][best[r]] for r in rows],
+                                   [groups[p_idx[r]][worst[r]] for r in rows], rng)
+
+    chosen, rejected, kept = label_pairs(best, worst, decide, identical)
+    pairs = [Pair(prompts[p], groups[p][c], groups[p][r], int(p)) for p, c, r, k in zip(p_idx, chosen, rejected, kept)
+             if k]
+    return pairs, int(identical.sum()), int((~kept).sum() - identical.sum())
 
 
 def select_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]], oracle: PreferenceOracle, *,
@@ -116,63 +136,39 @@ def select_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]], ora
     rng = np.random.default_rng(seed)
     groups = [list(g) for g in responses]
     q0 = oracle.queries
-    scored = rm_ties = 0
-    finalists: list[tuple[int, int, int]] = []  # (prompt_index, best, worst)
-
-    if strategy == "random":
-        for p, g in enumerate(groups):
-            distinct = sorted({y: i for i, y in reversed(list(enumerate(g)))}.values())  # first index per text
-            if len(distinct) >= 2:
-                i, j = rng.choice(distinct, size=2, replace=False)
-                finalists.append((p, int(i), int(j)))
-    elif isinstance(oracle, RewardModelOracle):
-        flat_p = [prompts[p] for p, g in enumerate(groups) for _ in g]
-        scores = oracle.score(flat_p, [y for g in groups for y in g])
-        scored = len(flat_p)
-        start = 0
-        for p, g in enumerate(groups):
-            s = scores[start:start + len(g)]
-            start += len(g)
-            best, worst = int(np.argmax(s)), int(np.argmin(s))
-            if s[best] - s[worst] > oracle.tie_tol:
-                finalists.append((p, best, worst))
-            else:  # every response scored the same: nothing to learn from this prompt
-                rm_ties += 1
+    scored = rm_ties = identical = ties = 0
+    if strategy == "best_worst" and isinstance(oracle, RewardModelOracle):
+        finalists, scored, rm_ties = _reward_pairs(oracle, prompts, groups)
+        identical = sum(groups[p][i] == groups[p][j] for p, i, j in finalists)
+        pairs = [Pair(prompts[p], groups[p][i], groups[p][j], p) for p, i, j in finalists
+                 if groups[p][i] != groups[p][j]]
     else:
-        orders = [list(rng.permutation(len(g))) for g in groups]  # no position bias from the sampler
-        best, first_losers, byes = _knockout(oracle, prompts, groups, orders, rng, keep_winner=True)
-        pools = []
-        for p, order in enumerate(orders):
-            pool = list(first_losers[p])
-            if byes[p] is not None:  # the bye never played round one; if it became champion, stand in
-                pool.append(byes[p] if byes[p] != best[p] else next(i for i in order if i not in pool + [best[p]]))
-            pools.append(pool)
-        worst, _, _ = _knockout(oracle, prompts, groups, pools, rng, keep_winner=False)
-        finalists = [(p, best[p], worst[p]) for p in range(len(groups))]
-
-    pairs: list[Pair] = []
-    identical, ties = 0, rm_ties
-    to_label = []
-    for p, i, j in finalists:
-        if groups[p][i] == groups[p][j]:
-            identical += 1
-        elif isinstance(oracle, RewardModelOracle) and strategy == "best_worst":
-            pairs.append(Pair(prompts[p], groups[p][i], groups[p][j], p))
-        else:
-            to_label.append((p, i, j))
-    if to_label:  # the final, labelling comparison: a fresh query, independent of the selection
-        verdict = oracle.prefer_batch([prompts[p] for p, _, _ in to_label], [groups[p][i] for p, i, _ in to_label],
-                                      [groups[p][j] for p, _, j in to_label], rng)
-        for (p, i, j), v in zip(to_label, verdict):
-            if v == TIE:
-                ties += 1
-            else:
-                c, r = (i, j) if v == 1 else (j, i)
-                pairs.append(Pair(prompts[p], groups[p][c], groups[p][r], p))
+        finalists = (_random_finalists(groups, rng) if strategy == "random" else
+                     _tournament_finalists(oracle, prompts, groups, rng))
+        pairs, identical, ties = _labelled(oracle, prompts, groups, finalists, rng)
     pairs.sort(key=lambda pair: pair.prompt_index)
-    stats = {"queries": oracle.queries - q0, "ties_dropped": ties + identical, "identical": identical,
+    stats = {"queries": oracle.queries - q0, "ties_dropped": ties + rm_ties + identical, "identical": identical,
              "pairs": len(pairs), "prompts": len(groups), "scored": scored, "strategy": strategy}
     return pairs, stats
+
+
+def _reward_matrices(prompts, groups, oracle: RewardModelOracle) -> list[np.ndarray]:
+    """Per prompt the [K, K] Bradley–Terry matrix σ(r_i − r_j) of a reward model's K scores."""
+    flat = oracle.score([prompts[p] for p, g in enumerate(groups) for _ in g], [y for g in groups for y in g])
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    scores = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    return [1.0 / (1.0 + np.exp(-(r[:, None] - r[None, :]))) for r in scores]
+
+
+def _pairwise_matrices(prompts, groups, oracle: PreferenceOracle) -> list[np.ndarray]:
+    """Per prompt the [K, K] matrix of P(y_i ≻ y_j) from K(K−1)/2 queries (P(y_j ≻ y_i) = 1 − P(y_i ≻ y_j))."""
+    idx = [(p, i, j) for p, g in enumerate(groups) for i in range(len(g)) for j in range(i + 1, len(g))]
+    probs = oracle.prob_batch([prompts[p] for p, _, _ in idx], [groups[p][i] for p, i, _ in idx],
+                              [groups[p][j] for p, _, j in idx])
+    mats = [np.full((len(g), len(g)), 0.5) for g in groups]
+    for (p, i, j), v in zip(idx, probs):
+        mats[p][i, j], mats[p][j, i] = v, 1.0 - v
+    return mats
 
 
 def estimate_win_rates(prompts: Sequence[str], responses: Sequence[Sequence[str]],
@@ -183,24 +179,11 @@ def estimate_win_rates(prompts: Sequence[str], responses: Sequence[Sequence[str]
     a reward model scores K responses and uses Bradley–Terry.
     """
     _check(prompts, responses)
-    groups = [list(g) for g in responses]
-    mats = []
-    if isinstance(oracle, RewardModelOracle):
-        flat = oracle.score([prompts[p] for p, g in enumerate(groups) for _ in g], [y for g in groups for y in g])
-        start = 0
-        for g in groups:
-            r = flat[start:start + len(g)]
-            start += len(g)
-            mats.append(1.0 / (1.0 + np.exp(-(r[:, None] - r[None, :]))))
-    else:
-        idx = [(p, i, j) for p, g in enumerate(groups) for i in range(len(g)) for j in range(i + 1, len(g))]
-        probs = oracle.prob_batch([prompts[p] for p, _, _ in idx], [groups[p][i] for p, i, _ in idx],
-                                  [groups[p][j] for p, _, j in idx])
-        mats = [np.full((len(g), len(g)), 0.5) for g in groups]
-        for (p, i, j), v in zip(idx, probs):
-            mats[p][i, j], mats[p][j, i] = v, 1.0 - v
     out = []
-    for m in mats:
+    groups = [list(g) for g in responses]
+    matrices = (_reward_matrices if isinstance(oracle, RewardModelOracle) else _pairwise_matrices)(prompts, groups,
+                                                                                                   oracle)
+    for m in matrices:
         k = m.shape[0]
         out.append([float((m[i].sum() - m[i, i]) / (k - 1)) for i in range(k)])
     return out

@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
-from inpo.train.config import TrainConfig, config_to_yaml, load_config, parse_overrides
+from inpo.train.config import EMBEDDED_DEFAULTS, MODEL_DEFAULTS, TrainConfig, config_to_yaml, load_config, parse_overrides
+from inpo.train.trl_names import trl_key_notes
 
 USAGE = """usage: inpo train [--config FILE.yaml] [--key value ...] --output DIR [--iterations T] [--max-steps N] [--resume]
 
@@ -24,8 +25,6 @@ config keys (default):
 def _help() -> str:
     import dataclasses
 
-    from inpo.train.config import ALIASES, EMBEDDED_DEFAULTS, MODEL_DEFAULTS
-
     lines = [USAGE]
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -37,7 +36,8 @@ def _help() -> str:
             shown = f"{EMBEDDED_DEFAULTS[f.name]!r}; with --model: {with_model}"
         lines.append(f"  --{f.name.replace('_', '-'):<26} {shown}")
     lines += ["", "  --no-chat-template           plain text for a base model (= --chat-template none)",
-              f"TRL / HF names accepted: {', '.join(sorted(ALIASES))}"]
+              "  objective parameters: --objective_args.NAME VALUE, or --NAME VALUE (e.g. --eta 0.1, --beta 0.1)",
+              f"TRL / HF names accepted: {trl_key_notes()}"]
     return "\n".join(lines)
 
 

@@ -1,19 +1,23 @@
 """One dataclass config for ``inpo train``: defaults < YAML file < ``--key value`` overrides.
 
 Defaults depend on the model. Without ``model`` they are the embedded default task's (a tiny model on 2 CPU
-cores, 3 iterations in a few minutes), below. With ``model=DIR`` (a real LM) the unset keys take TRL's and the
-papers' values instead (:data:`MODEL_DEFAULTS`, :data:`MODEL_OBJECTIVE_DEFAULTS`: lr 5e-7 / 1e-6, β = 0.1,
-INPO η = 0.0075, max_length 1024), and the run prints which ones it took. TRL / HF ``TrainingArguments`` names
-are accepted where they mean the same thing (:data:`ALIASES`: ``learning_rate``, ``num_train_epochs``,
-``per_device_train_batch_size`` × ``gradient_accumulation_steps`` × world size = ``batch_pairs``, ...).
+cores, 3 iterations in a few minutes): :data:`EMBEDDED_DEFAULTS` and each objective's ``task_defaults``. With
+``model=DIR`` (a real LM) the unset keys take TRL 1.16's ``DPOConfig`` defaults for every optimiser and schedule
+key (AdamW β = (0.9, 0.999), ε = 1e-8, no weight decay, no warm-up, linear decay to 0, 3 epochs, 8 pairs per step:
+:data:`MODEL_DEFAULTS`, pinned against TRL's own defaults by ``tests/test_trl_parity.py``), TRL's max_length 1024
+and the objective's own defaults (TRL's β = 0.1 and lr 1e-6 for DPO / IPO; the papers' for INPO / ONPO / SPPO);
+the run prints which ones it took. TRL / HF ``TrainingArguments`` names are accepted where they mean the same
+thing (:mod:`inpo.train.trl_names`: ``learning_rate``, ``num_train_epochs`` (fractions too), ``adam_epsilon``,
+``per_device_train_batch_size`` × ``gradient_accumulation_steps`` × world size = ``batch_pairs``, ``loss_type``, ...).
 
-Embedded-task defaults:
-The paper's η = 0.005 and lr = 5e-7 are for 8B models with ~300-token responses: there the INPO target
-margin 1/(2η) = 100 nats is spread over hundreds of tokens of a model with a huge vocabulary. Our tiny policy
-writes ~10-20-token responses, so the per-objective defaults below aim at a target margin of a few nats
-(INPO η = 0.25 → 1/(2η) = 2; IPO β = 0.25 likewise). lr = 5e-4 for this 0.7 M-parameter model (1e-3 made the
-regression overshoot and the win-rate fall; 2e-4 rose more slowly). K = 8 on all 435 train prompts gave the
-steadiest rise over 3 iterations (tuned on 2 seeds; bench/results/experiments/ has 5 seeds per method).
+The objective is ``objective`` plus ``objective_args`` (its parameters; see :mod:`inpo.objectives`). A parameter
+may also be given as a top-level key (``eta: 0.1``, ``--beta 0.1``: the flat keys of older configs, and TRL's
+``beta``); a key the chosen objective does not take is an error naming the objective and what it takes.
+
+Embedded-task defaults: lr = 5e-4 for this 0.7 M-parameter model (1e-3 made the regression overshoot and the
+win-rate fall; 2e-4 rose more slowly); K = 8 on all 435 train prompts gave the steadiest rise over 3 iterations
+(tuned on 2 seeds; bench/results/experiments/ has 5 seeds per method). The objectives' task defaults (INPO
+η = 0.25, ...) are explained in :mod:`inpo.objectives`.
 """
 
 from __future__ import annotations
@@ -31,38 +35,27 @@ import yaml
 from inpo.data.chat import Truncation
 from inpo.data.textio import read_utf8
 from inpo.models import resolve_model
-from inpo.objectives import OBJECTIVES, Objective, make_objective
+from inpo.objectives import OBJECTIVES, Objective, make_objective, objective_class
 from inpo.ops.checks import check_grad_filter
+from inpo.train.optim import SCHEDULES
 from inpo.train.reporting import parse_report_to
+from inpo.train.trl_names import ALIASES, HINTS, TRL_BATCH, translate, trl_key_notes
 from inpo.utils.choices import SAMPLER_BACKENDS, SAMPLER_DTYPES
 
-__all__ = ["TrainConfig", "load_config", "parse_overrides", "config_to_yaml"]
+__all__ = ["TrainConfig", "load_config", "parse_overrides", "config_to_yaml", "ALIASES", "EMBEDDED_DEFAULTS",
+           "MODEL_DEFAULTS"]
 
-# Objective parameters when the config leaves them unset (None): tuned for the embedded default task ...
-OBJECTIVE_DEFAULTS = {
-    "inpo": {"eta": 0.25, "ratio": 1.0 / 3.0},
-    "onpo": {"eta": 4.0},
-    "ipo": {"beta": 0.25},
-    "dpo": {"beta": 0.5, "label_smoothing": 0.0},
-    "sppo": {"eta": 0.25},
-}
-# ... and with model=DIR: TRL's DPOConfig (beta 0.1 for sigmoid and ipo), the INPO authors' code (η = 0.0075,
-# τ/η = 1/3), ONPO with the same target margin as that INPO (η/2 = 1/(2·0.0075)), SPPO's paper (its η = 1e3 is
-# our 1/η).
-MODEL_OBJECTIVE_DEFAULTS = {
-    "inpo": {"eta": 0.0075, "ratio": 1.0 / 3.0},
-    "onpo": {"eta": 1.0 / 0.0075},
-    "ipo": {"beta": 0.1},
-    "dpo": {"beta": 0.1, "label_smoothing": 0.0},
-    "sppo": {"eta": 1e-3},
-}
-# Keys left None resolve by the model: (embedded task, model=DIR). lr with a model: the INPO / SPPO papers' 5e-7,
-# TRL DPOConfig's 1e-6 for DPO / IPO; max_length: TRL's 1024; max_new_tokens: TRL OnlineDPOConfig's 64;
-# max_tokens (the packed micro-batch budget) must hold a pair of max_length sequences.
+# Keys left None resolve by the model: EMBEDDED_DEFAULTS (the embedded task, tuned for it) or MODEL_DEFAULTS
+# (model=DIR: TRL 1.16 DPOConfig's defaults; max_new_tokens: TRL OnlineDPOConfig's 64; max_tokens, the packed
+# micro-batch budget, must hold a pair of max_length sequences; lr: the objective's default_lr).
 _NULL_MEANS_OFF = {"max_length"}  # an explicit null here means "no limit", not "the default"
-EMBEDDED_DEFAULTS = {"lr": 5e-4, "max_new_tokens": 24, "max_tokens": 1024, "max_length": None}
-MODEL_DEFAULTS = {"lr": {"inpo": 5e-7, "onpo": 5e-7, "sppo": 5e-7, "dpo": 1e-6, "ipo": 1e-6},
-                  "max_new_tokens": 64, "max_tokens": 4096, "max_length": 1024}
+EMBEDDED_DEFAULTS = {"lr": 5e-4, "max_new_tokens": 24, "max_tokens": 1024, "max_length": None,
+                     "epochs": 2.0, "batch_pairs": 16, "betas": [0.9, 0.95], "warmup_ratio": 0.1,
+                     "lr_scheduler_type": "inpo_cosine", "min_lr_ratio": 0.1}
+MODEL_DEFAULTS = {"lr": {name: cls.default_lr for name, cls in OBJECTIVES.items()},  # shown by --help; see fill
+                  "max_new_tokens": 64, "max_tokens": 4096, "max_length": 1024,
+                  "epochs": 3.0, "batch_pairs": 8, "betas": [0.9, 0.999], "warmup_ratio": 0.0,
+                  "lr_scheduler_type": "linear", "min_lr_ratio": 0.0}
 
 
 @dataclass
@@ -73,17 +66,14 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = False  # continue from output/checkpoints/latest
     # -- model --
-    model: str | None = None  # local transformers dir; None = the embedded tiny default (built + cached)
+    model: str | None = None  # local transformers dir or a real-model name (smollm2); None = the embedded default
     tokenizer: str | None = None  # local tokenizer dir; None = the model dir's, or the embedded default
     chat_template: str = "auto"  # auto: the tokenizer's template | none: plain text (a base model; TRL's standard format)
     sft_seed: int = 0  # the embedded default π_ref's init + SFT seed (ignored with model)
     attn_implementation: str | None = None  # None = flash_attention_2 when it imports on CUDA, else inpo_varlen
     # -- objective --
-    objective: str = "inpo"  # inpo | onpo | ipo | dpo | sppo
-    eta: float | None = None  # INPO/ONPO/SPPO step (None = tuned default, see OBJECTIVE_DEFAULTS)
-    ratio: float | None = None  # INPO τ/η in [0, 1]; 0 = no KL to π_ref (the τ = 0 ablation)
-    beta: float | None = None  # DPO / IPO
-    label_smoothing: float | None = None  # DPO
+    objective: str = "inpo"  # inpo | onpo | ipo | dpo | sppo (or a registered one); TRL's loss_type maps here
+    objective_args: dict = field(default_factory=dict)  # its parameters (eta, ratio, beta, ...); unset = defaults
     # -- online iteration --
     iterations: int = 3
     prompts: str = "default"  # "default" or a .txt / .jsonl file
@@ -112,13 +102,17 @@ class TrainConfig:
     max_completion_length: int | None = None  # a longer response keeps its first tokens
     truncation_mode: str = "keep_start"  # over max_length: keep_start (cut the end) | keep_end (cut the start)
     # -- optimisation --
-    epochs: int = 2
-    lr: float | None = None  # None: 5e-4 for the embedded task; with model=DIR 5e-7 (INPO/ONPO/SPPO), 1e-6 (DPO/IPO)
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_ratio: float = 0.1
-    min_lr_ratio: float = 0.1
-    batch_pairs: int = 16  # pairs (sequences for SPPO) per optimiser step, summed over ranks
+    # None = by the model (EMBEDDED_DEFAULTS | MODEL_DEFAULTS: TRL 1.16's DPOConfig defaults with model=DIR)
+    epochs: float | None = None  # passes over the iteration's data; a fraction stops part-way (as TRL)
+    lr: float | None = None  # None: 5e-4 for the embedded task; with model=DIR the objective's (DPO/IPO 1e-6, else 5e-7)
+    weight_decay: float = 0.0  # AdamW's, on matrices only (norms and biases never decay)
+    betas: list[float] | None = None  # AdamW (beta1, beta2): [0.9, 0.95] embedded, TRL's [0.9, 0.999] with a model
+    adam_epsilon: float = 1e-8
+    lr_scheduler_type: str | None = None  # linear | cosine | constant | constant_with_warmup (HF's) | inpo_cosine
+    warmup_ratio: float | None = None  # warm-up steps as a fraction of the phase's steps (ceil)
+    warmup_steps: int | None = None  # warm-up steps, overrides warmup_ratio (TRL's warmup_steps < 1 is a ratio)
+    min_lr_ratio: float | None = None  # the schedule's floor, lr * min_lr_ratio (HF's cosine_with_min_lr)
+    batch_pairs: int | None = None  # pairs (sequences for SPPO) per optimiser step, summed over ranks
     max_tokens: int | None = None  # token budget of one packed micro-batch (grad accumulation over several);
     # None: 1024 for the embedded task, 4096 with model=DIR
     max_grad_norm: float = 1.0
@@ -145,18 +139,25 @@ class TrainConfig:
         return self.model is None
 
     def fill_defaults(self) -> dict:
-        """Resolve the keys left None by the model (:data:`EMBEDDED_DEFAULTS` / :data:`MODEL_DEFAULTS`);
-        returns ``{key: value}`` of what was filled (keys set explicitly, even to null, are left alone)."""
+        """Resolve the keys left None by the model (:data:`EMBEDDED_DEFAULTS` / :data:`MODEL_DEFAULTS`; lr with a
+        model: the objective's ``default_lr``); returns ``{key: value}`` of what was filled (keys set explicitly,
+        even to null, are left alone)."""
         explicit = getattr(self, "_explicit", set())
         table = EMBEDDED_DEFAULTS if self.embedded else MODEL_DEFAULTS
         filled = {}
         for key, value in table.items():
             if getattr(self, key) is None and not (key in explicit and key in _NULL_MEANS_OFF):
-                if isinstance(value, dict):
-                    value = value.get(self.objective.lower(), value["inpo"])
+                if key == "lr" and not self.embedded:
+                    value = objective_class(self.objective).default_lr
                 if value is not None:
+                    value = list(value) if isinstance(value, list) else value
                     setattr(self, key, value)
                     filled[key] = value
+        parts = self.__dict__.pop("_beta_parts", {})  # TRL's adam_beta1 / adam_beta2, on top of betas
+        if parts and self.betas is not None:
+            self.betas = [parts.get(i, b) for i, b in enumerate(self.betas)]
+            explicit.add("betas")
+            filled.pop("betas", None)
         return filled
 
     def default_notes(self) -> str:
@@ -164,27 +165,26 @@ class TrainConfig:
         explicit = getattr(self, "_explicit", set())
         table = EMBEDDED_DEFAULTS if self.embedded else MODEL_DEFAULTS
         taken = {k: getattr(self, k) for k in table if k not in explicit}
-        name = self.objective.lower()
-        if name in OBJECTIVES:
-            taken.update({k: v for k, v in self.objective_params().items() if getattr(self, k, None) is None})
+        if self.objective.lower() in OBJECTIVES:
+            taken.update({k: v for k, v in self.objective_params().items() if k not in self.objective_args})
         which = "the embedded task's defaults" if self.embedded else \
-            "defaults for a user model (TRL / the papers'; override any with --key)"
+            "defaults for a user model (TRL's / the papers'; override any with --key)"
         return f"{which}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in taken.items())
 
     def truncation(self):
         """The :class:`inpo.data.chat.Truncation` of this config (max_length, max_prompt_length, ...)."""
-
         return Truncation(max_length=self.max_length, max_prompt_length=self.max_prompt_length,
                           max_completion_length=self.max_completion_length, mode=self.truncation_mode)
 
     def objective_params(self) -> dict:
-        name = self.objective.lower()
-        params = dict((OBJECTIVE_DEFAULTS if self.embedded else MODEL_OBJECTIVE_DEFAULTS)[name])
-        for key in params:
-            value = getattr(self, key)
-            if value is not None:
-                params[key] = value
+        """The objective's parameters: its defaults for a user's model, the embedded task's tuned values without a
+        model, then ``objective_args``."""
+        cls = objective_class(self.objective)
+        params = cls.parameters()
+        if self.embedded:
+            params.update(cls.task_defaults)
+        params.update(self.objective_args)
         return params
 
     def make_objective(self) -> Objective:
@@ -197,42 +197,14 @@ class TrainConfig:
                 "deterministic": True if self.head_deterministic is None else self.head_deterministic}
 
     def validate(self) -> "TrainConfig":
-        if self.objective.lower() not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
-        self.objective = self.objective.lower()
+        self._validate_objective()
         self.model, self.tokenizer = resolve_model(self.model), resolve_model(self.tokenizer)  # smollm2 → its folder
         self.fill_defaults()
         self.make_objective()  # the objective validates its own parameters (η > 0, ratio in [0, 1], ...)
-        for name in ("iterations", "k", "epochs", "batch_pairs", "max_tokens", "max_new_tokens", "gen_batch_size",
-                     "eval_k", "keep_checkpoints"):
-            v = getattr(self, name)
-            if v <= 0:
-                raise ValueError(f"{name} must be > 0, got {v!r}")
-        if self.k < 2:
-            raise ValueError(f"k (responses per prompt) must be >= 2 to form a pair, got {self.k}")
-        for name in ("max_steps", "n_prompts", "n_eval"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ValueError(f"{name} must be > 0 or null, got {v!r}")
+        self._validate_counts()
         self._validate_ranges()
-        if self.sampler not in SAMPLER_BACKENDS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLER_BACKENDS)}, got {self.sampler!r}")
-        if self.sampler_dtype not in SAMPLER_DTYPES:
-            raise ValueError(f"sampler_dtype must be one of {', '.join(SAMPLER_DTYPES)}, got {self.sampler_dtype!r}")
-        for name in ("keep_iterates", "logging_steps"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ValueError(f"{name} must be > 0{' or null' if name == 'keep_iterates' else ''}, got {v!r}")
-
-        parse_report_to(self.report_to)  # ValueError naming report_to and the valid names
-        if self.chat_template not in ("auto", "none"):
-            raise ValueError(f"chat_template must be 'auto' (the tokenizer's) or 'none' (plain text for a base model), "
-                             f"got {self.chat_template!r}")
+        self._validate_choices()
         self.truncation()  # validates max_length / max_prompt_length / max_completion_length / truncation_mode
-        if self.pair_strategy not in ("best_worst", "random"):
-            raise ValueError(f"pair_strategy must be 'best_worst' or 'random', got {self.pair_strategy!r}")
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must be two numbers [beta1, beta2], got {self.betas!r}")
         if self.eval_data is not None and self.data is None:
             raise ValueError(f"eval_data={self.eval_data!r} is for offline runs (held-out pairs scored after training "
                              f"on data=...); online runs evaluate with eval_prompts")
@@ -244,13 +216,65 @@ class TrainConfig:
             raise ValueError(f"head_grad_filter={self.head_grad_filter} acts on the atomic backward only; the "
                              "deterministic one (head_deterministic: null/true) has no filter -- set "
                              "head_deterministic: false to use it")
-        if self.data is not None and self.objective == "sppo":
-            raise ValueError("objective 'sppo' needs K samples per prompt and win-rate targets: online only, not "
-                             "with data= (offline pairs); use dpo, ipo or inpo offline")
-        if self.data is not None and self.objective == "onpo":
-            raise ValueError("objective 'onpo' is an online method (two regressions per iteration); offline, use "
-                             "dpo, ipo or inpo")
         return self
+
+    def _validate_objective(self) -> None:
+        """The objective exists, takes every key of objective_args, and can run on this data."""
+        name = self.objective.lower() if isinstance(self.objective, str) else self.objective
+        if name not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {self.objective!r}")
+        self.objective, cls = name, OBJECTIVES[name]
+        takes = list(cls.parameters())
+        for key in self.objective_args:
+            if key not in takes:
+                users = sorted(n for n, c in OBJECTIVES.items() if key in c.parameters())
+                also = f" ({key} is a parameter of {', '.join(users)})" if users else ""
+                raise ValueError(f"{key} is not used by objective {name!r}, which takes "
+                                 f"{', '.join(takes) or 'no parameters'}{also}")
+        self._check_offline(cls)
+        if self.__dict__.get("_loss_type") == "sigmoid" and self.objective_args.get("label_smoothing"):
+            raise ValueError(f"loss_type: sigmoid with label_smoothing={self.objective_args['label_smoothing']}: "
+                             "TRL 1.16's sigmoid loss ignores label_smoothing; for conservative DPO (smoothing "
+                             "applied) write objective: dpo instead of loss_type, else drop label_smoothing")
+
+    def _check_offline(self, cls) -> None:
+        """Offline pairs (data=) feed objectives that train on pairs, without an auxiliary chain."""
+        name = cls.name
+        if self.data is not None and (cls.samples != "pairs" or cls.aux_chain):
+            why = ("trains an auxiliary chain every iteration" if cls.aux_chain else
+                   f"needs K {cls.samples} samples per prompt from the policy")
+            offline = sorted(n for n, c in OBJECTIVES.items() if c.samples == "pairs" and not c.aux_chain)
+            raise ValueError(f"objective {name!r} {why}: online only, not with data= (offline pairs); offline, use "
+                             f"{', '.join(offline)}")
+
+    def _validate_counts(self) -> None:
+        for name in ("iterations", "k", "epochs", "batch_pairs", "max_tokens", "max_new_tokens", "gen_batch_size",
+                     "eval_k", "keep_checkpoints"):
+            v = getattr(self, name)
+            if v <= 0:
+                raise ValueError(f"{name} must be > 0, got {v!r}")
+        if self.k < 2:
+            raise ValueError(f"k (responses per prompt) must be >= 2 to form a pair, got {self.k}")
+        for name in ("max_steps", "n_prompts", "n_eval", "keep_iterates", "logging_steps"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name} must be > 0{'' if name == 'logging_steps' else ' or null'}, got {v!r}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0 or null (then warmup_ratio), got {self.warmup_steps!r}")
+
+    def _validate_choices(self) -> None:
+        for name, value, valid in (("sampler", self.sampler, SAMPLER_BACKENDS),
+                                   ("sampler_dtype", self.sampler_dtype, SAMPLER_DTYPES),
+                                   ("lr_scheduler_type", self.lr_scheduler_type, SCHEDULES),
+                                   ("pair_strategy", self.pair_strategy, ("best_worst", "random"))):
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
+        parse_report_to(self.report_to)  # ValueError naming report_to and the valid names
+        if self.chat_template not in ("auto", "none"):
+            raise ValueError(f"chat_template must be 'auto' (the tokenizer's) or 'none' (plain text for a base model), "
+                             f"got {self.chat_template!r}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers [beta1, beta2], got {self.betas!r}")
 
     def _validate_ranges(self) -> None:
         """Every numeric key in its meaningful range, before anything is loaded or written: a negative
@@ -272,6 +296,7 @@ class TrainConfig:
         finite("lr", 0, lo_open=True)
         finite("max_grad_norm", 0, lo_open=True)
         finite("weight_decay", 0)
+        finite("adam_epsilon", 0, lo_open=True)
         finite("warmup_ratio", 0, 1, hi_open=True)
         finite("min_lr_ratio", 0, 1)
         finite("temperature", 0)
@@ -298,122 +323,132 @@ class TrainConfig:
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
-# TRL / HF TrainingArguments names that mean what one of our keys means: accepted as that key.
-ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "model_name_or_path": "model", "output_dir": "output",
-           "gradient_checkpointing": "activation_checkpointing", "num_generations": "k", "torch_compile": "compile",
-           "use_liger_kernel": "liger", "adam_beta1": None, "adam_beta2": None, "loss_type": "objective",
-           "per_device_train_batch_size": None, "gradient_accumulation_steps": None, "bf16": None}
-# TRL loss_type values with the same loss as one of our objectives.
-_LOSS_TYPES = {"sigmoid": "dpo", "ipo": "ipo"}
-# TRL's defaults for the two batch-size keys when only the other one is given.
-_TRL_BATCH = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
-# Names whose closest spelling is a key with another meaning: the hint says what to use instead.
-_HINTS = {"max_seq_length": "max_length", "warmup": "warmup_ratio", "max_new_token": "max_new_tokens", "num_iterations": "iterations",
-          "warmup_steps": "warmup_ratio (a fraction of the steps)", "lr_scheduler_type": "min_lr_ratio (cosine to "
-          "lr * min_lr_ratio; the schedule is fixed)", "eval_steps": "evaluate (after each iteration)",
-          "max_prompt_tokens": "max_prompt_length", "generation_batch_size": "gen_batch_size",
-          "num_samples": "k", "dataset": "data (offline pairs) or prompts (online)"}
+def _objective_param_names() -> set:
+    """Parameter names of the registered objectives: accepted as top-level keys (``--eta``, TRL's ``beta``)."""
+    return {name for cls in OBJECTIVES.values() for name in cls.parameters()} - set(_FIELDS)
 
 
 def _nearest(key: str) -> str:
-    if key in _HINTS:
-        return f"; did you mean {_HINTS[key]!r}?" if " " not in _HINTS[key] else f"; did you mean {_HINTS[key]}?"
+    if key in HINTS:
+        return f"; did you mean {HINTS[key]!r}?" if " " not in HINTS[key] else f"; did you mean {HINTS[key]}?"
     # A high cutoff: a hint must be a near-spelling, never a key of another meaning (max_prompt_length once
     # pointed at eval_prompts).
-    names = list(_FIELDS) + list(ALIASES)
+    names = list(_FIELDS) + list(ALIASES) + sorted(_objective_param_names())
     near = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
     if near:
-        target = ALIASES.get(near[0], near[0]) if near[0] in ALIASES and ALIASES[near[0]] else near[0]
-        return f"; did you mean {target!r}?"
-    return f"; valid keys: {', '.join(sorted(_FIELDS))} (and TRL names: {', '.join(sorted(ALIASES))})"
+        return f"; did you mean {ALIASES.get(near[0], near[0])!r}?"
+    return f"; valid keys: {', '.join(sorted(_FIELDS))} (and TRL names: {trl_key_notes()})"
+
+
+def _base_type(key: str):
+    """(the field's type without None, whether None is allowed)."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):
+        return next(a for a in args if a is not type(None)), type(None) in args
+    return hint, False
+
+
+def _number(base, value):
+    """``value`` as an int or a float (not a bool, not a fractional int); ValueError otherwise."""
+    if isinstance(value, bool) or (base is int and isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    return base(value)
+
+
+def _cast(base, value, key: str, where: str):
+    """``value`` as ``base`` (bool, int, float, list of floats, dict, str); TypeError/ValueError if it is not one."""
+    if base is bool:
+        return _coerce_bool(value, key, where)
+    if base in (int, float):
+        return _number(base, value)
+    origin = typing.get_origin(base)
+    if (origin in (list, dict) or base in (list, dict)) and isinstance(value, str):
+        value = yaml.safe_load(value)
+    if origin is list:
+        return [float(v) for v in value]
+    if origin is dict or base is dict:
+        if not isinstance(value, dict):
+            raise ValueError
+        return dict(value)
+    if base is str:
+        return str(value)
+    return value
 
 
 def _coerce(key: str, value, where: str):
     """Cast a YAML / command-line value to the field's declared type, or raise naming the key."""
-    hint = typing.get_type_hints(TrainConfig)[key]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if isinstance(hint, types.UnionType) else hint
+    base, optional = _base_type(key)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
         raise ValueError(f"{where}: {key} cannot be null (expected {getattr(base, '__name__', base)})")
-    origin = typing.get_origin(base)
     try:
-        if base is bool:
-            return _coerce_bool(value, key, where)
-        if base is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if origin is list:
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            return [float(v) for v in value]
-        if base is str:
-            return str(value)
-    except (TypeError, ValueError):
-        pass
-    else:
-        return value
+        return _cast(base, value, key, where)
+    except (TypeError, ValueError) as exc:
+        if "expects bool" in str(exc):
+            raise
     raise ValueError(f"{where}: {key} expects {getattr(base, '__name__', str(base))}, got {value!r}")
 
 
-def _apply(cfg: TrainConfig, updates: dict, where: str) -> None:
-    explicit = cfg.__dict__.setdefault("_explicit", set())
-    batch: dict = {}
+def _updates(updates: dict, where: str) -> list:
+    """The (key, value) pairs of a YAML mapping / the command line in our names: TRL names translated,
+    ``--no-chat-template`` and objective parameters given as top-level keys (``eta``, ``beta``) mapped."""
+    out = []
+    params = _objective_param_names()
     for key, value in updates.items():
         norm = str(key).replace("-", "_")
-        if norm == "no_chat_template":  # --no-chat-template
-            if _coerce_bool(value, norm, where):
-                norm, value = "chat_template", "none"
-            else:
-                continue
-        elif norm in _TRL_BATCH:
-            batch[norm] = value
-            continue
-        elif norm == "bf16":
-            if not _coerce_bool(value, norm, where):
-                raise ValueError(f"{where}: bf16=false is not supported: inpo keeps fp32 master weights and runs the "
-                                 f"body under bf16 autocast on CUDA (fp32 on CPU); drop the key")
-            continue  # what inpo does anyway on CUDA (TRL's bf16=True: bf16 mixed precision)
-        elif norm == "report_to" and value in (None, [], "[]"):
-            value = "none"  # TRL's null / empty list: no integration
-        elif norm == "loss_type":
-            if value not in _LOSS_TYPES:
-                raise ValueError(f"{where}: loss_type {value!r} has no inpo objective with the same loss; TRL names "
-                                 f"accepted: {sorted(_LOSS_TYPES)} (else use objective: inpo|onpo|ipo|dpo|sppo)")
-            norm, value = "objective", _LOSS_TYPES[value]
-        elif norm in ("adam_beta1", "adam_beta2"):
-            i = 0 if norm == "adam_beta1" else 1
-            betas = list(cfg.betas)
-            betas[i] = _coerce("lr", value, where)  # a float like lr
-            norm, value = "betas", betas
-        elif norm in ALIASES:
-            norm = ALIASES[norm]
-        if norm not in _FIELDS:
-            raise ValueError(f"{where}: unknown config key {key!r}{_nearest(norm)}")
-        if norm == "chat_template" and (value is None or str(value).lower() in ("none", "null")):
-            value = "none"  # YAML's null and the word none both mean plain text (not "unset")
+        trl = translate(norm, value, where, _coerce_bool)
+        if trl is not None:
+            out += trl
+        elif norm == "no_chat_template":  # --no-chat-template
+            out += [("chat_template", "none")] if _coerce_bool(value, norm, where) else []
+        elif norm in params:
+            out.append((f"objective_args.{norm}", value))
         else:
-            value = _coerce(norm, value, where)
-        setattr(cfg, norm, value)
-        explicit.add(norm)
+            out.append((norm, value))
+    return out
+
+
+def _set(cfg: TrainConfig, key: str, value, where: str) -> None:
+    """Set one key (``objective_args.NAME``, ``betas.I`` and ``_batch.NAME`` are parts of a key)."""
+    head, _, part = key.partition(".")
+    if head == "objective_args" and part:
+        cfg.objective_args = {**cfg.objective_args, part: value}  # the objective validates the value
+    elif head == "betas" and part:  # adam_beta1 / adam_beta2: applied on top of betas once the model is known
+        cfg.__dict__.setdefault("_beta_parts", {})[int(part)] = _coerce("adam_epsilon", value, where)  # a float
+    elif head == "_batch":
+        cfg.__dict__.setdefault("_batch", {})[part] = _coerce("batch_pairs", value, where)
+    elif head == "_loss_type":
+        cfg.__dict__["_loss_type"] = value
+    elif head not in _FIELDS:
+        raise ValueError(f"{where}: unknown config key {key!r}{_nearest(head)}")
+    elif head == "chat_template" and (value is None or str(value).lower() in ("none", "null")):
+        cfg.chat_template = "none"  # YAML's null and the word none both mean plain text (not "unset")
+        cfg._explicit.add(head)
+    else:
+        value = _coerce(head, value, where)
+        setattr(cfg, head, dict(cfg.objective_args, **value) if head == "objective_args" else value)
+        cfg._explicit.add(head)
+
+
+def _apply(cfg: TrainConfig, updates: dict, where: str) -> None:
+    cfg.__dict__.setdefault("_explicit", set())
+    cfg.__dict__.pop("_batch", None)
+    for key, value in _updates(updates, where):
+        _set(cfg, key, value, where)
+    batch = cfg.__dict__.pop("_batch", None)
     if batch:
         if "batch_pairs" in updates or "batch-pairs" in updates:
             raise ValueError(f"{where}: give batch_pairs or TRL's per_device_train_batch_size / "
                              f"gradient_accumulation_steps, not both")
         import os
 
-        sizes = {k: _coerce("batch_pairs", batch.get(k, d), where) for k, d in _TRL_BATCH.items()}
+        sizes = {k: batch.get(k, d) for k, d in TRL_BATCH.items()}
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)
         # TRL's effective batch (pairs per optimiser step, over all ranks); micro-batches are packed by max_tokens.
         cfg.batch_pairs = sizes["per_device_train_batch_size"] * sizes["gradient_accumulation_steps"] * world
-        explicit.add("batch_pairs")
+        cfg._explicit.add("batch_pairs")
 
 
 def _coerce_bool(value, key: str, where: str) -> bool:

@@ -28,7 +28,7 @@ from inpo.data.packing import pack_sequences
 from inpo.paths import check_writable_path
 from inpo.train.checkpoint import atomic_write_text, restore_training_state, save_checkpoint
 from inpo.train.model import export_policy, unwrap
-from inpo.train.optim import cosine_schedule, make_optimizer
+from inpo.train.optim import lr_schedule, make_optimizer, warmup_steps_of
 from inpo.train.reporting import Reporter, step_line
 from inpo.train.step import sequence_logps_of, train_step
 from inpo.utils.dist import is_distributed, is_main, rank_world
@@ -254,11 +254,12 @@ def train_phase(run: RunContext, model, seqs, side: dict, objective, *, iteratio
     if spe == 0:
         raise ValueError(f"no training data: {n_units} {'pairs' if pairwise else 'sequences'} for "
                          f"{world} rank(s); lower batch_pairs or add prompts")
-    total = spe * cfg.epochs
+    total = math.ceil(spe * cfg.epochs)  # a fractional epoch stops part-way through the data (TRL's rule)
     reshard(model)  # the optimizer must hold the sharded parameters, whatever ran on the model before
-    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
-    scheduler = cosine_schedule(optimizer, total_steps=total, warmup_ratio=cfg.warmup_ratio,
-                                min_lr_ratio=cfg.min_lr_ratio)
+    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.adam_epsilon)
+    warmup = warmup_steps_of(total, warmup_ratio=cfg.warmup_ratio, warmup_steps=cfg.warmup_steps)
+    scheduler = lr_schedule(optimizer, kind=cfg.lr_scheduler_type, total_steps=total, warmup=warmup,
+                            min_lr_ratio=cfg.min_lr_ratio)
     if resume_ckpt is not None:
         restore_training_state(resume_ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
     task = None

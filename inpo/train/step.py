@@ -14,7 +14,7 @@ from torch import Tensor
 
 from inpo.data.packing import PackedBatch
 from inpo.objectives import Objective
-from inpo.ops import preference_loss, raise_pending_value_errors, sequence_logps
+from inpo.ops import preference_loss, raise_pending_value_errors, response_lengths, sequence_logps
 from inpo.train.model import hidden_and_head
 from inpo.train.reporting import TRL_PAIR_KEYS, pair_metric_sums, trl_metrics
 from inpo.utils.dist import get_world_size
@@ -82,7 +82,8 @@ def train_step(model, micro_batches: list[PackedBatch], objective: Objective, op
                                           return_logps=True, check_values=False, **s, **(head_options or {}))
         (loss * (mb.n_units * world / total)).backward()
         loss_sum += loss.detach() * mb.n_units
-        margin_sum += objective.margin(logps, s.get("ref_logps"), s.get("anchor_logps")).sum()
+        lengths = response_lengths(b.labels, b.cu_seqlens) if objective.needs_lengths else None
+        margin_sum += objective.margin(logps, s.get("ref_logps"), s.get("anchor_logps"), lengths=lengths).sum()
         if objective.pairwise:
             trl_sum += pair_metric_sums(objective, logps.detach(), s)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
