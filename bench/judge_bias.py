@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shlex
 import sys
 import time
 
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     q, good, bad = (list(col) for col in zip(*SANITY))
     right = judge.prob_batch(q, good, bad)
     load.append(os.getloadavg()[0])
-    rec = {"bench": "judge_bias", **environment_info("cpu"), "command": " ".join([PROG] + (argv or sys.argv[1:])),
+    command = PROG + " " + shlex.join(sys.argv[1:] if argv is None else argv)
+    rec = {"bench": "judge_bias", **environment_info("cpu"), "command": command,
            "judge": args.judge, "policy": args.policy, "n": args.n, "max_new_tokens": args.max_new_tokens,
            "temperature": args.temperature, "seed": args.seed, "template": judge.template,
            "answer_prefix": judge.answer_prefix, "labels": args.labels.split(","), **stats,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -150,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         return rc
     run = Path(args.output)
     rec = {"bench": "train_real", **environment_info("cpu"), "smoke": args.smoke,
-           "command": " ".join([PROG] + (sys.argv[1:] if argv is None else argv)),
-           "train_command": " ".join(["python -m inpo train", *train]), "wall_s": wall and round(wall, 1),
+           "command": PROG + " " + shlex.join(sys.argv[1:] if argv is None else argv),
+           "train_command": "python -m inpo train " + shlex.join(train), "wall_s": wall and round(wall, 1),
            "loadavg_1m": [round(x, 2) for x in load], "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
            "config": (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else None,
            **run_record(run, FormatOracle())}

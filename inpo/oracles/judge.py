@@ -40,8 +40,8 @@ JUDGE_TEMPLATE = ("You are judging two responses to the same question. Pick the 
                   "[Question]\n{prompt}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\n"
                   "Which response is better? Answer with one letter, A or B.")
 # The judge's answer starts with this text, so each label is the natural next token. On 12 hand-written pairs of a right
-# and a plainly wrong answer (bench/judge_bias.py), SmolLM2-135M-Instruct averaged over both orders picked the right
-# one 11 times with this prefix and 5 times with none (labels "A"/"B" straight after the generation prompt).
+# and a plainly wrong answer, SmolLM2-135M-Instruct averaged over both orders picked the right one 11 times with this
+# prefix and 5 times with none (labels "A"/"B" straight after the generation prompt): bench/results/judge-bias.jsonl.
 ANSWER_PREFIX = "The better response is Response"
 LABELS = (" A", " B")
 
