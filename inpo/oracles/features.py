@@ -54,13 +54,14 @@ def sigmoid(z) -> np.ndarray:
 
 
 class FeatureOracle(PreferenceOracle):
-    """The formula of the module docstring. Subclasses set :attr:`styles` (three names) and :attr:`cycle` (the three
-    (winner, loser) pairs) and implement :meth:`_features` (a dict with at least ``quality`` and ``style``)."""
+    """The formula of the module docstring (defaults α = 8, β = 2, γ = 1, m = 0). Subclasses set :attr:`styles` (three
+    names) and :attr:`cycle` (the three (winner, loser) pairs) and implement :meth:`_features` (a dict with at least
+    ``quality`` and ``style``)."""
 
     styles: tuple[str, ...] = ()
     cycle: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, *, alpha: float, beta: float, none_penalty: float, quality_margin: float,
+    def __init__(self, *, alpha: float = 8.0, beta: float = 2.0, none_penalty: float = 1.0, quality_margin: float = 0.0,
                  mode: str = "deterministic", seed: int = 0, tie_tol: float = 1e-9):
         super().__init__(mode=mode, seed=seed, tie_tol=tie_tol)
         for name, value in (("alpha", alpha), ("beta", beta), ("none_penalty", none_penalty),

@@ -1,8 +1,8 @@
 """A transparent oracle for real chat models: a quality term read off the text plus a rock-paper-scissors cycle over
 three response formats a reader can see at a glance.
 
-The formula is :class:`~inpo.oracles.features.FeatureOracle`'s, ``P(a ≻ b) = σ(α·dz_m(q(a) − q(b)) + β·C_γ[c(a), c(b)])``,
-with
+The formula is :class:`~inpo.oracles.features.FeatureOracle`'s,
+``P(a ≻ b) = σ(α·dz_m(q(a) − q(b)) + β·C_γ[c(a), c(b)])``, with
 
 * ``c(y)``, the **format**, from the layout alone (checked in this order):
   ``list`` -- at least two lines that start like list items (``-``, ``*``, ``•``, ``+``, ``1.``, ``2)``);
@@ -91,13 +91,8 @@ class FormatOracle(FeatureOracle):
     """The module docstring's oracle: ``--oracle format`` (options ``format:alpha=8,beta=2,none_penalty=1,
     quality_margin=0,mode=deterministic``)."""
 
-    styles = FORMATS
+    styles = FORMATS  # the constructor's defaults (FeatureOracle's) are this oracle's: α 8, β 2, γ 1, m 0
     cycle = CYCLE
-
-    def __init__(self, *, alpha: float = 8.0, beta: float = 2.0, none_penalty: float = 1.0,
-                 quality_margin: float = 0.0, mode: str = "deterministic", seed: int = 0, tie_tol: float = 1e-9):
-        super().__init__(alpha=alpha, beta=beta, none_penalty=none_penalty, quality_margin=quality_margin,
-                         mode=mode, seed=seed, tie_tol=tie_tol)
 
     def _features(self, prompt: str, response: str) -> dict:
         ws = words(response)

@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
-
 import numpy as np
 
 from inpo.data.chat import prompt_text
-from inpo.data.tokenizer import load_tokenizer
-from inpo.models import resolve_model
 from inpo.oracles.base import PreferenceOracle
+from inpo.oracles.models import load_local_model
 
 __all__ = ["JudgeOracle", "JUDGE_TEMPLATE", "ANSWER_PREFIX", "LABELS", "load_causal_lm"]
 
@@ -48,19 +45,7 @@ LABELS = (" A", " B")
 
 def load_causal_lm(path: str | os.PathLike, *, device="cpu", dtype=None):
     """``(model, tokenizer)`` from a local causal-LM folder (``save_pretrained``) or a real model's name."""
-    from transformers import AutoModelForCausalLM
-
-    path = Path(resolve_model(path))
-    if not path.is_dir():
-        raise FileNotFoundError(f"judge model directory not found: {str(path)!r} (expected a local save_pretrained() "
-                                "folder of a chat model, or a name such as 'smollm2')")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"judge {str(path)!r} has no config.json; is it a Hugging Face model directory?")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-    except Exception as exc:
-        raise ValueError(f"could not load a causal LM (the judge) from {str(path)!r}: {exc}") from exc
-    return model.to(device).eval(), load_tokenizer(path)
+    return load_local_model(path, "AutoModelForCausalLM", "a chat model (the judge)", device=device, dtype=dtype)
 
 
 def _positive_int(name: str, value) -> int:
