@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
            "config": (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else None,
            **run_record(run, FormatOracle())}
     append_jsonl(args.out, rec)
-    md = Path(args.out).with_suffix(".md")
-    md.write_text(_markdown(rec), encoding="utf-8")
-    print(f"[train-real] record -> {args.out}, summary -> {md}")
+    md, text = Path(args.out).with_suffix(".md"), _markdown(rec)
+    md.write_text(text, encoding="utf-8")
+    print(text + f"\n[train-real] record -> {args.out}, summary -> {md}")
     return 0
 
 
