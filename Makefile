@@ -57,9 +57,12 @@ real-model: setup
 # The real-model run: 3 online INPO iterations on SmolLM2-135M-Instruct (configs/smollm2_real.yaml: the shipped
 # prompts, the format oracle), sized for about 30 min on 2 CPU cores. The run lands in runs/real/ (replaced each time);
 # its record is appended to bench/results/train-real.jsonl, its summary (win-rates, answers before/after) written to
-# bench/results/train-real.md. Samples with vLLM when the venv that runs it has vLLM (sampler: auto).
+# bench/results/train-real.md. Samples with vLLM when the venv that runs it has vLLM (sampler: auto). Config overrides as
+# KEY VALUE pairs: make train-real TRAIN_REAL_ARGS="n_prompts 48 k 8".
+TRAIN_REAL_ARGS ?=
 train-real: real-model
-	$(PY) -m bench.train_real --config configs/smollm2_real.yaml --output runs/real --out bench/results/train-real.jsonl
+	$(PY) -m bench.train_real --config configs/smollm2_real.yaml --output runs/real --out bench/results/train-real.jsonl \
+		$(TRAIN_REAL_ARGS)
 
 # The real tier (`real` marker): TRL tokenisation, head impls vs HF logits, DPO vs TRL DPOTrainer on the real model.
 test-real: real-model
