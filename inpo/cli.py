@@ -20,7 +20,7 @@ COMMANDS = {
 MOVED = {
     "bench": "the benchmarks are scripts in a source checkout's bench/ folder, not installed with the package: from "
              "the repository root run `python -m bench.<name>` (head, head_cpu, step, step_cpu, generation, "
-             "iteration, filter_error, report; `make bench` runs the GPU set)",
+             "sampler_cost, iteration, filter_error, report; `make bench` runs the GPU set)",
 }
 
 

@@ -43,7 +43,10 @@ from pathlib import Path
 
 import torch
 
+from inpo.data.chat import encode_prompt, prompt_text
 from inpo.data.tokenizer import resolve_tokenizer
+from inpo.generation import SamplingPlan
+from inpo.generation.limits import check_prompt_lengths, context_length
 from inpo.train.checkpoint import atomic_write_text, load_latest_good_checkpoint, save_checkpoint
 from inpo.train.config import TrainConfig, config_to_yaml
 from inpo.train.loop import (LOCK_NAME, RUN_MARKER, RunContext, RunDirError, StopRun, agreed_stop_signal,
@@ -292,23 +295,24 @@ def _encode_checked(tokenizer, prompts: list, cfg: TrainConfig) -> dict[str, lis
     return out
 
 
-def prompt_pools(cfg: TrainConfig) -> tuple[list, list]:
+def prompt_pools(cfg: TrainConfig, tokenizer=None) -> tuple[list, list]:
     """(train, eval) prompt pools. ``prompts: default`` → the embedded task's fixed splits; a user's prompts
     file → its own fixed held-out split (:func:`~inpo.data.prompts.split_prompts`), disjoint from training,
-    unless ``eval_prompts`` names a file (then all of ``prompts`` trains)."""
+    unless ``eval_prompts`` names a file (then all of ``prompts`` trains). With ``tokenizer``, every prompt of a
+    file is encoded once: a template or format error names file:line."""
     from inpo.data.prompts import default_prompts, load_prompts, split_prompts
 
     if cfg.prompts == "default":
         train = default_prompts("train")
         held_out = default_prompts("eval")
     else:
-        pool = load_prompts(cfg.prompts)
+        pool = load_prompts(cfg.prompts, tokenizer=tokenizer)
         if cfg.eval_prompts == "default":  # whether or not this run evaluates: the same training prompts
             train, held_out = split_prompts(pool, "train"), split_prompts(pool, "eval")
         else:
             train, held_out = pool, []
     if cfg.eval_prompts != "default":
-        held_out = load_prompts(cfg.eval_prompts)
+        held_out = load_prompts(cfg.eval_prompts, tokenizer=tokenizer)
     return train, held_out
 
 
@@ -328,10 +332,25 @@ def _eval_prompts(cfg: TrainConfig) -> list:
 
 # -- one iteration's phases ----------------------------------------------------------------------------------
 
-def _planned_new_tokens(cfg: TrainConfig) -> int:
-    """At most how many new tokens the run samples for training (what ``sampler: auto`` weighs)."""
-    n = cfg.n_prompts or len(prompt_pools(cfg)[0])
-    return cfg.iterations * n * cfg.k * cfg.max_new_tokens
+def sampling_plan(cfg: TrainConfig, tokenizer, model):
+    """What the run samples (:class:`~inpo.generation.SamplingPlan`: ``sampler: auto`` weighs it, the vLLM engine is
+    sized by it), after checking -- before any engine starts -- that every training and held-out prompt, cut to
+    max_prompt_length, plus max_new_tokens fits the model's context (one rule for both samplers)."""
+    train, held_out = prompt_pools(cfg, tokenizer)
+    held_out = held_out[:cfg.n_eval] if cfg.evaluate else []  # the ones evaluated (_eval_prompts)
+    trunc, context = cfg.truncation(), context_length(model.config)
+    lengths = {}
+    for what, pool in (("training prompt", train), ("held-out prompt", held_out)):
+        lengths[what] = [len(trunc.prompt(encode_prompt(tokenizer, p))) for p in pool]
+        check_prompt_lengths(lengths[what], cfg.max_new_tokens, context, max_prompt_length=cfg.max_prompt_length,
+                             name=lambda i, what=what, pool=pool: f"{what} {i} ({prompt_text(pool[i])[:40]!r})")
+    n = min(cfg.n_prompts or len(train), len(train))
+    mean = sum(lengths["training prompt"]) / max(len(train), 1)
+    calls = [(n * cfg.k, round(mean * n * cfg.k))] * cfg.iterations  # each iteration's generation
+    if held_out:  # π_ref once, then each π_{t+1}
+        calls += [(len(held_out) * cfg.eval_k, sum(lengths["held-out prompt"]) * cfg.eval_k)] * (cfg.iterations + 1)
+    longest = max(lengths["training prompt"] + lengths["held-out prompt"], default=0)
+    return SamplingPlan(tuple(calls), cfg.max_new_tokens, longest, weight_updates=len(calls) - 1)
 
 
 class _RunSampler:
@@ -339,8 +358,8 @@ class _RunSampler:
     (π_t, π_{t+1}, π_ref) and returns it. With vLLM that is one engine for the whole run whose weights are reloaded
     in place; ``close()`` (the ``with`` block's end) shuts it down."""
 
-    def __init__(self, cfg: TrainConfig, tokenizer):
-        self.cfg, self.tokenizer, self.sampler = cfg, tokenizer, None
+    def __init__(self, cfg: TrainConfig, tokenizer, plan=None, say=print):
+        self.cfg, self.tokenizer, self.sampler, self.plan, self.say = cfg, tokenizer, None, plan, say
 
     def __call__(self, model):
         from inpo.generation import make_sampler
@@ -350,7 +369,7 @@ class _RunSampler:
             self.sampler = make_sampler(cfg.sampler, model, self.tokenizer, max_new_tokens=cfg.max_new_tokens,
                                         temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.gen_batch_size,
                                         dtype=cfg.sampler_dtype, max_prompt_length=cfg.max_prompt_length,
-                                        planned_tokens=_planned_new_tokens(cfg))
+                                        plan=self.plan, vllm_options=cfg.vllm_options(), say=self.say)
         else:
             self.sampler.set_policy(model)
         return self.sampler
@@ -483,19 +502,19 @@ def training_sequences(tokenizer, data: list[dict], pairwise: bool, cfg: TrainCo
     conversation (:func:`inpo.data.chat.encode_completion`), truncated with TRL's semantics; ``kept`` are the
     records left (a pair, or SPPO's sample, is dropped as a whole when truncation leaves nothing to score).
     A pair that still exceeds the packing budget is a ValueError naming it, before any work is done."""
-    from inpo.data.chat import encode_completion, encode_prompt, prompt_key, prompt_text
+    from inpo.data.chat import encode_prompt, encode_responses, prompt_key, prompt_text, record_origin
 
     trunc = cfg.truncation()
     prompt_ids: dict = {}
     seqs, kept = [], []
+    fields = ("chosen", "rejected") if pairwise else ("response",)
     for r in data:
-        key = prompt_key(r["prompt"])
+        key, where = prompt_key(r["prompt"]), record_origin(r)  # where: file:line of an offline pair
         if key not in prompt_ids:  # the whole conversation is rendered, then cut: ids before truncation
-            prompt_ids[key] = encode_prompt(tokenizer, r["prompt"])
-        parts = []
-        for field in (("chosen", "rejected") if pairwise else ("response",)):
-            p, y = encode_completion(tokenizer, r["prompt"], r[field], prompt_ids=prompt_ids[key])
-            parts.append(trunc.apply(p, y) if trunc.active else (p, y))
+            prompt_ids[key] = encode_prompt(tokenizer, r["prompt"], where=where)
+        p, ys = encode_responses(tokenizer, r["prompt"], [r[f] for f in fields], prompt_ids=prompt_ids[key],
+                                 where=where)  # a pair shares TRL's prompt/response split
+        parts = [trunc.apply(p, y) if trunc.active else (p, y) for y in ys]
         if any(part is None for part in parts):
             continue
         size = sum(len(p) + len(y) for p, y in parts)
@@ -613,6 +632,7 @@ def run_online(config: TrainConfig) -> list[dict]:
     # Every input is checked before _begin_run touches the output directory: the prompt files (above), the oracle,
     # that iteration 0's prompts fit the token budget, the sampler backend.
     oracle = make_oracle(cfg.oracle, device=str(device), seed=cfg.seed)
+    plan = sampling_plan(cfg, tokenizer, ref)  # every prompt fits the model's context with max_new_tokens
     _encode_checked(tokenizer, _prompt_sets(cfg, 0), cfg)
     if cfg.sampler == "vllm":
         from inpo._optional import require
@@ -645,7 +665,7 @@ def run_online(config: TrainConfig) -> list[dict]:
             resume_phase = "eval"
     run.print(f"[inpo] {objective!r}, {cfg.iterations} iterations, K={cfg.k}, oracle={cfg.oracle}, device={device}")
     records = [r for r in run.records if r.get("kind") == "iteration"]
-    with _RunSampler(cfg, tokenizer) as sampler, _progress(cfg) as progress:  # one sampler (engine) per run
+    with _RunSampler(cfg, tokenizer, plan, run.print) as sampler, _progress(cfg) as progress:  # one sampler (engine) per run
         run.progress = progress
         for t in range(start_iter, cfg.iterations):
             if t > start_iter and agreed_stop_signal(device) is not None:  # iteration t-1's checkpoint is written

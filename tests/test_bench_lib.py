@@ -201,7 +201,7 @@ def test_inpo_bench_points_to_the_bench_scripts(capsys):
     err = capsys.readouterr().err
     names = re.search(r"run `python -m bench.<name>` \(([^)]*)\)", err).group(1)
     names = [n.strip() for n in names.split(";")[0].split(",")]
-    assert "head" in names and "report" in names and len(names) == 8
+    assert "head" in names and "report" in names and len(names) == 9
     for name in names:
         assert hasattr(importlib.import_module(f"bench.{name}"), "main"), name
     assert main(["--help"]) == 0 and "bench" not in capsys.readouterr().out

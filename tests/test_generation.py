@@ -176,31 +176,6 @@ def test_vllm_dtype_is_the_policys_unless_configured(model):
         resolve_dtype(model, "auto")
 
 
-def test_auto_backend_rule(monkeypatch):
-    import inpo._optional as opt
-    from inpo.generation import auto_backend
-
-    monkeypatch.setattr(opt, "available", lambda name: False)
-    assert auto_backend() == "hf"
-    monkeypatch.setattr(opt, "available", lambda name: True)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert auto_backend() == "hf"  # CPU, unknown length: HF (no engine start to repay)
-    assert auto_backend(planned_tokens=14_999) == "hf"  # CPU: below the measured break-even
-    assert auto_backend(planned_tokens=15_000) == "vllm"  # CPU: a long run repays the engine start
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert auto_backend() == "vllm"
-
-
-def test_planned_tokens_of_a_run():
-    from inpo.online import _planned_new_tokens
-    from inpo.train.config import TrainConfig
-
-    cfg = TrainConfig(iterations=3, n_prompts=10, k=8, max_new_tokens=24)
-    assert _planned_new_tokens(cfg) == 3 * 10 * 8 * 24
-    full = TrainConfig(iterations=1, k=2, max_new_tokens=5)  # all of the embedded task's train prompts
-    assert _planned_new_tokens(full) > 0 and _planned_new_tokens(full) % 10 == 0
-
-
 def test_config_rejects_unknown_sampler_and_dtype():
     from inpo.train.config import TrainConfig
 

@@ -13,9 +13,13 @@ class _Item:
         if params is not None:
             self.callspec = types.SimpleNamespace(params=params)
         self.markers = []
+        self.marks = set()  # names of the item's own pytest markers (keywords also hold its path's folder names)
 
     def add_marker(self, m):
         self.markers.append(m)
+
+    def get_closest_marker(self, name):
+        return name if name in self.marks else None
 
 
 def _items():
@@ -59,8 +63,9 @@ def test_the_vllm_tier_is_skipped_without_vllm_and_runs_with_it(monkeypatch):
     monkeypatch.setattr(conftest.torch.cuda, "is_available", lambda: False)
     for installed, skipped in ((False, {"vllm"}), (True, set())):
         monkeypatch.setattr(inpo._optional, "available", lambda name, v=installed: v)
-        items = {"vllm": _Item("test_vllm"), "other": _Item("test_games")}
-        items["vllm"].keywords = {"vllm": True}
+        items = {"vllm": _Item("test_vllm"), "other": _Item("test_games"), "in-a-vllm-folder": _Item("test_games")}
+        items["vllm"].keywords, items["vllm"].marks = {"vllm": True}, {"vllm"}
+        items["in-a-vllm-folder"].keywords = {"vllm": 1}  # a checkout under a folder named vllm: not the tier
         conftest.pytest_collection_modifyitems(None, list(items.values()))
         assert _skipped(items) == skipped
         if skipped:

@@ -1,8 +1,10 @@
 """The real-engine tier, end to end: ``inpo train --sampler vllm`` in a subprocess (so that its output, shutdown
 warnings included, can be read), after tests/test_vllm.py's engine has shut down."""
 
+import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -41,9 +43,22 @@ def test_one_online_iteration_with_the_vllm_sampler(model_dir, tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "leaked shared_memory" not in log and "force killing" not in log, log[-4000:]
+    # the reloads (pi_ref, pi_1) are quiet: no "Failed to load weights" for the rotary cache or the tied head
+    assert "Failed to load weights" not in log, log[-4000:]
+    # a prompt shutdown: the worker exits within vLLM's grace period (no SIGTERM), the engine within seconds
+    assert "still running after grace period" not in log and "sending SIGTERM" not in log, log[-4000:]
+    stamps = [_log_time(line) for line in log.splitlines() if "[shutdown] MPClient: start" in line or
+              "[shutdown] MPClient: complete" in line]
+    assert len(stamps) == 2 and (stamps[1] - stamps[0]).total_seconds() <= 6, stamps
     assert log.count("Initializing a V1 LLM engine") == 1, log[-4000:]  # one engine for the whole run
     rows = [json.loads(x) for x in (out / "iter_000" / "samples.jsonl").read_text().splitlines()]
     texts = [y for r in rows for y in r["responses"]]
     assert len(texts) == 64 and len(set(texts)) >= 0.9 * len(texts), len(set(texts))
     it = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"iteration"' in x]
     assert [r for r in it if r.get("kind") == "iteration" and "win_rate" in r]
+
+
+def _log_time(line: str) -> datetime.datetime:
+    """The time of a vLLM log line ("... INFO 12-03 13:45:17 [...]")."""
+    m = re.search(r" (\d\d-\d\d \d\d:\d\d:\d\d) \[", line)
+    return datetime.datetime.strptime(m.group(1), "%m-%d %H:%M:%S")

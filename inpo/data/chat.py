@@ -3,11 +3,14 @@
 One place for every encoder of the project -- offline pairs, online samples turned into training sequences,
 log-prob precompute, the SFT warm start, evaluation and every sampler -- so they all agree:
 
-* **Chat template, whole conversation** (as TRL does): a response's ids are the difference between the
-  template's rendering of the full conversation and of the prompt with its generation prompt, so
-  ``prompt_ids + chosen_ids`` is exactly ``apply_chat_template(prompt + [assistant turn])``: the response
-  ends with the template's end-of-turn token and whatever follows it (ChatML's ``<|im_end|>\\n``, Llama-3's
-  ``<|eot_id|>``), not with a bare eos.
+* **Chat template, whole conversation** (as TRL 1.16 does): ``prompt_ids + chosen_ids`` is exactly
+  ``apply_chat_template(prompt + [assistant turn])``: the response ends with the template's end-of-turn token and
+  whatever follows it (ChatML's ``<|im_end|>\\n``, Llama-3's ``<|eot_id|>``), not with a bare eos. The response
+  starts where the prompt's rendering (with its generation prompt) and the whole conversation's first differ
+  (:func:`common_prefix_length`; for a pair, the earlier of chosen's and rejected's), so no response token is lost
+  when the two renderings disagree at the seam: a reasoning template that opens ``<think>`` in the generation
+  prompt only, or a generation prompt ending in a space that merges with the response's first word. The prompt
+  then ends before the differing tokens, as in TRL (one warning per tokenizer names them).
 * **Plain text** (base models without a template, opted into with :func:`use_plain_text`, i.e. config
   ``chat_template: none`` / ``--no-chat-template``): ``tokenizer(prompt)`` (with the tokenizer's own special
   tokens, e.g. a bos) and ``tokenizer(prompt + response + eos_token)``, TRL's standard-format recipe. A
@@ -30,8 +33,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["is_messages", "as_messages", "prompt_text", "prompt_key", "check_prompt", "normalize_pair",
-           "use_plain_text", "is_plain_text", "encode_prompt", "encode_completion", "encode_pair",
-           "stop_token_ids", "end_of_turn_id", "Truncation", "TRUNCATION_MODES"]
+           "use_plain_text", "is_plain_text", "encode_prompt", "encode_completion", "encode_responses", "encode_pair",
+           "common_prefix_length", "record_origin", "stop_token_ids", "end_of_turn_id", "Truncation",
+           "TRUNCATION_MODES"]
 
 TRUNCATION_MODES = ("keep_start", "keep_end")
 _PLAIN_ATTR = "_inpo_plain_text"  # set on the tokenizer object, so every encoder of the run sees the choice
@@ -97,6 +101,17 @@ def _split_implicit(chosen, rejected):
     return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
+class _Record(dict):
+    """A normalised record that remembers where it came from (``file:line``), for error messages."""
+
+    where: str | None = None
+
+
+def record_origin(record) -> str | None:
+    """``file:line`` of a record read by :func:`inpo.data.pairs.load_pairs` (None for others)."""
+    return getattr(record, "where", None)
+
+
 def normalize_pair(record: Mapping, where: str = "record") -> dict:
     """``{"prompt", "chosen", "rejected"}`` from any of TRL's preference formats (see the module doc).
 
@@ -133,7 +148,9 @@ def normalize_pair(record: Mapping, where: str = "record") -> dict:
                                  f"{value[0]['role']!r}")
     if isinstance(chosen, list) and isinstance(prompt, str):
         prompt = as_messages(prompt)
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    out = _Record(prompt=prompt, chosen=chosen, rejected=rejected)
+    out.where = where
+    return out
 
 
 # -- the template or plain text -------------------------------------------------------------------------------------
@@ -172,8 +189,15 @@ def _ids(encoded) -> list[int]:
     return [int(i) for i in encoded]
 
 
-def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:
-    return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True))
+def _render(tokenizer, messages: list[dict], generation_prompt: bool, where: str) -> list[int]:
+    try:
+        return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True))
+    except Exception as exc:  # jinja2's TemplateError (raise_exception in the template), UndefinedError, ...
+        if not type(exc).__module__.startswith("jinja2"):
+            raise
+        roles = ", ".join(dict.fromkeys(m.get("role", "?") for m in messages))
+        raise ValueError(f"{where}: the chat template of tokenizer {_name(tokenizer)!r} fails on this conversation "
+                         f"(roles: {roles}): {exc}") from None
 
 
 def _memo(tokenizer) -> dict:
@@ -187,19 +211,25 @@ def _memo(tokenizer) -> dict:
     return memo
 
 
-def encode_prompt(tokenizer, prompt) -> list[int]:
-    """Ids of ``prompt`` as generation starts from it: the template with its generation prompt, or plain text."""
-    prompt = check_prompt(prompt)
+def _where(where: str | None, prompt) -> str:
+    return where or f"prompt {prompt_text(prompt)[:60]!r}"
+
+
+def encode_prompt(tokenizer, prompt, *, where: str | None = None) -> list[int]:
+    """Ids of ``prompt`` as generation starts from it: the template with its generation prompt, or plain text.
+    Errors (a template that fails on the conversation, a conversation under plain text) name ``where`` (a
+    ``file:line``) or the prompt."""
+    prompt = check_prompt(prompt, where or "prompt")
     _check_template(tokenizer)
     if is_plain_text(tokenizer):
         if not isinstance(prompt, str):
-            raise ValueError("a conversational prompt (a list of messages) needs a chat template; the tokenizer is "
-                             "set to plain text (chat_template: none)")
+            raise ValueError(f"{_where(where, prompt)}: a conversational prompt (a list of messages) needs a chat "
+                             f"template; the tokenizer is set to plain text (chat_template: none / --no-chat-template)")
         ids = _ids(tokenizer(prompt)["input_ids"])
     else:
-        ids = _render(tokenizer, as_messages(prompt), True)
+        ids = _render(tokenizer, as_messages(prompt), True, _where(where, prompt))
     if not ids:
-        raise ValueError(f"prompt {prompt_text(prompt)[:60]!r} encodes to no tokens")
+        raise ValueError(f"{_where(where, prompt)}: the prompt encodes to no tokens")
     return ids
 
 
@@ -209,29 +239,60 @@ def _response_messages(response, where: str) -> list[dict]:
     return _check_messages(response, where)
 
 
-def encode_completion(tokenizer, prompt, response, *, prompt_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
-    """``(prompt_ids, response_ids)`` with ``prompt_ids + response_ids`` the rendering of the whole conversation.
+def common_prefix_length(ids: Sequence[int], other: Sequence[int]) -> int:
+    """Number of leading tokens ``ids`` and ``other`` share (TRL 1.16's ``common_prefix_length``)."""
+    n = 0
+    for a, b in zip(ids, other):
+        if a != b:
+            break
+        n += 1
+    return n
 
-    ``response`` is a string (one assistant turn) or a list of messages. ``prompt_ids`` may pass a cached
-    :func:`encode_prompt` result.
-    """
-    p = encode_prompt(tokenizer, prompt) if prompt_ids is None else list(prompt_ids)
+
+def _render_full(tokenizer, prompt, response, where: str) -> list[int]:
+    """The whole conversation's ids: the template on prompt + response turn(s), or ``prompt + response + eos``."""
     if is_plain_text(tokenizer):
         if not isinstance(response, str):
-            raise ValueError("a conversational response needs a chat template; the tokenizer is set to plain text")
+            raise ValueError(f"{where}: a conversational response needs a chat template; the tokenizer is set to "
+                             f"plain text (chat_template: none / --no-chat-template)")
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer {_name(tokenizer)!r} has no eos token: plain-text responses could never end")
         text = response if response.endswith(tokenizer.eos_token) else response + tokenizer.eos_token
-        full = _ids(tokenizer(prompt + text)["input_ids"])
-    else:
-        full = _render(tokenizer, as_messages(prompt) + _response_messages(response, "response"), False)
-    if full[:len(p)] != p:  # TRL warns and slices the same way
-        warnings.warn(f"tokenizer {_name(tokenizer)!r}: the prompt's ids are not a prefix of the whole "
-                      f"conversation's (template or tokenizer merges across the seam); the response is taken as "
-                      f"the tokens after len(prompt_ids)", stacklevel=2)
-    r = full[len(p):]
-    if not r:
-        raise ValueError(f"the response to {prompt_text(prompt)[:60]!r} encodes to no tokens")
+        return _ids(tokenizer(prompt + text)["input_ids"])
+    return _render(tokenizer, as_messages(prompt) + _response_messages(response, f"{where}: response"), False, where)
+
+
+def encode_responses(tokenizer, prompt, responses: Sequence, *, prompt_ids: list[int] | None = None,
+                     where: str | None = None) -> tuple[list[int], list[list[int]]]:
+    """``(prompt_ids, [response_ids, ...])`` of responses to one prompt, split as TRL 1.16 splits a pair: each
+    ``prompt_ids + response_ids[i]`` is the whole conversation's rendering, and the responses start where the
+    prompt's rendering (with its generation prompt; ``prompt_ids`` may pass a cached :func:`encode_prompt`) and
+    the conversations' first differ, the earliest over ``responses``. When that is before the prompt's end (the
+    template renders the prompt differently alone, or tokens merge across the seam), the rest of the prompt is
+    left out of the sequence and a warning (once per tokenizer) names it, as TRL does."""
+    where = _where(where, prompt)
+    p = encode_prompt(tokenizer, prompt, where=where) if prompt_ids is None else list(prompt_ids)
+    fulls = [_render_full(tokenizer, prompt, r, where) for r in responses]
+    cut = min((common_prefix_length(p, f) for f in fulls), default=len(p))
+    memo = _memo(tokenizer)
+    if cut < len(p) and not memo.get("seam_warned"):
+        memo["seam_warned"] = True
+        warnings.warn(f"tokenizer {_name(tokenizer)!r}: the prompt's ids are not a prefix of the whole conversation's "
+                      f"(the template renders the prompt differently alone, or tokens merge across the seam); as in "
+                      f"TRL 1.16 the response starts where they differ, and the prompt's end "
+                      f"{tokenizer.decode(p[cut:])!r} is left out of the training sequence. Shown once.", stacklevel=2)
+    out = [f[cut:] for f in fulls]
+    if any(not r for r in out):
+        raise ValueError(f"{where}: a response encodes to no tokens")
+    return p[:cut], out
+
+
+def encode_completion(tokenizer, prompt, response, *, prompt_ids: list[int] | None = None,
+                      where: str | None = None) -> tuple[list[int], list[int]]:
+    """``(prompt_ids, response_ids)`` with ``prompt_ids + response_ids`` the rendering of the whole conversation
+    (:func:`encode_responses` for one response). ``response`` is a string (one assistant turn) or a list of
+    messages; ``prompt_ids`` may pass a cached :func:`encode_prompt` result."""
+    p, (r,) = encode_responses(tokenizer, prompt, [response], prompt_ids=prompt_ids, where=where)
     return p, r
 
 
@@ -239,13 +300,13 @@ def encode_pair(tokenizer, record: Mapping) -> tuple[list[int], list[int], list[
     """``(prompt_ids, chosen_ids, rejected_ids)`` of a preference record in any TRL format.
 
     ``prompt_ids + chosen_ids`` equals the chat template's rendering of the full conversation (prompt turns and
-    the chosen assistant turn), likewise for rejected; with :func:`use_plain_text`, ``tokenizer(prompt)`` and
-    ``tokenizer(prompt + chosen + eos)``.
+    the chosen assistant turn), likewise for rejected (split at the common prefix, :func:`encode_responses`); with
+    :func:`use_plain_text`, ``tokenizer(prompt)`` and ``tokenizer(prompt + chosen + eos)``. Errors name the
+    record's ``file:line`` when it came from :func:`inpo.data.pairs.load_pairs`.
     """
-    rec = normalize_pair(record)
-    p = encode_prompt(tokenizer, rec["prompt"])
-    _, c = encode_completion(tokenizer, rec["prompt"], rec["chosen"], prompt_ids=p)
-    _, r = encode_completion(tokenizer, rec["prompt"], rec["rejected"], prompt_ids=p)
+    where = record_origin(record)
+    rec = normalize_pair(record, where or "record")
+    p, (c, r) = encode_responses(tokenizer, rec["prompt"], [rec["chosen"], rec["rejected"]], where=where)
     return p, c, r
 
 

@@ -23,7 +23,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from inpo.data.chat import check_prompt, normalize_pair
+from inpo.data.chat import check_prompt, encode_prompt, normalize_pair
 from inpo.data.textio import utf8_open
 
 __all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
@@ -92,14 +92,16 @@ def default_prompts(split: str = "train", n: int | None = None, seed: int = 0) -
     return [pool[i] for i in keep]
 
 
-def load_prompts(path: str | os.PathLike) -> list:
+def load_prompts(path: str | os.PathLike, *, tokenizer=None) -> list:
     """Prompts from a local file: ``.txt`` (one per non-empty line) or ``.jsonl`` in TRL's formats.
 
     A JSONL record gives its ``"prompt"`` (a string, or a conversation: a list of ``{"role", "content"}``
     messages with any system turns and earlier turns), or -- a preference dataset's row -- the prompt shared by
     its ``"chosen"`` / ``"rejected"`` (explicit or implicit), or a ``"messages"`` conversation without its final
     assistant turn(s). Raises FileNotFoundError for a missing file and ValueError naming the file and line for
-    malformed content (bad JSON, no usable prompt, no prompts at all).
+    malformed content (bad JSON, no usable prompt, no prompts at all). With ``tokenizer``, each prompt is also encoded
+    (:func:`inpo.data.chat.encode_prompt`): a chat template that fails on it, or a conversation under plain text, is
+    a ValueError naming the file and line too.
     """
     path = Path(path)
     if not path.is_file():
@@ -108,15 +110,17 @@ def load_prompts(path: str | os.PathLike) -> list:
     if suffix not in (".txt", ".jsonl"):
         raise ValueError(f"prompts file {str(path)!r}: unsupported extension {suffix!r}; use .txt or .jsonl")
     prompts: list = []
+    wheres: list[str] = []
     with utf8_open(path, what="prompts file") as fh:
         for lineno, line in enumerate(fh, 1):
             line = line.strip()
             if not line:
                 continue
+            where = f"{path}:{lineno}"
+            wheres.append(where)
             if suffix == ".txt":
                 prompts.append(line)
                 continue
-            where = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -140,6 +144,8 @@ def load_prompts(path: str | os.PathLike) -> list:
             prompts.append(prompt.strip() if isinstance(prompt, str) else prompt)
     if not prompts:
         raise ValueError(f"prompts file {str(path)!r} contains no prompts")
+    for prompt, where in zip(prompts, wheres if tokenizer is not None else []):
+        encode_prompt(tokenizer, prompt, where=where)  # a failing template, a conversation under plain text
     return prompts
 
 

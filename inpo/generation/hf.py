@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from inpo.data.chat import Truncation, encode_prompt, stop_token_ids
+from inpo.data.chat import Truncation, encode_prompt, prompt_text, stop_token_ids
 from inpo.generation.base import Sampler, check_sample_args, check_sampling_args
+from inpo.generation.limits import check_prompt_lengths, context_length
 from inpo.ops.attention import sdpa_for_generation
 
 __all__ = ["HFSampler"]
@@ -34,12 +35,14 @@ class HFSampler(Sampler):
     """Batched ``model.generate`` sampler.
 
     Rows (prompt × sample) are generated ``batch_size`` at a time, left-padded, with the KV cache on.
-    ``temperature=0`` means greedy decoding. Sampling is reproducible: ``sample(..., seed=s)`` seeds
-    torch's global RNG inside ``torch.random.fork_rng``, so the caller's RNG state is untouched and the
-    same ``(prompts, k, seed, batch_size)`` gives the same responses. Responses are the decoded new
-    tokens up to the first stop token -- eos or the chat template's end of turn (``<|im_end|>``,
-    ``<|eot_id|>``), :func:`inpo.data.chat.stop_token_ids` -- with special tokens skipped. The model is put in eval mode for the call
-    and its previous mode restored. ``last_stats`` holds the last call's token counts and timing.
+    ``temperature=0`` means greedy decoding. Sampling is reproducible: ``sample(..., seed=s)`` seeds torch's global
+    RNG inside ``torch.random.fork_rng``, so the caller's RNG state is untouched and the same
+    ``(prompts, k, seed, batch_size)`` gives the same responses. Responses are the decoded new tokens up to the first
+    stop token -- eos or the chat template's end of turn (``<|im_end|>``, ``<|eot_id|>``),
+    :func:`inpo.data.chat.stop_token_ids` -- with special tokens skipped. A prompt (after ``max_prompt_length``)
+    plus ``max_new_tokens`` must fit the model's context (:func:`inpo.generation.limits.context_length`, the rule
+    the vLLM sampler applies too), else ValueError. The model is put in eval mode for the call and its previous
+    mode restored. ``last_stats`` holds the last call's token counts and timing.
     """
 
     def __init__(self, model, tokenizer, *, max_new_tokens: int = 32, temperature: float = 1.0,
@@ -53,6 +56,7 @@ class HFSampler(Sampler):
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, float(temperature), float(top_p)
         self.batch_size = batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.context = context_length(model.config)  # prompt + max_new_tokens must fit (as for vLLM)
         self.last_stats: dict = {}
         self.last_lengths: list[int] = []  # new tokens of each response of the last call (stop token excluded)
 
@@ -67,11 +71,19 @@ class HFSampler(Sampler):
         return GenerationConfig(max_new_tokens=self.max_new_tokens, eos_token_id=list(self.stop_ids),
                                 pad_token_id=self.pad_id, use_cache=True, **kw)
 
+    def _encode(self, prompts: Sequence) -> list[list[int]]:
+        """Prompt ids as generation starts from them (TRL's max_prompt_length keeps the end), checked to fit."""
+        encoded = [self.truncation.prompt(encode_prompt(self.tokenizer, p)) for p in prompts]
+        check_prompt_lengths([len(x) for x in encoded], self.max_new_tokens, self.context,
+                             name=lambda i: f"prompt {i} ({prompt_text(prompts[i])[:40]!r})",
+                             max_prompt_length=self.truncation.max_prompt_length)
+        return encoded
+
     def sample(self, prompts: Sequence[str], k: int, *, seed: int = 0) -> list[list[str]]:
         import torch
 
         check_sample_args(prompts, k)
-        encoded = [self.truncation.prompt(encode_prompt(self.tokenizer, p)) for p in prompts]
+        encoded = self._encode(prompts)
         rows = [ids for ids in encoded for _ in range(k)]
         device = next(self.model.parameters()).device
         stops = set(self.stop_ids)

@@ -87,6 +87,11 @@ class TrainConfig:
     pair_strategy: str = "best_worst"  # best_worst | random
     sampler: str = "auto"  # hf | vllm | auto (inpo.generation.auto_backend: the faster one, as measured)
     sampler_dtype: str = "policy"  # vLLM engine dtype: policy (the policy's own) | float32 | bfloat16 | float16
+    # vLLM engine (TRL's vllm_* names; inpo.generation.vllm.VLLMSampler):
+    vllm_max_model_length: int | None = None  # engine context; None: the model's (CUDA), what the run needs (CPU)
+    vllm_gpu_memory_utilization: float = 0.4  # GPU memory fraction vLLM may take (CUDA; TRL: 0.3 GRPO, 0.55 online DPO)
+    vllm_kv_cache_memory_bytes: int | None = None  # KV cache bytes; None: GPU from the fraction, CPU sized from the run
+    vllm_model_impl: str = "auto"  # vllm | transformers | auto (vLLM's own, else its transformers backend)
     max_new_tokens: int | None = None  # None: 24 for the embedded task, 64 with model=DIR
     temperature: float = 1.0
     top_p: float = 1.0
@@ -204,6 +209,7 @@ class TrainConfig:
         self._validate_counts()
         self._validate_ranges()
         self._validate_choices()
+        self._validate_vllm()
         self.truncation()  # validates max_length / max_prompt_length / max_completion_length / truncation_mode
         if self.eval_data is not None and self.data is None:
             raise ValueError(f"eval_data={self.eval_data!r} is for offline runs (held-out pairs scored after training "
@@ -217,6 +223,24 @@ class TrainConfig:
                              "deterministic one (head_deterministic: null/true) has no filter -- set "
                              "head_deterministic: false to use it")
         return self
+
+    def _validate_vllm(self) -> None:
+        for name in ("vllm_max_model_length", "vllm_kv_cache_memory_bytes"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name} must be a positive int or null, got {v!r}")
+        u = self.vllm_gpu_memory_utilization
+        if not (isinstance(u, (int, float)) and math.isfinite(u) and 0 < u <= 1):
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {u!r}")
+        if self.vllm_model_impl not in _VLLM_MODEL_IMPLS:
+            raise ValueError(f"vllm_model_impl must be one of {', '.join(_VLLM_MODEL_IMPLS)}, got "
+                             f"{self.vllm_model_impl!r}")
+
+    def vllm_options(self) -> dict:
+        """The vLLM sampler's engine settings (:class:`inpo.generation.vllm.VLLMSampler`)."""
+        return {"max_model_len": self.vllm_max_model_length,
+                "gpu_memory_utilization": self.vllm_gpu_memory_utilization,
+                "kv_cache_memory_bytes": self.vllm_kv_cache_memory_bytes, "model_impl": self.vllm_model_impl}
 
     def _validate_objective(self) -> None:
         """The objective exists, takes every key of objective_args, and can run on this data."""
@@ -321,6 +345,7 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
+_VLLM_MODEL_IMPLS = ("auto", "vllm", "transformers")
 
 
 def _objective_param_names() -> set:

@@ -18,7 +18,8 @@ ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "model_name_or_p
            "use_liger_kernel": "liger", "save_steps": "checkpoint_every", "save_total_limit": "keep_checkpoints"}
 # Names whose value decides what they set (handled in translate below); listed so hints and --help know them.
 SPECIAL = ("adam_beta1", "adam_beta2", "loss_type", "per_device_train_batch_size", "gradient_accumulation_steps",
-           "bf16", "warmup_steps", "max_steps", "optim")
+           "bf16", "warmup_steps", "max_steps", "optim", "use_vllm", "vllm_mode", "vllm_tensor_parallel_size",
+           "vllm_enable_sleep_mode")
 # TRL 1.16 loss_type -> (objective, objective_args) with the same loss.
 LOSS_TYPES = {"sigmoid": ("dpo", {}), "ipo": ("ipo", {"length_normalize": True}),
               "sigmoid_norm": ("dpo", {"length_normalize": True})}
@@ -26,6 +27,13 @@ LOSS_TYPES = {"sigmoid": ("dpo", {}), "ipo": ("ipo", {"length_normalize": True})
 TRL_BATCH = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
 # What inpo's AdamW is: torch.optim.AdamW (fused kernel on CUDA, foreach on CPU), as these two TRL names.
 _OPTIMS = ("adamw_torch", "adamw_torch_fused")
+# TRL vLLM settings inpo has one value of: that value is accepted (and changes nothing), any other is refused.
+# (TRL's vllm_max_model_length, vllm_gpu_memory_utilization and vllm_model_impl are config keys of the same name.)
+VLLM_FIXED = {
+    "vllm_mode": ("colocate", "inpo runs one vLLM engine inside the run (TRL's colocate mode); no vLLM server"),
+    "vllm_tensor_parallel_size": (1, "the vLLM engine runs on one device per rank"),
+    "vllm_enable_sleep_mode": (False, "the engine keeps its memory between sampling phases"),
+}
 # Names whose closest spelling is a key with another meaning: the hint says what to use instead.
 HINTS = {"max_seq_length": "max_length", "warmup": "warmup_ratio", "max_new_token": "max_new_tokens",
          "num_iterations": "iterations", "lr_scheduler": "lr_scheduler_type", "eval_steps": "evaluate (after each "
@@ -64,6 +72,15 @@ def _optim(value, where: str) -> list:
     return []
 
 
+def _vllm(key: str, value, where: str, as_bool) -> list:
+    if key == "use_vllm":  # TRL: vLLM or the model's generate
+        return [("sampler", "vllm" if as_bool(value, key, where) else "hf")]
+    only, why = VLLM_FIXED[key]
+    if (as_bool(value, key, where) if isinstance(only, bool) else value) != only:
+        raise ValueError(f"{where}: {key}={value!r} is not supported ({why}); only {only!r}")
+    return []
+
+
 def translate(key: str, value, where: str, as_bool) -> list | None:
     """``[(our_key, value), ...]`` for a TRL / HF name (``objective_args.NAME`` for an objective parameter,
     ``_batch.NAME`` for the two batch-size keys, resolved together later), or None when ``key`` is not one."""
@@ -77,6 +94,8 @@ def translate(key: str, value, where: str, as_bool) -> list | None:
         return [("max_steps", None)]
     handlers = {"loss_type": lambda: _loss_type(value, where), "warmup_steps": lambda: _warmup_steps(value, where),
                 "bf16": lambda: _bf16(value, where, as_bool), "optim": lambda: _optim(value, where)}
+    if key == "use_vllm" or key in VLLM_FIXED:
+        return _vllm(key, value, where, as_bool)
     return handlers[key]() if key in handlers else None
 
 
