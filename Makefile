@@ -6,7 +6,7 @@ STAMP := $(VENV)/.inpo-installed
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: setup train test check-shape test-gpu test-slow test-all test-vllm sampler-cost real-model test-real bench games experiments experiments-winrate clean
+.PHONY: setup train test check-shape test-gpu test-slow test-all test-vllm sampler-cost real-model test-real train-real bench games experiments experiments-winrate clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,16 @@ test-all: setup
 # ~/.cache/inpo/models); prints the fp32 folder. Offline and instant once cached. `--model smollm2` works anywhere.
 real-model: setup
 	$(PY) -m inpo fetch-model smollm2
+
+# The real-model run: 3 online INPO iterations on SmolLM2-135M-Instruct (configs/smollm2_real.yaml: the shipped
+# prompts, the format oracle), sized for about 30 min on 2 CPU cores. The run lands in runs/real/ (replaced each time);
+# its record is appended to bench/results/train-real.jsonl, its summary (win-rates, answers before/after) written to
+# bench/results/train-real.md. Samples with vLLM when the venv that runs it has vLLM (sampler: auto). Config overrides as
+# KEY VALUE pairs: make train-real TRAIN_REAL_ARGS="n_prompts 48 k 8".
+TRAIN_REAL_ARGS ?=
+train-real: real-model
+	$(PY) -m bench.train_real --config configs/smollm2_real.yaml --output runs/real --out bench/results/train-real.jsonl \
+		$(TRAIN_REAL_ARGS)
 
 # The real tier (`real` marker): TRL tokenisation, head impls vs HF logits, DPO vs TRL DPOTrainer on the real model.
 test-real: real-model

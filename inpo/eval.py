@@ -1,7 +1,7 @@
 """Win-rate of a policy against a baseline under a preference oracle, with a bootstrap CI over prompts.
 
 ``inpo eval --policy DIR [--baseline DIR | --baseline-default] [--prompts auto|default-eval|default-train|FILE]
-[--oracle synthetic|reward:PATH|pairwise:PATH] [--n 200] [--k 1] [--seed 0] [--exploitability] [--json OUT]``
+[--oracle synthetic|format|reward:PATH|pairwise:PATH|judge:PATH] [--n 200] [--k 1] [--seed 0] [--exploitability] [--json OUT]``
 
 Evaluation follows the run that produced the policy: without ``--baseline`` the policy is compared with its
 recorded starting model (``inpo_origin.json`` beside an export, or the run's ``config.yaml`` above a checkpoint /
@@ -174,7 +174,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="plain text, no chat template (a base model; default: as the policy's run did)")
     ap.add_argument("--max-prompt-length", type=int, default=None,
                     help="prompts keep their last N tokens (default: as the policy's run did)")
-    ap.add_argument("--oracle", default="synthetic", help="synthetic[:alpha=..,beta=..] | reward:PATH | pairwise:PATH")
+    ap.add_argument("--oracle", default="synthetic", help="synthetic[:alpha=..,beta=..] | format[:...] | reward:PATH | pairwise:PATH | judge:PATH")
     ap.add_argument("--n", type=int, default=200, help="at most this many prompts (seeded subset; default 200)")
     ap.add_argument("--k", type=int, default=None,
                     help="sampled pairs per prompt (default 1; 8 with --exploitability)")

@@ -164,7 +164,7 @@ def test_cli_samples_with_the_configured_backend(saved_model, tmp_path, monkeypa
 
 @pytest.mark.parametrize("args,match", [
     (["--policy", "/nonexistent/model", "--baseline", "{m}"], "does not exist"),
-    (["--policy", "{m}", "--baseline", "{m}", "--oracle", "judge"], "valid: synthetic"),
+    (["--policy", "{m}", "--baseline", "{m}", "--oracle", "gpt4"], "valid: synthetic"),
     (["--policy", "{m}", "--baseline", "{m}", "--prompts", "/no/prompts.jsonl"], "prompts file not found"),
     (["--policy", "{m}", "--baseline", "{m}", "--k", "0"], "--k must be >= 1"),
 ])

@@ -136,7 +136,7 @@ def test_oracle_argument_errors():
 def test_make_oracle_specs(tmp_path):
     o = make_oracle("synthetic:alpha=4,beta=2,mode=sample", seed=3)
     assert isinstance(o, SyntheticIntransitiveOracle) and (o.alpha, o.beta, o.mode) == (4.0, 2.0, "sample")
-    with pytest.raises(ValueError, match=r"valid: synthetic, reward:PATH, pairwise:PATH"):
+    with pytest.raises(ValueError, match=r"valid: synthetic, format, reward:PATH, pairwise:PATH, judge:PATH"):
         make_oracle("gpt4")
     with pytest.raises(ValueError, match="needs a path"):
         make_oracle("reward:")

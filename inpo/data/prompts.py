@@ -27,7 +27,7 @@ from inpo.data.chat import check_prompt, encode_prompt, normalize_pair
 from inpo.utils.io import check_input_file, read_utf8
 
 __all__ = ["task_spec", "default_prompts", "load_prompts", "split_prompts", "sft_examples", "prompt_keywords", "words",
-           "SPLITS", "EVAL_FRACTION"]
+           "real_prompts_path", "SPLITS", "EVAL_FRACTION"]
 
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.2
@@ -236,3 +236,11 @@ def sft_examples(n: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
         for prompt in order[: n - len(out)]:
             out.append((prompt, _response(_topic_of(prompt, topics), rng)))
     return out
+
+
+def real_prompts_path() -> Path:
+    """``inpo/assets/real_prompts.txt``: 237 instruction prompts written for this project (science, history, how-to,
+    cooking, writing, emails, lists, comparisons, definitions, arithmetic, code, advice, rewriting, nature,
+    technology, opinions), one per line, for runs on real chat models (``make train-real``). No dataset was copied."""
+    return Path(str(resources.files("inpo").joinpath("assets/real_prompts.txt")))
+

@@ -20,28 +20,36 @@ import numpy as np
 
 from inpo.data.chat import as_messages
 from inpo.data.tokenizer import load_tokenizer
+from inpo.models import resolve_model
 from inpo.oracles.base import PreferenceOracle
 
-__all__ = ["RewardModelOracle", "PairwiseModelOracle", "load_classifier", "PAIRWISE_TEMPLATE"]
+__all__ = ["RewardModelOracle", "PairwiseModelOracle", "load_classifier", "load_local_model", "PAIRWISE_TEMPLATE"]
 
 PAIRWISE_TEMPLATE = "{prompt}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\nIs Response A better than Response B?"
 
 
-def load_classifier(path: str | os.PathLike, *, device="cpu", dtype=None):
-    """``(model, tokenizer)`` from a local ``AutoModelForSequenceClassification`` directory."""
-    from transformers import AutoModelForSequenceClassification
+def load_local_model(path: str | os.PathLike, auto_class: str, what: str, *, device="cpu", dtype=None):
+    """``(model, tokenizer)`` through ``transformers.<auto_class>`` from a local ``save_pretrained`` folder or a real
+    model's name (never the hub); ``what`` names the kind of model in errors."""
+    import transformers
 
-    path = Path(path)
+    path = Path(resolve_model(path))
     if not path.is_dir():
-        raise FileNotFoundError(f"model directory not found: {str(path)!r} (expected a local "
-                                "save_pretrained() directory with config.json)")
+        raise FileNotFoundError(f"model directory not found: {str(path)!r} (expected a local save_pretrained() "
+                                f"folder of {what} with config.json, or a real model's name such as 'smollm2')")
     if not (path / "config.json").is_file():
         raise ValueError(f"{str(path)!r} has no config.json; is it a Hugging Face model directory?")
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+        model = getattr(transformers, auto_class).from_pretrained(str(path), local_files_only=True, dtype=dtype)
     except Exception as exc:
-        raise ValueError(f"could not load a sequence-classification model from {str(path)!r}: {exc}") from exc
+        raise ValueError(f"could not load {what} from {str(path)!r}: {exc}") from exc
     return model.to(device).eval(), load_tokenizer(path)
+
+
+def load_classifier(path: str | os.PathLike, *, device="cpu", dtype=None):
+    """``(model, tokenizer)`` from a local ``AutoModelForSequenceClassification`` directory."""
+    return load_local_model(path, "AutoModelForSequenceClassification", "a sequence-classification model",
+                            device=device, dtype=dtype)
 
 
 class _ClassifierOracle(PreferenceOracle):

@@ -37,19 +37,14 @@ the three styles form a strict cycle, which no Bradley–Terry score can explain
 Nash policy mixes the styles evenly while pushing quality up — the part a tiny model can learn by
 shifting its token distribution, so win-rates against the reference rise within a few iterations.
 Everything is a pure function of the text; ``seed`` only feeds the ``"sample"`` mode's default RNG.
+The formula and the feature-space best response are :class:`~inpo.oracles.features.FeatureOracle`'s; this module
+supplies the checks and the word families.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from functools import lru_cache
-
-import numpy as np
-
-from inpo.data.chat import prompt_text
 from inpo.data.prompts import prompt_keywords, task_spec, words
-from inpo.oracles.base import PreferenceOracle
+from inpo.oracles.features import FeatureOracle
 
 __all__ = ["SyntheticIntransitiveOracle", "STYLES", "CYCLE", "QUALITY_WEIGHTS", "LENGTH_BAND"]
 
@@ -63,21 +58,7 @@ _LENGTH_FALLOFF = 6.0
 _FUNCTION = frozenset("a an the and but of in on at to is it its all me my so very also".split())
 
 
-def _style_matrix(none_penalty: float = 0.0) -> np.ndarray:
-    m = np.zeros((len(STYLES) + 1, len(STYLES) + 1))  # last row/col: no dominant style
-    for win, lose in CYCLE:
-        i, j = STYLES.index(win), STYLES.index(lose)
-        m[i, j], m[j, i] = 1.0, -1.0
-    m[:-1, -1], m[-1, :-1] = none_penalty, -none_penalty
-    return m
-
-
-def _dead_zone(d, margin: float):
-    """sign(d)·max(|d| − margin, 0): odd, so P(a ≻ b) + P(b ≻ a) = 1 still holds."""
-    return np.sign(d) * np.maximum(np.abs(d) - margin, 0.0)
-
-
-class SyntheticIntransitiveOracle(PreferenceOracle):
+class SyntheticIntransitiveOracle(FeatureOracle):
     """The default task's oracle (see the module docstring for the exact formula).
 
     ``alpha`` weighs quality differences, ``beta`` the rock-paper-scissors term, ``none_penalty`` (γ) what a
@@ -85,29 +66,15 @@ class SyntheticIntransitiveOracle(PreferenceOracle):
     ``mode`` and ``seed`` as in :class:`~inpo.oracles.base.PreferenceOracle`.
     """
 
+    styles = STYLES
+    cycle = CYCLE
+
     def __init__(self, *, alpha: float = 8.0, beta: float = 1.0, none_penalty: float = 0.0,
                  quality_margin: float = 0.0, mode: str = "deterministic", seed: int = 0, tie_tol: float = 1e-9):
-        super().__init__(mode=mode, seed=seed, tie_tol=tie_tol)
-        for name, value in (("alpha", alpha), ("beta", beta), ("none_penalty", none_penalty),
-                            ("quality_margin", quality_margin)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if quality_margin >= 1:
-            raise ValueError(f"quality_margin must be < 1 (qualities lie in [0, 1]), got {quality_margin!r}")
-        self.alpha, self.beta = float(alpha), float(beta)
-        self.none_penalty, self.quality_margin = float(none_penalty), float(quality_margin)
+        super().__init__(alpha=alpha, beta=beta, none_penalty=none_penalty, quality_margin=quality_margin,
+                         mode=mode, seed=seed, tie_tol=tie_tol)
         self._families = {style: frozenset(task_spec()["styles"][style]) for style in STYLES}
         self._topics = frozenset(task_spec()["topics"])
-        self._C = _style_matrix(self.none_penalty)
-        # Responses recur across tournament rounds; features are pure functions of the text.
-        self._features_of = lru_cache(maxsize=65536)(self._features)
-
-    def _cached(self, prompt, response: str) -> dict:
-        return self._features_of(prompt_text(prompt), response)
-
-    def __repr__(self) -> str:
-        return (f"SyntheticIntransitiveOracle(alpha={self.alpha}, beta={self.beta}, none_penalty={self.none_penalty}, "
-                f"quality_margin={self.quality_margin}, mode={self.mode!r}, queries={self.queries})")
 
     def _features(self, prompt: str, response: str) -> dict:
         ws = words(response)
@@ -130,76 +97,3 @@ class SyntheticIntransitiveOracle(PreferenceOracle):
         top = max(counts)
         style = STYLES[counts.index(top)] if top > 0 and counts.count(top) == 1 else None
         return {**checks, "quality": quality, "style": style, "words": n}
-
-    def features(self, prompt: str, response: str) -> dict:
-        """The four checks, ``quality``, ``style`` and word count of ``response`` (uncounted)."""
-        return dict(self._cached(prompt, response))
-
-    def quality(self, prompt: str, response: str) -> float:
-        """q(response | prompt) ∈ [0, 1], the transitive part."""
-        return self._cached(prompt, response)["quality"]
-
-    def style(self, response: str) -> str | None:
-        """The dominant style family of ``response`` or None (the prompt plays no part)."""
-        return self._cached("", response)["style"]
-
-    def logit(self, prompt: str, a: str, b: str) -> float:
-        """α·dz_m(q(a) − q(b)) + β·C_γ[c(a), c(b)] (uncounted)."""
-        fa, fb = self._cached(prompt, a), self._cached(prompt, b)
-        return float(self.feature_logits([fa["quality"]], [_style_index(fa["style"])],
-                                         [fb["quality"]], [_style_index(fb["style"])])[0, 0])
-
-    def feature_logits(self, q_a, s_a, q_b, s_b) -> np.ndarray:
-        """``[len(q_a), len(q_b)]`` logits of every feature pair (quality ∈ [0, 1], style index 0-2 for
-        :data:`STYLES`, 3 for no dominant style): the oracle as a function of features alone."""
-        q_a, q_b = np.asarray(q_a, np.float64)[:, None], np.asarray(q_b, np.float64)[None, :]
-        s_a, s_b = np.asarray(s_a, np.int64)[:, None], np.asarray(s_b, np.int64)[None, :]
-        return self.alpha * _dead_zone(q_a - q_b, self.quality_margin) + self.beta * self._C[s_a, s_b]
-
-    def feature_arrays(self, prompt: str, responses: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(qualities, style indices) of ``responses`` (uncounted)."""
-        feats = [self._cached(prompt, y) for y in responses]
-        return (np.array([f["quality"] for f in feats], np.float64),
-                np.array([_style_index(f["style"]) for f in feats], np.int64))
-
-    def feature_matrix(self, prompt: str, responses: Sequence[str], *, fixed_quality: bool = False) -> np.ndarray:
-        """``[4, K]`` P(y′ ≻ y_j) for the best challenger of each style class y′ (rows: :data:`STYLES`, then no
-        style) against the K ``responses`` (uncounted). The oracle depends on a response only through (quality,
-        style) and its logit is nondecreasing in the challenger's quality, so over the whole feature space the
-        best challenger of each style has quality 1. ``fixed_quality=True``: the style-only part, each comparison
-        at the opponent's own quality (q′ = q(y_j)), i.e. σ(β·C_γ[s′, c(y_j)])."""
-        q, s = self.feature_arrays(prompt, responses)
-        if not len(q):
-            raise ValueError("responses is empty: need at least one sample of the policy")
-        return self.feature_probs(q, s, fixed_quality=fixed_quality)
-
-    def feature_probs(self, q, s, *, fixed_quality: bool = False) -> np.ndarray:
-        """:meth:`feature_matrix` from feature arrays (qualities, style indices) instead of texts."""
-        styles = np.arange(len(STYLES) + 1)
-        if fixed_quality:
-            z = self.beta * self._C[styles[:, None], np.asarray(s, np.int64)[None, :]]
-        else:
-            z = self.feature_logits(np.ones(len(styles)), styles, q, s)
-        return _sigmoid(z)
-
-    def best_response_value(self, prompt: str, responses: Sequence[str], *, fixed_quality: bool = False) -> float:
-        """max over the whole feature space of E_y P(y′ ≻ y), y uniform over ``responses`` (uncounted)."""
-        return float(self.feature_matrix(prompt, responses, fixed_quality=fixed_quality).mean(axis=1).max())
-
-    def _probs(self, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-        fa = [self._cached(x, y) for x, y in zip(prompts, a)]
-        fb = [self._cached(x, y) for x, y in zip(prompts, b)]
-        qa, qb = (np.array([f["quality"] for f in fs], np.float64) for fs in (fa, fb))
-        sa, sb = (np.array([_style_index(f["style"]) for f in fs], np.int64) for fs in (fa, fb))
-        return _sigmoid(self.alpha * _dead_zone(qa - qb, self.quality_margin) + self.beta * self._C[sa, sb])
-
-
-def _style_index(style: str | None) -> int:
-    return STYLES.index(style) if style else len(STYLES)
-
-
-def _sigmoid(z) -> np.ndarray:
-    # σ(z) and σ(−z) = 1 − σ(z) exactly in floating point: swap-symmetry holds to the last bit.
-    z = np.asarray(z, np.float64)
-    pos = 1.0 / (1.0 + np.exp(-np.abs(z)))
-    return np.where(z >= 0, pos, 1.0 - pos)

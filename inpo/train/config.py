@@ -85,7 +85,7 @@ class TrainConfig:
     eval_k: int = 4  # responses per held-out prompt and policy (averaged per prompt; bootstrap over prompts)
     eval_seed: int = 12345  # sampling seed of the evaluation (fixed across iterations: common random numbers)
     k: int = 8  # responses sampled per prompt (the paper's K; best/worst by the oracle's tournament)
-    oracle: str = "synthetic"  # synthetic | reward:PATH | pairwise:PATH
+    oracle: str = "synthetic"  # synthetic | format | reward:PATH | pairwise:PATH | judge:PATH (a chat model)
     pair_strategy: str = "best_worst"  # best_worst | random
     sampler: str = "auto"  # hf | vllm | auto (inpo.generation.auto_backend: the faster one, as measured)
     sampler_dtype: str = "policy"  # vLLM engine dtype: policy (the policy's own) | float32 | bfloat16 | float16
