@@ -70,11 +70,7 @@ def _trl_ids(trl_tok, record):
 # A response starting with spaces merges with the template's "\n" across the seam: TRL splits at the common prefix
 # (the prompt loses its last "\n"), inpo.data.chat (at this commit) cuts at len(prompt_ids). Helper `vllm` brings
 # TRL's common-prefix split (issue 21); strict, so the mark must go when it lands.
-_SEAM = pytest.mark.xfail(strict=True, reason="TRL's common-prefix split not yet in inpo.data.chat (issue 21)")
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=_SEAM) if c == "unicode and code" else c
-                                  for c in CONVERSATIONAL])
+@pytest.mark.parametrize("case", CONVERSATIONAL)
 def test_encode_pair_equals_trl_conversational(tok, trl_tok, case):
     from inpo.data.chat import encode_pair
 
