@@ -283,64 +283,104 @@ def main(argv: list[str] | None = None) -> int:
     if args.k is None:
         args.k = 8 if args.exploitability else 1
     try:
-        for name in ("policy", "baseline", "tokenizer"):  # a real-model name (smollm2) → its converted folder
-            setattr(args, name, resolve_model(getattr(args, name)))
-        for name in ("k", "max_new_tokens", "n_bootstrap") + (("max_prompt_length",) if args.max_prompt_length
-                                                              is not None else ()):
-            if getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-        if not math.isfinite(args.temperature) or args.temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-        if args.json_out:
-            check_writable_path(args.json_out, "--json", folder=False)
-        _check_resources(args)
-        policy_path = None if args.policy == "default" else args.policy
-        origin = find_origin(policy_path) if policy_path else None
-        if args.baseline:
-            baseline_path = args.baseline
-        elif args.baseline_default or policy_path is None:
-            baseline_path = None
-        elif origin is not None:
-            baseline_path = origin.get("base_model")  # None: the run trained the embedded default π_ref
-        else:
-            raise ValueError(f"--policy {policy_path!r} has no recorded starting model (no inpo_origin.json beside "
-                             f"it, no run config.yaml above it): pass --baseline DIR (e.g. the model you trained "
-                             f"from) or --baseline-default (the embedded default π_ref)")
-
-        oracle = make_oracle(args.oracle, device=args.device, seed=args.seed)
-        prompts = _resolve_prompts(args.prompts, args.n, args.seed, origin)
-
-        # a tokenizer without a template (and no --no-chat-template) fails here
-        tokenizer = resolve_tokenizer(args.tokenizer or None, policy_path, model_arg="--policy",
-                                      tokenizer_arg="--tokenizer DIR", plain_text=args.no_chat_template
-                                      or (origin or {}).get("chat_template") == "none")
-        max_prompt_length = args.max_prompt_length if args.max_prompt_length is not None else \
-            (origin or {}).get("max_prompt_length")
-        policy = load_policy(policy_path, tokenizer=tokenizer, device=args.device)
-        baseline_name = baseline_path or "default"
-        if baseline_path is None and policy_path is not None:
-            print("[inpo eval] baseline: the embedded default π_ref (built once and cached if missing)", flush=True)
-        # an embedded run's π_ref is the default built from that run's sft_seed
-        baseline = load_policy(baseline_path, tokenizer=tokenizer, device=args.device,
-                               default_seed=int((origin or {}).get("sft_seed") or 0))
-        for role, model, where in (("policy", policy, args.policy), ("baseline", baseline, baseline_name)):
-            bad = first_non_finite(model.state_dict())
-            if bad is not None:
-                raise ValueError(f"--{role} {where!r}: weight {bad!r} holds NaN/inf values; it cannot be sampled "
-                                 f"(a diverged training run?)")
-        vp, vb = policy.config.vocab_size, baseline.config.vocab_size
-        if vp != vb:
-            raise ValueError(f"policy and baseline vocabularies differ ({vp} vs {vb}); they must share a tokenizer")
+        _check_args(args)
+        setup = _setup(args)
     except (FileNotFoundError, ValueError, TypeError, ImportError) as exc:
         print(f"inpo eval: error: {exc}", file=sys.stderr)
         return 2
-
+    policy_path = setup["policy_path"]
     sampler = args.sampler or (run_config(policy_path) or {} if policy_path else {}).get("sampler", "auto")
-    result, ours, theirs = evaluate(policy, baseline, tokenizer, prompts, oracle, max_new_tokens=args.max_new_tokens,
+    result, ours, theirs = evaluate(setup["policy"], setup["baseline"], setup["tokenizer"], setup["prompts"],
+                                    setup["oracle"], max_new_tokens=args.max_new_tokens,
                                     temperature=args.temperature, seed=args.seed, n_bootstrap=args.n_bootstrap,
                                     k=args.k, hard=args.hard, return_responses=True,
-                                    max_prompt_length=max_prompt_length, sampler=sampler)
-    exploit = _exploitability_rows(oracle, prompts, ours, theirs, args) if args.exploitability else []
+                                    max_prompt_length=setup["max_prompt_length"], sampler=sampler)
+    exploit = _exploitability_rows(setup["oracle"], setup["prompts"], ours, theirs, args) if args.exploitability else []
+    _print_tables(args, setup["baseline_name"], result, exploit)
+    if not args.json_out:
+        return 0
+    record = {**asdict(result), "policy": args.policy, "baseline": setup["baseline_name"], "oracle": args.oracle,
+              "prompts": args.prompts, "prompts_n": len(setup["prompts"]), "k": args.k, "seed": args.seed,
+              "hard": args.hard, "sampler": sampler, "temperature": args.temperature,
+              "max_new_tokens": args.max_new_tokens, "exploitability": {e.kind: asdict(e) for e in exploit},
+              "environment": environment_info()}
+    try:
+        atomic_write_json(args.json_out, record, indent=2, default=str)
+    except OSError as exc:  # the result is computed: never lose it to an unwritable path
+        print(json.dumps(record, indent=2, default=str))
+        print(f"inpo eval: error: could not write --json {args.json_out!r} ({exc.strerror or exc}); the result "
+              f"is printed above", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_args(args) -> None:
+    """Every argument checked before a model loads (ValueError naming it)."""
+    for name in ("policy", "baseline", "tokenizer"):  # a real-model name (smollm2) → its converted folder
+        setattr(args, name, resolve_model(getattr(args, name)))
+    for name in ("k", "max_new_tokens", "n_bootstrap") + (("max_prompt_length",) if args.max_prompt_length
+                                                          is not None else ()):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.json_out:
+        check_writable_path(args.json_out, "--json", folder=False)
+    _check_resources(args)
+
+
+def _baseline_path(args, policy_path, origin) -> str | None:
+    """The baseline folder: --baseline, else the policy's recorded starting model (None: the embedded default)."""
+    if args.baseline:
+        return args.baseline
+    if args.baseline_default or policy_path is None:
+        return None
+    if origin is not None:
+        return origin.get("base_model")  # None: the run trained the embedded default π_ref
+    raise ValueError(f"--policy {policy_path!r} has no recorded starting model (no inpo_origin.json beside "
+                     f"it, no run config.yaml above it): pass --baseline DIR (e.g. the model you trained "
+                     f"from) or --baseline-default (the embedded default π_ref)")
+
+
+def _setup(args) -> dict:
+    """Oracle, prompts, tokenizer, policy and baseline (both checked finite and on one vocabulary)."""
+    policy_path = None if args.policy == "default" else args.policy
+    origin = find_origin(policy_path) if policy_path else None
+    baseline_path = _baseline_path(args, policy_path, origin)
+    oracle = make_oracle(args.oracle, device=args.device, seed=args.seed)
+    prompts = _resolve_prompts(args.prompts, args.n, args.seed, origin)
+    # a tokenizer without a template (and no --no-chat-template) fails here
+    tokenizer = resolve_tokenizer(args.tokenizer or None, policy_path, model_arg="--policy",
+                                  tokenizer_arg="--tokenizer DIR", plain_text=args.no_chat_template
+                                  or (origin or {}).get("chat_template") == "none")
+    max_prompt_length = args.max_prompt_length if args.max_prompt_length is not None else \
+        (origin or {}).get("max_prompt_length")
+    baseline_name = baseline_path or "default"
+    policy, baseline = _load_models(args, policy_path, baseline_path, origin, tokenizer)
+    return dict(policy_path=policy_path, oracle=oracle, prompts=prompts, tokenizer=tokenizer, policy=policy,
+                baseline=baseline, baseline_name=baseline_name, max_prompt_length=max_prompt_length)
+
+
+def _load_models(args, policy_path, baseline_path, origin, tokenizer) -> tuple:
+    """Policy and baseline, both finite and on one vocabulary (ValueError naming the model otherwise)."""
+    policy = load_policy(policy_path, tokenizer=tokenizer, device=args.device)
+    if baseline_path is None and policy_path is not None:
+        print("[inpo eval] baseline: the embedded default π_ref (built once and cached if missing)", flush=True)
+    # an embedded run's π_ref is the default built from that run's sft_seed
+    baseline = load_policy(baseline_path, tokenizer=tokenizer, device=args.device,
+                           default_seed=int((origin or {}).get("sft_seed") or 0))
+    for role, model, where in (("policy", policy, args.policy), ("baseline", baseline, baseline_path or "default")):
+        bad = first_non_finite(model.state_dict())
+        if bad is not None:
+            raise ValueError(f"--{role} {where!r}: weight {bad!r} holds NaN/inf values; it cannot be sampled "
+                             f"(a diverged training run?)")
+    vp, vb = policy.config.vocab_size, baseline.config.vocab_size
+    if vp != vb:
+        raise ValueError(f"policy and baseline vocabularies differ ({vp} vs {vb}); they must share a tokenizer")
+    return policy, baseline
+
+
+def _print_tables(args, baseline_name: str, result, exploit: list) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -350,30 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row(args.policy, baseline_name, args.oracle, f"{result.n}×{args.k}", f"{result.win_rate:.3f}",
                   f"[{result.ci_low:.3f}, {result.ci_high:.3f}]", str(result.queries))
     Console().print(table)
-    if exploit:
-        table = Table(title=f"exploitability of the policy ({args.k} samples per prompt; 0 = Nash; cross-fit with its "
-                            f"95 % bootstrap CI over prompts, plug-in = upper bracket)")
-        for col in ("best response over", "cross-fit", "95% CI", "plug-in", "pooled", "queries"):
-            table.add_column(col, justify="left" if col == "best response over" else "right")
-        names = {"pool": "pool (both models' samples)", "feature": "whole feature space", "style": "style only"}
-        for e in exploit:
-            table.add_row(names[e.kind], f"{e.value:.3f}", f"[{e.ci_low:.3f}, {e.ci_high:.3f}]", f"{e.plugin:.3f}",
-                          "–" if e.pooled is None else f"{e.pooled:.3f}", str(e.queries))
-        Console().print(table)
-    if args.json_out:
-        record = {**asdict(result), "policy": args.policy, "baseline": baseline_name, "oracle": args.oracle,
-                  "prompts": args.prompts, "prompts_n": len(prompts), "k": args.k, "seed": args.seed, "hard": args.hard,
-                  "sampler": sampler,
-                  "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
-                  "exploitability": {e.kind: asdict(e) for e in exploit}, "environment": environment_info()}
-        try:
-            atomic_write_json(args.json_out, record, indent=2, default=str)
-        except OSError as exc:  # the result is computed: never lose it to an unwritable path
-            print(json.dumps(record, indent=2, default=str))
-            print(f"inpo eval: error: could not write --json {args.json_out!r} ({exc.strerror or exc}); the result "
-                  f"is printed above", file=sys.stderr)
-            return 1
-    return 0
+    if not exploit:
+        return
+    table = Table(title=f"exploitability of the policy ({args.k} samples per prompt; 0 = Nash; cross-fit with its "
+                        f"95 % bootstrap CI over prompts, plug-in = upper bracket)")
+    for col in ("best response over", "cross-fit", "95% CI", "plug-in", "pooled", "queries"):
+        table.add_column(col, justify="left" if col == "best response over" else "right")
+    names = {"pool": "pool (both models' samples)", "feature": "whole feature space", "style": "style only"}
+    for e in exploit:
+        table.add_row(names[e.kind], f"{e.value:.3f}", f"[{e.ci_low:.3f}, {e.ci_high:.3f}]", f"{e.plugin:.3f}",
+                      "–" if e.pooled is None else f"{e.pooled:.3f}", str(e.queries))
+    Console().print(table)
 
 
 def _exploitability_rows(oracle, prompts, ours, theirs, args) -> list:

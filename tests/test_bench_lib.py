@@ -70,15 +70,26 @@ def test_peak_memory_is_none_on_cpu_and_oom_detection():
 
 # ---- the measured GEMM peak ---------------------------------------------------------------------------------
 
+def test_measure_peak_flops_counts_2n3_over_the_fastest_sample(monkeypatch):
+    """The arithmetic, independent of machine load: 2·n³ FLOPs over the fastest timed call (min_ms, in ms)."""
+    import bench.lib.timing as timing
+
+    fake = timing.Timing(median_ms=9.0, p20_ms=8.0, p80_ms=10.0, min_ms=4.0, max_ms=12.0, mean_ms=9.0, n=3,
+                         method="fake")
+    monkeypatch.setattr(timing, "measure", lambda fn, **kw: (fn(), fake)[1])
+    peak = measure_peak_flops("cpu", n=64, reps=3)
+    assert peak["peak_flops"] == pytest.approx(2 * 64**3 / 4e-3) and peak["gemm_ms"] == 4.0
+
+
 def test_measure_peak_flops_cpu_is_plausible():
     """Physical bounds for an fp32 GEMM on the threads torch uses. Above: each thread's core retires at most
-    2 AVX-512 FMAs of 16 fp32 lanes per cycle (64 FLOP/cycle) at <= 5 GHz. Below: 1 GFLOP/s, under what one
-    scalar (non-vectorised) x86 core reaches; a BLAS GEMM on a shared 2-core CI box measures 10-80 GFLOP/s at
-    this size. A unit slip (ms taken as s, or 1e3 the other way) or a miscounted 2n^3 by n lands outside."""
+    2 AVX-512 FMAs of 16 fp32 lanes per cycle (64 FLOP/cycle) at <= 5 GHz. Below: 0.1 GFLOP/s -- a BLAS GEMM on a
+    quiet 2-core box measures 10-80 GFLOP/s at this size, and CI once measured 0.86 GFLOP/s with three other jobs
+    on its two cores, so the floor only catches a unit slip (ms taken as s: 1e3 off)."""
     peak = measure_peak_flops("cpu", n=128, reps=3)
     assert peak["gemm_dtype"] == "float32" and peak["gemm_n"] == 128
     upper = torch.get_num_threads() * 5e9 * 64
-    assert 1e9 < peak["peak_flops"] < upper, (peak["peak_flops"], upper)
+    assert 1e8 < peak["peak_flops"] < upper, (peak["peak_flops"], upper)
     assert peak["peak_tflops"] == pytest.approx(peak["peak_flops"] / 1e12)
 
 
