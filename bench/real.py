@@ -326,7 +326,6 @@ def iteration_worker(args) -> dict:
 
 def _iteration_run(args, out: Path) -> dict:
     from inpo._optional import available
-    from inpo.generation import auto_backend
 
     prompts = out / "prompts.txt"
     prompts.write_text("\n".join(_prompts(args.prompts)) + "\n")
@@ -346,8 +345,13 @@ def _iteration_run(args, out: Path) -> dict:
     phases = {k: it.get(k) for k in PHASES}
     phases["export_s"] = it["wall_s"] - sum(v or 0.0 for v in phases.values())  # checkpoint + iterate export
     return {"system": args.system, "wall_s": it["wall_s"], "process_s": total, **phases, "pairs": it.get("pairs"),
-            "planned_new_tokens": planned, "auto_picks": auto_backend(None, planned), "threads": args.threads,
-            "vllm_importable": available("vllm")}
+            "planned_new_tokens": planned, "sampler_line": _sampler_line(res.stdout + res.stderr),
+            "threads": args.threads, "vllm_importable": available("vllm")}
+
+
+def _sampler_line(output: str) -> str | None:
+    """The run's own line saying which sampler ``auto`` picked and why (None for an explicit --sampler)."""
+    return next((line.strip() for line in output.splitlines() if "[inpo] sampler auto:" in line), None)
 
 
 def iteration_bench(args) -> int:
@@ -359,7 +363,7 @@ def iteration_bench(args) -> int:
     summary = {s: {k: _median_range([r[k] for r in runs]) for k in ("wall_s", *PHASES, "export_s")}
                for s, runs in got.items()}
     for s, runs in got.items():
-        summary[s]["auto_picks"] = runs[0]["auto_picks"]
+        summary[s]["sampler_line"] = runs[0]["sampler_line"]
     _record(args.out or RESULTS / "real-iteration.jsonl",
             {"bench": "real-iteration", "model": MODEL, "smoke": args.smoke, "prompts": args.prompts, "k": args.k,
              "max_new_tokens": args.max_new_tokens, "rounds": args.rounds, "threads": args.threads,
