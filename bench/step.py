@@ -105,12 +105,6 @@ def smoke_config(**overrides) -> StepBenchConfig:
 
 # ---- model and data ------------------------------------------------------------------------------------------
 
-def model_config(name: str):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(**MODEL_SHAPES[name])
-
-
 ATTN_CHOICES = ("auto", "inpo_varlen", "sdpa", "flex_attention", "flash_attention_2", "eager")
 
 
