@@ -16,6 +16,8 @@ COMMANDS = {
     "fetch-model": ("inpo.models.cli", "fetch + convert a named real model once (smollm2), print its folder"),
 }
 
+INTERRUPTED = 130  # exit status after Ctrl-C (128 + SIGINT), as a shell reports a process that SIGINT ended
+
 # Names that are no longer subcommands, with where the user should go instead.
 MOVED = {
     "bench": "the benchmarks are scripts in a source checkout's bench/ folder, not installed with the package: from "
@@ -53,7 +55,7 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str], *
         return int(module.main(rest) or 0)
     except KeyboardInterrupt:  # Ctrl-C before a command installs its own handling (imports, model loading...)
         print(f"\n{prog} {name}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
-        return 130
+        return INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -804,6 +804,20 @@ def test_ctrl_c_in_the_first_seconds_is_exit_130_with_one_line(model_dir, tmp_pa
     assert not (tmp_path / "run").exists() and not (tmp_path / "g" / "results.json").exists()
 
 
+def test_python_m_inpo_exits_130_when_the_interrupt_escaped_exec_code(tmp_path):
+    """A KeyboardInterrupt raised inside ``exec(<str>)`` code (dataclasses, so any lazy torch import) and caught by
+    the dispatcher used to end ``python -m inpo`` by SIGINT (status -2) instead of 130: CPython marks it unhandled.
+    Deterministic stand-in for the timing-dependent test above: a command whose main raises inside exec."""
+    (tmp_path / "boom_cmd.py").write_text("def main(argv):\n    exec('raise KeyboardInterrupt')\n")
+    (tmp_path / "sitecustomize.py").write_text(
+        "import inpo.cli\ninpo.cli.COMMANDS['boom'] = ('boom_cmd', 'raises KeyboardInterrupt inside exec')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-m", "inpo", "boom"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert proc.stderr.strip() == "inpo boom: interrupted (Ctrl-C)", proc.stderr
+
+
 def test_an_inherited_ignored_sigint_stays_ignored(model_dir, tmp_path, monkeypatch, capsys):
     """Started with SIGINT ignored (nohup, `cmd &` in a script), the trainer does not start listening to it."""
     import inpo.train.loop as loop
