@@ -285,7 +285,7 @@ def generation_worker(args) -> dict:
     sampler.close()
     return {"system": args.system, "start_s": start_s, "generate_s": gen_s, "new_tokens": new_tokens,
             "tokens_per_s": new_tokens / gen_s, "peak_rss_bytes": _peak_rss_bytes(), "threads": torch.get_num_threads(),
-            "vllm_cpu_omp_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}
+            "vllm_cpu_omp_threads_bind": getattr(sampler, "cpu_omp_binding", None)}
 
 
 def generation_bench(args) -> int:

@@ -223,7 +223,7 @@ def run(args, argv: list[str]) -> dict:
            "shape": shape.__dict__, "threads": torch.get_num_threads(), "hf_batch": args.hf_batch, "reps": args.reps,
            "smoke": args.smoke, "loadavg_1m": [round(x, 2) for x in load], "points": points, "fit": fits,
            "lifetime": lifetime, "vllm_close_s": close_s if "vllm" in samplers else None,
-           "vllm_cpu_omp_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND"),
+           "vllm_cpu_omp_threads_bind": getattr(samplers.get("vllm"), "cpu_omp_binding", None),
            "command": "python -m bench.sampler_cost " + shlex.join(argv)}
     for name, fit in fits.items():
         print(f"[sampler-cost] {args.model} {name}: call {fit['call_s']:.3f} s, step {fit['step_s'] * 1e3:.2f} ms, "
