@@ -1,21 +1,9 @@
-"""``python -m inpo``: the same dispatcher as the ``inpo`` console script."""
+"""``python -m inpo``: the same dispatcher as the ``inpo`` console script; after Ctrl-C or a multi-process run it
+exits through :func:`inpo.cli.leave` (see there why the interpreter's teardown cannot be trusted then)."""
 
-import os
-import sys
-
-from inpo.cli import INTERRUPTED, main
+from inpo.cli import leave, main, must_leave_at_once
 
 code = main()
-if code == INTERRUPTED:
-    # A Ctrl-C that lands inside code run by ``exec(<str>)`` (dataclasses build their methods that way, so any lazy
-    # ``import torch._dynamo`` is such a place) is marked "unhandled" by CPython (3.10-3.13 seen) even though
-    # ``dispatch`` caught it; under ``python -m`` the interpreter then kills itself with SIGINT after exiting instead
-    # of returning 130. Run the exit handlers, flush, and leave with 130 directly. (The console script and
-    # ``python file.py`` exit through another path that never looks at the mark.)
-    import atexit
-
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+if must_leave_at_once(code):
+    leave(code)
 raise SystemExit(code)

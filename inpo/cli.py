@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 COMMANDS = {
     "train": ("inpo.online.cli", "train a policy: online INPO/ONPO/DPO/IPO/SPPO iterations or offline on JSONL pairs"),
@@ -56,6 +57,37 @@ def dispatch(prog: str, commands: dict[str, tuple[str, str]], argv: list[str], *
     except KeyboardInterrupt:  # Ctrl-C before a command installs its own handling (imports, model loading...)
         print(f"\n{prog} {name}: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
         return INTERRUPTED
+
+
+def leave(code: int) -> NoReturn:
+    """Exit with ``code`` at once: run the ``atexit`` handlers, flush stdout/stderr, then ``os._exit`` -- skipping
+    the interpreter's own teardown, which two cases cannot trust (``python -m inpo`` takes this exit for both):
+
+    * after Ctrl-C (:data:`INTERRUPTED`): a KeyboardInterrupt that escaped ``exec(<str>)`` code (dataclasses build
+      their methods that way, so any lazy ``import torch._dynamo``) is marked "unhandled" by CPython (3.10-3.13)
+      although :func:`dispatch` caught it, and under ``python -m`` the interpreter then kills itself with SIGINT
+      after exiting (status -2, not 130);
+    * after a multi-process run (``WORLD_SIZE`` > 1): even after barrier + ``destroy_process_group``, a gloo process
+      occasionally aborts in C++ teardown ("terminate called without an active exception", SIGABRT; seen in CI),
+      turning a finished run, all its files written, into a failed one.
+    """
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said there
+            pass
+    os._exit(code)
+
+
+def must_leave_at_once(code: int) -> bool:
+    """Whether ``python -m inpo`` should end through :func:`leave` rather than the interpreter's teardown."""
+    import os
+
+    return code == INTERRUPTED or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
 def main(argv: list[str] | None = None) -> int:

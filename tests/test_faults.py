@@ -818,6 +818,17 @@ def test_python_m_inpo_exits_130_when_the_interrupt_escaped_exec_code(tmp_path):
     assert proc.stderr.strip() == "inpo boom: interrupted (Ctrl-C)", proc.stderr
 
 
+def test_python_m_inpo_leaves_at_once_after_ctrl_c_or_a_multi_process_run(monkeypatch):
+    from inpo.cli import INTERRUPTED, must_leave_at_once
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert must_leave_at_once(INTERRUPTED) and not must_leave_at_once(0) and not must_leave_at_once(2)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not must_leave_at_once(0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert must_leave_at_once(0) and must_leave_at_once(1)
+
+
 def test_an_inherited_ignored_sigint_stays_ignored(model_dir, tmp_path, monkeypatch, capsys):
     """Started with SIGINT ignored (nohup, `cmd &` in a script), the trainer does not start listening to it."""
     import inpo.train.loop as loop

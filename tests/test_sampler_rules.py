@@ -127,10 +127,10 @@ def test_cpu_thread_binding_rule():
     from inpo.generation.vllm import cpu_thread_binding
 
     assert cpu_thread_binding(2, {0, 1}) == "0,1"
-    assert cpu_thread_binding(1, [0, 1]) == "0"
     assert cpu_thread_binding(8, [3, 1]) == "1,3"  # never more CPUs than the process may use
-    assert cpu_thread_binding(0, [2, 3, 4, 5]) == "2"
-    assert cpu_thread_binding(4, range(5)) is None and cpu_thread_binding(2, []) is None
+    assert cpu_thread_binding(1, [0, 1]) is None  # one thread: "auto" already gives it a core of its own
+    assert cpu_thread_binding(3, [2, 3, 4, 5]) is None and cpu_thread_binding(0, [0]) is None
+    assert cpu_thread_binding(5, range(5)) is None and cpu_thread_binding(2, []) is None
 
 
 def test_the_cpu_engine_starts_with_the_binding_and_the_users_choice_wins(model, tok, fake_vllm, monkeypatch):

